@@ -1,0 +1,412 @@
+#include "common/codec/kv_codec.h"
+
+#include <ATen/ATen.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/codec/synthetic_kv.h"
+#include "common/codec/transfer_plan.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace kvwire {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Stream {
+  std::vector<v1::KvChunk> chunks;
+  int64_t predicted = 0;
+  TransferPlan plan;
+};
+
+class KvCodecTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    options_.layers = 4;
+    options_.tokens = 37;
+    options_.seed = 11;
+    model_ = SyntheticModelInfo(options_);
+    cache_ = MakeSyntheticKv(options_);
+  }
+
+  absl::StatusOr<Stream> Encode(const v1::TransferSpec& spec) {
+    auto encoder = KvStreamEncoder::Create(model_, options_.tokens, spec, "req");
+    if (!encoder.ok()) return encoder.status();
+    Stream s;
+    s.plan = (*encoder)->plan();
+    s.predicted = (*encoder)->predicted_bytes();
+    if (auto st = (*encoder)->Start(&s.chunks); !st.ok()) return st;
+    for (size_t l = 0; l < cache_.size(); ++l) {
+      auto st = (*encoder)->AddLayer(l, cache_[l].first, cache_[l].second,
+                                     &s.chunks);
+      if (!st.ok()) return st;
+    }
+    auto trailer = (*encoder)->Finish(0.5);
+    if (!trailer.ok()) return trailer.status();
+    s.chunks.push_back(*trailer);
+    return s;
+  }
+
+  absl::StatusOr<std::vector<DecodedLayer>> Decode(
+      const std::vector<v1::KvChunk>& chunks) {
+    KvStreamDecoder decoder(at::kFloat, at::kCPU);
+    std::vector<DecodedLayer> layers;
+    for (const v1::KvChunk& c : chunks) {
+      auto layer = decoder.Consume(c);
+      if (!layer.ok()) return layer.status();
+      if (layer->has_value()) layers.push_back(std::move(**layer));
+    }
+    if (auto st = decoder.Finish(); !st.ok()) return st;
+    return layers;
+  }
+
+  static int64_t SerializedBytes(const std::vector<v1::KvChunk>& chunks) {
+    int64_t total = 0;
+    for (const auto& c : chunks) total += c.ByteSizeLong();
+    return total;
+  }
+
+  double RelativeError(const DecodedLayer& d, size_t layer) {
+    at::Tensor idx = at::tensor(
+        std::vector<int64_t>(d.token_indices.begin(), d.token_indices.end()));
+    at::Tensor k = cache_[layer].first.to(at::kFloat).index_select(1, idx);
+    at::Tensor v = cache_[layer].second.to(at::kFloat).index_select(1, idx);
+    return std::max((d.keys - k).norm().item<double>() / k.norm().item<double>(),
+                    (d.values - v).norm().item<double>() /
+                        v.norm().item<double>());
+  }
+
+  SyntheticKvOptions options_;
+  v1::ModelInfo model_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> cache_;
+};
+
+struct SchemeCase {
+  v1::Scheme scheme;
+  v1::Granularity granularity;
+  bool asymmetric;
+  double max_relative_error;
+};
+
+class KvCodecSchemeTest : public KvCodecTest,
+                          public ::testing::WithParamInterface<SchemeCase> {};
+
+TEST_P(KvCodecSchemeTest, RoundTripsWithinErrorAndAccountsEveryByte) {
+  const SchemeCase& c = GetParam();
+  v1::TransferSpec spec;
+  spec.set_scheme(c.scheme);
+  spec.set_granularity(c.granularity);
+  spec.set_group_size(16);
+  spec.set_asymmetric(c.asymmetric);
+  auto stream = Encode(spec);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto layers = Decode(stream->chunks);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  ASSERT_EQ(layers->size(), 4u);
+  for (const DecodedLayer& d : *layers) {
+    EXPECT_EQ(d.token_indices.size(), 37u);
+    EXPECT_LE(RelativeError(d, d.layer), c.max_relative_error)
+        << SchemeName(c.scheme) << " layer " << d.layer;
+  }
+  // Bytes are exact: the trailer's figure is the serialized size of every
+  // chunk before it, and the predictor is exact without entropy coding.
+  const v1::TransferStats& stats = stream->chunks.back().trailer().stats();
+  const int64_t before_trailer =
+      SerializedBytes(stream->chunks) - stream->chunks.back().ByteSizeLong();
+  EXPECT_EQ(static_cast<int64_t>(stats.serialized_bytes()), before_trailer);
+  EXPECT_EQ(stats.payload_bytes() + stats.scale_bytes() + stats.index_bytes() +
+                stats.header_bytes(),
+            stats.serialized_bytes());
+  EXPECT_EQ(stream->predicted, SerializedBytes(stream->chunks));
+  EXPECT_EQ(stats.payload_bytes(),
+            static_cast<uint64_t>(8 * PackedValueBytes(c.scheme, 2 * 37 * 64)));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Schemes, KvCodecSchemeTest,
+    ::testing::Values(
+        SchemeCase{v1::SCHEME_BF16, v1::GRANULARITY_PER_HEAD, false, 0.01},
+        SchemeCase{v1::SCHEME_FP16, v1::GRANULARITY_PER_HEAD, false, 0.01},
+        SchemeCase{v1::SCHEME_FP8_E4M3, v1::GRANULARITY_PER_TOKEN, false, 0.08},
+        SchemeCase{v1::SCHEME_FP8_E5M2, v1::GRANULARITY_PER_HEAD, false, 0.15},
+        SchemeCase{v1::SCHEME_INT8, v1::GRANULARITY_PER_HEAD, false, 0.05},
+        SchemeCase{v1::SCHEME_INT8, v1::GRANULARITY_PER_LAYER, true, 0.05},
+        SchemeCase{v1::SCHEME_INT8, v1::GRANULARITY_KIVI, false, 0.02},
+        SchemeCase{v1::SCHEME_INT4, v1::GRANULARITY_PER_GROUP, false, 0.2},
+        SchemeCase{v1::SCHEME_INT4, v1::GRANULARITY_PER_CHANNEL, true, 0.2},
+        SchemeCase{v1::SCHEME_NF4, v1::GRANULARITY_PER_TOKEN, false, 0.25},
+        SchemeCase{v1::SCHEME_INT2, v1::GRANULARITY_PER_GROUP, true, 0.7}));
+
+TEST_F(KvCodecTest, FragmentsBlocksLargerThanTheChunkSize) {
+  options_.tokens = 300;
+  cache_ = MakeSyntheticKv(options_);
+  v1::TransferSpec spec;
+  spec.set_scheme(v1::SCHEME_BF16);
+  spec.set_chunk_size_bytes(4096);
+  auto stream = Encode(spec);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  int fragments = 0;
+  for (const v1::KvChunk& c : stream->chunks) {
+    EXPECT_LE(c.ByteSizeLong(), 4096u);
+    fragments += c.has_fragment();
+  }
+  EXPECT_GT(fragments, 8 * 18);  // 76.8 KB blocks in <4 KiB pieces.
+  EXPECT_EQ(stream->predicted, SerializedBytes(stream->chunks));
+  auto layers = Decode(stream->chunks);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  EXPECT_LE(RelativeError((*layers)[3], 3), 0.01);
+}
+
+TEST_F(KvCodecTest, BackSelectionSendsTheLastTokensInTheHeader) {
+  v1::TransferSpec spec;
+  spec.mutable_selection()->set_mode(v1::SELECTION_BACK);
+  spec.mutable_selection()->set_proportion(0.5);
+  auto stream = Encode(spec);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  EXPECT_EQ(stream->chunks.front().header().shared_selected_tokens(), 18u);
+  auto layers = Decode(stream->chunks);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  for (const DecodedLayer& d : *layers) {
+    ASSERT_EQ(d.token_indices.size(), 18u);
+    EXPECT_EQ(d.token_indices.front(), 19u);
+    EXPECT_EQ(d.token_indices.back(), 36u);
+    EXPECT_LE(RelativeError(d, d.layer), 0.05);
+  }
+  EXPECT_GE(stream->predicted, SerializedBytes(stream->chunks));
+}
+
+TEST_F(KvCodecTest, PerLayerNormSelectionCarriesIndicesInEachBlock) {
+  v1::TransferSpec spec;
+  spec.mutable_selection()->set_mode(v1::SELECTION_VNORM_TOPK);
+  spec.mutable_selection()->set_proportion(0.25);
+  auto stream = Encode(spec);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  EXPECT_TRUE(stream->chunks.front().header().shared_token_indices().empty());
+  auto layers = Decode(stream->chunks);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  for (const DecodedLayer& d : *layers) {
+    // The selected tokens have the largest V norms of their layer.
+    at::Tensor norms = cache_[d.layer].second.to(at::kFloat).norm(2, {2}).mean(0);
+    const double threshold = std::get<0>(norms.topk(9)).min().item<double>();
+    ASSERT_EQ(d.token_indices.size(), 9u);
+    for (uint32_t t : d.token_indices) {
+      EXPECT_GE(norms[t].item<double>(), threshold);
+    }
+  }
+  EXPECT_GE(stream->predicted, SerializedBytes(stream->chunks));
+}
+
+TEST_F(KvCodecTest, SharedNormSelectionWaitsForEveryLayer) {
+  v1::TransferSpec spec;
+  spec.mutable_selection()->set_mode(v1::SELECTION_KNORM_TOPK);
+  spec.mutable_selection()->set_proportion(0.5);
+  spec.mutable_selection()->set_shared_across_layers(true);
+  auto encoder = KvStreamEncoder::Create(model_, 37, spec, "req");
+  ASSERT_TRUE(encoder.ok());
+  std::vector<v1::KvChunk> chunks;
+  ASSERT_TRUE((*encoder)->Start(&chunks).ok());
+  EXPECT_TRUE(chunks.empty());
+  for (size_t l = 0; l < 3; ++l) {
+    ASSERT_TRUE((*encoder)->AddLayer(l, cache_[l].first, cache_[l].second,
+                                     &chunks).ok());
+  }
+  EXPECT_TRUE(chunks.empty());
+  ASSERT_TRUE(
+      (*encoder)->AddLayer(3, cache_[3].first, cache_[3].second, &chunks).ok());
+  EXPECT_EQ(chunks.size(), 9u);
+  EXPECT_EQ(chunks.front().header().shared_selected_tokens(), 18u);
+}
+
+TEST_F(KvCodecTest, ExplicitIndicesAndLayerSubsetRoundTrip) {
+  v1::TransferSpec spec;
+  spec.set_scheme(v1::SCHEME_INT4);
+  spec.add_layers(2);
+  spec.add_layers(0);
+  for (uint32_t i : {30u, 2u, 17u}) spec.mutable_selection()->add_indices(i);
+  spec.mutable_selection()->set_mode(v1::SELECTION_EXPLICIT);
+  auto stream = Encode(spec);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto layers = Decode(stream->chunks);
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  ASSERT_EQ(layers->size(), 2u);
+  EXPECT_EQ((*layers)[0].layer, 0u);
+  EXPECT_EQ((*layers)[1].layer, 2u);
+  EXPECT_EQ((*layers)[0].token_indices, (std::vector<uint32_t>{2, 17, 30}));
+}
+
+TEST_F(KvCodecTest, ZstdStageIsLosslessAndCountedAsSent) {
+  v1::TransferSpec plain;
+  plain.set_scheme(v1::SCHEME_INT2);
+  v1::TransferSpec packed = plain;
+  packed.mutable_entropy()->set_coder(v1::ENTROPY_CODER_ZSTD);
+  packed.mutable_entropy()->set_level(19);
+  auto a = Encode(plain);
+  auto b = Encode(packed);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto da = Decode(a->chunks);
+  auto db = Decode(b->chunks);
+  ASSERT_TRUE(da.ok() && db.ok()) << db.status();
+  for (size_t i = 0; i < da->size(); ++i) {
+    EXPECT_TRUE(at::equal((*da)[i].keys, (*db)[i].keys));
+    EXPECT_TRUE(at::equal((*da)[i].values, (*db)[i].values));
+  }
+  const auto& stats = b->chunks.back().trailer().stats();
+  EXPECT_EQ(static_cast<int64_t>(stats.serialized_bytes()),
+            SerializedBytes(b->chunks) - b->chunks.back().ByteSizeLong());
+  EXPECT_LE(SerializedBytes(b->chunks), b->predicted);
+}
+
+TEST_F(KvCodecTest, DetectsFlippedPayloadBitByChecksum) {
+  auto stream = Encode(v1::TransferSpec());
+  ASSERT_TRUE(stream.ok());
+  std::string* values = stream->chunks[3].mutable_block()->mutable_values();
+  (*values)[10] ^= 0x10;
+  auto layers = Decode(stream->chunks);
+  EXPECT_EQ(layers.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(layers.status().message()), HasSubstr("CRC-32C"));
+}
+
+TEST_F(KvCodecTest, DetectsTruncatedReorderedAndDuplicatedStreams) {
+  auto stream = Encode(v1::TransferSpec());
+  ASSERT_TRUE(stream.ok());
+  std::vector<v1::KvChunk> truncated(stream->chunks.begin(),
+                                     stream->chunks.end() - 1);
+  EXPECT_EQ(Decode(truncated).status().code(), absl::StatusCode::kDataLoss);
+  std::vector<v1::KvChunk> missing = stream->chunks;
+  missing.erase(missing.begin() + 2);
+  EXPECT_EQ(Decode(missing).status().code(), absl::StatusCode::kDataLoss);
+  std::vector<v1::KvChunk> headless(stream->chunks.begin() + 1,
+                                    stream->chunks.end());
+  EXPECT_EQ(Decode(headless).status().code(), absl::StatusCode::kDataLoss);
+  std::vector<v1::KvChunk> duplicated = stream->chunks;
+  duplicated.insert(duplicated.begin() + 2, duplicated[1]);
+  EXPECT_EQ(Decode(duplicated).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST_F(KvCodecTest, DetectsReorderedFragments) {
+  v1::TransferSpec spec;
+  spec.set_scheme(v1::SCHEME_BF16);
+  spec.set_chunk_size_bytes(4096);
+  auto stream = Encode(spec);
+  ASSERT_TRUE(stream.ok());
+  std::swap(stream->chunks[2], stream->chunks[3]);
+  EXPECT_EQ(Decode(stream->chunks).status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST_F(KvCodecTest, RejectsBlocksWhoseSizesContradictTheirMetadata) {
+  auto stream = Encode(v1::TransferSpec());
+  ASSERT_TRUE(stream.ok());
+  v1::KvBlock block = stream->chunks[1].block();
+  block.mutable_values()->pop_back();
+  EXPECT_EQ(DecodeBlockValues(block, at::kFloat, at::kCPU).status().code(),
+            absl::StatusCode::kDataLoss);
+  block = stream->chunks[1].block();
+  block.set_selected_tokens(1 << 20);
+  EXPECT_EQ(DecodeBlockValues(block, at::kFloat, at::kCPU).status().code(),
+            absl::StatusCode::kDataLoss);
+  block = stream->chunks[1].block();
+  block.set_scheme(static_cast<v1::Scheme>(42));
+  EXPECT_EQ(DecodeBlockValues(block, at::kFloat, at::kCPU).status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
+TEST_F(KvCodecTest, RejectsTensorsOfTheWrongShape) {
+  auto encoder = KvStreamEncoder::Create(model_, 37, v1::TransferSpec(), "r");
+  ASSERT_TRUE(encoder.ok());
+  std::vector<v1::KvChunk> chunks;
+  ASSERT_TRUE((*encoder)->Start(&chunks).ok());
+  at::Tensor wrong = at::zeros({2, 36, 64});
+  EXPECT_EQ((*encoder)->AddLayer(0, wrong, wrong, &chunks).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*encoder)->Finish(0).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(KvCodecTest, BudgetIsNeverExceeded) {
+  v1::TransferSpec full;
+  full.set_scheme(v1::SCHEME_BF16);
+  auto reference = Encode(full);
+  ASSERT_TRUE(reference.ok());
+  const int64_t full_bytes = SerializedBytes(reference->chunks);
+  std::mt19937 rng(3);
+  int resource_exhausted = 0;
+  for (int trial = 0; trial < 40; ++trial) {
+    v1::TransferSpec spec = full;
+    spec.set_budget_allow_mixed_precision(trial % 2 == 0);
+    if (trial % 3 == 0) {
+      spec.mutable_selection()->set_mode(v1::SELECTION_VNORM_TOPK);
+    }
+    const uint64_t budget = 200 + rng() % (full_bytes + 1000);
+    spec.set_max_payload_bytes(budget);
+    auto stream = Encode(spec);
+    if (!stream.ok()) {
+      EXPECT_EQ(stream.status().code(), absl::StatusCode::kResourceExhausted)
+          << stream.status();
+      ++resource_exhausted;
+      continue;
+    }
+    EXPECT_LE(static_cast<uint64_t>(SerializedBytes(stream->chunks)), budget);
+    EXPECT_TRUE(Decode(stream->chunks).ok());
+  }
+  EXPECT_LT(resource_exhausted, 40);
+}
+
+TEST_F(KvCodecTest, PlannerKeepsEveryTokenBeforeDroppingBits) {
+  v1::TransferSpec spec;
+  spec.set_scheme(v1::SCHEME_BF16);
+  v1::TransferSpec int4 = spec;
+  int4.set_scheme(v1::SCHEME_INT4);
+  auto int4_plan = ResolveTransferPlan(model_, 37, int4);
+  ASSERT_TRUE(int4_plan.ok());
+  const int64_t int4_bytes = PredictStreamBytes(model_, *int4_plan);
+  spec.set_max_payload_bytes(int4_bytes + 10);
+  auto plan = PlanTransfer(model_, 37, spec);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->selected_tokens, 37u);
+  EXPECT_EQ(plan->layers[0].scheme, v1::SCHEME_INT4);
+
+  spec.set_budget_allow_mixed_precision(true);
+  spec.set_max_payload_bytes(int4_bytes + 2 * 2 * 37 * 64 / 2 + 200);
+  plan = PlanTransfer(model_, 37, spec);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_EQ(plan->layers.back().scheme, v1::SCHEME_INT8);
+  EXPECT_EQ(plan->layers.front().scheme, v1::SCHEME_INT4);
+
+  spec.set_max_payload_bytes(int4_bytes / 2);
+  plan = PlanTransfer(model_, 37, spec);
+  ASSERT_TRUE(plan.ok());
+  EXPECT_LT(plan->selected_tokens, 37u);
+  EXPECT_EQ(plan->spec.selection().mode(), v1::SELECTION_BACK);
+  EXPECT_LE(PredictStreamBytes(model_, *plan), int4_bytes / 2);
+
+  spec.set_max_payload_bytes(100);
+  EXPECT_EQ(PlanTransfer(model_, 37, spec).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(KvCodecTest, RejectsInvalidSpecsWithTheFieldName) {
+  v1::TransferSpec spec;
+  spec.add_layers(9);
+  auto s = KvStreamEncoder::Create(model_, 37, spec, "r").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("layers"));
+  spec.Clear();
+  spec.set_chunk_size_bytes(100);
+  EXPECT_THAT(
+      std::string(KvStreamEncoder::Create(model_, 37, spec, "r").status().message()),
+      HasSubstr("chunk_size_bytes"));
+  spec.Clear();
+  spec.set_scheme(static_cast<v1::Scheme>(77));
+  EXPECT_EQ(KvStreamEncoder::Create(model_, 37, spec, "r").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      KvStreamEncoder::Create(model_, 0, v1::TransferSpec(), "r").status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvwire
