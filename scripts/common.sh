@@ -1,0 +1,30 @@
+# Shared by scripts/*.sh: installs missing Debian packages and configures and
+# builds the project. Source it; do not run it.
+set -euo pipefail
+KVWIRE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KVWIRE_JOBS=${KVWIRE_JOBS:-$(nproc)}
+
+kvwire_install_deps() {
+  local missing=()
+  while read -r pkg; do
+    [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$pkg")
+  done <"$KVWIRE_ROOT/scripts/deps.txt"
+  if ((${#missing[@]})); then
+    echo "kvwire: installing ${missing[*]}"
+    local sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  fi
+}
+
+# kvwire_build BUILD_DIR [extra cmake args...]
+kvwire_build() {
+  local dir=$1
+  shift
+  cmake -S "$KVWIRE_ROOT" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@"
+  cmake --build "$dir" -j "$KVWIRE_JOBS"
+}
