@@ -1,0 +1,115 @@
+// Native renderings of the chat templates kvwire's models ship, producing
+// byte for byte what Hugging Face's
+// `tokenizer.apply_chat_template(messages, tokenize=False, ...)` renders
+// (checked against goldens from transformers in
+// tests/data/chat_template_goldens.json). There is no Jinja engine: the
+// template string from tokenizer_config.json is only used to recognise the
+// family, and templates that are not a known revision of a supported family
+// are refused.
+//
+// Families and what is covered:
+//  - Qwen3 (the template of Qwen3-0.6B and the other hybrid-thinking Qwen3
+//    checkpoints): string `content`; roles system/user/assistant (a system
+//    message after the first is rendered as its own turn, as the template
+//    does); the first system message as the system turn; assistant turns
+//    with an inline "<think>...</think>" block or a separate
+//    `reasoning_content`, including the template's rule that only assistant
+//    turns after the last real user query keep their reasoning; user
+//    messages wrapped in <tool_response>...</tool_response> count as tool
+//    output for that rule; `add_generation_prompt`; `enable_thinking`
+//    (false adds the empty "<think>\n\n</think>\n\n" block; true and unset
+//    add nothing).
+//  - Qwen2.5 (Qwen2.5-*-Instruct): string content, roles
+//    system/user/assistant, the default system prompt "You are Qwen, created
+//    by Alibaba Cloud. You are a helpful assistant." when the first message
+//    is not a system message, `add_generation_prompt`. `enable_thinking` and
+//    `reasoning_content` are ignored, as the template ignores them.
+//  - Llama-3 (Meta-Llama-3-*-Instruct, both revisions: the first one always
+//    appends the assistant header, the later one only with
+//    `add_generation_prompt`): bos_token before the first message, content
+//    trimmed like Python's str.strip().
+//
+// Not covered (Apply returns UNIMPLEMENTED): tools / tool calls / the "tool"
+// and "ipython" roles, any other role, non-text (multi-modal) content,
+// documents, and the Llama-3.1/3.2 templates (date header, tool calling).
+// An empty message list is INVALID_ARGUMENT (transformers raises too).
+#ifndef KVWIRE_COMMON_TOKENIZER_CHAT_TEMPLATE_H_
+#define KVWIRE_COMMON_TOKENIZER_CHAT_TEMPLATE_H_
+
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "common/tokenizer/tokenizer.h"
+
+namespace kvwire {
+
+enum class ChatTemplateFamily {
+  kQwen3,
+  kQwen2_5,
+  kLlama3,
+};
+
+const char* ChatTemplateFamilyName(ChatTemplateFamily family);
+
+struct ChatMessage {
+  std::string role;  // "system", "user" or "assistant".
+  std::string content;
+  // Qwen3 only: the assistant's reasoning, rendered inside <think></think>.
+  std::optional<std::string> reasoning_content;
+};
+
+struct ChatTemplateOptions {
+  bool add_generation_prompt = false;
+  // Unset means the keyword is not passed to apply_chat_template at all.
+  std::optional<bool> enable_thinking;
+};
+
+class ChatTemplate {
+ public:
+  // Recognises `chat_template` (the Jinja source from
+  // tokenizer_config.json). `bos_token` is needed by Llama-3 templates.
+  static absl::StatusOr<ChatTemplate> FromString(
+      absl::string_view chat_template, std::string bos_token = "");
+  // Uses the tokenizer's chat_template and bos_token from
+  // tokenizer_config.json.
+  static absl::StatusOr<ChatTemplate> FromTokenizer(const Tokenizer& tokenizer);
+  // Reads `chat_template` and `bos_token` from a tokenizer_config.json file.
+  static absl::StatusOr<ChatTemplate> FromTokenizerConfigFile(
+      const std::string& path);
+
+  // The family of `chat_template`, or an error naming why it is not one
+  // this renderer knows.
+  static absl::StatusOr<ChatTemplateFamily> DetectFamily(
+      absl::string_view chat_template);
+
+  // Renders `messages` as transformers' apply_chat_template(tokenize=False).
+  absl::StatusOr<std::string> Apply(absl::Span<const ChatMessage> messages,
+                                    const ChatTemplateOptions& options) const;
+
+  ChatTemplateFamily family() const { return family_; }
+
+ private:
+  ChatTemplate(ChatTemplateFamily family, std::string bos_token,
+               bool always_generation_prompt)
+      : family_(family),
+        bos_token_(std::move(bos_token)),
+        always_generation_prompt_(always_generation_prompt) {}
+
+  std::string RenderQwen3(absl::Span<const ChatMessage> messages,
+                          const ChatTemplateOptions& options) const;
+  std::string RenderQwen2_5(absl::Span<const ChatMessage> messages,
+                            const ChatTemplateOptions& options) const;
+  std::string RenderLlama3(absl::Span<const ChatMessage> messages,
+                           const ChatTemplateOptions& options) const;
+
+  ChatTemplateFamily family_;
+  std::string bos_token_;
+  bool always_generation_prompt_ = false;  // Llama-3's first revision.
+};
+
+}  // namespace kvwire
+
+#endif  // KVWIRE_COMMON_TOKENIZER_CHAT_TEMPLATE_H_

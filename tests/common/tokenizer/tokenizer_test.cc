@@ -1,0 +1,518 @@
+// Unit tests of kvwire::Tokenizer on small synthetic byte-level BPE
+// tokenizers. Parity with real Qwen3 / Llama-3 files is checked by
+// tokenizer_parity_test.cc.
+#include "common/tokenizer/tokenizer.h"
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace kvwire {
+namespace {
+
+using json = nlohmann::json;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr char kQwenPattern[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+// GPT-2's bytes_to_unicode, written out independently of the library.
+std::string ByteChar(unsigned b) {
+  unsigned cp = b;
+  if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
+    unsigned n = 0;
+    for (unsigned k = 0; k < b; ++k) {
+      if (!((k >= 33 && k <= 126) || (k >= 161 && k <= 172) || k >= 174)) ++n;
+    }
+    cp = 256 + n;
+  }
+  std::string s;
+  if (cp < 0x80) {
+    s.push_back(static_cast<char>(cp));
+  } else {
+    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+  return s;
+}
+
+std::string Mapped(const std::string& raw) {
+  std::string s;
+  for (unsigned char c : raw) s += ByteChar(c);
+  return s;
+}
+
+// Builds a tokenizer.json: ids 0..255 are the bytes, then one token per
+// merge (raw byte strings), in order.
+struct Builder {
+  std::vector<std::pair<std::string, std::string>> merges;
+  std::vector<std::string> extra_tokens;  // Raw strings, vocab only.
+  bool array_merges = true;
+  bool ignore_merges = false;
+  json normalizer = {{"type", "NFC"}};
+  json pre_tokenizer =
+      json{{"type", "Sequence"},
+           {"pretokenizers",
+            json::array({json{{"type", "Split"},
+                              {"pattern", {{"Regex", kQwenPattern}}},
+                              {"behavior", "Isolated"},
+                              {"invert", false}},
+                         json{{"type", "ByteLevel"},
+                              {"add_prefix_space", false},
+                              {"trim_offsets", false},
+                              {"use_regex", false}}})}};
+  json post_processor = {{"type", "ByteLevel"}};
+  json decoder = {{"type", "ByteLevel"}};
+  json added_tokens = json::array();
+
+  uint32_t next_id = 256;
+  json vocab = json::object();
+
+  json Build() {
+    vocab = json::object();
+    for (unsigned b = 0; b < 256; ++b) vocab[ByteChar(b)] = b;
+    next_id = 256;
+    json merge_list = json::array();
+    for (const auto& [a, b] : merges) {
+      const std::string ma = Mapped(a), mb = Mapped(b);
+      if (!vocab.contains(ma + mb)) vocab[ma + mb] = next_id++;
+      if (array_merges) {
+        merge_list.push_back(json::array({ma, mb}));
+      } else {
+        merge_list.push_back(ma + " " + mb);
+      }
+    }
+    for (const std::string& t : extra_tokens) {
+      if (!vocab.contains(Mapped(t))) vocab[Mapped(t)] = next_id++;
+    }
+    return json{{"version", "1.0"},
+                {"added_tokens", added_tokens},
+                {"normalizer", normalizer},
+                {"pre_tokenizer", pre_tokenizer},
+                {"post_processor", post_processor},
+                {"decoder", decoder},
+                {"model",
+                 {{"type", "BPE"},
+                  {"dropout", nullptr},
+                  {"unk_token", nullptr},
+                  {"continuing_subword_prefix", ""},
+                  {"end_of_word_suffix", ""},
+                  {"fuse_unk", false},
+                  {"byte_fallback", false},
+                  {"ignore_merges", ignore_merges},
+                  {"vocab", vocab},
+                  {"merges", merge_list}}}};
+  }
+
+  void AddToken(uint32_t id, const std::string& content, bool special,
+                bool lstrip = false, bool rstrip = false,
+                bool single_word = false, bool normalized = false) {
+    added_tokens.push_back({{"id", id},
+                            {"content", content},
+                            {"single_word", single_word},
+                            {"lstrip", lstrip},
+                            {"rstrip", rstrip},
+                            {"normalized", normalized},
+                            {"special", special}});
+  }
+
+  std::unique_ptr<Tokenizer> Make(const std::string& config = "") {
+    auto tok = Tokenizer::FromJson(Build().dump(), config);
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    return tok.ok() ? std::move(*tok) : nullptr;
+  }
+
+  uint32_t Id(const std::string& raw) { return vocab[Mapped(raw)]; }
+};
+
+std::vector<uint32_t> Bytes(const std::string& s) {
+  std::vector<uint32_t> ids;
+  for (unsigned char c : s) ids.push_back(c);
+  return ids;
+}
+
+TEST(TokenizerTest, NoMergesGivesBytesAndRoundTrips) {
+  Builder b;
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  const std::string text = "Hello, wörld! 你好 🤖\r\n\ttab";
+  EXPECT_EQ(tok->Encode(text), Bytes(text));
+  EXPECT_EQ(tok->Decode(tok->Encode(text)), text);
+  EXPECT_EQ(tok->vocab_size(), 256u);
+  EXPECT_TRUE(tok->Encode("").empty());
+}
+
+TEST(TokenizerTest, MergesByRankInBothFormats) {
+  for (bool array_format : {true, false}) {
+    Builder b;
+    b.array_merges = array_format;
+    b.merges = {
+        {"l", "l"}, {"h", "e"}, {"he", "ll"}, {"hell", "o"}, {" ", "w"}};
+    auto tok = b.Make();
+    ASSERT_NE(tok, nullptr);
+    EXPECT_THAT(tok->Encode("hello world"),
+                ElementsAre(b.Id("hello"), b.Id(" w"), 'o', 'r', 'l', 'd'))
+        << array_format;
+    EXPECT_EQ(tok->Decode(tok->Encode("hello world")), "hello world");
+  }
+}
+
+TEST(TokenizerTest, LowestRankWinsThenLeftmost) {
+  Builder b;
+  // "bc" outranks "ab": "abc" -> a + bc, not ab + c.
+  b.merges = {{"b", "c"}, {"a", "b"}, {"a", "a"}};
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_THAT(tok->Encode("abc"), ElementsAre('a', b.Id("bc")));
+  // Ties at equal rank go to the leftmost pair.
+  EXPECT_THAT(tok->Encode("aaa"), ElementsAre(b.Id("aa"), 'a'));
+}
+
+TEST(TokenizerTest, IgnoreMergesUsesWholeWordFromVocab) {
+  Builder b;
+  b.extra_tokens = {"xyz"};
+  b.ignore_merges = true;
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_THAT(tok->Encode("xyz"), ElementsAre(b.Id("xyz")));
+  Builder c;
+  c.extra_tokens = {"xyz"};
+  auto tok2 = c.Make();
+  ASSERT_NE(tok2, nullptr);
+  EXPECT_EQ(tok2->Encode("xyz"), Bytes("xyz"));
+}
+
+TEST(TokenizerTest, LongWordIsFast) {
+  Builder b;
+  b.merges = {{"a", "a"}, {"aa", "aa"}, {"aaaa", "aaaa"}};
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  const std::string word(200000, 'a');
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<uint32_t> ids = tok->Encode(word);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  ASSERT_EQ(ids.size(), 25000u);
+  for (uint32_t id : ids) ASSERT_EQ(id, b.Id("aaaaaaaa"));
+  EXPECT_LT(seconds, 5.0);
+}
+
+TEST(TokenizerTest, SplitBehaviors) {
+  const auto make = [](const char* behavior) {
+    Builder b;
+    b.merges = {{"a", " "}, {" ", "b"}, {" ", " "}};
+    b.pre_tokenizer =
+        json{{"type", "Sequence"},
+             {"pretokenizers", json::array({json{{"type", "Split"},
+                                                 {"pattern", {{"String", " "}}},
+                                                 {"behavior", behavior},
+                                                 {"invert", false}},
+                                            json{{"type", "ByteLevel"},
+                                                 {"add_prefix_space", false},
+                                                 {"use_regex", false}}})}};
+    return std::make_pair(b.Make(), b);
+  };
+  {
+    auto [tok, b] = make("Isolated");
+    EXPECT_THAT(tok->Encode("a b"), ElementsAre('a', ' ', 'b'));
+    EXPECT_THAT(tok->Encode("a  b"), ElementsAre('a', ' ', ' ', 'b'));
+  }
+  {
+    auto [tok, b] = make("Removed");
+    EXPECT_THAT(tok->Encode("a b"), ElementsAre('a', 'b'));
+  }
+  {
+    auto [tok, b] = make("MergedWithPrevious");
+    EXPECT_THAT(tok->Encode("a b"), ElementsAre(b.Id("a "), 'b'));
+  }
+  {
+    auto [tok, b] = make("MergedWithNext");
+    EXPECT_THAT(tok->Encode("a b"), ElementsAre('a', b.Id(" b")));
+  }
+  {
+    auto [tok, b] = make("Contiguous");
+    EXPECT_THAT(tok->Encode("a  b"), ElementsAre('a', b.Id("  "), 'b'));
+  }
+}
+
+TEST(TokenizerTest, ByteLevelPrefixSpaceAndGpt2Regex) {
+  Builder b;
+  b.merges = {{" ", "h"}, {" h", "i"}};
+  b.pre_tokenizer = json{
+      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"use_regex", true}};
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_THAT(tok->Encode("hi hi"), ElementsAre(b.Id(" hi"), b.Id(" hi")));
+}
+
+TEST(TokenizerTest, WhitespaceFollowsOniguruma) {
+  // U+180E is not White_Space (PCRE2's own \s matches it): "\u180E!" is
+  // one ` ?[^\s\p{L}\p{N}]+` word, so the merge across the two applies.
+  Builder b;
+  const std::string mvs = "\xE1\xA0\x8E";
+  b.merges = {{"\x8E", "!"}};
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_THAT(tok->Encode("a" + mvs + "!"),
+              ElementsAre('a', 0xE1, 0xA0, b.Id("\x8E!")));
+  // U+0085 (NEL) is White_Space (transformers.js' \s lacks it): it stands
+  // alone and "!" is a word of its own.
+  Builder c;
+  c.merges = {{"\x85", "!"}};
+  auto tok2 = c.Make();
+  ASSERT_NE(tok2, nullptr);
+  EXPECT_EQ(tok2->Encode("a\xC2\x85!"), Bytes("a\xC2\x85!"));
+}
+
+TEST(TokenizerTest, NfcNormalizerComposes) {
+  Builder b;
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->Encode("Cafe\xCC\x81"), tok->Encode("Caf\xC3\xA9"));
+  Builder none;
+  none.normalizer = nullptr;
+  auto raw = none.Make();
+  ASSERT_NE(raw, nullptr);
+  EXPECT_EQ(raw->Encode("Cafe\xCC\x81"), Bytes("Cafe\xCC\x81"));
+}
+
+TEST(TokenizerTest, AddedTokensSplitFirstLongestMatch) {
+  Builder b;
+  b.AddToken(300, "<|s|>", true);
+  b.AddToken(301, "<|s|><|t|>", true);
+  b.AddToken(302, "<think>", false);
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_THAT(tok->Encode("x<|s|>y"), ElementsAre('x', 300, 'y'));
+  EXPECT_THAT(tok->Encode("<|s|><|t|>"), ElementsAre(301));
+  EXPECT_THAT(tok->Encode("<think>a"), ElementsAre(302, 'a'));
+  EXPECT_EQ(tok->Encode("<|s"), Bytes("<|s"));
+  EXPECT_EQ(tok->vocab_size(), 303u);
+  EXPECT_TRUE(tok->IsSpecialToken(300));
+  EXPECT_FALSE(tok->IsSpecialToken(302));
+  EXPECT_EQ(tok->TokenToId("<think>"), 302u);
+  EXPECT_EQ(tok->IdToToken(300), "<|s|>");
+  EXPECT_EQ(tok->IdToToken(999), std::nullopt);
+  // Added tokens are matched on the raw text, before NFC.
+  EXPECT_EQ(tok->Decode({'x', 300, 302, 'y'}), "x<|s|><think>y");
+  EXPECT_EQ(tok->Decode({'x', 300, 302, 'y'}, /*skip_special_tokens=*/true),
+            "x<think>y");
+}
+
+TEST(TokenizerTest, AddedTokenStripAndSingleWord) {
+  Builder b;
+  b.AddToken(300, "<l>", true, /*lstrip=*/true);
+  b.AddToken(301, "<r>", true, false, /*rstrip=*/true);
+  b.AddToken(302, "tok", false, false, false, /*single_word=*/true);
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_THAT(tok->Encode("z \t <l>"), ElementsAre('z', 300));
+  EXPECT_THAT(tok->Encode("<r> \n z"), ElementsAre(301, 'z'));
+  EXPECT_THAT(tok->Encode("a tok"), ElementsAre('a', ' ', 302));
+  EXPECT_EQ(tok->Encode("atok"), Bytes("atok"));
+  EXPECT_EQ(tok->Encode("toks"), Bytes("toks"));
+}
+
+TEST(TokenizerTest, NormalizedAddedTokenMatchesAfterNormalizer) {
+  Builder b;
+  b.AddToken(300, "\xC3\xA9t\xC3\xA9", false, false, false, false,
+             /*normalized=*/true);
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  // Decomposed input only matches after NFC.
+  EXPECT_THAT(tok->Encode("e\xCC\x81te\xCC\x81!"), ElementsAre(300, '!'));
+}
+
+TEST(TokenizerTest, DecodeReplacesInvalidUtf8LikeRust) {
+  Builder b;
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  // The first byte of "é" alone.
+  EXPECT_EQ(tok->Decode({'a', 0xC3, 'b'}),
+            "a\xEF\xBF\xBD"
+            "b");
+  // Unknown ids are skipped, as transformers does.
+  EXPECT_EQ(tok->Decode({'a', 100000, 'b'}), "ab");
+  EXPECT_EQ(Utf8Lossy("\xF0\x9F\x98"
+                      "A"),
+            "\xEF\xBF\xBD"
+            "A");
+  EXPECT_EQ(Utf8Lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(Utf8Lossy("\xC0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(Utf8Lossy("\xF4\x90\x80\x80"),
+            "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(Utf8Lossy("\xE2\x82"), "\xEF\xBF\xBD");
+  EXPECT_EQ(Utf8Lossy(std::string("ok\0ok", 5)), std::string("ok\0ok", 5));
+}
+
+TEST(TokenizerTest, InvalidUtf8InputIsReplacedBeforeEncoding) {
+  Builder b;
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->Encode("a\xFF"
+                        "b\xE2\x82"),
+            tok->Encode("a\xEF\xBF\xBD"
+                        "b\xEF\xBF\xBD"));
+}
+
+TEST(TokenizerTest, CleanUpTokenizationMatchesTransformers) {
+  EXPECT_EQ(CleanUpTokenization("Hello , world ! Is n't it ? I 'm ok ."),
+            "Hello, world! Isn't it? I'm ok.");
+  Builder b;
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  DecodeOptions options;
+  options.clean_up_tokenization_spaces = true;
+  EXPECT_EQ(tok->Decode(Bytes("a , b"), options), "a, b");
+  EXPECT_EQ(tok->Decode(Bytes("a , b")), "a , b");
+}
+
+TEST(TokenizerTest, TemplatePostProcessorAddsBos) {
+  Builder b;
+  b.AddToken(300, "<bos>", true);
+  b.post_processor = json{
+      {"type", "Sequence"},
+      {"processors",
+       json::array(
+           {json{{"type", "ByteLevel"}},
+            json{
+                {"type", "TemplateProcessing"},
+                {"single",
+                 json::array(
+                     {json{{"SpecialToken", {{"id", "<bos>"}, {"type_id", 0}}}},
+                      json{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+                {"pair", json::array()},
+                {"special_tokens",
+                 {{"<bos>",
+                   {{"id", "<bos>"},
+                    {"ids", json::array({300})},
+                    {"tokens", json::array({"<bos>"})}}}}}}})}};
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EXPECT_THAT(tok->Encode("hi", /*add_special_tokens=*/true),
+              ElementsAre(300, 'h', 'i'));
+  EXPECT_THAT(tok->Encode("hi"), ElementsAre('h', 'i'));
+}
+
+TEST(TokenizerTest, ConfigSpecialTokens) {
+  Builder b;
+  b.AddToken(300, "<|end|>", true);
+  b.AddToken(301, "<|pad|>", true);
+  b.AddToken(302, "<|bos|>", true);
+  const json config = {
+      {"bos_token", {{"__type", "AddedToken"}, {"content", "<|bos|>"}}},
+      {"eos_token", "<|end|>"},
+      {"pad_token", "<|pad|>"},
+      {"unk_token", nullptr},
+      {"clean_up_tokenization_spaces", true},
+      {"chat_template", "{{ hello }}"}};
+  auto tok = b.Make(config.dump());
+  ASSERT_NE(tok, nullptr);
+  EXPECT_EQ(tok->bos_token_id(), 302u);
+  EXPECT_EQ(tok->eos_token_id(), 300u);
+  EXPECT_EQ(tok->pad_token_id(), 301u);
+  EXPECT_EQ(tok->unk_token_id(), std::nullopt);
+  EXPECT_EQ(tok->eos_token(), "<|end|>");
+  EXPECT_EQ(tok->chat_template(), "{{ hello }}");
+  EXPECT_TRUE(tok->config_clean_up_tokenization_spaces());
+  auto no_config = b.Make();
+  EXPECT_EQ(no_config->bos_token_id(), std::nullopt);
+}
+
+TEST(TokenizerTest, ConcurrentEncodeAgrees) {
+  Builder b;
+  b.merges = {{"t", "h"}, {"th", "e"}, {" ", "the"}};
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  std::string text;
+  for (int i = 0; i < 2000; ++i)
+    text += "the cat and the hat " + std::to_string(i) + " ";
+  const std::vector<uint32_t> expected = tok->Encode(text);
+  std::vector<std::thread> threads;
+  std::vector<bool> ok(4, false);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] { ok[t] = tok->Encode(text) == expected; });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) EXPECT_TRUE(ok[t]) << t;
+}
+
+// Unsupported parts of a tokenizer.json fail with an error naming them.
+TEST(TokenizerTest, UnsupportedComponentsAreNamed) {
+  const auto expect_error = [](json j, absl::StatusCode code,
+                               const std::string& needle) {
+    auto tok = Tokenizer::FromJson(j.dump());
+    ASSERT_FALSE(tok.ok()) << needle;
+    EXPECT_EQ(tok.status().code(), code) << tok.status();
+    EXPECT_THAT(std::string(tok.status().message()), HasSubstr(needle));
+  };
+  Builder b;
+  json base = b.Build();
+  {
+    json j = base;
+    j["model"]["type"] = "WordPiece";
+    expect_error(j, absl::StatusCode::kUnimplemented, "'WordPiece'");
+  }
+  {
+    json j = base;
+    j["normalizer"] = {{"type", "Lowercase"}};
+    expect_error(j, absl::StatusCode::kUnimplemented, "'Lowercase'");
+  }
+  {
+    json j = base;
+    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}};
+    expect_error(j, absl::StatusCode::kUnimplemented, "'Metaspace'");
+  }
+  {
+    json j = base;
+    j["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Digits"}};
+    expect_error(j, absl::StatusCode::kUnimplemented, "'Digits'");
+  }
+  {
+    json j = base;
+    j["decoder"] = {{"type", "WordPiece"}};
+    expect_error(j, absl::StatusCode::kUnimplemented, "'WordPiece'");
+  }
+  {
+    json j = base;
+    j["post_processor"] = {{"type", "RobertaProcessing"}};
+    expect_error(j, absl::StatusCode::kUnimplemented, "'RobertaProcessing'");
+  }
+  {
+    json j = base;
+    j["model"]["byte_fallback"] = true;
+    expect_error(j, absl::StatusCode::kUnimplemented, "byte_fallback");
+  }
+  {
+    json j = base;
+    j["model"]["merges"] = json::array({"a b c"});
+    expect_error(j, absl::StatusCode::kInvalidArgument, "merge #1");
+  }
+  {
+    json j = base;
+    j["model"]["merges"] = json::array({json::array({"q", "z"})});
+    expect_error(j, absl::StatusCode::kInvalidArgument,
+                 "missing from the vocabulary");
+  }
+  {
+    json j = base;
+    j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
+    expect_error(j, absl::StatusCode::kInvalidArgument, "PCRE2");
+  }
+  EXPECT_FALSE(Tokenizer::FromJson("{not json").ok());
+  EXPECT_EQ(Tokenizer::FromFile("/nonexistent/tokenizer.json").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace kvwire
