@@ -1,0 +1,157 @@
+// Hugging Face decoder-only model configuration: parsed from a model
+// directory's config.json (+ generation_config.json) and written back in the
+// same format. Pure C++ (no Torch).
+//
+// Supported architectures: Qwen2ForCausalLM (q/k/v bias), Qwen3ForCausalLM
+// (per-head q/k RMSNorm before RoPE, explicit head_dim), LlamaForCausalLM
+// (optional "llama3" RoPE scaling, attention_bias, mlp_bias). Both the
+// transformers 4.x layout ("rope_theta" + "rope_scaling") and the 5.x layout
+// ("rope_parameters", possibly keyed by layer type) are read.
+//
+// Attention settings live per layer (LayerConfig), so architectures with
+// sliding-window layers and a different RoPE per layer type (Gemma3) fit
+// without changing the decoder's structure: the decoder already builds one
+// RoPE table per distinct RopeConfig and one mask per sliding window. Gemma3
+// would add a ModelArch plus flags for its remaining differences (RMSNorm
+// scaled by 1 + weight, embeddings scaled by sqrt(hidden), pre/post
+// feed-forward norms, gelu_pytorch_tanh, query_pre_attn_scalar).
+#ifndef KVWIRE_COMMON_MODEL_MODEL_CONFIG_H_
+#define KVWIRE_COMMON_MODEL_MODEL_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace kvwire {
+
+enum class ModelArch { kQwen2, kQwen3, kLlama };
+
+enum class RopeType {
+  kDefault,  // inv_freq = theta^(-2i/d).
+  kLinear,   // inv_freq / factor.
+  kLlama3,   // Llama 3.1 frequency-dependent scaling.
+};
+
+struct RopeConfig {
+  RopeType type = RopeType::kDefault;
+  double theta = 10000.0;
+  // kLinear and kLlama3.
+  double factor = 1.0;
+  // kLlama3 only.
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+
+  bool operator==(const RopeConfig& other) const;
+  bool operator!=(const RopeConfig& other) const { return !(*this == other); }
+};
+
+// Attention settings of one decoder layer.
+struct LayerConfig {
+  // "full_attention" or "sliding_attention" (the HF layer_types names).
+  std::string attention_type = "full_attention";
+  // Keys further back than this many positions are masked (HF semantics: a
+  // query at position i sees keys j with i - window < j <= i). 0: no window.
+  int64_t sliding_window = 0;
+  RopeConfig rope;
+};
+
+struct ModelConfig {
+  ModelArch arch = ModelArch::kQwen3;
+  std::string
+      architecture;  // As written in config.json, e.g. "Qwen3ForCausalLM".
+  std::string model_type;  // "qwen2", "qwen3", "llama".
+
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;  // Explicit or hidden_size / num_attention_heads.
+  double rms_norm_eps = 1e-6;
+  int64_t max_position_embeddings = 0;
+  bool tie_word_embeddings = false;
+  std::string hidden_act = "silu";
+
+  // Linear-layer biases. Qwen2: q/k/v yes, o no. Llama/Qwen3: attention_bias
+  // for all four. Llama: mlp_bias for gate/up/down.
+  bool qkv_bias = false;
+  bool o_bias = false;
+  bool mlp_bias = false;
+  bool qk_norm = false;  // Qwen3: q_norm / k_norm weights of size head_dim.
+
+  RopeConfig rope;                  // The default (full-attention) RoPE.
+  std::vector<LayerConfig> layers;  // num_hidden_layers entries.
+
+  std::string torch_dtype;  // "bfloat16", ... as stored; informational.
+
+  // From generation_config.json, else config.json. Empty if none.
+  std::vector<int64_t> eos_token_ids;
+  int64_t bos_token_id = -1;  // -1: none.
+  int64_t pad_token_id = -1;
+
+  int64_t num_query_groups() const {
+    return num_key_value_heads > 0 ? num_attention_heads / num_key_value_heads
+                                   : 0;
+  }
+};
+
+// Parses config.json text (and generation_config.json text, which may be
+// empty). `source` names the file in error messages. INVALID_ARGUMENT for
+// malformed JSON, missing or inconsistent fields; UNIMPLEMENTED for an
+// unsupported architecture, activation or RoPE type (the message names it).
+absl::StatusOr<ModelConfig> ParseModelConfig(
+    absl::string_view config_json, absl::string_view generation_config_json,
+    absl::string_view source = "config.json");
+
+// Reads <model_dir>/config.json and, when present,
+// <model_dir>/generation_config.json.
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
+
+// Checks internal consistency (sizes positive, heads divisible, one
+// LayerConfig per layer, ...).
+absl::Status ValidateModelConfig(const ModelConfig& config);
+
+// Fills `layers` with num_hidden_layers full-attention layers using `rope`.
+void SetUniformLayers(ModelConfig& config);
+
+// Returns a config with HF defaults for `arch` and the given sizes (layers
+// uniform; head_dim 0 means hidden / heads).
+ModelConfig MakeModelConfig(ModelArch arch, int64_t vocab_size,
+                            int64_t hidden_size, int64_t intermediate_size,
+                            int64_t num_layers, int64_t num_heads,
+                            int64_t num_kv_heads, int64_t head_dim);
+
+// Presets with the real models' shapes (c2c-spec §7): "qwen3-0.6b",
+// "qwen2.5-0.5b", "llama-3.2-1b". NOT_FOUND otherwise.
+absl::StatusOr<ModelConfig> PresetModelConfig(absl::string_view name);
+
+// HF config.json / generation_config.json text (transformers 4.x layout, as on
+// the Hub, which 5.x also reads).
+std::string ModelConfigToJson(const ModelConfig& config);
+std::string GenerationConfigToJson(const ModelConfig& config);
+
+// "Qwen2ForCausalLM" / "qwen2" / "Qwen2" style names -> arch.
+absl::StatusOr<ModelArch> ParseModelArch(absl::string_view name);
+std::string ArchitectureName(ModelArch arch);  // "Qwen2ForCausalLM", ...
+std::string ModelTypeName(ModelArch arch);     // "qwen2", ...
+
+// One weight the decoder expects in the checkpoint.
+struct WeightSpec {
+  enum class Kind { kEmbedding, kLinear, kBias, kNorm };
+  std::string name;  // HF name, e.g. "model.layers.0.self_attn.q_proj.weight".
+  std::vector<int64_t> shape;
+  Kind kind;
+};
+
+// Every tensor a checkpoint of `config` must hold (lm_head.weight only when
+// embeddings are not tied), in a stable order.
+std::vector<WeightSpec> ExpectedWeights(const ModelConfig& config);
+
+}  // namespace kvwire
+
+#endif  // KVWIRE_COMMON_MODEL_MODEL_CONFIG_H_
