@@ -69,7 +69,9 @@ void BM_Quantize(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * x.nbytes());
   Label(state, c);
 }
-BENCHMARK(BM_Quantize)->DenseRange(0, std::size(kCases) - 1)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Quantize)
+    ->DenseRange(0, std::size(kCases) - 1)
+    ->Unit(benchmark::kMicrosecond);
 
 void BM_Dequantize(benchmark::State& state) {
   at::set_num_threads(1);
@@ -84,7 +86,9 @@ void BM_Dequantize(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * x.nbytes());
   Label(state, c);
 }
-BENCHMARK(BM_Dequantize)->DenseRange(0, std::size(kCases) - 1)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Dequantize)
+    ->DenseRange(0, std::size(kCases) - 1)
+    ->Unit(benchmark::kMicrosecond);
 
 // The whole sharer-side path for a 1024-token Qwen2.5-0.5B cache: selection,
 // quantization, packing, CRC, protobuf framing.
@@ -114,7 +118,9 @@ void BM_EncodeStream(benchmark::State& state) {
   state.counters["wire_bytes"] = bytes;
   Label(state, c);
 }
-BENCHMARK(BM_EncodeStream)->DenseRange(0, std::size(kCases) - 1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EncodeStream)
+    ->DenseRange(0, std::size(kCases) - 1)
+    ->Unit(benchmark::kMillisecond);
 
 void BM_DecodeStream(benchmark::State& state) {
   at::set_num_threads(1);
@@ -126,7 +132,8 @@ void BM_DecodeStream(benchmark::State& state) {
   spec.set_scheme(c.scheme);
   spec.set_granularity(c.granularity);
   spec.set_asymmetric(c.asymmetric);
-  auto encoder = *KvStreamEncoder::Create(SyntheticModelInfo(o), 1024, spec, "b");
+  auto encoder =
+      *KvStreamEncoder::Create(SyntheticModelInfo(o), 1024, spec, "b");
   std::vector<v1::KvChunk> chunks;
   (void)encoder->Start(&chunks);
   for (size_t l = 0; l < cache.size(); ++l) {
@@ -135,12 +142,15 @@ void BM_DecodeStream(benchmark::State& state) {
   chunks.push_back(*encoder->Finish(0));
   for (auto _ : state) {
     KvStreamDecoder decoder(at::kBFloat16, at::kCPU);
-    for (const auto& chunk : chunks) benchmark::DoNotOptimize(decoder.Consume(chunk));
+    for (const auto& chunk : chunks)
+      benchmark::DoNotOptimize(decoder.Consume(chunk));
   }
   state.SetBytesProcessed(state.iterations() * 2 * 24 * 2 * 1024 * 64 * 2);
   Label(state, c);
 }
-BENCHMARK(BM_DecodeStream)->DenseRange(0, std::size(kCases) - 1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_DecodeStream)
+    ->DenseRange(0, std::size(kCases) - 1)
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace kvwire

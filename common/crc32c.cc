@@ -23,7 +23,8 @@ Tables MakeTables() {
     t[0][i] = c;
   }
   for (uint32_t i = 0; i < 256; ++i) {
-    for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+    for (int s = 1; s < 8; ++s)
+      t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
   }
   return t;
 }
@@ -34,8 +35,9 @@ const Tables& GetTables() {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t Crc32cExtendSse42(
-    uint32_t crc, const uint8_t* p, size_t size) {
+__attribute__((target("sse4.2"))) uint32_t Crc32cExtendSse42(uint32_t crc,
+                                                             const uint8_t* p,
+                                                             size_t size) {
   uint64_t c = ~crc;
   while (size >= 8) {
     uint64_t word;

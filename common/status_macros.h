@@ -10,10 +10,10 @@
 #define KVWIRE_CONCAT_(a, b) KVWIRE_CONCAT_INNER_(a, b)
 
 // Returns `expr` from the enclosing function if it is not OK.
-#define RETURN_IF_ERROR(expr)                                  \
-  do {                                                         \
-    const ::absl::Status kvwire_status_ = (expr);              \
-    if (!kvwire_status_.ok()) return kvwire_status_;           \
+#define RETURN_IF_ERROR(expr)                        \
+  do {                                               \
+    const ::absl::Status kvwire_status_ = (expr);    \
+    if (!kvwire_status_.ok()) return kvwire_status_; \
   } while (false)
 
 // `ASSIGN_OR_RETURN(auto x, Foo());` declares x from a StatusOr or returns

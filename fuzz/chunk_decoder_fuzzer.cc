@@ -36,8 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     data += len;
     size -= len;
     if (fix_checksums && chunk.has_block()) {
-      chunk.mutable_block()->set_crc32c(
-          kvwire::BlockChecksum(chunk.block()));
+      chunk.mutable_block()->set_crc32c(kvwire::BlockChecksum(chunk.block()));
     }
     auto layer = decoder.Consume(chunk);
     if (!layer.ok()) return 0;

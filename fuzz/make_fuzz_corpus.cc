@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
       std::vector<kvwire::v1::KvChunk> chunks;
       if (!encoder.ok() || !(*encoder)->Start(&chunks).ok()) return 1;
       for (size_t l = 0; l < cache.size(); ++l) {
-        if (!(*encoder)->AddLayer(l, cache[l].first, cache[l].second, &chunks)
+        if (!(*encoder)
+                 ->AddLayer(l, cache[l].first, cache[l].second, &chunks)
                  .ok()) {
           return 1;
         }

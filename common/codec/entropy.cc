@@ -9,12 +9,12 @@ namespace kvwire {
 absl::StatusOr<std::string> ZstdCompress(absl::string_view data, int level) {
   if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("zstd level ", level, " outside [", ZSTD_minCLevel(),
-                     ", ", ZSTD_maxCLevel(), "]"));
+        absl::StrCat("zstd level ", level, " outside [", ZSTD_minCLevel(), ", ",
+                     ZSTD_maxCLevel(), "]"));
   }
   std::string out(ZSTD_compressBound(data.size()), '\0');
-  const size_t n = ZSTD_compress(out.data(), out.size(), data.data(),
-                                 data.size(), level);
+  const size_t n =
+      ZSTD_compress(out.data(), out.size(), data.data(), data.size(), level);
   if (ZSTD_isError(n)) {
     return absl::InternalError(
         absl::StrCat("zstd compression failed: ", ZSTD_getErrorName(n)));
@@ -43,9 +43,8 @@ absl::StatusOr<std::string> ZstdDecompress(absl::string_view frame,
         absl::StrCat("zstd decompression failed: ", ZSTD_getErrorName(n)));
   }
   if (n != expected_size) {
-    return absl::DataLossError(absl::StrCat("zstd frame expands to ", n,
-                                            " bytes, block expects ",
-                                            expected_size));
+    return absl::DataLossError(absl::StrCat(
+        "zstd frame expands to ", n, " bytes, block expects ", expected_size));
   }
   return out;
 }

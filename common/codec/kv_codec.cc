@@ -24,8 +24,7 @@ namespace {
 constexpr int64_t kMaxRawBlockBytes = int64_t{1} << 30;
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                       start)
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
       .count();
 }
 
@@ -104,11 +103,13 @@ absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
     }
     std::string values = TensorBytes(q.packed);
     block.set_scales(TensorBytes(q.scales));
-    if (HasZeroPoints(params)) block.set_zero_points(TensorBytes(q.zero_points));
+    if (HasZeroPoints(params))
+      block.set_zero_points(TensorBytes(q.zero_points));
     block.set_values_raw_size(static_cast<uint32_t>(values.size()));
     block.set_entropy(v1::ENTROPY_CODER_NONE);
     if (entropy.coder() == v1::ENTROPY_CODER_ZSTD) {
-      ASSIGN_OR_RETURN(std::string packed, ZstdCompress(values, entropy.level()));
+      ASSIGN_OR_RETURN(std::string packed,
+                       ZstdCompress(values, entropy.level()));
       if (packed.size() < values.size()) {
         values = std::move(packed);
         block.set_entropy(v1::ENTROPY_CODER_ZSTD);
@@ -116,7 +117,8 @@ absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
     }
     block.set_values(std::move(values));
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("encoding ", layer, ": ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("encoding ", layer, ": ", e.what_without_backtrace()));
   }
   block.set_crc32c(BlockChecksum(block));
   return block;
@@ -132,13 +134,15 @@ absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
   params.asymmetric = block.asymmetric();
   const int64_t heads = block.kv_heads(), tokens = block.selected_tokens(),
                 dim = block.head_dim();
-  if (absl::Status s = ValidateQuantParams(params, heads, tokens, dim); !s.ok()) {
+  if (absl::Status s = ValidateQuantParams(params, heads, tokens, dim);
+      !s.ok()) {
     return absl::DataLossError(absl::StrCat("block metadata: ", s.message()));
   }
   if (params.asymmetric && !IsIntScheme(params.scheme)) {
     return absl::DataLossError("block marks a non-INT scheme asymmetric");
   }
-  const int64_t raw_size = PackedValueBytes(params.scheme, heads * tokens * dim);
+  const int64_t raw_size =
+      PackedValueBytes(params.scheme, heads * tokens * dim);
   if (raw_size > kMaxRawBlockBytes || raw_size != block.values_raw_size()) {
     return absl::DataLossError(absl::StrCat(
         "block declares ", block.values_raw_size(), " value bytes, its shape [",
@@ -161,18 +165,17 @@ absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
           "unknown entropy coder ", static_cast<int>(block.entropy())));
   }
   if (static_cast<int64_t>(values->size()) != raw_size) {
-    return absl::DataLossError(absl::StrCat("block carries ", values->size(),
-                                            " value bytes, expected ",
-                                            raw_size));
+    return absl::DataLossError(absl::StrCat(
+        "block carries ", values->size(), " value bytes, expected ", raw_size));
   }
   const int64_t scale_bytes = ScaleCount(params, heads, tokens, dim) * 2;
   const int64_t zero_bytes = HasZeroPoints(params) ? scale_bytes : 0;
   if (static_cast<int64_t>(block.scales().size()) != scale_bytes ||
       static_cast<int64_t>(block.zero_points().size()) != zero_bytes) {
-    return absl::DataLossError(absl::StrCat(
-        "block carries ", block.scales().size(), " scale and ",
-        block.zero_points().size(), " zero-point bytes, expected ",
-        scale_bytes, " and ", zero_bytes));
+    return absl::DataLossError(
+        absl::StrCat("block carries ", block.scales().size(), " scale and ",
+                     block.zero_points().size(), " zero-point bytes, expected ",
+                     scale_bytes, " and ", zero_bytes));
   }
   try {
     QuantizedTensor q;
@@ -181,7 +184,8 @@ absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
       const std::vector<int64_t> shape = ScaleShape(params, heads, tokens, dim);
       q.scales = BytesTensor(block.scales(), at::kHalf, shape, device);
       if (zero_bytes > 0) {
-        q.zero_points = BytesTensor(block.zero_points(), at::kHalf, shape, device);
+        q.zero_points =
+            BytesTensor(block.zero_points(), at::kHalf, shape, device);
       }
     }
     ASSIGN_OR_RETURN(at::Tensor out,
@@ -190,7 +194,8 @@ absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
     // output never aliases them.
     return out;
   } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("decoding block: ", e.what_without_backtrace()));
+    return absl::InternalError(
+        absl::StrCat("decoding block: ", e.what_without_backtrace()));
   }
 }
 
@@ -207,15 +212,15 @@ absl::StatusOr<std::unique_ptr<KvStreamEncoder>> KvStreamEncoder::Create(
     const v1::ModelInfo& model, uint32_t total_tokens,
     const v1::TransferSpec& spec, std::string request_id) {
   if (request_id.size() > kMaxRequestIdBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request id of ", request_id.size(), " bytes exceeds ",
-        kMaxRequestIdBytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("request id of ", request_id.size(), " bytes exceeds ",
+                     kMaxRequestIdBytes));
   }
   ASSIGN_OR_RETURN(TransferPlan plan, PlanTransfer(model, total_tokens, spec));
   auto encoder = std::unique_ptr<KvStreamEncoder>(
       new KvStreamEncoder(model, std::move(plan), std::move(request_id)));
-  encoder->predicted_bytes_ = PredictStreamBytes(
-      model, encoder->plan_, encoder->request_id_.size());
+  encoder->predicted_bytes_ =
+      PredictStreamBytes(model, encoder->plan_, encoder->request_id_.size());
   for (const LayerTransfer& lt : encoder->plan_.layers) {
     encoder->done_[lt.layer] = false;
   }
@@ -273,9 +278,9 @@ absl::Status KvStreamEncoder::EncodeLayer(const LayerTransfer& lt,
                                           std::vector<v1::KvChunk>* out) {
   EncodedIndices indices;
   at::Tensor k = keys, v = values;
-  const bool all_tokens = plan_.selected_tokens == plan_.total_tokens &&
-                          plan_.spec.selection().mode() !=
-                              v1::SELECTION_EXPLICIT;
+  const bool all_tokens =
+      plan_.selected_tokens == plan_.total_tokens &&
+      plan_.spec.selection().mode() != v1::SELECTION_EXPLICIT;
   std::vector<uint32_t> own;
   const std::vector<uint32_t>* selected = nullptr;
   if (all_tokens) {
@@ -302,13 +307,13 @@ absl::Status KvStreamEncoder::EncodeLayer(const LayerTransfer& lt,
     return absl::InternalError(
         absl::StrCat("gathering tokens: ", e.what_without_backtrace()));
   }
-  ASSIGN_OR_RETURN(v1::KvBlock kb, EncodeBlock(k, lt.layer, v1::KV_PART_KEY,
-                                               lt.key_params, indices,
-                                               plan_.spec.entropy()));
+  ASSIGN_OR_RETURN(v1::KvBlock kb,
+                   EncodeBlock(k, lt.layer, v1::KV_PART_KEY, lt.key_params,
+                               indices, plan_.spec.entropy()));
   RETURN_IF_ERROR(writer_.AddBlock(std::move(kb), out));
-  ASSIGN_OR_RETURN(v1::KvBlock vb, EncodeBlock(v, lt.layer, v1::KV_PART_VALUE,
-                                               lt.value_params, indices,
-                                               plan_.spec.entropy()));
+  ASSIGN_OR_RETURN(v1::KvBlock vb,
+                   EncodeBlock(v, lt.layer, v1::KV_PART_VALUE, lt.value_params,
+                               indices, plan_.spec.entropy()));
   return writer_.AddBlock(std::move(vb), out);
 }
 
@@ -319,16 +324,15 @@ absl::Status KvStreamEncoder::EmitBufferedLayers(
     at::Tensor sum;
     for (const auto& [layer, kv] : buffered_) {
       const at::Tensor& scored =
-          plan_.spec.selection().mode() == v1::SELECTION_KNORM_TOPK
-              ? kv.first
-              : kv.second;
+          plan_.spec.selection().mode() == v1::SELECTION_KNORM_TOPK ? kv.first
+                                                                    : kv.second;
       at::Tensor s = TokenNormScores(scored);
       sum = sum.defined() ? sum + s : s;
     }
     sum = sum / static_cast<double>(buffered_.size());
-    ASSIGN_OR_RETURN(shared_indices_,
-                     SelectTokensByScores(plan_.spec.selection(),
-                                          plan_.total_tokens, sum));
+    ASSIGN_OR_RETURN(
+        shared_indices_,
+        SelectTokensByScores(plan_.spec.selection(), plan_.total_tokens, sum));
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("scoring tokens: ", e.what_without_backtrace()));
@@ -394,10 +398,10 @@ absl::StatusOr<v1::KvChunk> KvStreamEncoder::Finish(double compute_seconds) {
       writer_.accounting().total().total() + trailer.ByteSizeLong();
   if (plan_.spec.max_payload_bytes() != 0 &&
       static_cast<uint64_t>(total) > plan_.spec.max_payload_bytes()) {
-    return absl::InternalError(absl::StrCat(
-        "stream of ", total, " bytes exceeds max_payload_bytes ",
-        plan_.spec.max_payload_bytes(), " (size prediction ",
-        predicted_bytes_, " was wrong)"));
+    return absl::InternalError(
+        absl::StrCat("stream of ", total, " bytes exceeds max_payload_bytes ",
+                     plan_.spec.max_payload_bytes(), " (size prediction ",
+                     predicted_bytes_, " was wrong)"));
   }
   return trailer;
 }
@@ -439,14 +443,13 @@ absl::StatusOr<std::optional<DecodedLayer>> KvStreamDecoder::Consume(
   switch (event.kind) {
     case KvChunkReader::Event::Kind::kHeader: {
       const v1::KvHeader& h = *event.header;
-      if (h.shared_selected_tokens() > 0 ||
-          !h.shared_token_indices().empty()) {
+      if (h.shared_selected_tokens() > 0 || !h.shared_token_indices().empty()) {
         auto decoded = DecodeTokenIndices(
             h.shared_index_encoding(), h.shared_token_indices(),
             h.token_count(), h.shared_selected_tokens());
         if (!decoded.ok()) {
-          return absl::DataLossError(absl::StrCat(
-              "header's shared selection: ", decoded.status().message()));
+          return absl::DataLossError(absl::StrCat("header's shared selection: ",
+                                                  decoded.status().message()));
         }
         shared_indices_ = *std::move(decoded);
       }
@@ -463,9 +466,8 @@ absl::StatusOr<std::optional<DecodedLayer>> KvStreamDecoder::Consume(
   const v1::KvBlock& block = event.block;
   auto indices = BlockIndices(block);
   if (!indices.ok()) {
-    return absl::DataLossError(absl::StrCat("layer ", block.layer(),
-                                            " indices: ",
-                                            indices.status().message()));
+    return absl::DataLossError(absl::StrCat(
+        "layer ", block.layer(), " indices: ", indices.status().message()));
   }
   ASSIGN_OR_RETURN(at::Tensor tensor,
                    DecodeBlockValues(block, dtype_, device_));

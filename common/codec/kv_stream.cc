@@ -1,8 +1,8 @@
 #include "common/codec/kv_stream.h"
 
-#include <cstring>
-
 #include <google/protobuf/io/coded_stream.h>
+
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/codec/scheme.h"
@@ -22,10 +22,9 @@ std::string BlockName(uint32_t layer, v1::KvPart part) {
 }
 
 uint32_t ExtendU32(uint32_t crc, uint32_t v) {
-  unsigned char le[4] = {static_cast<unsigned char>(v),
-                         static_cast<unsigned char>(v >> 8),
-                         static_cast<unsigned char>(v >> 16),
-                         static_cast<unsigned char>(v >> 24)};
+  unsigned char le[4] = {
+      static_cast<unsigned char>(v), static_cast<unsigned char>(v >> 8),
+      static_cast<unsigned char>(v >> 16), static_cast<unsigned char>(v >> 24)};
   return Crc32cExtend(crc, le, 4);
 }
 
@@ -88,9 +87,9 @@ absl::Status KvChunkWriter::AddHeader(v1::KvHeader header,
   *chunk.mutable_header() = std::move(header);
   const int64_t size = chunk.ByteSizeLong();
   if (size > chunk_size_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "stream header of ", size, " bytes exceeds chunk_size_bytes ",
-        chunk_size_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("stream header of ", size,
+                     " bytes exceeds chunk_size_bytes ", chunk_size_));
   }
   ByteCounts c;
   c.index = chunk.header().shared_token_indices().size();
@@ -135,9 +134,8 @@ absl::Status KvChunkWriter::AddBlock(v1::KvBlock block,
     accounting_.CountChunk();
   }
   if (actual != framed) {
-    return absl::InternalError(absl::StrCat("framing of ", name, " took ",
-                                            actual, " bytes, predicted ",
-                                            framed));
+    return absl::InternalError(absl::StrCat(
+        "framing of ", name, " took ", actual, " bytes, predicted ", framed));
   }
   accounting_.Add(layer, counts);
   ++blocks_;
@@ -164,11 +162,10 @@ absl::StatusOr<KvChunkReader::Event> KvChunkReader::Consume(
     return absl::DataLossError("chunk received after the stream trailer");
   }
   const int64_t chunk_bytes = chunk.ByteSizeLong();
-  if (fragment_count_ != 0 &&
-      chunk.body_case() != v1::KvChunk::kFragment) {
-    return absl::DataLossError(absl::StrCat(
-        "block fragments interrupted after ", next_fragment_, " of ",
-        fragment_count_));
+  if (fragment_count_ != 0 && chunk.body_case() != v1::KvChunk::kFragment) {
+    return absl::DataLossError(
+        absl::StrCat("block fragments interrupted after ", next_fragment_,
+                     " of ", fragment_count_));
   }
   switch (chunk.body_case()) {
     case v1::KvChunk::kHeader: {
@@ -213,9 +210,9 @@ absl::StatusOr<KvChunkReader::Event> KvChunkReader::Consume(
       const v1::KvBlockFragment& f = chunk.fragment();
       if (fragment_count_ == 0) {
         if (f.index() != 0 || f.count() < 2) {
-          return absl::DataLossError(absl::StrCat(
-              "fragment ", f.index(), " of ", f.count(),
-              " does not start a fragmented block"));
+          return absl::DataLossError(
+              absl::StrCat("fragment ", f.index(), " of ", f.count(),
+                           " does not start a fragmented block"));
         }
         fragment_count_ = f.count();
         next_fragment_ = 0;
@@ -229,8 +226,8 @@ absl::StatusOr<KvChunkReader::Event> KvChunkReader::Consume(
       }
       if (static_cast<int64_t>(fragment_data_.size() + f.data().size()) >
           max_block_bytes_) {
-        return absl::DataLossError(absl::StrCat(
-            "fragmented block exceeds ", max_block_bytes_, " bytes"));
+        return absl::DataLossError(absl::StrCat("fragmented block exceeds ",
+                                                max_block_bytes_, " bytes"));
       }
       fragment_data_.append(f.data());
       fragment_chunk_bytes_ += chunk_bytes;
@@ -251,8 +248,7 @@ absl::StatusOr<KvChunkReader::Event> KvChunkReader::Consume(
           accounting_.total().total()) {
         return absl::DataLossError(absl::StrCat(
             "trailer reports ", s.serialized_bytes(),
-            " serialized bytes, stream carried ",
-            accounting_.total().total()));
+            " serialized bytes, stream carried ", accounting_.total().total()));
       }
       if (s.blocks() != seen_blocks_.size()) {
         return absl::DataLossError(absl::StrCat("trailer reports ", s.blocks(),
@@ -295,15 +291,15 @@ absl::StatusOr<KvChunkReader::Event> KvChunkReader::AcceptBlock(
         ", *, ", header_.model().head_dim(), "]"));
   }
   if (block.selected_tokens() != expected->second) {
-    return absl::DataLossError(absl::StrCat(
-        name, " carries ", block.selected_tokens(), " tokens, header planned ",
-        expected->second));
+    return absl::DataLossError(
+        absl::StrCat(name, " carries ", block.selected_tokens(),
+                     " tokens, header planned ", expected->second));
   }
   const uint32_t crc = BlockChecksum(block);
   if (crc != block.crc32c()) {
-    return absl::DataLossError(absl::StrCat(
-        name, " failed its CRC-32C check (computed ", crc, ", carried ",
-        block.crc32c(), ")"));
+    return absl::DataLossError(
+        absl::StrCat(name, " failed its CRC-32C check (computed ", crc,
+                     ", carried ", block.crc32c(), ")"));
   }
   accounting_.Add(block.layer(), BlockByteCounts(block, chunk_bytes));
   Event e;
@@ -326,9 +322,9 @@ absl::Status KvChunkReader::CheckAllBlocksArrived() const {
     return absl::DataLossError("stream ended inside a fragmented block");
   }
   if (seen_blocks_.size() != 2 * expected_tokens_.size()) {
-    return absl::DataLossError(absl::StrCat(
-        "stream carried ", seen_blocks_.size(), " of ",
-        2 * expected_tokens_.size(), " announced blocks"));
+    return absl::DataLossError(
+        absl::StrCat("stream carried ", seen_blocks_.size(), " of ",
+                     2 * expected_tokens_.size(), " announced blocks"));
   }
   return absl::OkStatus();
 }

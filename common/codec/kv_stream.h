@@ -82,8 +82,8 @@ class KvChunkReader {
   struct Event {
     enum class Kind { kNone, kHeader, kBlock, kTrailer };
     Kind kind = Kind::kNone;
-    const v1::KvHeader* header = nullptr;  // kHeader; owned by the reader.
-    v1::KvBlock block;                      // kBlock.
+    const v1::KvHeader* header = nullptr;      // kHeader; owned by the reader.
+    v1::KvBlock block;                         // kBlock.
     const v1::TransferStats* stats = nullptr;  // kTrailer.
   };
 

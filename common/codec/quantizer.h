@@ -33,6 +33,7 @@
 #include <cstdint>
 
 #include "absl/status/statusor.h"
+#include "common/codec/number_formats.h"
 #include "common/codec/scheme.h"
 
 namespace kvwire {
@@ -47,6 +48,12 @@ struct QuantizedTensor {
 absl::StatusOr<QuantizedTensor> Quantize(const at::Tensor& x,
                                          const QuantParams& params);
 
+// Quantize through ATen ops only, never the fused CPU kernel that Quantize
+// uses for contiguous bf16/fp32 CPU input: the reference the kernel must
+// match bit for bit (and the path CUDA tensors always take).
+absl::StatusOr<QuantizedTensor> QuantizeReference(const at::Tensor& x,
+                                                  const QuantParams& params);
+
 // Inverse of Quantize. `packed`, `scales` and `zero_points` must have exactly
 // the sizes the params and shape imply (INVALID_ARGUMENT otherwise). Returns
 // [heads, tokens, head_dim] of `dtype` on `q.packed`'s device.
@@ -59,17 +66,6 @@ absl::StatusOr<at::Tensor> Dequantize(const QuantizedTensor& q,
 // 8, 4 or 2. Unpack returns `count` codes.
 at::Tensor PackCodes(const at::Tensor& codes, int bits);
 at::Tensor UnpackCodes(const at::Tensor& packed, int bits, int64_t count);
-
-// FP8 reference conversions on single values (used by tests and to build
-// the ATen lookup tables). Decode follows the OCP FP8 spec: E4M3 has no
-// infinities and code 0x7F/0xFF is NaN; E5M2 is IEEE-754-like.
-float DecodeFp8(uint8_t code, v1::Scheme fp8_scheme);
-// Round to nearest even, saturating finite values to +-max; NaN -> NaN code.
-uint8_t EncodeFp8(float value, v1::Scheme fp8_scheme);
-float Fp8MaxFinite(v1::Scheme fp8_scheme);  // 448 or 57344.
-
-// The 16 NF4 values of QLoRA (Dettmers et al., 2023), ascending.
-const std::array<float, 16>& Nf4Codebook();
 
 }  // namespace kvwire
 

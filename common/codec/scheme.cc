@@ -22,7 +22,8 @@ absl::StatusOr<Enum> ParseName(
     if (lower == key) return value;
   }
   std::string known;
-  for (const auto& [key, value] : table) absl::StrAppend(&known, known.empty() ? "" : ", ", key);
+  for (const auto& [key, value] : table)
+    absl::StrAppend(&known, known.empty() ? "" : ", ", key);
   return absl::InvalidArgumentError(
       absl::StrCat("unknown ", what, " '", name, "' (known: ", known, ")"));
 }
@@ -136,9 +137,8 @@ absl::Status ValidateQuantParams(const QuantParams& params, int64_t heads,
   }
   for (int64_t dim : {heads, tokens, head_dim}) {
     if (dim < 0 || dim > kMaxDimension) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("block dimension ", dim, " out of range [0, ",
-                       kMaxDimension, "]"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "block dimension ", dim, " out of range [0, ", kMaxDimension, "]"));
     }
   }
   if (heads == 0 || head_dim == 0) {
@@ -191,7 +191,9 @@ int64_t PackedValueBytes(v1::Scheme scheme, int64_t num_values) {
   return (num_values * bits + 7) / 8;
 }
 
-std::string SchemeName(v1::Scheme scheme) { return NameOf(scheme, kSchemeNames); }
+std::string SchemeName(v1::Scheme scheme) {
+  return NameOf(scheme, kSchemeNames);
+}
 std::string GranularityName(v1::Granularity granularity) {
   return NameOf(granularity, kGranularityNames);
 }

@@ -37,7 +37,8 @@ bool HasZeroPoints(const QuantParams& params);
 
 // Maps a TransferSpec granularity to the one a block of `part` uses:
 // UNSPECIFIED -> PER_HEAD; KIVI -> PER_CHANNEL for keys, PER_TOKEN for values.
-v1::Granularity ResolveGranularity(v1::Granularity granularity, v1::KvPart part);
+v1::Granularity ResolveGranularity(v1::Granularity granularity,
+                                   v1::KvPart part);
 
 // Checks that `params` can encode a [heads, tokens, head_dim] block.
 // INVALID_ARGUMENT: unknown scheme or granularity, group size not dividing

@@ -36,8 +36,8 @@ v1::ModelInfo SyntheticModelInfo(const SyntheticKvOptions& o) {
   v1::ModelInfo m;
   m.set_fingerprint(absl::StrCat("synthetic-", o.seed));
   m.set_architecture("synthetic");
-  m.set_name(absl::StrCat("synthetic ", o.layers, "x", o.kv_heads, "x",
-                          o.head_dim));
+  m.set_name(
+      absl::StrCat("synthetic ", o.layers, "x", o.kv_heads, "x", o.head_dim));
   m.set_num_layers(static_cast<uint32_t>(o.layers));
   m.set_num_kv_heads(static_cast<uint32_t>(o.kv_heads));
   m.set_head_dim(static_cast<uint32_t>(o.head_dim));

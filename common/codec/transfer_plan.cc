@@ -18,8 +18,8 @@ namespace {
 constexpr int kVarintMax = 5;  // uint32 varint.
 // KvChunk tag + length, KvBlockFragment index/count tags + varints, data tag
 // + length: the most a fragment's framing can take besides its data.
-constexpr int64_t kFragmentOverhead = (1 + kVarintMax) + 2 * (1 + kVarintMax) +
-                                      (1 + kVarintMax);
+constexpr int64_t kFragmentOverhead =
+    (1 + kVarintMax) + 2 * (1 + kVarintMax) + (1 + kVarintMax);
 
 int64_t VarintSize(uint64_t v) {
   int64_t n = 1;
@@ -37,8 +37,8 @@ bool IsValidScheme(v1::Scheme s) { return BitsPerValue(s) != 0; }
 
 absl::Status ValidateScheme(v1::Scheme s, absl::string_view field) {
   if (!IsValidScheme(s)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ": unknown scheme ", static_cast<int>(s)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": unknown scheme ", static_cast<int>(s)));
   }
   return absl::OkStatus();
 }
@@ -119,16 +119,16 @@ absl::StatusOr<TransferPlan> ResolveTransferPlan(const v1::ModelInfo& model,
     RETURN_IF_ERROR(ValidateScheme(o.scheme(), "layer_overrides.scheme"));
     for (uint32_t l : o.layers()) {
       if (l >= num_layers) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "layer_overrides: layer ", l, " out of range (model has ",
-            num_layers, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("layer_overrides: layer ", l,
+                         " out of range (model has ", num_layers, ")"));
       }
     }
     if (o.has_range() && (o.range().first() > o.range().last() ||
                           o.range().last() >= num_layers)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "layer_overrides: range [", o.range().first(), ", ",
-          o.range().last(), "] invalid for ", num_layers, " layers"));
+          "layer_overrides: range [", o.range().first(), ", ", o.range().last(),
+          "] invalid for ", num_layers, " layers"));
     }
   }
 
@@ -154,14 +154,15 @@ absl::StatusOr<TransferPlan> ResolveTransferPlan(const v1::ModelInfo& model,
   }
   if (spec.chunk_size_bytes() < kMinChunkSizeBytes ||
       spec.chunk_size_bytes() > kMaxChunkSizeBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk_size_bytes ", spec.chunk_size_bytes(), " outside [",
-        kMinChunkSizeBytes, ", ", kMaxChunkSizeBytes, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunk_size_bytes ", spec.chunk_size_bytes(), " outside [",
+                     kMinChunkSizeBytes, ", ", kMaxChunkSizeBytes, "]"));
   }
 
   // Token selection.
   v1::TokenSelection* sel = spec.mutable_selection();
-  if (sel->mode() == v1::SELECTION_UNSPECIFIED) sel->set_mode(v1::SELECTION_ALL);
+  if (sel->mode() == v1::SELECTION_UNSPECIFIED)
+    sel->set_mode(v1::SELECTION_ALL);
   if (!v1::SelectionMode_IsValid(sel->mode())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "selection.mode: unknown value ", static_cast<int>(sel->mode())));
@@ -191,8 +192,8 @@ absl::StatusOr<TransferPlan> ResolveTransferPlan(const v1::ModelInfo& model,
   } else if (sel->mode() == v1::SELECTION_ALL) {
     plan.selected_tokens = total_tokens;
   } else {
-    plan.selected_tokens = static_cast<uint32_t>(SelectedTokenCount(
-        total_tokens, sel->proportion(), sel->min_tokens()));
+    plan.selected_tokens = static_cast<uint32_t>(
+        SelectedTokenCount(total_tokens, sel->proportion(), sel->min_tokens()));
   }
   plan.needs_scores = SelectionNeedsScores(sel->mode());
   const bool all_tokens = plan.selected_tokens == total_tokens &&
@@ -206,9 +207,9 @@ absl::StatusOr<TransferPlan> ResolveTransferPlan(const v1::ModelInfo& model,
     LayerTransfer lt;
     lt.layer = l;
     lt.scheme = ResolveScheme(schedule, l);
-    for (auto [part, params] : {std::make_pair(v1::KV_PART_KEY, &lt.key_params),
-                                std::make_pair(v1::KV_PART_VALUE,
-                                               &lt.value_params)}) {
+    for (auto [part, params] :
+         {std::make_pair(v1::KV_PART_KEY, &lt.key_params),
+          std::make_pair(v1::KV_PART_VALUE, &lt.value_params)}) {
       params->scheme = lt.scheme;
       params->granularity = ResolveGranularity(spec.granularity(), part);
       params->group_size = static_cast<int>(spec.group_size());
@@ -222,14 +223,15 @@ absl::StatusOr<TransferPlan> ResolveTransferPlan(const v1::ModelInfo& model,
   return plan;
 }
 
-int64_t PredictStreamBytes(const v1::ModelInfo& model,
-                           const TransferPlan& plan, size_t request_id_bytes) {
+int64_t PredictStreamBytes(const v1::ModelInfo& model, const TransferPlan& plan,
+                           size_t request_id_bytes) {
   const uint32_t chunk_size = plan.spec.chunk_size_bytes();
   const uint32_t heads = model.num_kv_heads();
   const uint32_t dim = model.head_dim();
   const uint32_t k = plan.selected_tokens;
-  const bool all_tokens = k == plan.total_tokens &&
-                          plan.spec.selection().mode() != v1::SELECTION_EXPLICIT;
+  const bool all_tokens =
+      k == plan.total_tokens &&
+      plan.spec.selection().mode() != v1::SELECTION_EXPLICIT;
   const int64_t index_bytes =
       all_tokens ? 0 : EncodedIndexBytesUpperBound(k, plan.total_tokens);
 
@@ -272,9 +274,10 @@ int64_t PredictStreamBytes(const v1::ModelInfo& model,
       b.set_head_dim(dim);
       b.set_selected_tokens(k);
       b.set_index_encoding(plan.shared_selection ? v1::INDEX_ENCODING_SHARED
-                           : all_tokens ? v1::INDEX_ENCODING_ALL
-                                        : v1::INDEX_ENCODING_BITMAP);
-      if (!plan.shared_selection) b.mutable_token_indices()->resize(index_bytes);
+                           : all_tokens          ? v1::INDEX_ENCODING_ALL
+                                                 : v1::INDEX_ENCODING_BITMAP);
+      if (!plan.shared_selection)
+        b.mutable_token_indices()->resize(index_bytes);
       const int64_t values =
           PackedValueBytes(params.scheme, int64_t{heads} * k * dim);
       b.mutable_values()->resize(values);
@@ -379,7 +382,8 @@ absl::StatusOr<TransferPlan> PlanTransfer(const v1::ModelInfo& model,
     return absl::ResourceExhaustedError(absl::StrCat(
         "max_payload_bytes ", budget, " cannot carry the ",
         requested.selected_tokens, " explicitly selected tokens (needs ",
-        PredictStreamBytes(model, requested), " bytes at the requested "
+        PredictStreamBytes(model, requested),
+        " bytes at the requested "
         "scheme); select fewer tokens"));
   }
   auto with_tokens = [&](uint32_t k) -> absl::StatusOr<TransferPlan> {
@@ -391,11 +395,13 @@ absl::StatusOr<TransferPlan> PlanTransfer(const v1::ModelInfo& model,
   };
   ASSIGN_OR_RETURN(TransferPlan smallest, with_tokens(1));
   if (!fits(smallest)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "max_payload_bytes ", budget, " is below the smallest possible "
-        "stream for this prompt (", PredictStreamBytes(model, smallest),
-        " bytes: one token of ", requested.layers.size(), " layers at ",
-        SchemeName(ladder.back()), ")"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("max_payload_bytes ", budget,
+                     " is below the smallest possible "
+                     "stream for this prompt (",
+                     PredictStreamBytes(model, smallest),
+                     " bytes: one token of ", requested.layers.size(),
+                     " layers at ", SchemeName(ladder.back()), ")"));
   }
   uint32_t lo = 1, hi = std::max<uint32_t>(1, requested.selected_tokens);
   while (lo < hi) {

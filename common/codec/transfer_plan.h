@@ -22,7 +22,7 @@ constexpr int kDefaultZstdLevel = 3;
 constexpr size_t kMaxRequestIdBytes = 64;
 
 struct LayerTransfer {
-  uint32_t layer = 0;     // Sharer layer.
+  uint32_t layer = 0;  // Sharer layer.
   v1::Scheme scheme = v1::SCHEME_INT8;
   QuantParams key_params;    // Granularity resolved for keys.
   QuantParams value_params;  // Granularity resolved for values.

@@ -75,8 +75,8 @@ absl::StatusOr<std::vector<CodecReportRow>> RunCodecReport(
   const v1::ModelInfo model = SyntheticModelInfo(options);
   const auto cache = MakeSyntheticKv(options);
   const uint32_t tokens = static_cast<uint32_t>(options.tokens);
-  const double values_in_cache =
-      2.0 * options.layers * options.kv_heads * options.tokens * options.head_dim;
+  const double values_in_cache = 2.0 * options.layers * options.kv_heads *
+                                 options.tokens * options.head_dim;
   std::vector<CodecReportRow> rows;
   for (const auto& [label, spec] : specs) {
     CodecReportRow row;
@@ -92,8 +92,8 @@ absl::StatusOr<std::vector<CodecReportRow>> RunCodecReport(
                        KvStreamEncoder::Create(model, tokens, spec, "report"));
       RETURN_IF_ERROR(encoder->Start(&chunks));
       for (size_t l = 0; l < cache.size(); ++l) {
-        RETURN_IF_ERROR(encoder->AddLayer(l, cache[l].first, cache[l].second,
-                                          &chunks));
+        RETURN_IF_ERROR(
+            encoder->AddLayer(l, cache[l].first, cache[l].second, &chunks));
       }
       ASSIGN_OR_RETURN(v1::KvChunk trailer, encoder->Finish(0));
       chunks.push_back(std::move(trailer));
@@ -116,17 +116,17 @@ absl::StatusOr<std::vector<CodecReportRow>> RunCodecReport(
     row.payload_bytes = s.payload_bytes();
     row.scale_bytes = s.scale_bytes();
     row.index_bytes = s.index_bytes();
-    row.header_bytes = row.wire_bytes - row.payload_bytes - row.scale_bytes -
-                       row.index_bytes;
+    row.header_bytes =
+        row.wire_bytes - row.payload_bytes - row.scale_bytes - row.index_bytes;
     row.bits_per_value = row.wire_bytes * 8.0 / values_in_cache;
     // Error over the sent tokens.
     double err2 = 0, ref2 = 0;
     for (const DecodedLayer& d : decoded) {
-      at::Tensor idx = at::tensor(std::vector<int64_t>(d.token_indices.begin(),
-                                                       d.token_indices.end()));
+      at::Tensor idx = at::tensor(
+          std::vector<int64_t>(d.token_indices.begin(), d.token_indices.end()));
       for (int part = 0; part < 2; ++part) {
-        const at::Tensor& orig = part == 0 ? cache[d.layer].first
-                                           : cache[d.layer].second;
+        const at::Tensor& orig =
+            part == 0 ? cache[d.layer].first : cache[d.layer].second;
         at::Tensor x = orig.to(at::kFloat).index_select(1, idx);
         at::Tensor y = (part == 0 ? d.keys : d.values).to(at::kFloat);
         err2 += (y - x).pow(2).sum().item<double>();

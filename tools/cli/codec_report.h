@@ -20,10 +20,10 @@ struct CodecReportRow {
   int64_t scale_bytes = 0;
   int64_t index_bytes = 0;
   int64_t header_bytes = 0;
-  double bits_per_value = 0;   // wire bytes * 8 / values in the cache.
-  double compression = 0;      // bf16 wire bytes / wire bytes.
-  double relative_error = 0;   // ||x^ - x|| / ||x|| over sent K and V.
-  double encode_ms = 0;        // Median over repetitions.
+  double bits_per_value = 0;  // wire bytes * 8 / values in the cache.
+  double compression = 0;     // bf16 wire bytes / wire bytes.
+  double relative_error = 0;  // ||x^ - x|| / ||x|| over sent K and V.
+  double encode_ms = 0;       // Median over repetitions.
   double decode_ms = 0;
 };
 

@@ -15,7 +15,8 @@ ABSL_FLAG(int, layers, 24, "codec-report: KV layers of the synthetic cache");
 ABSL_FLAG(int, kv_heads, 2, "codec-report: KV heads");
 ABSL_FLAG(int, head_dim, 64, "codec-report: head dimension");
 ABSL_FLAG(int, tokens, 118, "codec-report: prompt tokens");
-ABSL_FLAG(uint64_t, seed, 0, "codec-report: random seed of the synthetic cache");
+ABSL_FLAG(uint64_t, seed, 0,
+          "codec-report: random seed of the synthetic cache");
 ABSL_FLAG(int, repetitions, 5, "codec-report: timed runs per scheme (median)");
 ABSL_FLAG(int, threads, 1, "intra-op threads for tensor math");
 ABSL_FLAG(bool, json, false, "print JSON instead of a table");

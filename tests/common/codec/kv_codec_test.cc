@@ -33,15 +33,16 @@ class KvCodecTest : public ::testing::Test {
   }
 
   absl::StatusOr<Stream> Encode(const v1::TransferSpec& spec) {
-    auto encoder = KvStreamEncoder::Create(model_, options_.tokens, spec, "req");
+    auto encoder =
+        KvStreamEncoder::Create(model_, options_.tokens, spec, "req");
     if (!encoder.ok()) return encoder.status();
     Stream s;
     s.plan = (*encoder)->plan();
     s.predicted = (*encoder)->predicted_bytes();
     if (auto st = (*encoder)->Start(&s.chunks); !st.ok()) return st;
     for (size_t l = 0; l < cache_.size(); ++l) {
-      auto st = (*encoder)->AddLayer(l, cache_[l].first, cache_[l].second,
-                                     &s.chunks);
+      auto st =
+          (*encoder)->AddLayer(l, cache_[l].first, cache_[l].second, &s.chunks);
       if (!st.ok()) return st;
     }
     auto trailer = (*encoder)->Finish(0.5);
@@ -74,9 +75,9 @@ class KvCodecTest : public ::testing::Test {
         std::vector<int64_t>(d.token_indices.begin(), d.token_indices.end()));
     at::Tensor k = cache_[layer].first.to(at::kFloat).index_select(1, idx);
     at::Tensor v = cache_[layer].second.to(at::kFloat).index_select(1, idx);
-    return std::max((d.keys - k).norm().item<double>() / k.norm().item<double>(),
-                    (d.values - v).norm().item<double>() /
-                        v.norm().item<double>());
+    return std::max(
+        (d.keys - k).norm().item<double>() / k.norm().item<double>(),
+        (d.values - v).norm().item<double>() / v.norm().item<double>());
   }
 
   SyntheticKvOptions options_;
@@ -189,7 +190,8 @@ TEST_F(KvCodecTest, PerLayerNormSelectionCarriesIndicesInEachBlock) {
   ASSERT_TRUE(layers.ok()) << layers.status();
   for (const DecodedLayer& d : *layers) {
     // The selected tokens have the largest V norms of their layer.
-    at::Tensor norms = cache_[d.layer].second.to(at::kFloat).norm(2, {2}).mean(0);
+    at::Tensor norms =
+        cache_[d.layer].second.to(at::kFloat).norm(2, {2}).mean(0);
     const double threshold = std::get<0>(norms.topk(9)).min().item<double>();
     ASSERT_EQ(d.token_indices.size(), 9u);
     for (uint32_t t : d.token_indices) {
@@ -210,8 +212,9 @@ TEST_F(KvCodecTest, SharedNormSelectionWaitsForEveryLayer) {
   ASSERT_TRUE((*encoder)->Start(&chunks).ok());
   EXPECT_TRUE(chunks.empty());
   for (size_t l = 0; l < 3; ++l) {
-    ASSERT_TRUE((*encoder)->AddLayer(l, cache_[l].first, cache_[l].second,
-                                     &chunks).ok());
+    ASSERT_TRUE((*encoder)
+                    ->AddLayer(l, cache_[l].first, cache_[l].second, &chunks)
+                    .ok());
   }
   EXPECT_TRUE(chunks.empty());
   ASSERT_TRUE(
@@ -397,15 +400,78 @@ TEST_F(KvCodecTest, RejectsInvalidSpecsWithTheFieldName) {
   spec.Clear();
   spec.set_chunk_size_bytes(100);
   EXPECT_THAT(
-      std::string(KvStreamEncoder::Create(model_, 37, spec, "r").status().message()),
+      std::string(
+          KvStreamEncoder::Create(model_, 37, spec, "r").status().message()),
       HasSubstr("chunk_size_bytes"));
   spec.Clear();
   spec.set_scheme(static_cast<v1::Scheme>(77));
   EXPECT_EQ(KvStreamEncoder::Create(model_, 37, spec, "r").status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(
-      KvStreamEncoder::Create(model_, 0, v1::TransferSpec(), "r").status().code(),
-      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KvStreamEncoder::Create(model_, 0, v1::TransferSpec(), "r")
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvwire
+
+namespace kvwire {
+namespace {
+
+// On a CUDA build with a GPU: the same stream from CUDA tensors, byte for
+// byte, and decoding onto the GPU gives the CPU's values.
+TEST_F(KvCodecTest, CudaTensorsProduceTheCpuStreamBitForBit) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  for (v1::Scheme scheme :
+       {v1::SCHEME_BF16, v1::SCHEME_FP8_E4M3, v1::SCHEME_FP8_E5M2,
+        v1::SCHEME_INT8, v1::SCHEME_INT4, v1::SCHEME_INT2, v1::SCHEME_NF4}) {
+    for (v1::Granularity g :
+         {v1::GRANULARITY_PER_HEAD, v1::GRANULARITY_PER_TOKEN,
+          v1::GRANULARITY_KIVI, v1::GRANULARITY_PER_GROUP}) {
+      for (bool asym : {false, true}) {
+        v1::TransferSpec spec;
+        spec.set_scheme(scheme);
+        spec.set_granularity(g);
+        spec.set_group_size(16);
+        spec.set_asymmetric(asym);
+        spec.mutable_selection()->set_mode(v1::SELECTION_VNORM_TOPK);
+        spec.mutable_selection()->set_proportion(0.5);
+        auto cpu = Encode(spec);
+        ASSERT_TRUE(cpu.ok()) << cpu.status();
+        const auto cpu_cache = cache_;
+        for (auto& [k, v] : cache_) {
+          k = k.to(at::kCUDA);
+          v = v.to(at::kCUDA);
+        }
+        auto gpu = Encode(spec);
+        cache_ = cpu_cache;
+        ASSERT_TRUE(gpu.ok()) << gpu.status();
+        ASSERT_EQ(cpu->chunks.size(), gpu->chunks.size());
+        for (size_t i = 0; i + 1 < cpu->chunks.size(); ++i) {
+          EXPECT_EQ(cpu->chunks[i].SerializeAsString(),
+                    gpu->chunks[i].SerializeAsString())
+              << SchemeName(scheme) << " " << GranularityName(g) << " asym "
+              << asym << " chunk " << i;
+        }
+        KvStreamDecoder on_gpu(at::kFloat, at::kCUDA);
+        auto layers = Decode(cpu->chunks);
+        ASSERT_TRUE(layers.ok());
+        size_t n = 0;
+        for (const auto& c : cpu->chunks) {
+          auto layer = on_gpu.Consume(c);
+          ASSERT_TRUE(layer.ok()) << layer.status();
+          if (layer->has_value()) {
+            EXPECT_TRUE((*layer)->keys.is_cuda());
+            EXPECT_TRUE(at::equal((*layer)->keys.cpu(), (*layers)[n].keys));
+            EXPECT_TRUE(at::equal((*layer)->values.cpu(), (*layers)[n].values));
+            ++n;
+          }
+        }
+        EXPECT_EQ(n, layers->size());
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -1,0 +1,538 @@
+#include "common/fuser/c2c_projector.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/rand.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/sigmoid.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#define KVWIRE_HAVE_RMS_NORM 1
+#include <ATen/ops/rms_norm.h>
+#endif
+
+namespace kvwire {
+namespace {
+
+constexpr double kRmsNormEps = 1e-6;
+
+std::string ShapeString(at::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+bool IsFloat(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf ||
+         t == at::kDouble;
+}
+
+absl::Status CheckComputeDtype(at::ScalarType t) {
+  if (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "projector dtype must be bf16, fp16 or fp32, got ", c10::toString(t)));
+}
+
+// nn.RMSNorm(h, eps=1e-6) as torch computes it.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
+#ifdef KVWIRE_HAVE_RMS_NORM
+  return at::rms_norm(x, {x.size(-1)}, weight, kRmsNormEps);
+#else
+  // torch's composite rms_norm: upcast, normalize, round to the input dtype,
+  // then multiply by the weight; eps is held in the input's scalar type.
+  double eps = kRmsNormEps;
+  if (x.scalar_type() == at::kBFloat16) {
+    eps = static_cast<float>(c10::BFloat16(static_cast<float>(eps)));
+  } else if (x.scalar_type() == at::kHalf) {
+    eps = static_cast<float>(c10::Half(static_cast<float>(eps)));
+  }
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor r = at::rsqrt(xf.pow(2).mean({-1}, /*keepdim=*/true).add_(eps));
+  return xf.mul(r).to(x.scalar_type()).mul(weight);
+#endif
+}
+
+std::string Prefixed(const std::string& name, absl::string_view message) {
+  return name.empty() ? std::string(message)
+                      : absl::StrCat(name, ": ", message);
+}
+
+}  // namespace
+
+std::vector<ProjectorTensorSpec> ProjectorStateDictSpec(
+    const C2CProjectorArgs& a) {
+  const int64_t h = a.hidden_dim, inter = a.intermediate_dim;
+  // state_dict() order: the module's own parameters and buffers first, then
+  // the sub-modules in registration order.
+  std::vector<ProjectorTensorSpec> spec = {
+      {"key_gate_logit", {}},
+      {"value_gate_logit", {}},
+      {"gate_temperature", {}, /*required=*/false},
+  };
+  auto block = [&](const std::string& prefix, int64_t n, int64_t mid) {
+    for (int64_t j = 0; j < n; ++j) {
+      const std::string b = absl::StrCat(prefix, ".blocks.", j, ".");
+      spec.push_back({b + "norm.weight", {h}});
+      spec.push_back({b + "w1.weight", {mid, h}});
+      spec.push_back({b + "w2.weight", {h, mid}});
+    }
+  };
+  for (const char* x : {"key", "value"}) {
+    const std::string p = x;
+    spec.push_back({p + "_in.weight", {h, a.in_dim() + a.out_dim()}});
+    spec.push_back({p + "_in.bias", {h}});
+  }
+  block("key_mlp1", 1, inter);
+  block("value_mlp1", 1, inter);
+  block("key_scalar_mlp2", 1, h);
+  block("value_scalar_mlp2", 1, h);
+  for (const char* x : {"key", "value"}) {
+    const std::string p = x;
+    spec.push_back({p + "_scalar_head.weight", {a.target_num_heads, h}});
+    spec.push_back({p + "_scalar_head.bias", {a.target_num_heads}});
+  }
+  block("key_proj_mlp2", a.num_layers - 2, inter);
+  block("value_proj_mlp2", a.num_layers - 2, inter);
+  for (const char* x : {"key", "value"}) {
+    const std::string p = x;
+    spec.push_back({p + "_proj_out.weight", {a.out_dim(), h}});
+    spec.push_back({p + "_proj_out.bias", {a.out_dim()}});
+  }
+  return spec;
+}
+
+absl::StatusOr<C2CProjector> C2CProjector::Create(
+    const C2CProjectorArgs& args, const TensorList& state_dict,
+    const ProjectorOptions& options, bool strict, const std::string& name) {
+  return FromTensors(args, state_dict, options, strict, name);
+}
+
+absl::StatusOr<C2CProjector> C2CProjector::FromTensors(
+    const C2CProjectorArgs& args, const TensorList& tensors,
+    const ProjectorOptions& options, bool strict, const std::string& name) {
+  if (absl::Status s = ValidateProjectorArgs(args); !s.ok()) {
+    return absl::InvalidArgumentError(Prefixed(name, s.message()));
+  }
+  std::map<std::string, at::Tensor> by_name;
+  for (const auto& [n, t] : tensors) by_name[n] = t;
+  const std::vector<ProjectorTensorSpec> spec = ProjectorStateDictSpec(args);
+
+  if (strict) {
+    std::map<std::string, bool> known;
+    for (const auto& s : spec) known[s.name] = true;
+    for (const auto& [n, t] : tensors) {
+      if (!known.count(n)) {
+        return absl::InvalidArgumentError(
+            Prefixed(name, absl::StrCat("unexpected tensor \"", n, "\"")));
+      }
+    }
+  }
+
+  at::ScalarType dtype = options.dtype;
+  // Validate names, shapes and dtypes first.
+  for (const auto& s : spec) {
+    auto it = by_name.find(s.name);
+    if (it == by_name.end() || !it->second.defined()) {
+      if (!s.required) continue;
+      return absl::NotFoundError(Prefixed(
+          name, absl::StrCat("missing tensor \"", s.name,
+                             "\" (expected shape ", ShapeString(s.shape),
+                             ")")));
+    }
+    const at::Tensor& t = it->second;
+    if (t.sizes() != at::IntArrayRef(s.shape)) {
+      return absl::InvalidArgumentError(Prefixed(
+          name, absl::StrCat("tensor \"", s.name, "\" has shape ",
+                             ShapeString(t.sizes()), ", expected ",
+                             ShapeString(s.shape))));
+    }
+    if (!IsFloat(t.scalar_type())) {
+      return absl::InvalidArgumentError(Prefixed(
+          name, absl::StrCat("tensor \"", s.name, "\" has dtype ",
+                             c10::toString(t.scalar_type()),
+                             ", expected a floating type")));
+    }
+    if (dtype == at::ScalarType::Undefined && s.required) dtype = t.scalar_type();
+  }
+  if (absl::Status st = CheckComputeDtype(dtype); !st.ok()) {
+    return absl::InvalidArgumentError(Prefixed(name, st.message()));
+  }
+
+  C2CProjector p;
+  p.args_ = args;
+  p.dtype_ = dtype;
+  p.device_ = options.device;
+  try {
+    c10::InferenceMode guard;
+    auto get = [&](const std::string& n) {
+      return by_name.at(n)
+          .detach()
+          .to(options.device, dtype, /*non_blocking=*/false, /*copy=*/false)
+          .contiguous();
+    };
+    auto blocks = [&](const std::string& prefix, int64_t n) {
+      std::vector<Block> out;
+      for (int64_t j = 0; j < n; ++j) {
+        const std::string b = absl::StrCat(prefix, ".blocks.", j, ".");
+        out.push_back(
+            {get(b + "norm.weight"), get(b + "w1.weight"), get(b + "w2.weight")});
+      }
+      return out;
+    };
+    for (Path* path : {&p.key_, &p.value_}) {
+      const std::string x = path == &p.key_ ? "key" : "value";
+      path->in_w = get(x + "_in.weight");
+      path->in_b = get(x + "_in.bias");
+      path->mlp1 = blocks(x + "_mlp1", 1);
+      path->scalar_mlp2 = blocks(x + "_scalar_mlp2", 1);
+      path->proj_mlp2 = blocks(x + "_proj_mlp2", args.num_layers - 2);
+      path->scalar_head_w = get(x + "_scalar_head.weight");
+      path->scalar_head_b = get(x + "_scalar_head.bias");
+      path->proj_out_w = get(x + "_proj_out.weight");
+      path->proj_out_b = get(x + "_proj_out.bias");
+      path->gate_logit = get(x + "_gate_logit");
+      // The reference compares the logit in the projector's dtype.
+      const float logit = path->gate_logit.to(at::kCPU).to(at::kFloat).item<float>();
+      if (std::isnan(logit)) {
+        return absl::InvalidArgumentError(Prefixed(
+            name, absl::StrCat("tensor \"", x, "_gate_logit\" is NaN")));
+      }
+      path->gate_open = logit > 0;
+    }
+    auto temp = by_name.find("gate_temperature");
+    if (temp != by_name.end() && temp->second.defined()) {
+      p.gate_temperature_ = get("gate_temperature");
+    } else {
+      p.gate_temperature_ = at::scalar_tensor(
+          args.final_temperature,
+          at::TensorOptions().dtype(dtype).device(options.device));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(Prefixed(
+        name, absl::StrCat("loading weights: ", e.what_without_backtrace())));
+  }
+  return p;
+}
+
+absl::StatusOr<C2CProjector> C2CProjector::Random(
+    const C2CProjectorArgs& args, const RandomOptions& random,
+    const ProjectorOptions& options) {
+  RETURN_IF_ERROR(ValidateProjectorArgs(args));
+  at::ScalarType dtype =
+      options.dtype == at::ScalarType::Undefined ? at::kFloat : options.dtype;
+  RETURN_IF_ERROR(CheckComputeDtype(dtype));
+  TensorList tensors;
+  try {
+    c10::InferenceMode guard;
+    at::Generator gen = at::detail::createCPUGenerator(random.seed);
+    auto uniform = [&](at::IntArrayRef shape, double bound) {
+      return (at::rand(shape, gen, at::TensorOptions().dtype(at::kFloat)) *
+                  2.0 -
+              1.0) *
+             bound;
+    };
+    for (const auto& s : ProjectorStateDictSpec(args)) {
+      at::Tensor t;
+      const std::string& n = s.name;
+      auto ends_with = [&](absl::string_view suffix) {
+        return n.size() >= suffix.size() &&
+               n.compare(n.size() - suffix.size(), suffix.size(),
+                         suffix.data(), suffix.size()) == 0;
+      };
+      if (n == "key_gate_logit") {
+        t = at::scalar_tensor(random.key_gate_logit, at::kFloat);
+      } else if (n == "value_gate_logit") {
+        t = at::scalar_tensor(random.value_gate_logit, at::kFloat);
+      } else if (n == "gate_temperature") {
+        t = at::scalar_tensor(args.final_temperature, at::kFloat);
+      } else if (ends_with("norm.weight")) {
+        t = 1.0 + uniform(s.shape, random.norm_jitter);
+      } else if (ends_with(".weight")) {
+        t = uniform(s.shape, random.weight_scale /
+                                 std::sqrt(static_cast<double>(s.shape[1])));
+      } else {  // Bias: fan_in is the matching weight's second dim.
+        const std::string w = n.substr(0, n.size() - 4) + "weight";
+        int64_t fan_in = 1;
+        for (const auto& o : ProjectorStateDictSpec(args)) {
+          if (o.name == w) fan_in = o.shape[1];
+        }
+        t = uniform(s.shape, random.weight_scale /
+                                 std::sqrt(static_cast<double>(fan_in)));
+      }
+      tensors.emplace_back(n, t);
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("random projector: ", e.what_without_backtrace()));
+  }
+  ProjectorOptions o = options;
+  o.dtype = dtype;
+  return FromTensors(args, tensors, o, /*strict=*/true, "");
+}
+
+absl::Status C2CProjector::CheckInputs(const at::Tensor& sk,
+                                       const at::Tensor& sv,
+                                       const at::Tensor& rk,
+                                       const at::Tensor& rv,
+                                       bool same_tokens) const {
+  if (!sk.defined() || !sv.defined() || !rk.defined() || !rv.defined()) {
+    return absl::InvalidArgumentError("projector input is undefined");
+  }
+  const int64_t rank = sk.dim();
+  if (rank != 3 && rank != 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "projector inputs must be [H, N, D] or [B, H, N, D], got ",
+        ShapeString(sk.sizes())));
+  }
+  if (sv.sizes() != sk.sizes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sharer keys ", ShapeString(sk.sizes()), " and values ",
+                     ShapeString(sv.sizes()), " differ"));
+  }
+  if (rv.sizes() != rk.sizes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("receiver keys ", ShapeString(rk.sizes()),
+                     " and values ", ShapeString(rv.sizes()), " differ"));
+  }
+  if (rk.dim() != rank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sharer ", ShapeString(sk.sizes()), " and receiver ",
+                     ShapeString(rk.sizes()), " ranks differ"));
+  }
+  if (sk.size(-3) != args_.source_num_heads || sk.size(-1) != args_.source_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sharer KV ", ShapeString(sk.sizes()), " does not have ",
+        args_.source_num_heads, " heads of ", args_.source_dim));
+  }
+  if (rk.size(-3) != args_.target_num_heads || rk.size(-1) != args_.target_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "receiver KV ", ShapeString(rk.sizes()), " does not have ",
+        args_.target_num_heads, " heads of ", args_.target_dim));
+  }
+  if (rank == 4 && sk.size(0) != rk.size(0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sharer batch ", sk.size(0), " != receiver batch ",
+                     rk.size(0)));
+  }
+  if (same_tokens && sk.size(-2) != rk.size(-2)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sharer has ", sk.size(-2), " tokens, receiver ",
+                     rk.size(-2)));
+  }
+  for (const at::Tensor* t : {&sk, &sv, &rk, &rv}) {
+    if (!IsFloat(t->scalar_type())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("projector input has dtype ",
+                       c10::toString(t->scalar_type())));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::pair<at::Tensor, at::Tensor> C2CProjector::RunPath(
+    const Path& p, const at::Tensor& sharer, const at::Tensor& receiver) const {
+  // [.., H, N, D] -> [.., N, H*D]
+  auto flatten = [&](const at::Tensor& x) {
+    at::Tensor t = x.to(device_, dtype_).transpose(-3, -2);
+    std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end() - 2);
+    shape.push_back(t.size(-2) * t.size(-1));
+    return t.reshape(shape);
+  };
+  auto run_blocks = [&](at::Tensor x, const std::vector<Block>& blocks) {
+    for (const Block& b : blocks) {
+      at::Tensor y = RmsNorm(x, b.norm);
+      y = at::gelu(at::linear(y, b.w1));
+      y = at::linear(y, b.w2);
+      x = x + y;
+    }
+    return x;
+  };
+  at::Tensor h =
+      at::linear(at::cat({flatten(sharer), flatten(receiver)}, -1), p.in_w,
+                 p.in_b);
+  h = run_blocks(h, p.mlp1);
+  // Projection: [.., N, Ht*Dt] -> [.., Ht, N, Dt].
+  at::Tensor proj =
+      at::linear(run_blocks(h, p.proj_mlp2), p.proj_out_w, p.proj_out_b);
+  std::vector<int64_t> shape(proj.sizes().begin(), proj.sizes().end() - 1);
+  shape.push_back(args_.target_num_heads);
+  shape.push_back(args_.target_dim);
+  proj = proj.view(shape).transpose(-3, -2);
+  // Weight: [.., N, Ht] -> [.., Ht, N, 1], sigmoid in the projector dtype.
+  at::Tensor w = at::linear(run_blocks(h, p.scalar_mlp2), p.scalar_head_w,
+                            p.scalar_head_b);
+  w = at::sigmoid(w.transpose(-1, -2).unsqueeze(-1));
+  return {proj, w};
+}
+
+at::Tensor C2CProjector::FusePath(const Path& p, const at::Tensor& sharer,
+                                  const at::Tensor& receiver) const {
+  if (!p.gate_open) return receiver.clone();
+  auto [proj, w] = RunPath(p, sharer, receiver);
+  // g (fp32) * w * P in fp32, + receiver in fp32, then one rounding.
+  at::Tensor delta = w.to(at::kFloat).mul(proj);
+  at::Tensor r = receiver.to(device_);
+  return r.add(delta).to(receiver.device(), receiver.scalar_type());
+}
+
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>> C2CProjector::Forward(
+    const at::Tensor& sk, const at::Tensor& sv, const at::Tensor& rk,
+    const at::Tensor& rv) const {
+  RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/true));
+  try {
+    c10::InferenceMode guard;
+    return std::make_pair(FusePath(key_, sk, rk), FusePath(value_, sv, rv));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("projector forward: ", e.what_without_backtrace()));
+  }
+}
+
+absl::StatusOr<std::pair<at::Tensor, at::Tensor>>
+C2CProjector::ProjectAndWeight(const at::Tensor& sharer,
+                               const at::Tensor& receiver, bool value) const {
+  RETURN_IF_ERROR(
+      CheckInputs(sharer, sharer, receiver, receiver, /*same_tokens=*/true));
+  try {
+    c10::InferenceMode guard;
+    return RunPath(value ? value_ : key_, sharer, receiver);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("projector forward: ", e.what_without_backtrace()));
+  }
+}
+
+absl::Status C2CProjector::FuseRange(const at::Tensor& sk,
+                                     const at::Tensor& sv, int64_t start,
+                                     const at::Tensor& rk,
+                                     const at::Tensor& rv) const {
+  RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/false));
+  const int64_t n = sk.size(-2);
+  if (start < 0 || start + n > rk.size(-2)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("positions [", start, ", ", start + n,
+                     ") outside the receiver's ", rk.size(-2), " tokens"));
+  }
+  if (n == 0) return absl::OkStatus();
+  try {
+    c10::InferenceMode guard;
+    at::Tensor k = rk.narrow(-2, start, n);
+    at::Tensor v = rv.narrow(-2, start, n);
+    if (key_.gate_open) k.copy_(FusePath(key_, sk, k));
+    if (value_.gate_open) v.copy_(FusePath(value_, sv, v));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("projector fuse: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status C2CProjector::FuseTokens(const at::Tensor& sk,
+                                      const at::Tensor& sv,
+                                      absl::Span<const uint32_t> positions,
+                                      const at::Tensor& rk,
+                                      const at::Tensor& rv) const {
+  RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/false));
+  const int64_t n = sk.size(-2);
+  if (static_cast<int64_t>(positions.size()) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(positions.size(), " positions for ", n, " sharer tokens"));
+  }
+  if (n == 0) return absl::OkStatus();
+  const int64_t total = rk.size(-2);
+  std::vector<int64_t> idx(positions.begin(), positions.end());
+  {
+    std::vector<int64_t> sorted = idx;
+    std::sort(sorted.begin(), sorted.end());
+    if (sorted.back() >= total) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("position ", sorted.back(), " outside the receiver's ",
+                       total, " tokens"));
+    }
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      return absl::InvalidArgumentError("positions repeat a token");
+    }
+  }
+  bool contiguous = true;
+  for (int64_t i = 1; i < n && contiguous; ++i) {
+    contiguous = idx[i] == idx[i - 1] + 1;
+  }
+  if (contiguous) return FuseRange(sk, sv, idx[0], rk, rv);
+  try {
+    c10::InferenceMode guard;
+    at::Tensor index =
+        at::from_blob(idx.data(), {n}, at::TensorOptions().dtype(at::kLong))
+            .to(rk.device());
+    const int64_t dim = rk.dim() - 2;
+    if (key_.gate_open) {
+      at::Tensor k = rk.index_select(dim, index);
+      rk.index_copy_(dim, index, FusePath(key_, sk, k));
+    }
+    if (value_.gate_open) {
+      at::Tensor v = rv.index_select(dim, index);
+      rv.index_copy_(dim, index, FusePath(value_, sv, v));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("projector sparse fuse: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+TensorList C2CProjector::StateDict() const {
+  TensorList out;
+  std::map<std::string, at::Tensor> by_name;
+  auto add_blocks = [&](const std::string& prefix,
+                        const std::vector<Block>& blocks) {
+    for (size_t j = 0; j < blocks.size(); ++j) {
+      const std::string b = absl::StrCat(prefix, ".blocks.", j, ".");
+      by_name[b + "norm.weight"] = blocks[j].norm;
+      by_name[b + "w1.weight"] = blocks[j].w1;
+      by_name[b + "w2.weight"] = blocks[j].w2;
+    }
+  };
+  for (const Path* path : {&key_, &value_}) {
+    const std::string x = path == &key_ ? "key" : "value";
+    by_name[x + "_in.weight"] = path->in_w;
+    by_name[x + "_in.bias"] = path->in_b;
+    add_blocks(x + "_mlp1", path->mlp1);
+    add_blocks(x + "_scalar_mlp2", path->scalar_mlp2);
+    add_blocks(x + "_proj_mlp2", path->proj_mlp2);
+    by_name[x + "_scalar_head.weight"] = path->scalar_head_w;
+    by_name[x + "_scalar_head.bias"] = path->scalar_head_b;
+    by_name[x + "_proj_out.weight"] = path->proj_out_w;
+    by_name[x + "_proj_out.bias"] = path->proj_out_b;
+    by_name[x + "_gate_logit"] = path->gate_logit;
+  }
+  by_name["gate_temperature"] = gate_temperature_;
+  for (const auto& s : ProjectorStateDictSpec(args_)) {
+    out.emplace_back(s.name, by_name[s.name]);
+  }
+  return out;
+}
+
+absl::StatusOr<C2CProjector> C2CProjector::To(
+    const ProjectorOptions& options) const {
+  ProjectorOptions o = options;
+  if (o.dtype == at::ScalarType::Undefined) o.dtype = dtype_;
+  return FromTensors(args_, StateDict(), o, /*strict=*/true, "");
+}
+
+}  // namespace kvwire
