@@ -23,7 +23,8 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#if TORCH_VERSION_MAJOR > 2 || \
+    (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
 #define KVWIRE_HAVE_RMS_NORM 1
 #include <ATen/ops/rms_norm.h>
 #endif
@@ -152,24 +153,24 @@ absl::StatusOr<C2CProjector> C2CProjector::FromTensors(
     if (it == by_name.end() || !it->second.defined()) {
       if (!s.required) continue;
       return absl::NotFoundError(Prefixed(
-          name, absl::StrCat("missing tensor \"", s.name,
-                             "\" (expected shape ", ShapeString(s.shape),
-                             ")")));
+          name, absl::StrCat("missing tensor \"", s.name, "\" (expected shape ",
+                             ShapeString(s.shape), ")")));
     }
     const at::Tensor& t = it->second;
     if (t.sizes() != at::IntArrayRef(s.shape)) {
-      return absl::InvalidArgumentError(Prefixed(
-          name, absl::StrCat("tensor \"", s.name, "\" has shape ",
-                             ShapeString(t.sizes()), ", expected ",
-                             ShapeString(s.shape))));
+      return absl::InvalidArgumentError(
+          Prefixed(name, absl::StrCat("tensor \"", s.name, "\" has shape ",
+                                      ShapeString(t.sizes()), ", expected ",
+                                      ShapeString(s.shape))));
     }
     if (!IsFloat(t.scalar_type())) {
-      return absl::InvalidArgumentError(Prefixed(
-          name, absl::StrCat("tensor \"", s.name, "\" has dtype ",
-                             c10::toString(t.scalar_type()),
-                             ", expected a floating type")));
+      return absl::InvalidArgumentError(
+          Prefixed(name, absl::StrCat("tensor \"", s.name, "\" has dtype ",
+                                      c10::toString(t.scalar_type()),
+                                      ", expected a floating type")));
     }
-    if (dtype == at::ScalarType::Undefined && s.required) dtype = t.scalar_type();
+    if (dtype == at::ScalarType::Undefined && s.required)
+      dtype = t.scalar_type();
   }
   if (absl::Status st = CheckComputeDtype(dtype); !st.ok()) {
     return absl::InvalidArgumentError(Prefixed(name, st.message()));
@@ -191,8 +192,8 @@ absl::StatusOr<C2CProjector> C2CProjector::FromTensors(
       std::vector<Block> out;
       for (int64_t j = 0; j < n; ++j) {
         const std::string b = absl::StrCat(prefix, ".blocks.", j, ".");
-        out.push_back(
-            {get(b + "norm.weight"), get(b + "w1.weight"), get(b + "w2.weight")});
+        out.push_back({get(b + "norm.weight"), get(b + "w1.weight"),
+                       get(b + "w2.weight")});
       }
       return out;
     };
@@ -209,13 +210,17 @@ absl::StatusOr<C2CProjector> C2CProjector::FromTensors(
       path->proj_out_b = get(x + "_proj_out.bias");
       path->gate_logit = get(x + "_gate_logit");
       // The reference compares the logit in the projector's dtype.
-      const float logit = path->gate_logit.to(at::kCPU).to(at::kFloat).item<float>();
+      const float logit =
+          path->gate_logit.to(at::kCPU).to(at::kFloat).item<float>();
       if (std::isnan(logit)) {
         return absl::InvalidArgumentError(Prefixed(
             name, absl::StrCat("tensor \"", x, "_gate_logit\" is NaN")));
       }
       path->gate_open = logit > 0;
     }
+    // The concrete device ("cuda" -> "cuda:0"), so device checks compare
+    // like with like.
+    p.device_ = p.key_.in_w.device();
     auto temp = by_name.find("gate_temperature");
     if (temp != by_name.end() && temp->second.defined()) {
       p.gate_temperature_ = get("gate_temperature");
@@ -253,8 +258,8 @@ absl::StatusOr<C2CProjector> C2CProjector::Random(
       const std::string& n = s.name;
       auto ends_with = [&](absl::string_view suffix) {
         return n.size() >= suffix.size() &&
-               n.compare(n.size() - suffix.size(), suffix.size(),
-                         suffix.data(), suffix.size()) == 0;
+               n.compare(n.size() - suffix.size(), suffix.size(), suffix.data(),
+                         suffix.size()) == 0;
       };
       if (n == "key_gate_logit") {
         t = at::scalar_tensor(random.key_gate_logit, at::kFloat);
@@ -297,9 +302,9 @@ absl::Status C2CProjector::CheckInputs(const at::Tensor& sk,
   }
   const int64_t rank = sk.dim();
   if (rank != 3 && rank != 4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "projector inputs must be [H, N, D] or [B, H, N, D], got ",
-        ShapeString(sk.sizes())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("projector inputs must be [H, N, D] or [B, H, N, D], got ",
+                     ShapeString(sk.sizes())));
   }
   if (sv.sizes() != sk.sizes()) {
     return absl::InvalidArgumentError(
@@ -308,39 +313,38 @@ absl::Status C2CProjector::CheckInputs(const at::Tensor& sk,
   }
   if (rv.sizes() != rk.sizes()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("receiver keys ", ShapeString(rk.sizes()),
-                     " and values ", ShapeString(rv.sizes()), " differ"));
+        absl::StrCat("receiver keys ", ShapeString(rk.sizes()), " and values ",
+                     ShapeString(rv.sizes()), " differ"));
   }
   if (rk.dim() != rank) {
     return absl::InvalidArgumentError(
         absl::StrCat("sharer ", ShapeString(sk.sizes()), " and receiver ",
                      ShapeString(rk.sizes()), " ranks differ"));
   }
-  if (sk.size(-3) != args_.source_num_heads || sk.size(-1) != args_.source_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sharer KV ", ShapeString(sk.sizes()), " does not have ",
-        args_.source_num_heads, " heads of ", args_.source_dim));
+  if (sk.size(-3) != args_.source_num_heads ||
+      sk.size(-1) != args_.source_dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sharer KV ", ShapeString(sk.sizes()), " does not have ",
+                     args_.source_num_heads, " heads of ", args_.source_dim));
   }
-  if (rk.size(-3) != args_.target_num_heads || rk.size(-1) != args_.target_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "receiver KV ", ShapeString(rk.sizes()), " does not have ",
-        args_.target_num_heads, " heads of ", args_.target_dim));
+  if (rk.size(-3) != args_.target_num_heads ||
+      rk.size(-1) != args_.target_dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("receiver KV ", ShapeString(rk.sizes()), " does not have ",
+                     args_.target_num_heads, " heads of ", args_.target_dim));
   }
   if (rank == 4 && sk.size(0) != rk.size(0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sharer batch ", sk.size(0), " != receiver batch ",
-                     rk.size(0)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sharer batch ", sk.size(0), " != receiver batch ", rk.size(0)));
   }
   if (same_tokens && sk.size(-2) != rk.size(-2)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("sharer has ", sk.size(-2), " tokens, receiver ",
-                     rk.size(-2)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sharer has ", sk.size(-2), " tokens, receiver ", rk.size(-2)));
   }
   for (const at::Tensor* t : {&sk, &sv, &rk, &rv}) {
     if (!IsFloat(t->scalar_type())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("projector input has dtype ",
-                       c10::toString(t->scalar_type())));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "projector input has dtype ", c10::toString(t->scalar_type())));
     }
   }
   return absl::OkStatus();
@@ -364,9 +368,8 @@ std::pair<at::Tensor, at::Tensor> C2CProjector::RunPath(
     }
     return x;
   };
-  at::Tensor h =
-      at::linear(at::cat({flatten(sharer), flatten(receiver)}, -1), p.in_w,
-                 p.in_b);
+  at::Tensor h = at::linear(at::cat({flatten(sharer), flatten(receiver)}, -1),
+                            p.in_w, p.in_b);
   h = run_blocks(h, p.mlp1);
   // Projection: [.., N, Ht*Dt] -> [.., Ht, N, Dt].
   at::Tensor proj =
@@ -384,12 +387,10 @@ std::pair<at::Tensor, at::Tensor> C2CProjector::RunPath(
 
 at::Tensor C2CProjector::FusePath(const Path& p, const at::Tensor& sharer,
                                   const at::Tensor& receiver) const {
-  if (!p.gate_open) return receiver.clone();
   auto [proj, w] = RunPath(p, sharer, receiver);
-  // g (fp32) * w * P in fp32, + receiver in fp32, then one rounding.
+  // g (fp32) * w * P in fp32, + receiver in fp32; the caller rounds once.
   at::Tensor delta = w.to(at::kFloat).mul(proj);
-  at::Tensor r = receiver.to(device_);
-  return r.add(delta).to(receiver.device(), receiver.scalar_type());
+  return receiver.to(device_).add(delta);
 }
 
 absl::StatusOr<std::pair<at::Tensor, at::Tensor>> C2CProjector::Forward(
@@ -398,11 +399,38 @@ absl::StatusOr<std::pair<at::Tensor, at::Tensor>> C2CProjector::Forward(
   RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/true));
   try {
     c10::InferenceMode guard;
-    return std::make_pair(FusePath(key_, sk, rk), FusePath(value_, sv, rv));
+    auto fuse = [&](const Path& p, const at::Tensor& s, const at::Tensor& r) {
+      if (!p.gate_open) return r.clone();
+      return FusePath(p, s, r).to(r.device(), r.scalar_type());
+    };
+    return std::make_pair(fuse(key_, sk, rk), fuse(value_, sv, rv));
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("projector forward: ", e.what_without_backtrace()));
   }
+}
+
+absl::Status C2CProjector::ForwardInto(const at::Tensor& sk,
+                                       const at::Tensor& sv,
+                                       const at::Tensor& rk,
+                                       const at::Tensor& rv,
+                                       const at::Tensor& out_keys,
+                                       const at::Tensor& out_values) const {
+  RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/true));
+  if (!out_keys.defined() || !out_values.defined() ||
+      out_keys.sizes() != rk.sizes() || out_values.sizes() != rv.sizes()) {
+    return absl::InvalidArgumentError(
+        "ForwardInto: outputs must have the receiver's shape");
+  }
+  try {
+    c10::InferenceMode guard;
+    out_keys.copy_(key_.gate_open ? FusePath(key_, sk, rk) : rk);
+    out_values.copy_(value_.gate_open ? FusePath(value_, sv, rv) : rv);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("projector forward: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::pair<at::Tensor, at::Tensor>>
@@ -419,9 +447,8 @@ C2CProjector::ProjectAndWeight(const at::Tensor& sharer,
   }
 }
 
-absl::Status C2CProjector::FuseRange(const at::Tensor& sk,
-                                     const at::Tensor& sv, int64_t start,
-                                     const at::Tensor& rk,
+absl::Status C2CProjector::FuseRange(const at::Tensor& sk, const at::Tensor& sv,
+                                     int64_t start, const at::Tensor& rk,
                                      const at::Tensor& rv) const {
   RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/false));
   const int64_t n = sk.size(-2);
@@ -462,9 +489,9 @@ absl::Status C2CProjector::FuseTokens(const at::Tensor& sk,
     std::vector<int64_t> sorted = idx;
     std::sort(sorted.begin(), sorted.end());
     if (sorted.back() >= total) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("position ", sorted.back(), " outside the receiver's ",
-                       total, " tokens"));
+      return absl::InvalidArgumentError(absl::StrCat("position ", sorted.back(),
+                                                     " outside the receiver's ",
+                                                     total, " tokens"));
     }
     if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
       return absl::InvalidArgumentError("positions repeat a token");
@@ -483,11 +510,13 @@ absl::Status C2CProjector::FuseTokens(const at::Tensor& sk,
     const int64_t dim = rk.dim() - 2;
     if (key_.gate_open) {
       at::Tensor k = rk.index_select(dim, index);
-      rk.index_copy_(dim, index, FusePath(key_, sk, k));
+      rk.index_copy_(dim, index,
+                     FusePath(key_, sk, k).to(rk.device(), rk.scalar_type()));
     }
     if (value_.gate_open) {
       at::Tensor v = rv.index_select(dim, index);
-      rv.index_copy_(dim, index, FusePath(value_, sv, v));
+      rv.index_copy_(dim, index,
+                     FusePath(value_, sv, v).to(rv.device(), rv.scalar_type()));
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(

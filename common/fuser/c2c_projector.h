@@ -60,8 +60,8 @@ std::vector<ProjectorTensorSpec> ProjectorStateDictSpec(
     const C2CProjectorArgs& args);
 
 struct ProjectorOptions {
-  // Compute dtype of the weights: bf16, fp16 or fp32. at::ScalarType::Undefined keeps
-  // the stored dtype (each tensor's own; they must agree).
+  // Compute dtype of the weights: bf16, fp16 or fp32. at::ScalarType::Undefined
+  // keeps the stored dtype (each tensor's own; they must agree).
   at::ScalarType dtype = at::kBFloat16;
   c10::Device device = c10::Device(c10::kCPU);
 };
@@ -111,6 +111,17 @@ class C2CProjector {
   absl::StatusOr<std::pair<at::Tensor, at::Tensor>> Forward(
       const at::Tensor& sharer_keys, const at::Tensor& sharer_values,
       const at::Tensor& receiver_keys, const at::Tensor& receiver_values) const;
+
+  // Forward into preallocated `out_keys` / `out_values` (the receivers'
+  // shapes, any float dtype; rounded once into them). Allocates no output,
+  // so it can be captured in a CUDA graph (cuda_graph_fuser.h). The outputs
+  // must not alias the inputs.
+  absl::Status ForwardInto(const at::Tensor& sharer_keys,
+                           const at::Tensor& sharer_values,
+                           const at::Tensor& receiver_keys,
+                           const at::Tensor& receiver_values,
+                           const at::Tensor& out_keys,
+                           const at::Tensor& out_values) const;
 
   // The projector's raw outputs for analysis: P ([.., Ht, N, Dt]) and the
   // normalized weight w = sigmoid(..) ([.., Ht, N, 1]), in the projector's
@@ -165,7 +176,8 @@ class C2CProjector {
   std::pair<at::Tensor, at::Tensor> RunPath(const Path& p,
                                             const at::Tensor& sharer,
                                             const at::Tensor& receiver) const;
-  // receiver + g * w * P in fp32, rounded to the receiver's dtype.
+  // receiver + g * w * P in fp32 (open gate only), on the projector's
+  // device; the caller rounds it once into the receiver's dtype.
   at::Tensor FusePath(const Path& p, const at::Tensor& sharer,
                       const at::Tensor& receiver) const;
 

@@ -1,5 +1,6 @@
 #include "common/fuser/checkpoint.h"
 
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -9,13 +10,12 @@
 #include <map>
 #include <random>
 #include <set>
-#include <unistd.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/fuser/c2c_projector.h"
 #include "common/model/safetensors.h"
 #include "common/status_macros.h"
@@ -51,9 +51,8 @@ absl::Status WriteText(const std::string& path, const std::string& text) {
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     std::remove(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat("cannot rename ", tmp, " to ",
-                                               path, ": ",
-                                               std::strerror(errno)));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
   }
   return absl::OkStatus();
 }
@@ -64,8 +63,7 @@ bool IsFile(const std::string& path) {
 }
 
 // Projector numbers with a file projector_<i>.<ext> in `dir`.
-std::set<int> ProjectorNumbers(const std::string& dir,
-                               absl::string_view ext) {
+std::set<int> ProjectorNumbers(const std::string& dir, absl::string_view ext) {
   std::set<int> out;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end;
@@ -101,9 +99,8 @@ absl::StatusOr<FuserWeightFormat> ParseFuserWeightFormat(
   if (n == "auto") return FuserWeightFormat::kAuto;
   if (n == "pt" || n == "torch") return FuserWeightFormat::kTorch;
   if (n == "safetensors" || n == "st") return FuserWeightFormat::kSafetensors;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown weight format \"", name,
-                   "\" (pt, safetensors or auto)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown weight format \"", name, "\" (pt, safetensors or auto)"));
 }
 
 std::string FuserWeightsDir(const std::string& dir) {
@@ -141,30 +138,29 @@ absl::StatusOr<FuserCheckpoint> ReadFuserCheckpoint(const std::string& dir,
                          : FuserWeightFormat::kSafetensors;
   }
   ckpt.format = format;
-  const std::set<int>& numbers =
-      format == FuserWeightFormat::kTorch ? pt : st;
+  const std::set<int>& numbers = format == FuserWeightFormat::kTorch ? pt : st;
   const char* ext = format == FuserWeightFormat::kTorch ? "pt" : "safetensors";
   if (numbers.empty()) {
-    return absl::NotFoundError(absl::StrCat(
-        "no projector_<i>.", ext, " files in ", wdir));
+    return absl::NotFoundError(
+        absl::StrCat("no projector_<i>.", ext, " files in ", wdir));
   }
   const int n = *numbers.rbegin() + 1;
   for (int i = 0; i < n; ++i) {
-    const std::string base = (fs::path(wdir) / ("projector_" +
-                                                 std::to_string(i)))
-                                 .string();
+    const std::string base =
+        (fs::path(wdir) / ("projector_" + std::to_string(i))).string();
     const std::string json_path = base + ".json";
     const std::string weights_path = absl::StrCat(base, ".", ext);
     if (!numbers.count(i)) {
-      return absl::NotFoundError(
-          absl::StrCat("missing ", weights_path, " (projectors 0..", n - 1,
-                       " are expected)"));
+      return absl::NotFoundError(absl::StrCat("missing ", weights_path,
+                                              " (projectors 0..", n - 1,
+                                              " are expected)"));
     }
     if (!IsFile(json_path)) {
       return absl::NotFoundError(absl::StrCat("missing ", json_path));
     }
     ASSIGN_OR_RETURN(std::string json, ReadText(json_path));
-    ASSIGN_OR_RETURN(C2CProjectorArgs args, ParseProjectorJson(json, json_path));
+    ASSIGN_OR_RETURN(C2CProjectorArgs args,
+                     ParseProjectorJson(json, json_path));
     ckpt.args.push_back(std::move(args));
     absl::StatusOr<TensorList> weights =
         format == FuserWeightFormat::kTorch
@@ -209,9 +205,8 @@ absl::Status WriteFuserCheckpoint(const std::string& dir,
   if (ckpt.recipe) {
     std::string text = ckpt.recipe->raw_json;
     if (text.empty()) {
-      text = FuserRecipeJson(*ckpt.recipe, ckpt.args.empty()
-                                               ? C2CProjectorArgs{}
-                                               : ckpt.args[0]);
+      text = FuserRecipeJson(
+          *ckpt.recipe, ckpt.args.empty() ? C2CProjectorArgs{} : ckpt.args[0]);
     }
     RETURN_IF_ERROR(WriteText((fs::path(dir) / "config.json").string(), text));
   }
@@ -224,8 +219,8 @@ absl::Status WriteFuserCheckpoint(const std::string& dir,
     } else {
       std::vector<std::pair<std::string, at::Tensor>> tensors(
           ckpt.weights[i].begin(), ckpt.weights[i].end());
-      RETURN_IF_ERROR(WriteSafetensors(base + ".safetensors", tensors,
-                                       {{"format", "pt"}}));
+      RETURN_IF_ERROR(
+          WriteSafetensors(base + ".safetensors", tensors, {{"format", "pt"}}));
     }
   }
   if (ckpt.layer_map) {

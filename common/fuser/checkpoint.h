@@ -39,9 +39,9 @@ absl::StatusOr<FuserWeightFormat> ParseFuserWeightFormat(
 
 // A checkpoint directory in memory: CPU tensors as stored.
 struct FuserCheckpoint {
-  std::optional<FuserRecipe> recipe;  // config.json, if present.
-  std::vector<C2CProjectorArgs> args;  // projector_{i}.json.
-  std::vector<TensorList> weights;     // projector_{i}.{pt,safetensors}.
+  std::optional<FuserRecipe> recipe;       // config.json, if present.
+  std::vector<C2CProjectorArgs> args;      // projector_{i}.json.
+  std::vector<TensorList> weights;         // projector_{i}.{pt,safetensors}.
   std::optional<FuserLayerMap> layer_map;  // projector_config.json.
   FuserWeightFormat format = FuserWeightFormat::kTorch;  // As read.
 
@@ -71,12 +71,12 @@ absl::Status WriteFuserCheckpoint(
     const std::string& dir, const FuserCheckpoint& checkpoint,
     FuserWeightFormat format = FuserWeightFormat::kTorch);
 
-// Options for a random checkpoint (tests, demos): `num_projectors`
-// projectors with `args`, seeds seed, seed+1, ...; a last_aligned layer map
-// for receiver_layers <- sharer_layers (projector t for receiver layer t, so
-// num_projectors must equal receiver_layers); gate logits drawn so that
-// about `open_gate_fraction` of the gates are open (the rest -1);
-// open logits are U(0.5, 2).
+// Options for a random checkpoint (tests, demos): one projector per
+// receiver layer with `args` (C2CProjector::Random with seeds seed,
+// seed+1, ...), a last_aligned layer map for receiver_layers <-
+// sharer_layers (projector t for receiver layer t), and gate logits drawn so
+// that about `open_gate_fraction` of the gates are open: open logits are
+// U(0.5, 2), closed ones -1.
 struct RandomFuserOptions {
   C2CProjectorArgs args;
   int receiver_layers = 4;

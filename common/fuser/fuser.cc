@@ -43,9 +43,8 @@ absl::StatusOr<std::unique_ptr<C2CFuser>> C2CFuser::FromCheckpoint(
       if (ckpt.layer_map) {
         map = *ckpt.layer_map;
       } else if (have_counts) {
-        ASSIGN_OR_RETURN(map,
-                         LastAlignedFuserLayerMap(options.receiver_layers,
-                                                  options.sharer_layers));
+        ASSIGN_OR_RETURN(map, LastAlignedFuserLayerMap(options.receiver_layers,
+                                                       options.sharer_layers));
       } else {
         return absl::FailedPreconditionError(
             "checkpoint has no projector_config.json: give receiver_layers "
@@ -57,16 +56,16 @@ absl::StatusOr<std::unique_ptr<C2CFuser>> C2CFuser::FromCheckpoint(
     if (static_cast<int>(map.size()) > options.receiver_layers) {
       for (size_t t = options.receiver_layers; t < map.size(); ++t) {
         if (map[t]) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "layer map fuses receiver layer ", t, " but the receiver has ",
-              options.receiver_layers));
+          return absl::InvalidArgumentError(
+              absl::StrCat("layer map fuses receiver layer ", t,
+                           " but the receiver has ", options.receiver_layers));
         }
       }
     }
     map.resize(options.receiver_layers);
   }
-  RETURN_IF_ERROR(ValidateFuserLayerMap(map, ckpt.num_projectors(),
-                                        options.sharer_layers));
+  RETURN_IF_ERROR(
+      ValidateFuserLayerMap(map, ckpt.num_projectors(), options.sharer_layers));
 
   std::vector<C2CProjector> projectors;
   projectors.reserve(ckpt.args.size());
@@ -75,10 +74,10 @@ absl::StatusOr<std::unique_ptr<C2CFuser>> C2CFuser::FromCheckpoint(
         "projector_", i,
         ckpt.format == FuserWeightFormat::kSafetensors ? ".safetensors"
                                                        : ".pt");
-    ASSIGN_OR_RETURN(C2CProjector p,
-                     C2CProjector::Create(ckpt.args[i], ckpt.weights[i],
-                                          options.projector, options.strict,
-                                          name));
+    ASSIGN_OR_RETURN(
+        C2CProjector p,
+        C2CProjector::Create(ckpt.args[i], ckpt.weights[i], options.projector,
+                             options.strict, name));
     projectors.push_back(std::move(p));
   }
   return Create(std::move(projectors), std::move(map));
@@ -86,29 +85,31 @@ absl::StatusOr<std::unique_ptr<C2CFuser>> C2CFuser::FromCheckpoint(
 
 absl::StatusOr<std::unique_ptr<C2CFuser>> C2CFuser::Create(
     std::vector<C2CProjector> projectors, FuserLayerMap layer_map) {
-  RETURN_IF_ERROR(ValidateFuserLayerMap(
-      layer_map, static_cast<int>(projectors.size())));
+  RETURN_IF_ERROR(
+      ValidateFuserLayerMap(layer_map, static_cast<int>(projectors.size())));
   return std::unique_ptr<C2CFuser>(
       new C2CFuser(std::move(projectors), std::move(layer_map)));
 }
 
 absl::Status C2CFuser::CheckModels(int receiver_layers,
                                    int64_t receiver_kv_heads,
-                                   int64_t receiver_head_dim,
-                                   int sharer_layers, int64_t sharer_kv_heads,
+                                   int64_t receiver_head_dim, int sharer_layers,
+                                   int64_t sharer_kv_heads,
                                    int64_t sharer_head_dim) const {
   for (size_t t = 0; t < layer_map_.size(); ++t) {
     if (!layer_map_[t]) continue;
     if (static_cast<int>(t) >= receiver_layers) {
       return absl::InvalidArgumentError(
-          absl::StrCat("fuser: receiver layer ", t, " is fused but the "
-                       "receiver has ", receiver_layers, " layers"));
+          absl::StrCat("fuser: receiver layer ", t,
+                       " is fused but the "
+                       "receiver has ",
+                       receiver_layers, " layers"));
     }
     if (layer_map_[t]->sharer_layer >= sharer_layers) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "fuser: receiver layer ", t, " reads sharer layer ",
-          layer_map_[t]->sharer_layer, " but the sharer has ", sharer_layers,
-          " layers"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("fuser: receiver layer ", t, " reads sharer layer ",
+                       layer_map_[t]->sharer_layer, " but the sharer has ",
+                       sharer_layers, " layers"));
     }
     const C2CProjectorArgs& a = projectors_[layer_map_[t]->projector].args();
     if (a.source_num_heads != sharer_kv_heads ||
@@ -177,27 +178,25 @@ absl::Status C2CFuser::FuseLayer(int receiver_layer,
   absl::Status s = p->FuseRange(sharer_keys, sharer_values, start,
                                 receiver_keys, receiver_values);
   if (!s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("fusing receiver layer ",
-                                               receiver_layer, ": ",
-                                               s.message()));
+    return absl::Status(
+        s.code(), absl::StrCat("fusing receiver layer ", receiver_layer, ": ",
+                               s.message()));
   }
   return s;
 }
 
-absl::Status C2CFuser::FuseLayerTokens(int receiver_layer,
-                                       const at::Tensor& sharer_keys,
-                                       const at::Tensor& sharer_values,
-                                       absl::Span<const uint32_t> positions,
-                                       const at::Tensor& receiver_keys,
-                                       const at::Tensor& receiver_values) const {
+absl::Status C2CFuser::FuseLayerTokens(
+    int receiver_layer, const at::Tensor& sharer_keys,
+    const at::Tensor& sharer_values, absl::Span<const uint32_t> positions,
+    const at::Tensor& receiver_keys, const at::Tensor& receiver_values) const {
   const C2CProjector* p = ProjectorFor(receiver_layer);
   if (p == nullptr) return absl::OkStatus();
   absl::Status s = p->FuseTokens(sharer_keys, sharer_values, positions,
                                  receiver_keys, receiver_values);
   if (!s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("fusing receiver layer ",
-                                               receiver_layer, ": ",
-                                               s.message()));
+    return absl::Status(
+        s.code(), absl::StrCat("fusing receiver layer ", receiver_layer, ": ",
+                               s.message()));
   }
   return s;
 }

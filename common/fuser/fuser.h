@@ -125,8 +125,9 @@ class FusionSession {
  public:
   // Returns in-place-writable views [kv_heads, T, head_dim] (or with a
   // leading batch dim) of receiver layer t's keys and values.
-  using ReceiverKv = std::function<
-      absl::StatusOr<std::pair<at::Tensor, at::Tensor>>(int receiver_layer)>;
+  using ReceiverKv =
+      std::function<absl::StatusOr<std::pair<at::Tensor, at::Tensor>>(
+          int receiver_layer)>;
 
   FusionSession(const C2CFuser* fuser, ReceiverKv receiver);
 
@@ -152,11 +153,9 @@ class FusionSession {
   int num_fused() const;
 
  private:
-  absl::StatusOr<std::vector<int>> Add(int sharer_layer,
-                                       const at::Tensor& keys,
-                                       const at::Tensor& values,
-                                       const absl::Span<const uint32_t>* positions,
-                                       int64_t start);
+  absl::StatusOr<std::vector<int>> Add(
+      int sharer_layer, const at::Tensor& keys, const at::Tensor& values,
+      const absl::Span<const uint32_t>* positions, int64_t start);
 
   const C2CFuser* fuser_;
   ReceiverKv receiver_;

@@ -8,9 +8,9 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/codec/layer_schedule.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -42,8 +42,8 @@ absl::StatusOr<int64_t> GetInt(const Json& v, absl::string_view source,
       return static_cast<int64_t>(d);
     }
   }
-  return Bad(source, absl::StrCat("\"", name, "\" must be an integer, got ",
-                                  v.dump()));
+  return Bad(source,
+             absl::StrCat("\"", name, "\" must be an integer, got ", v.dump()));
 }
 
 absl::StatusOr<double> GetDouble(const Json& v, absl::string_view source,
@@ -59,8 +59,7 @@ absl::StatusOr<std::string> GetDtypeName(const Json& v,
   std::string name;
   if (v.is_string()) {
     name = v.get<std::string>();
-  } else if (v.is_object() && v.contains("value") &&
-             v["value"].is_string()) {
+  } else if (v.is_object() && v.contains("value") && v["value"].is_string()) {
     name = v["value"].get<std::string>();
   } else {
     return Bad(source, absl::StrCat("unreadable dtype ", v.dump()));
@@ -96,9 +95,8 @@ bool C2CProjectorArgs::operator==(const C2CProjectorArgs& o) const {
   return source_dim == o.source_dim && target_dim == o.target_dim &&
          source_num_heads == o.source_num_heads &&
          target_num_heads == o.target_num_heads &&
-         intermediate_dim == o.intermediate_dim &&
-         hidden_dim == o.hidden_dim && num_layers == o.num_layers &&
-         dropout == o.dropout &&
+         intermediate_dim == o.intermediate_dim && hidden_dim == o.hidden_dim &&
+         num_layers == o.num_layers && dropout == o.dropout &&
          initial_temperature == o.initial_temperature &&
          final_temperature == o.final_temperature &&
          anneal_steps == o.anneal_steps && dtype == o.dtype;
@@ -195,8 +193,8 @@ absl::StatusOr<C2CProjectorArgs> ParseProjectorJson(absl::string_view text,
     } else if (k == "dtype") {
       ASSIGN_OR_RETURN(a.dtype, GetDtypeName(v, source));
     } else {
-      return Bad(source, absl::StrCat("unknown C2CProjector argument \"", k,
-                                      "\""));
+      return Bad(source,
+                 absl::StrCat("unknown C2CProjector argument \"", k, "\""));
     }
   }
   if (!has_source || !has_target) {
@@ -228,8 +226,7 @@ std::string ProjectorJson(const C2CProjectorArgs& a) {
 }
 
 absl::StatusOr<FuserLayerMap> ParseProjectorConfigJson(
-    absl::string_view text, int num_receiver_layers,
-    absl::string_view source) {
+    absl::string_view text, int num_receiver_layers, absl::string_view source) {
   ASSIGN_OR_RETURN(Json j, ParseJson(text, source));
   if (!j.is_object()) return Bad(source, "expected a JSON object");
   auto target = j.find("0");
@@ -248,16 +245,16 @@ absl::StatusOr<FuserLayerMap> ParseProjectorConfigJson(
   }
   FuserLayerMap map(std::max(num_receiver_layers, 0));
   if (target->empty()) return map;
-  const Json& layers = target->begin().value();
-  ASSIGN_OR_RETURN(int sharer_model,
-                   ParseLayerNumber(target->begin().key(), source));
+  const auto first = target->begin();
+  const Json& layers = first.value();
+  ASSIGN_OR_RETURN(int sharer_model, ParseLayerNumber(first.key(), source));
   if (sharer_model == 0) return Bad(source, "sharer model index 0");
   if (!layers.is_object()) return Bad(source, "layer map is not an object");
   for (auto it = layers.begin(); it != layers.end(); ++it) {
     ASSIGN_OR_RETURN(int t, ParseLayerNumber(it.key(), source));
     if (num_receiver_layers > 0 && t >= num_receiver_layers) {
-      return Bad(source, absl::StrCat("receiver layer ", t, " >= ",
-                                      num_receiver_layers));
+      return Bad(source, absl::StrCat("receiver layer ", t,
+                                      " >= ", num_receiver_layers));
     }
     if (t > 1 << 20) return Bad(source, "receiver layer number too large");
     const Json& pairs = it.value();
@@ -268,14 +265,14 @@ absl::StatusOr<FuserLayerMap> ParseProjectorConfigJson(
     }
     const Json& first = pairs[0];  // "Use first projector result".
     if (!first.is_array() || first.size() != 2) {
-      return Bad(source, absl::StrCat("layer ", t, ": malformed pair ",
-                                      first.dump()));
+      return Bad(source,
+                 absl::StrCat("layer ", t, ": malformed pair ", first.dump()));
     }
     ASSIGN_OR_RETURN(int64_t s, GetInt(first[0], source, "source_layer"));
     ASSIGN_OR_RETURN(int64_t p, GetInt(first[1], source, "projector"));
     if (s < 0 || p < 0 || s > (1 << 20) || p > (1 << 20)) {
-      return Bad(source, absl::StrCat("layer ", t, ": bad pair ",
-                                      first.dump()));
+      return Bad(source,
+                 absl::StrCat("layer ", t, ": bad pair ", first.dump()));
     }
     if (static_cast<size_t>(t) >= map.size()) map.resize(t + 1);
     map[t] = FuserLayerMapEntry{static_cast<int>(s), static_cast<int>(p)};
@@ -306,14 +303,14 @@ absl::StatusOr<FuserLayerMap> LastAlignedFuserLayerMap(int receiver_layers,
   return map;
 }
 
-absl::Status ValidateFuserLayerMap(const FuserLayerMap& map,
-                                   int num_projectors, int sharer_layers) {
+absl::Status ValidateFuserLayerMap(const FuserLayerMap& map, int num_projectors,
+                                   int sharer_layers) {
   for (size_t t = 0; t < map.size(); ++t) {
     if (!map[t]) continue;
     if (map[t]->projector < 0 || map[t]->projector >= num_projectors) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "layer map: receiver layer ", t, " uses projector ",
-          map[t]->projector, " but there are ", num_projectors));
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer map: receiver layer ", t, " uses projector ",
+                       map[t]->projector, " but there are ", num_projectors));
     }
     if (map[t]->sharer_layer < 0 ||
         (sharer_layers > 0 && map[t]->sharer_layer >= sharer_layers)) {
@@ -381,10 +378,10 @@ std::string FuserRecipeJson(const FuserRecipe& recipe,
   model["teacher_model"] = recipe.teacher_model;
   model["include_response"] = recipe.include_response;
   model["is_do_alignment"] = recipe.is_do_alignment;
-  model["projector"] = Json{
-      {"type", recipe.projector_type.empty() ? std::string("C2CProjector")
-                                             : recipe.projector_type},
-      {"params", std::move(params)}};
+  model["projector"] =
+      Json{{"type", recipe.projector_type.empty() ? std::string("C2CProjector")
+                                                  : recipe.projector_type},
+           {"params", std::move(params)}};
   model["mapping"] =
       recipe.mapping.empty() ? std::string("last_aligned") : recipe.mapping;
   Json j = Json::object();

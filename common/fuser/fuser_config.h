@@ -98,14 +98,14 @@ absl::StatusOr<FuserLayerMap> LastAlignedFuserLayerMap(int receiver_layers,
 
 // Checks every entry against the sizes: sharer_layer in [0, sharer_layers)
 // (when sharer_layers > 0) and projector in [0, num_projectors).
-absl::Status ValidateFuserLayerMap(const FuserLayerMap& map,
-                                   int num_projectors, int sharer_layers = 0);
+absl::Status ValidateFuserLayerMap(const FuserLayerMap& map, int num_projectors,
+                                   int sharer_layers = 0);
 
 // The parts of the training recipe (config.json) the runtime uses. Fields the
 // file lacks stay empty.
 struct FuserRecipe {
-  std::string base_model;     // Receiver, e.g. "Qwen/Qwen3-0.6B".
-  std::string teacher_model;  // Sharer.
+  std::string base_model;      // Receiver, e.g. "Qwen/Qwen3-0.6B".
+  std::string teacher_model;   // Sharer.
   std::string projector_type;  // "C2CProjector".
   std::string mapping;         // "last_aligned", ...
   bool include_response = false;

@@ -1,15 +1,13 @@
 #include "common/fuser/torch_pickle.h"
 
-#include <ATen/core/Dict.h>
-#include <ATen/core/ivalue.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 #include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/jit/serialization/pickle.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -133,8 +131,7 @@ class Unpickler {
       if (!st.ok()) {
         return absl::Status(
             st.code(), absl::StrCat(st.message(), " (pickle opcode 0x",
-                                    absl::Hex(op), " at offset ", op_pos,
-                                    ")"));
+                                    absl::Hex(op), " at offset ", op_pos, ")"));
       }
       if (stop) break;
     }
@@ -197,8 +194,7 @@ class Unpickler {
   }
 
   absl::StatusOr<size_t> Pop() {
-    if (stack_.empty() ||
-        (!marks_.empty() && stack_.size() <= marks_.back())) {
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) {
       return absl::DataLossError("pickle stack underflow");
     }
     size_t v = stack_.back();
@@ -206,8 +202,7 @@ class Unpickler {
     return v;
   }
   absl::StatusOr<size_t> Top() const {
-    if (stack_.empty() ||
-        (!marks_.empty() && stack_.size() <= marks_.back())) {
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) {
       return absl::DataLossError("pickle stack underflow");
     }
     return stack_.back();
@@ -271,9 +266,9 @@ class Unpickler {
   absl::Status Global(std::string module, std::string name) {
     std::string full = absl::StrCat(module, ".", name);
     if (!CallableGlobals().count(full) && !StorageTypes().count(full)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unsupported pickle global ", full,
-          " (only state dicts of tensors can be read)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported pickle global ", full,
+                       " (only state dicts of tensors can be read)"));
     }
     Obj o;
     o.kind = Kind::kGlobal;
@@ -347,9 +342,9 @@ class Unpickler {
         }
       }
       if (last >= numel) {
-        return absl::DataLossError(absl::StrCat(
-            "_rebuild_tensor: tensor reaches element ", last,
-            " of a storage of ", numel));
+        return absl::DataLossError(
+            absl::StrCat("_rebuild_tensor: tensor reaches element ", last,
+                         " of a storage of ", numel));
       }
     } else if (offset > numel) {
       return absl::DataLossError("_rebuild_tensor: offset past the storage");
@@ -561,17 +556,16 @@ class Unpickler {
       case 'N':  // NONE
         stack_.push_back(New(Obj{}));
         return absl::OkStatus();
-      case 'X':     // BINUNICODE
-      case 0x8c:    // SHORT_BINUNICODE
-      case 0x8d:    // BINUNICODE8
-      case 'C':     // SHORT_BINBYTES
-      case 'B':     // BINBYTES
-      case 'U':     // SHORT_BINSTRING
-      case 'T': {   // BINSTRING
-        const size_t width =
-            (op == 0x8c || op == 'C' || op == 'U') ? 1
-            : (op == 0x8d)                         ? 8
-                                                   : 4;
+      case 'X':    // BINUNICODE
+      case 0x8c:   // SHORT_BINUNICODE
+      case 0x8d:   // BINUNICODE8
+      case 'C':    // SHORT_BINBYTES
+      case 'B':    // BINBYTES
+      case 'U':    // SHORT_BINSTRING
+      case 'T': {  // BINSTRING
+        const size_t width = (op == 0x8c || op == 'C' || op == 'U') ? 1
+                             : (op == 0x8d)                         ? 8
+                                                                    : 4;
         ASSIGN_OR_RETURN(uint64_t n, ReadUint(width));
         if (n > data_.size()) return Truncated();
         ASSIGN_OR_RETURN(absl::string_view s, Read(n));
@@ -590,8 +584,8 @@ class Unpickler {
         RETURN_IF_ERROR(Expect(module, Kind::kStr, "STACK_GLOBAL module"));
         return Global(objs_[module].s, objs_[name].s);
       }
-      case 'R':      // REDUCE
-      case 0x81: {   // NEWOBJ
+      case 'R':     // REDUCE
+      case 0x81: {  // NEWOBJ
         ASSIGN_OR_RETURN(size_t args, Pop());
         ASSIGN_OR_RETURN(size_t callable, Pop());
         return Reduce(callable, args);
@@ -624,8 +618,8 @@ class Unpickler {
       }
       case 0x94:  // MEMOIZE
         return Put(memo_.size());
-      case 'h':     // BINGET
-      case 'j': {   // LONG_BINGET
+      case 'h':    // BINGET
+      case 'j': {  // LONG_BINGET
         ASSIGN_OR_RETURN(uint64_t k, ReadUint(op == 'h' ? 1 : 4));
         ASSIGN_OR_RETURN(size_t v, Memo(k));
         stack_.push_back(v);
@@ -666,6 +660,86 @@ class Unpickler {
   std::unordered_map<uint64_t, size_t> memo_;
 };
 
+// Storage class names torch.save uses, or nullptr.
+const char* StorageClass(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return "FloatStorage";
+    case at::kDouble:
+      return "DoubleStorage";
+    case at::kHalf:
+      return "HalfStorage";
+    case at::kBFloat16:
+      return "BFloat16Storage";
+    case at::kLong:
+      return "LongStorage";
+    case at::kInt:
+      return "IntStorage";
+    case at::kShort:
+      return "ShortStorage";
+    case at::kChar:
+      return "CharStorage";
+    case at::kByte:
+      return "ByteStorage";
+    case at::kBool:
+      return "BoolStorage";
+    default:
+      return nullptr;
+  }
+}
+
+// Emits pickle protocol 2 opcodes.
+class PickleWriter {
+ public:
+  void Op(uint8_t op) { out_.push_back(static_cast<char>(op)); }
+  void Proto() {
+    Op(0x80);
+    Op(2);
+  }
+  void Global(absl::string_view module, absl::string_view name) {
+    Op('c');
+    absl::StrAppend(&out_, module, "\n", name, "\n");
+  }
+  void Str(absl::string_view s) {
+    Op('X');  // BINUNICODE
+    Le(s.size(), 4);
+    out_.append(s.data(), s.size());
+  }
+  void Int(int64_t v) {
+    if (v >= 0 && v < 256) {
+      Op('K');
+      Le(static_cast<uint64_t>(v), 1);
+    } else if (v >= 0 && v < 65536) {
+      Op('M');
+      Le(static_cast<uint64_t>(v), 2);
+    } else if (v >= INT32_MIN && v <= INT32_MAX) {
+      Op('J');
+      Le(static_cast<uint64_t>(static_cast<uint32_t>(static_cast<int32_t>(v))),
+         4);
+    } else {
+      Op(0x8a);  // LONG1, 8 bytes two's complement.
+      Le(8, 1);
+      Le(static_cast<uint64_t>(v), 8);
+    }
+  }
+  void IntTuple(at::IntArrayRef values) {
+    if (values.empty()) {
+      Op(')');
+      return;
+    }
+    Op('(');
+    for (int64_t v : values) Int(v);
+    Op('t');
+  }
+  const std::string& bytes() const { return out_; }
+
+ private:
+  void Le(uint64_t v, int n) {
+    for (int k = 0; k < n; ++k) out_.push_back(static_cast<char>(v >> (8 * k)));
+  }
+  std::string out_;
+};
+
 absl::StatusOr<TensorList> ParseZip(const std::string& bytes,
                                     absl::string_view name) {
   if (bytes.size() < 4 || bytes.compare(0, 4, "PK\x03\x04") != 0) {
@@ -679,8 +753,8 @@ absl::StatusOr<TensorList> ParseZip(const std::string& bytes,
   try {
     reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(&in);
   } catch (const c10::Error& e) {
-    return absl::DataLossError(absl::StrCat(name, ": bad zip archive: ",
-                                            e.what_without_backtrace()));
+    return absl::DataLossError(
+        absl::StrCat(name, ": bad zip archive: ", e.what_without_backtrace()));
   }
   try {
     if (reader->hasRecord("byteorder")) {
@@ -698,13 +772,11 @@ absl::StatusOr<TensorList> ParseZip(const std::string& bytes,
     absl::string_view pickle(static_cast<const char*>(pkl.get()), pkl_size);
 
     std::map<std::string, at::Tensor> storages;
-    StorageLoader loader =
-        [&](const std::string& key, at::ScalarType dtype,
-            int64_t numel) -> absl::StatusOr<at::Tensor> {
+    StorageLoader loader = [&](const std::string& key, at::ScalarType dtype,
+                               int64_t numel) -> absl::StatusOr<at::Tensor> {
       auto it = storages.find(key);
       if (it != storages.end()) {
-        if (it->second.scalar_type() != dtype ||
-            it->second.numel() != numel) {
+        if (it->second.scalar_type() != dtype || it->second.numel() != numel) {
           return absl::DataLossError(absl::StrCat(
               "storage ", key, " referenced with different types"));
         }
@@ -718,10 +790,9 @@ absl::StatusOr<TensorList> ParseZip(const std::string& bytes,
       auto [data, size] = reader->getRecord(record);
       const int64_t itemsize = c10::elementSize(dtype);
       if (numel > static_cast<int64_t>(size) / itemsize) {
-        return absl::DataLossError(
-            absl::StrCat("storage record ", record, " holds ", size,
-                         " bytes; ", numel, " elements of ",
-                         c10::toString(dtype), " need ", numel * itemsize));
+        return absl::DataLossError(absl::StrCat(
+            "storage record ", record, " holds ", size, " bytes; ", numel,
+            " elements of ", c10::toString(dtype), " need ", numel * itemsize));
       }
       at::Tensor t;
       if (numel == 0) {
@@ -760,8 +831,8 @@ absl::StatusOr<TensorList> ParseZip(const std::string& bytes,
       }
       if (value.kind != Kind::kTensor) {
         return absl::InvalidArgumentError(
-            absl::StrCat(name, ": \"", key.s, "\" is a ",
-                         KindName(value.kind), ", not a tensor"));
+            absl::StrCat(name, ": \"", key.s, "\" is a ", KindName(value.kind),
+                         ", not a tensor"));
       }
       auto [it, inserted] = position.emplace(key.s, out.size());
       if (inserted) {
@@ -822,32 +893,86 @@ absl::StatusOr<TensorList> ReadTorchStateDict(const std::string& path) {
   return ParseZip(bytes, path);
 }
 
-absl::StatusOr<std::string> SerializeTorchStateDict(
-    const TensorList& tensors) {
-  try {
-    c10::Dict<std::string, at::Tensor> dict;
-    for (const auto& [name, t] : tensors) {
-      if (!t.defined()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor \"", name, "\" is undefined"));
-      }
-      if (dict.contains(name)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("duplicate tensor name \"", name, "\""));
-      }
-      at::Tensor cpu = t.detach().to(at::kCPU).contiguous();
-      // A compact storage (pickle_save writes whole storages).
-      if (cpu.storage().nbytes() !=
-          static_cast<size_t>(cpu.numel()) * cpu.element_size()) {
-        cpu = cpu.clone();
-      }
-      dict.insert(name, cpu);
+absl::StatusOr<std::string> SerializeTorchStateDict(const TensorList& tensors) {
+  std::set<std::string> names;
+  for (const auto& [name, t] : tensors) {
+    if (!t.defined()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", name, "\" is undefined"));
     }
-    std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(dict));
-    return std::string(bytes.begin(), bytes.end());
+    if (!names.insert(name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("duplicate tensor name \"", name, "\""));
+    }
+    if (!StorageClass(t.scalar_type())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor \"", name, "\" has unsupported dtype ",
+                       c10::toString(t.scalar_type())));
+    }
+  }
+  try {
+    std::string out;
+    {
+      caffe2::serialize::PyTorchStreamWriter writer(
+          [&out](const void* data, size_t size) -> size_t {
+            out.append(static_cast<const char*>(data), size);
+            return size;
+          });
+      // What torch.save(OrderedDict) writes (protocol 2): an OrderedDict of
+      // str -> _rebuild_tensor_v2(storage, 0, size, stride, False,
+      // OrderedDict()), one storage record per tensor.
+      PickleWriter p;
+      std::vector<at::Tensor> storages;
+      p.Proto();
+      p.Global("collections", "OrderedDict");
+      p.Op(')');  // EMPTY_TUPLE
+      p.Op('R');  // REDUCE
+      p.Op('(');  // MARK
+      for (const auto& [name, t] : tensors) {
+        at::Tensor cpu = t.detach().to(at::kCPU).contiguous();
+        if (cpu.storage_offset() != 0 ||
+            cpu.storage().nbytes() !=
+                static_cast<size_t>(cpu.numel()) * cpu.element_size()) {
+          cpu = cpu.clone();
+        }
+        const std::string key = std::to_string(storages.size());
+        p.Str(name);
+        p.Global("torch._utils", "_rebuild_tensor_v2");
+        p.Op('(');  // MARK: the arguments.
+        p.Op('(');  // MARK: the persistent id.
+        p.Str("storage");
+        p.Global("torch", StorageClass(cpu.scalar_type()));
+        p.Str(key);
+        p.Str("cpu");
+        p.Int(cpu.numel());
+        p.Op('t');  // TUPLE
+        p.Op('Q');  // BINPERSID
+        p.Int(0);   // storage_offset
+        p.IntTuple(cpu.sizes());
+        p.IntTuple(cpu.strides());
+        p.Op(0x89);  // NEWFALSE: requires_grad
+        p.Global("collections", "OrderedDict");
+        p.Op(')');
+        p.Op('R');  // backward_hooks = OrderedDict()
+        p.Op('t');  // TUPLE
+        p.Op('R');  // REDUCE
+        storages.push_back(cpu);
+      }
+      p.Op('u');  // SETITEMS
+      p.Op('.');  // STOP
+      writer.writeRecord("data.pkl", p.bytes().data(), p.bytes().size());
+      writer.writeRecord("byteorder", "little", 6);
+      for (size_t i = 0; i < storages.size(); ++i) {
+        const at::Tensor& t = storages[i];
+        writer.writeRecord(absl::StrCat("data/", i), t.data_ptr(),
+                           static_cast<size_t>(t.numel()) * t.element_size());
+      }
+      writer.writeEndOfFile();
+    }
+    return out;
   } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("pickle_save: ", e.what_without_backtrace()));
+    return absl::InternalError(absl::StrCat("writing a torch.save file: ",
+                                            e.what_without_backtrace()));
   }
 }
 

@@ -14,8 +14,12 @@
 // else is rejected naming the global. The zip container is read with
 // LibTorch's own PyTorchStreamReader.
 //
-// The writer uses torch::jit::pickle_save (a plain dict of str -> tensor),
-// which Python's torch.load (weights_only=True too) reads.
+// The writer emits what Python's torch.save(OrderedDict) writes (protocol 2,
+// an OrderedDict of str -> torch._utils._rebuild_tensor_v2 over one storage
+// record per tensor, plus a "byteorder" record), through LibTorch's
+// PyTorchStreamWriter. Python's torch.load reads it with weights_only=True
+// (torch::pickle_save is not used: it wraps the dict in
+// torch.jit._pickle.restore_type_tag, which weights_only loading rejects).
 #ifndef KVWIRE_COMMON_FUSER_TORCH_PICKLE_H_
 #define KVWIRE_COMMON_FUSER_TORCH_PICKLE_H_
 
@@ -44,15 +48,14 @@ using TensorList = std::vector<std::pair<std::string, at::Tensor>>;
 // the key); DATA_LOSS for truncated or inconsistent data (a storage record
 // smaller than its tensors need, a bad zip); UNIMPLEMENTED for big-endian
 // files. Never throws.
-absl::StatusOr<TensorList> ParseTorchStateDict(const std::string& bytes,
-                                               absl::string_view name =
-                                                   "<buffer>");
+absl::StatusOr<TensorList> ParseTorchStateDict(
+    const std::string& bytes, absl::string_view name = "<buffer>");
 // Reads `path` and parses it. NOT_FOUND if it cannot be opened.
 absl::StatusOr<TensorList> ReadTorchStateDict(const std::string& path);
 
-// Serializes `tensors` (any device, layout, dtype among float/int/bool) as a
-// dict of str -> tensor with torch::jit::pickle_save. INVALID_ARGUMENT for
-// duplicate names or undefined tensors.
+// Serializes `tensors` (any device or layout; float, int or bool dtypes) in
+// the torch.save zip format, as an OrderedDict in the given order.
+// INVALID_ARGUMENT for duplicate names, undefined tensors or other dtypes.
 absl::StatusOr<std::string> SerializeTorchStateDict(const TensorList& tensors);
 // Writes `path` atomically (temporary file + rename).
 absl::Status WriteTorchStateDict(const std::string& path,
