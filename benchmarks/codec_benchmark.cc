@@ -73,6 +73,23 @@ BENCHMARK(BM_Quantize)
     ->DenseRange(0, std::size(kCases) - 1)
     ->Unit(benchmark::kMicrosecond);
 
+// The ATen reference path (what CUDA tensors use) on the same input: the
+// baseline the fused CPU kernel is compared against.
+void BM_QuantizeReference(benchmark::State& state) {
+  at::set_num_threads(1);
+  const Case& c = kCases[state.range(0)];
+  const at::Tensor& x = LayerKeys();
+  for (auto _ : state) {
+    auto q = QuantizeReference(x, ParamsOf(c));
+    benchmark::DoNotOptimize(q);
+  }
+  state.SetBytesProcessed(state.iterations() * x.nbytes());
+  Label(state, c);
+}
+BENCHMARK(BM_QuantizeReference)
+    ->DenseRange(0, std::size(kCases) - 1)
+    ->Unit(benchmark::kMicrosecond);
+
 void BM_Dequantize(benchmark::State& state) {
   at::set_num_threads(1);
   const Case& c = kCases[state.range(0)];

@@ -246,6 +246,13 @@ float HalfBitsToFloat(uint16_t h) {
   return BitsFloat(sign | ((exp + 112) << 23) | (man << 13));
 }
 
+bool CpuAllFinite(const void* data, CpuInput input, int64_t count) {
+  float lo = 0, hi = 0;
+  return input == CpuInput::kBf16
+             ? MinMaxSpan<CpuInput::kBf16>(data, 0, count, &lo, &hi)
+             : MinMaxSpan<CpuInput::kFp32>(data, 0, count, &lo, &hi);
+}
+
 bool CpuQuantizeSupports(const QuantParams& params) {
   return HasScales(params.scheme);
 }

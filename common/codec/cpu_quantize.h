@@ -35,6 +35,9 @@ bool CpuQuantize(const void* data, CpuInput input, int64_t heads,
                  int64_t tokens, int64_t head_dim, const QuantParams& params,
                  const CpuQuantizeOutput& out);
 
+// Whether all `count` values at `data` are finite.
+bool CpuAllFinite(const void* data, CpuInput input, int64_t count);
+
 // IEEE fp32 <-> fp16 (round to nearest even), as ATen converts.
 uint16_t FloatToHalfBits(float value);
 float HalfBitsToFloat(uint16_t bits);

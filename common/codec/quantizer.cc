@@ -285,10 +285,17 @@ absl::StatusOr<QuantizedTensor> QuantizeImpl(const at::Tensor& x,
     // Always a copy: the packed bytes must not alias the caller's tensor.
     const at::Tensor converted =
         xc.to(wire, /*non_blocking=*/false, /*copy=*/true);
-    // amax/amin propagate NaN and are much faster than isfinite on CPU.
-    if (converted.numel() != 0 &&
-        !ReadFlags({AllFinite(at::amax(converted))
-                        .logical_and(AllFinite(at::amin(converted)))})[0]) {
+    // On the CPU a fused scan; elsewhere amax/amin, which propagate NaN and
+    // are much faster than isfinite.
+    const bool finite =
+        converted.numel() == 0 ||
+        (converted.device().is_cpu() && wire == at::kBFloat16
+             ? CpuAllFinite(converted.data_ptr(), CpuInput::kBf16,
+                            converted.numel())
+             : ReadFlags(
+                   {AllFinite(at::amax(converted))
+                        .logical_and(AllFinite(at::amin(converted)))})[0]);
+    if (!finite) {
       return absl::InvalidArgumentError(
           absl::StrCat("input contains NaN or Inf (or values beyond ",
                        SchemeName(params.scheme), " range)"));

@@ -33,6 +33,11 @@ int64_t VarintSize(uint64_t v) {
 // Serialized size of a KvChunk wrapping a message of `size` bytes.
 int64_t ChunkWrapBytes(int64_t size) { return 1 + VarintSize(size) + size; }
 
+// Serialized size of a proto3 bytes field (number < 16) of `n` bytes: it is
+// omitted when empty. Lets the predictor size messages without allocating
+// their payloads.
+int64_t BytesFieldSize(int64_t n) { return n == 0 ? 0 : 1 + VarintSize(n) + n; }
+
 bool IsValidScheme(v1::Scheme s) { return BitsPerValue(s) != 0; }
 
 absl::Status ValidateScheme(v1::Scheme s, absl::string_view field) {
@@ -61,8 +66,7 @@ int64_t ChunkedBlockBytes(int64_t block_bytes, uint32_t chunk_size) {
     v1::KvBlockFragment f;
     f.set_index(static_cast<uint32_t>(i));
     f.set_count(static_cast<uint32_t>(count));
-    f.mutable_data()->resize(data);
-    total += ChunkWrapBytes(f.ByteSizeLong());
+    total += ChunkWrapBytes(f.ByteSizeLong() + BytesFieldSize(data));
   }
   return total;
 }
@@ -235,8 +239,8 @@ int64_t PredictStreamBytes(const v1::ModelInfo& model, const TransferPlan& plan,
   const int64_t index_bytes =
       all_tokens ? 0 : EncodedIndexBytesUpperBound(k, plan.total_tokens);
 
-  v1::KvChunk header_chunk;
-  v1::KvHeader* header = header_chunk.mutable_header();
+  v1::KvHeader header_message;
+  v1::KvHeader* header = &header_message;
   header->set_protocol_version(1);
   header->set_request_id(std::string(request_id_bytes, 'r'));
   *header->mutable_model() = model;
@@ -252,10 +256,11 @@ int64_t PredictStreamBytes(const v1::ModelInfo& model, const TransferPlan& plan,
   }
   if (plan.shared_selection) {
     header->set_shared_index_encoding(v1::INDEX_ENCODING_BITMAP);
-    header->mutable_shared_token_indices()->resize(index_bytes);
     header->set_shared_selected_tokens(k);
   }
-  int64_t total = header_chunk.ByteSizeLong();
+  const int64_t shared_index_bytes = plan.shared_selection ? index_bytes : 0;
+  int64_t total = ChunkWrapBytes(header->ByteSizeLong() +
+                                 BytesFieldSize(shared_index_bytes));
 
   for (const LayerTransfer& lt : plan.layers) {
     for (const auto& [part, params] :
@@ -276,18 +281,18 @@ int64_t PredictStreamBytes(const v1::ModelInfo& model, const TransferPlan& plan,
       b.set_index_encoding(plan.shared_selection ? v1::INDEX_ENCODING_SHARED
                            : all_tokens          ? v1::INDEX_ENCODING_ALL
                                                  : v1::INDEX_ENCODING_BITMAP);
-      if (!plan.shared_selection)
-        b.mutable_token_indices()->resize(index_bytes);
       const int64_t values =
           PackedValueBytes(params.scheme, int64_t{heads} * k * dim);
-      b.mutable_values()->resize(values);
       const int64_t scales = ScaleCount(params, heads, k, dim) * 2;
-      b.mutable_scales()->resize(scales);
-      if (HasZeroPoints(params)) b.mutable_zero_points()->resize(scales);
       b.set_entropy(plan.spec.entropy().coder());
       b.set_values_raw_size(static_cast<uint32_t>(values));
       b.set_crc32c(0xFFFFFFFFu);
-      total += ChunkedBlockBytes(b.ByteSizeLong(), chunk_size);
+      const int64_t block_bytes =
+          b.ByteSizeLong() +
+          BytesFieldSize(plan.shared_selection ? 0 : index_bytes) +
+          BytesFieldSize(values) + BytesFieldSize(scales) +
+          BytesFieldSize(HasZeroPoints(params) ? scales : 0);
+      total += ChunkedBlockBytes(block_bytes, chunk_size);
     }
   }
 
