@@ -85,18 +85,9 @@ absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
   ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(x, params));
   v1::KvBlock block;
   try {
-    block.set_layer(layer);
-    block.set_part(part);
-    block.set_scheme(params.scheme);
-    block.set_granularity(params.granularity);
-    if (params.granularity == v1::GRANULARITY_PER_GROUP) {
-      block.set_group_size(params.group_size);
-    }
-    block.set_asymmetric(HasZeroPoints(params));
-    block.set_kv_heads(static_cast<uint32_t>(x.size(0)));
-    block.set_head_dim(static_cast<uint32_t>(x.size(2)));
-    block.set_selected_tokens(static_cast<uint32_t>(x.size(1)));
-    block.set_index_encoding(indices.encoding);
+    block = BlockMetadata(layer, part, params, static_cast<uint32_t>(x.size(0)),
+                          static_cast<uint32_t>(x.size(2)),
+                          static_cast<uint32_t>(x.size(1)), indices.encoding);
     if (indices.encoding == v1::INDEX_ENCODING_BITMAP ||
         indices.encoding == v1::INDEX_ENCODING_DELTA_VARINT) {
       block.set_token_indices(indices.bytes);
@@ -229,20 +220,7 @@ absl::StatusOr<std::unique_ptr<KvStreamEncoder>> KvStreamEncoder::Create(
 
 absl::Status KvStreamEncoder::EmitHeader(const std::vector<uint32_t>* shared,
                                          std::vector<v1::KvChunk>* out) {
-  v1::KvHeader h;
-  h.set_protocol_version(1);
-  h.set_request_id(request_id_);
-  *h.mutable_model() = model_;
-  h.set_token_count(plan_.total_tokens);
-  h.set_position_offset(0);
-  *h.mutable_spec() = plan_.spec;
-  h.mutable_spec()->mutable_selection()->clear_indices();
-  for (const LayerTransfer& lt : plan_.layers) {
-    v1::LayerPlan* lp = h.add_layers();
-    lp->set_layer(lt.layer);
-    lp->set_scheme(lt.scheme);
-    lp->set_selected_tokens(plan_.selected_tokens);
-  }
+  v1::KvHeader h = PlanHeader(model_, plan_, request_id_);
   if (shared != nullptr) {
     ASSIGN_OR_RETURN(shared_encoded_,
                      EncodeTokenIndices(*shared, plan_.total_tokens));

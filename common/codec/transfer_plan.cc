@@ -227,6 +227,46 @@ absl::StatusOr<TransferPlan> ResolveTransferPlan(const v1::ModelInfo& model,
   return plan;
 }
 
+v1::KvBlock BlockMetadata(uint32_t layer, v1::KvPart part,
+                          const QuantParams& params, uint32_t kv_heads,
+                          uint32_t head_dim, uint32_t selected_tokens,
+                          v1::IndexEncoding index_encoding) {
+  v1::KvBlock b;
+  b.set_layer(layer);
+  b.set_part(part);
+  b.set_scheme(params.scheme);
+  b.set_granularity(params.granularity);
+  if (params.granularity == v1::GRANULARITY_PER_GROUP) {
+    b.set_group_size(params.group_size);
+  }
+  b.set_asymmetric(HasZeroPoints(params));
+  b.set_kv_heads(kv_heads);
+  b.set_head_dim(head_dim);
+  b.set_selected_tokens(selected_tokens);
+  b.set_index_encoding(index_encoding);
+  return b;
+}
+
+v1::KvHeader PlanHeader(const v1::ModelInfo& model, const TransferPlan& plan,
+                        std::string request_id) {
+  v1::KvHeader h;
+  h.set_protocol_version(1);
+  h.set_request_id(std::move(request_id));
+  *h.mutable_model() = model;
+  h.set_token_count(plan.total_tokens);
+  h.set_position_offset(0);
+  *h.mutable_spec() = plan.spec;
+  // Explicit indices travel once, as the shared selection.
+  h.mutable_spec()->mutable_selection()->clear_indices();
+  for (const LayerTransfer& lt : plan.layers) {
+    v1::LayerPlan* lp = h.add_layers();
+    lp->set_layer(lt.layer);
+    lp->set_scheme(lt.scheme);
+    lp->set_selected_tokens(plan.selected_tokens);
+  }
+  return h;
+}
+
 int64_t PredictStreamBytes(const v1::ModelInfo& model, const TransferPlan& plan,
                            size_t request_id_bytes) {
   const uint32_t chunk_size = plan.spec.chunk_size_bytes();
@@ -239,21 +279,9 @@ int64_t PredictStreamBytes(const v1::ModelInfo& model, const TransferPlan& plan,
   const int64_t index_bytes =
       all_tokens ? 0 : EncodedIndexBytesUpperBound(k, plan.total_tokens);
 
-  v1::KvHeader header_message;
+  v1::KvHeader header_message =
+      PlanHeader(model, plan, std::string(request_id_bytes, 'r'));
   v1::KvHeader* header = &header_message;
-  header->set_protocol_version(1);
-  header->set_request_id(std::string(request_id_bytes, 'r'));
-  *header->mutable_model() = model;
-  header->set_token_count(plan.total_tokens);
-  header->set_position_offset(0);
-  *header->mutable_spec() = plan.spec;
-  header->mutable_spec()->mutable_selection()->clear_indices();
-  for (const LayerTransfer& lt : plan.layers) {
-    v1::LayerPlan* lp = header->add_layers();
-    lp->set_layer(lt.layer);
-    lp->set_scheme(lt.scheme);
-    lp->set_selected_tokens(k);
-  }
   if (plan.shared_selection) {
     header->set_shared_index_encoding(v1::INDEX_ENCODING_BITMAP);
     header->set_shared_selected_tokens(k);
@@ -266,21 +294,11 @@ int64_t PredictStreamBytes(const v1::ModelInfo& model, const TransferPlan& plan,
     for (const auto& [part, params] :
          {std::make_pair(v1::KV_PART_KEY, lt.key_params),
           std::make_pair(v1::KV_PART_VALUE, lt.value_params)}) {
-      v1::KvBlock b;
-      b.set_layer(lt.layer);
-      b.set_part(part);
-      b.set_scheme(params.scheme);
-      b.set_granularity(params.granularity);
-      if (params.granularity == v1::GRANULARITY_PER_GROUP) {
-        b.set_group_size(params.group_size);
-      }
-      b.set_asymmetric(HasZeroPoints(params));
-      b.set_kv_heads(heads);
-      b.set_head_dim(dim);
-      b.set_selected_tokens(k);
-      b.set_index_encoding(plan.shared_selection ? v1::INDEX_ENCODING_SHARED
-                           : all_tokens          ? v1::INDEX_ENCODING_ALL
-                                                 : v1::INDEX_ENCODING_BITMAP);
+      v1::KvBlock b =
+          BlockMetadata(lt.layer, part, params, heads, dim, k,
+                        plan.shared_selection ? v1::INDEX_ENCODING_SHARED
+                        : all_tokens          ? v1::INDEX_ENCODING_ALL
+                                              : v1::INDEX_ENCODING_BITMAP);
       const int64_t values =
           PackedValueBytes(params.scheme, int64_t{heads} * k * dim);
       const int64_t scales = ScaleCount(params, heads, k, dim) * 2;

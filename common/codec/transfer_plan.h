@@ -54,6 +54,17 @@ absl::StatusOr<TransferPlan> ResolveTransferPlan(const v1::ModelInfo& model,
                                                  uint32_t total_tokens,
                                                  const v1::TransferSpec& spec);
 
+// A block's metadata: every field but the bytes fields, entropy coder, raw
+// size and checksum, which encoding fills in.
+v1::KvBlock BlockMetadata(uint32_t layer, v1::KvPart part,
+                          const QuantParams& params, uint32_t kv_heads,
+                          uint32_t head_dim, uint32_t selected_tokens,
+                          v1::IndexEncoding index_encoding);
+
+// The stream header of `plan`, without the shared selection.
+v1::KvHeader PlanHeader(const v1::ModelInfo& model, const TransferPlan& plan,
+                        std::string request_id);
+
 // Serialized bytes of the messages that carry a block of `block_bytes`
 // (one KvChunk, or fragments when it does not fit in `chunk_size`).
 int64_t ChunkedBlockBytes(int64_t block_bytes, uint32_t chunk_size);
