@@ -565,6 +565,7 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
           const int64_t n = static_cast<int64_t>(tokens[b].size());
           LayerKv kv{l, b, starts[b], kc.select(0, b).narrow(1, starts[b], n),
                      vc.select(0, b).narrow(1, starts[b], n)};
+          kv.queries = q.select(0, b).narrow(1, 0, n);
           RETURN_IF_ERROR((*on_layer)(kv));
         }
       }

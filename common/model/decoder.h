@@ -121,6 +121,11 @@ struct LayerKv {
   int64_t start = 0;
   at::Tensor keys;
   at::Tensor values;
+  // The same tokens' queries [heads, count, head_dim] (after q_norm and
+  // RoPE, before scaling), a view into this forward's activations: e.g. for
+  // the attention of a prompt token over the cache (receiver-guided token
+  // selection). Valid only during the callback.
+  at::Tensor queries;
 };
 // Called as soon as a layer's K/V are written, in layer order (for batches,
 // row by row within a layer). A non-OK status aborts the forward and is

@@ -1,0 +1,182 @@
+// ReceiverSession: the receiver's side of one C2C request, in the order
+// C2C's inference flow requires (c2c-spec §1.4, §8; issue 4 §2). It is what
+// the receiver service drives chunk by chunk, and what the in-process
+// pipeline (pipeline.h) drives with a sharer in the same process.
+//
+// For a prompt of L token ids (already templated; the sharer gets the same
+// ids and positions):
+//
+//   auto session = ReceiverSession::Create(receiver, fuser, prompt_ids,
+//                                          max_new_tokens);
+//   // Optional, receiver-guided selection: score the first L-1 positions
+//   // from the receiver's own cache and send them as explicit indices.
+//   RETURN_IF_ERROR((*session)->Prefill());        // own KV of ids[0, L-1)
+//   ASSIGN_OR_RETURN(at::Tensor s, (*session)->GuidedScores(
+//                                      ReceiverSignal::kAttention));
+//   // Ask the sharer for ids[0, L-1) (session->share_token_ids()); then for
+//   // every KvChunk of its stream, in stream order:
+//   RETURN_IF_ERROR((*session)->AddChunk(chunk));  // decode; fuse each layer
+//   RETURN_IF_ERROR((*session)->FinishStream());   // trailer seen, complete
+//   // The last prompt token and every generated token run on the receiver
+//   // alone, over the fused cache.
+//   ASSIGN_OR_RETURN(GenerationResult r, (*session)->Generate(options));
+//
+// Fusion semantics: receiver layer t is fused in place from sharer layer
+// map(t) as soon as that sharer layer is present, over the positions the
+// sharer sent (sparse fuse: the projector runs on those tokens only); every
+// other position, and every layer that never arrives, keeps the receiver's
+// own KV. Layers may arrive in any order (AddLayer), including before
+// Prefill, in which case they are held and fused when the prefill ends.
+// Hidden states of prompt positions are never recomputed: fusion changes only
+// what the last prompt token and the generated tokens attend to.
+//
+// Threading: Prefill may run on one thread while AddChunk / AddLayer run on
+// another (layers arriving meanwhile are held, and decoding chunks overlaps
+// the prefill); every other call must not overlap. The decoder and fuser must
+// outlive the session. Errors are absl::Status; c10::Error never escapes.
+#ifndef KVWIRE_COMMON_PIPELINE_RECEIVER_SESSION_H_
+#define KVWIRE_COMMON_PIPELINE_RECEIVER_SESSION_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "common/codec/kv_codec.h"
+#include "common/fuser/fuser.h"
+#include "common/model/decoder.h"
+#include "kvwire/v1/kvwire.pb.h"
+
+namespace kvwire {
+
+// Receiver-side signals for receiver-guided token selection.
+enum class ReceiverSignal {
+  // Attention of the last prompt token over positions [0, L-1): softmax of
+  // q_last . K^T / sqrt(head_dim) over [0, L) (the receiver's own, unfused
+  // cache), averaged over query heads and layers.
+  kAttention,
+  // Mean over KV heads of ||V[h, t, :]||_2 of the receiver's own cache,
+  // averaged over layers.
+  kValueNorm,
+};
+
+// Called with each generated token as soon as it is sampled.
+using TokenCallback = std::function<void(int64_t index, int64_t token_id)>;
+
+struct ReceiverTimings {
+  double prefill_seconds = 0;     // Own prefill of ids[0, L-1).
+  double scores_seconds = 0;      // GuidedScores.
+  double decode_seconds = 0;      // KvStreamDecoder: chunks -> tensors.
+  double fuse_seconds = 0;        // Projector calls.
+  double ttft_seconds = 0;        // Generate start -> first token sampled.
+  double generation_seconds = 0;  // First token -> last token.
+};
+
+class ReceiverSession {
+ public:
+  // `prompt_ids` holds L >= 1 ids; the cache is sized for L +
+  // max_new_tokens. `fuser` may be null (nothing is fused: receiver-only).
+  // With a fuser, the receiver must have the shapes its projectors write
+  // (checked here).
+  static absl::StatusOr<std::unique_ptr<ReceiverSession>> Create(
+      const Decoder* receiver, const C2CFuser* fuser,
+      std::vector<int64_t> prompt_ids, int64_t max_new_tokens);
+
+  ~ReceiverSession();
+  ReceiverSession(const ReceiverSession&) = delete;
+  ReceiverSession& operator=(const ReceiverSession&) = delete;
+
+  const std::vector<int64_t>& prompt_ids() const { return prompt_ids_; }
+  // L - 1: the positions C2C fuses, i.e. what the sharer must cover.
+  int64_t fused_length() const { return fused_length_; }
+  // The ids the sharer prefills (ids[0, L-1)).
+  absl::Span<const int64_t> share_token_ids() const {
+    return absl::MakeConstSpan(prompt_ids_.data(), fused_length_);
+  }
+
+  // The receiver's own prefill of ids[0, L-1); then fuses every layer that
+  // arrived meanwhile. FAILED_PRECONDITION if called twice.
+  absl::Status Prefill();
+
+  // Receiver-guided selection scores, [L-1] fp32 on the CPU (higher = more
+  // useful to fuse), from the receiver's own cache. Needs Prefill and must
+  // come before any fusion (FAILED_PRECONDITION otherwise). kAttention runs
+  // the last prompt token once (its K/V are discarded again).
+  absl::StatusOr<at::Tensor> GuidedScores(ReceiverSignal signal);
+
+  // One KvChunk of the sharer's stream, in stream order. The header must
+  // cover fused_length() tokens; each layer is decoded as both its blocks
+  // are complete and handed to AddLayer. DATA_LOSS / INVALID_ARGUMENT from
+  // the codec; FAILED_PRECONDITION after Generate started.
+  absl::Status AddChunk(const v1::KvChunk& chunk);
+  // DATA_LOSS unless a complete stream (trailer included) was consumed.
+  absl::Status FinishStream() const;
+
+  // One decoded sharer layer (positions index [0, L-1), ascending or not),
+  // in any order. Fuses every receiver layer reading it if the prefill is
+  // done, else holds it. Returns the receiver layers fused now (empty when
+  // held or when no receiver layer reads it). FAILED_PRECONDITION for a
+  // layer added twice or after Generate started; INVALID_ARGUMENT for
+  // positions out of range or mis-shaped tensors.
+  absl::StatusOr<std::vector<int>> AddLayer(DecodedLayer layer);
+
+  // Runs the last prompt token over the (fused) cache and generates. Held
+  // layers are fused first if the prefill is done. May be called once.
+  absl::StatusOr<GenerationResult> Generate(
+      const GenerationOptions& options,
+      const TokenCallback& on_token = nullptr);
+
+  bool prefilled() const;
+  // Receiver layer t has been fused.
+  bool fused(int receiver_layer) const;
+  // Receiver layers fused so far, ascending.
+  std::vector<int> FusedLayers() const;
+  // Sharer layers received (fused or held), with the positions they carried.
+  const std::map<uint32_t, std::vector<uint32_t>>& received() const {
+    return received_;
+  }
+  // The stream decoder (header, trailer stats, byte accounting).
+  const KvStreamDecoder& stream() const { return stream_; }
+  const ReceiverTimings& timings() const { return timings_; }
+  // The receiver's cache (positions [0, L-1) after Prefill: own or fused
+  // KV). Read it only while no other call runs.
+  const KvCache& cache() const { return cache_; }
+  const Decoder& receiver() const { return *receiver_; }
+
+ private:
+  ReceiverSession(const Decoder* receiver, const C2CFuser* fuser,
+                  std::vector<int64_t> prompt_ids, KvCache cache);
+
+  absl::StatusOr<std::vector<int>> FuseLocked(const DecodedLayer& layer)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::vector<int>> AddLayerLocked(DecodedLayer layer)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Decoder* receiver_;
+  const C2CFuser* fuser_;
+  std::vector<int64_t> prompt_ids_;
+  int64_t fused_length_ = 0;
+  KvCache cache_;
+
+  mutable absl::Mutex mu_;
+  bool prefill_started_ = false;
+  bool prefilled_ = false;
+  bool generating_ = false;
+  std::unique_ptr<FusionSession> fusion_;
+  std::vector<DecodedLayer> held_;
+  std::map<uint32_t, std::vector<uint32_t>> received_;
+  KvStreamDecoder stream_;
+  ReceiverTimings timings_;
+};
+
+}  // namespace kvwire
+
+#endif  // KVWIRE_COMMON_PIPELINE_RECEIVER_SESSION_H_
