@@ -1,6 +1,7 @@
 #include "common/file_util.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -39,7 +40,7 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
 
 absl::Status WriteStringToFile(const std::string& path,
                                absl::string_view data) {
-  const std::string tmp = absl::StrCat(path, ".tmp");
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) {

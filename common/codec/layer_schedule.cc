@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/codec/scheme.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 
 namespace kvwire {
@@ -195,28 +196,8 @@ absl::StatusOr<LayerSchedule> ParseLayerScheduleYaml(
 }
 
 absl::StatusOr<LayerSchedule> LoadLayerScheduleFile(const std::string& path) {
-  std::error_code ec;
-  const std::filesystem::file_status st = std::filesystem::status(path, ec);
-  if (st.type() == std::filesystem::file_type::not_found) {
-    return absl::NotFoundError(
-        absl::StrCat("layer schedule file not found: ", path));
-  }
-  if (std::filesystem::is_directory(st)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("layer schedule path is a directory: ", path));
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot open layer schedule file: ", path));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot read layer schedule file: ", path));
-  }
-  absl::StatusOr<LayerSchedule> schedule = ParseLayerScheduleYaml(text.str());
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  absl::StatusOr<LayerSchedule> schedule = ParseLayerScheduleYaml(text);
   if (!schedule.ok()) {
     return absl::Status(schedule.status().code(),
                         absl::StrCat(path, ": ", schedule.status().message()));

@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "common/file_util.h"
 #include "common/fuser/c2c_projector.h"
 #include "common/model/safetensors.h"
 #include "common/status_macros.h"
@@ -24,38 +25,6 @@ namespace kvwire {
 namespace {
 
 namespace fs = std::filesystem;
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  }
-  std::string text((std::istreambuf_iterator<char>(in)),
-                   std::istreambuf_iterator<char>());
-  if (in.bad()) return absl::UnavailableError("cannot read " + path);
-  return text;
-}
-
-absl::Status WriteText(const std::string& path, const std::string& text) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
-    }
-    out << text;
-    out.close();
-    if (!out) return absl::UnavailableError("cannot write " + tmp);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat(
-        "cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
-}
 
 bool IsFile(const std::string& path) {
   std::error_code ec;
@@ -125,7 +94,7 @@ absl::StatusOr<FuserCheckpoint> ReadFuserCheckpoint(const std::string& dir,
        {(fs::path(dir) / "config.json").string(),
         (fs::path(wdir).parent_path() / "config.json").string()}) {
     if (!IsFile(candidate)) continue;
-    ASSIGN_OR_RETURN(std::string text, ReadText(candidate));
+    ASSIGN_OR_RETURN(std::string text, ReadFileToString(candidate));
     ASSIGN_OR_RETURN(FuserRecipe recipe, ParseFuserRecipe(text, candidate));
     ckpt.recipe = std::move(recipe);
     break;
@@ -158,7 +127,7 @@ absl::StatusOr<FuserCheckpoint> ReadFuserCheckpoint(const std::string& dir,
     if (!IsFile(json_path)) {
       return absl::NotFoundError(absl::StrCat("missing ", json_path));
     }
-    ASSIGN_OR_RETURN(std::string json, ReadText(json_path));
+    ASSIGN_OR_RETURN(std::string json, ReadFileToString(json_path));
     ASSIGN_OR_RETURN(C2CProjectorArgs args,
                      ParseProjectorJson(json, json_path));
     ckpt.args.push_back(std::move(args));
@@ -173,7 +142,7 @@ absl::StatusOr<FuserCheckpoint> ReadFuserCheckpoint(const std::string& dir,
   const std::string map_path =
       (fs::path(wdir) / "projector_config.json").string();
   if (IsFile(map_path)) {
-    ASSIGN_OR_RETURN(std::string text, ReadText(map_path));
+    ASSIGN_OR_RETURN(std::string text, ReadFileToString(map_path));
     ASSIGN_OR_RETURN(FuserLayerMap map,
                      ParseProjectorConfigJson(text, 0, map_path));
     absl::Status valid = ValidateFuserLayerMap(map, n);
@@ -208,12 +177,14 @@ absl::Status WriteFuserCheckpoint(const std::string& dir,
       text = FuserRecipeJson(
           *ckpt.recipe, ckpt.args.empty() ? C2CProjectorArgs{} : ckpt.args[0]);
     }
-    RETURN_IF_ERROR(WriteText((fs::path(dir) / "config.json").string(), text));
+    RETURN_IF_ERROR(
+        WriteStringToFile((fs::path(dir) / "config.json").string(), text));
   }
   for (size_t i = 0; i < ckpt.args.size(); ++i) {
     const std::string base =
         (fs::path(wdir) / ("projector_" + std::to_string(i))).string();
-    RETURN_IF_ERROR(WriteText(base + ".json", ProjectorJson(ckpt.args[i])));
+    RETURN_IF_ERROR(
+        WriteStringToFile(base + ".json", ProjectorJson(ckpt.args[i])));
     if (format == FuserWeightFormat::kTorch) {
       RETURN_IF_ERROR(WriteTorchStateDict(base + ".pt", ckpt.weights[i]));
     } else {
@@ -225,8 +196,8 @@ absl::Status WriteFuserCheckpoint(const std::string& dir,
   }
   if (ckpt.layer_map) {
     RETURN_IF_ERROR(
-        WriteText((fs::path(wdir) / "projector_config.json").string(),
-                  ProjectorConfigJson(*ckpt.layer_map)));
+        WriteStringToFile((fs::path(wdir) / "projector_config.json").string(),
+                          ProjectorConfigJson(*ckpt.layer_map)));
   }
   return absl::OkStatus();
 }

@@ -22,6 +22,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 
 namespace kvwire {
@@ -882,14 +883,7 @@ absl::StatusOr<TensorList> ParseTorchStateDict(const std::string& bytes,
 }
 
 absl::StatusOr<TensorList> ReadTorchStateDict(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  }
-  std::string bytes((std::istreambuf_iterator<char>(in)),
-                    std::istreambuf_iterator<char>());
-  if (in.bad()) return absl::UnavailableError("cannot read " + path);
+  ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(path));
   return ParseZip(bytes, path);
 }
 

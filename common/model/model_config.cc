@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -471,24 +472,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(
   return c;
 }
 
-namespace {
-
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return ss.str();
-}
-
-}  // namespace
+namespace {}  // namespace
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
   const std::string config_path = model_dir + "/config.json";
-  ASSIGN_OR_RETURN(std::string config_text, ReadTextFile(config_path));
+  ASSIGN_OR_RETURN(std::string config_text, ReadFileToString(config_path));
   std::string gen_text;
-  auto gen = ReadTextFile(model_dir + "/generation_config.json");
+  auto gen = ReadFileToString(model_dir + "/generation_config.json");
   if (gen.ok()) gen_text = std::move(*gen);
   return ParseModelConfig(config_text, gen_text, config_path);
 }

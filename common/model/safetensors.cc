@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -85,19 +86,6 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
     absl::StrAppend(&s, i ? ", " : "", shape[i]);
   }
   return s + "]";
-}
-
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-bool FileExists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 absl::Status WriteFileAtomically(const std::string& path,
@@ -460,8 +448,8 @@ absl::StatusOr<CheckpointReader> CheckpointReader::Open(
   reader.model_dir_ = model_dir;
   const std::string index_path = model_dir + "/model.safetensors.index.json";
   const std::string single_path = model_dir + "/model.safetensors";
-  if (FileExists(index_path)) {
-    ASSIGN_OR_RETURN(std::string text, ReadTextFile(index_path));
+  if (IsRegularFile(index_path)) {
+    ASSIGN_OR_RETURN(std::string text, ReadFileToString(index_path));
     const Json j = Json::parse(text, nullptr, false);
     if (j.is_discarded() || !j.is_object()) {
       return absl::InvalidArgumentError(
@@ -499,7 +487,7 @@ absl::StatusOr<CheckpointReader> CheckpointReader::Open(
     }
     return reader;
   }
-  if (FileExists(single_path)) {
+  if (IsRegularFile(single_path)) {
     ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(single_path));
     reader.files_.push_back(file);
     for (const SafetensorsTensorInfo& info : file->tensors()) {

@@ -9,6 +9,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace kvwire {
@@ -227,12 +229,9 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromTokenizer(
 
 absl::StatusOr<ChatTemplate> ChatTemplate::FromTokenizerConfigFile(
     const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
+  ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
   const nlohmann::json config =
-      nlohmann::json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+      nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (config.is_discarded() || !config.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, " is not a JSON object"));

@@ -1,5 +1,7 @@
 #include "common/tokenizer/tokenizer.h"
 
+#include "common/file_util.h"
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <unicode/bytestream.h>
@@ -491,20 +493,6 @@ uint32_t FirstCodePoint(absl::string_view s) {
   size_t maximal;
   if (DecodeUtf8At(s, 0, &cp, &maximal) == 0) return 0xFFFD;
   return cp;
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("cannot read ", path));
-  return ss.str();
-}
-
-bool FileExists(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return static_cast<bool>(in);
 }
 
 std::string DirName(const std::string& path) {
@@ -1208,10 +1196,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFiles(
     const std::string& tokenizer_json_path,
     const std::string& tokenizer_config_path) {
-  ASSIGN_OR_RETURN(std::string tj, ReadFile(tokenizer_json_path));
+  ASSIGN_OR_RETURN(std::string tj, ReadFileToString(tokenizer_json_path));
   std::string cj;
   if (!tokenizer_config_path.empty()) {
-    ASSIGN_OR_RETURN(cj, ReadFile(tokenizer_config_path));
+    ASSIGN_OR_RETURN(cj, ReadFileToString(tokenizer_config_path));
   }
   auto tokenizer = FromJson(tj, cj);
   if (!tokenizer.ok()) {
@@ -1226,7 +1214,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(
     const std::string& tokenizer_json_path) {
   const std::string config =
       DirName(tokenizer_json_path) + "/tokenizer_config.json";
-  return FromFiles(tokenizer_json_path, FileExists(config) ? config : "");
+  return FromFiles(tokenizer_json_path, IsRegularFile(config) ? config : "");
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromDirectory(
