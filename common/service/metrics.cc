@@ -1,0 +1,384 @@
+// Prometheus registry, families and exposer of the kvwire services.
+#include "common/service/metrics.h"
+
+#include <prometheus/exposer.h>
+#include <prometheus/text_serializer.h>
+
+#include <exception>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/service/grpc_status.h"
+
+namespace kvwire {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+// Latencies from sub-millisecond encodes to minute-long generations.
+const Histogram::BucketBoundaries& SecondsBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+      0.5,    1,     2.5,    5,     10,   30,    60,   120};
+  return *b;
+}
+
+const Histogram::BucketBoundaries& RatioBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8, 10, 16, 32};
+  return *b;
+}
+
+const Histogram::BucketBoundaries& FractionBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99, 1.0};
+  return *b;
+}
+
+const Histogram::BucketBoundaries& TokensPerSecondBuckets() {
+  static const auto* const b = new Histogram::BucketBoundaries{
+      1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
+  return *b;
+}
+
+const Histogram::BucketBoundaries& BatchBuckets() {
+  static const auto* const b =
+      new Histogram::BucketBoundaries{1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64};
+  return *b;
+}
+
+constexpr int kNumCodes = 17;
+
+}  // namespace
+
+absl::string_view RoleName(ServiceRole role) {
+  switch (role) {
+    case ServiceRole::kSharer:
+      return "sharer";
+    case ServiceRole::kReceiver:
+      return "receiver";
+  }
+  return "unknown";
+}
+
+const std::vector<std::string>& TransferSchemeLabels() {
+  static const auto* const labels = new std::vector<std::string>{
+      "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "int8",
+      "int4", "int2", "nf4",      "mixed",    "other"};
+  return *labels;
+}
+
+// ------------------------------------------------------------ handles
+
+void RpcMetrics::Started() { in_flight_->Increment(); }
+
+void RpcMetrics::Finished(absl::StatusCode code, double seconds) {
+  in_flight_->Decrement();
+  int index = static_cast<int>(code);
+  if (index < 0 || index >= kNumCodes) index = 2;  // UNKNOWN.
+  by_code_[index]->Increment();
+  duration_->Observe(seconds);
+}
+
+void QueueMetrics::SetCapacity(int workers, int queue_capacity) {
+  workers_->Set(workers);
+  capacity_->Set(queue_capacity);
+}
+void QueueMetrics::SetDepth(int64_t depth) {
+  depth_->Set(static_cast<double>(depth));
+}
+void QueueMetrics::SetBusyWorkers(int64_t busy) {
+  busy_->Set(static_cast<double>(busy));
+}
+void QueueMetrics::ObserveWait(double seconds) { wait_->Observe(seconds); }
+void QueueMetrics::CountRejected() { rejected_->Increment(); }
+void QueueMetrics::ObserveBatch(int64_t size) {
+  batch_->Observe(static_cast<double>(size));
+}
+
+void TransferMetrics::Record(const TransferRecord& r) {
+  auto it = schemes_.find(r.scheme);
+  if (it == schemes_.end()) it = schemes_.find("other");
+  BySchemes& s = it->second;
+  s.transfers->Increment();
+  s.raw->Increment(static_cast<double>(r.raw_bytes));
+  s.payload->Increment(static_cast<double>(r.payload_bytes));
+  s.serialized->Increment(static_cast<double>(r.serialized_bytes));
+  s.wire->Increment(static_cast<double>(r.wire_bytes));
+  if (r.serialized_bytes > 0) {
+    s.ratio->Observe(static_cast<double>(r.raw_bytes) /
+                     static_cast<double>(r.serialized_bytes));
+  }
+  prompt_tokens_->Increment(static_cast<double>(r.prompt_tokens));
+  selected_tokens_->Increment(static_cast<double>(r.selected_tokens));
+  if (r.prompt_tokens > 0) {
+    selected_ratio_->Observe(static_cast<double>(r.selected_tokens) /
+                             static_cast<double>(r.prompt_tokens));
+  }
+}
+
+// ------------------------------------------------------------ Metrics
+
+Metrics& Metrics::Global() {
+  static Metrics* const metrics = new Metrics();
+  return *metrics;
+}
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  prometheus::Registry& r = *registry_;
+  build_info_ = &BuildGauge()
+                     .Name("kvwire_build_info")
+                     .Help("Always 1; labels carry the role and version.")
+                     .Register(r);
+  requests_ = &BuildCounter()
+                   .Name("kvwire_requests_total")
+                   .Help("RPCs finished, by role, method and gRPC status code.")
+                   .Register(r);
+  in_flight_ = &BuildGauge()
+                    .Name("kvwire_requests_in_flight")
+                    .Help("RPCs started and not yet finished.")
+                    .Register(r);
+  request_duration_ =
+      &BuildHistogram()
+           .Name("kvwire_request_duration_seconds")
+           .Help("Wall time of an RPC, from the handler to the final status.")
+           .Register(r);
+  queue_depth_ = &BuildGauge()
+                      .Name("kvwire_queue_depth")
+                      .Help("Requests admitted and waiting for a worker.")
+                      .Register(r);
+  queue_capacity_ = &BuildGauge()
+                         .Name("kvwire_queue_capacity")
+                         .Help("Most requests that may wait for a worker.")
+                         .Register(r);
+  workers_ = &BuildGauge()
+                  .Name("kvwire_workers")
+                  .Help("Model workers (requests computed concurrently).")
+                  .Register(r);
+  workers_busy_ = &BuildGauge()
+                       .Name("kvwire_workers_busy")
+                       .Help("Model workers currently running a request.")
+                       .Register(r);
+  queue_wait_ = &BuildHistogram()
+                     .Name("kvwire_queue_wait_seconds")
+                     .Help("Time a request waited in the queue for a worker.")
+                     .Register(r);
+  queue_rejected_ =
+      &BuildCounter()
+           .Name("kvwire_queue_rejected_total")
+           .Help("Requests refused with RESOURCE_EXHAUSTED: queue full.")
+           .Register(r);
+  batch_size_ = &BuildHistogram()
+                     .Name("kvwire_batch_size")
+                     .Help(
+                         "Requests a worker ran together in one batch "
+                         "(1 without batching).")
+                     .Register(r);
+  transfers_ = &BuildCounter()
+                    .Name("kvwire_transfers_total")
+                    .Help("KV transfers completed (sent or received).")
+                    .Register(r);
+  raw_bytes_ = &BuildCounter()
+                    .Name("kvwire_kv_raw_bytes_total")
+                    .Help(
+                        "KV bytes before encoding: sent layers x prompt "
+                        "tokens x K,V at 16 bits.")
+                    .Register(r);
+  payload_bytes_ = &BuildCounter()
+                        .Name("kvwire_kv_payload_bytes_total")
+                        .Help("Encoded KV value bytes (KvBlock.values).")
+                        .Register(r);
+  serialized_bytes_ = &BuildCounter()
+                           .Name("kvwire_kv_serialized_bytes_total")
+                           .Help("Serialized KvChunk bytes, header to trailer.")
+                           .Register(r);
+  wire_bytes_ = &BuildCounter()
+                     .Name("kvwire_kv_wire_bytes_total")
+                     .Help(
+                         "Serialized KvChunk bytes plus the 5-byte gRPC "
+                         "message prefix of each (HTTP/2 framing and TLS "
+                         "not included).")
+                     .Register(r);
+  compression_ratio_ =
+      &BuildHistogram()
+           .Name("kvwire_kv_compression_ratio")
+           .Help("Per transfer: raw KV bytes / serialized stream bytes.")
+           .Register(r);
+  prompt_tokens_ = &BuildCounter()
+                        .Name("kvwire_prompt_tokens_total")
+                        .Help("Prompt tokens of completed transfers.")
+                        .Register(r);
+  selected_tokens_ =
+      &BuildCounter()
+           .Name("kvwire_kv_tokens_selected_total")
+           .Help(
+               "Tokens sent per layer (after token selection), summed "
+               "over completed transfers.")
+           .Register(r);
+  selected_ratio_ = &BuildHistogram()
+                         .Name("kvwire_kv_tokens_selected_ratio")
+                         .Help("Per transfer: selected tokens / prompt tokens.")
+                         .Register(r);
+  stage_duration_ = &BuildHistogram()
+                         .Name("kvwire_stage_duration_seconds")
+                         .Help("Time spent in one pipeline stage of a request.")
+                         .Register(r);
+  ttft_ = &BuildHistogram()
+               .Name("kvwire_time_to_first_token_seconds")
+               .Help("From request arrival to the first generated token.")
+               .Register(r);
+  decode_tps_ = &BuildHistogram()
+                     .Name("kvwire_decode_tokens_per_second")
+                     .Help(
+                         "Per generation: generated tokens / generation "
+                         "seconds (after the first token).")
+                     .Register(r);
+  generated_tokens_ = &BuildCounter()
+                           .Name("kvwire_generated_tokens_total")
+                           .Help("Tokens generated.")
+                           .Register(r);
+  fallbacks_ = &BuildCounter()
+                    .Name("kvwire_fallbacks_total")
+                    .Help(
+                        "Requests answered receiver-only (or failed) "
+                        "because the sharer path failed, by reason.")
+                    .Register(r);
+}
+
+Metrics::~Metrics() = default;
+
+std::string Metrics::SerializeText() const {
+  return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+RpcMetrics& Metrics::Rpc(ServiceRole role, absl::string_view method) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto key = std::make_pair(role, std::string(method));
+  auto it = rpcs_.find(key);
+  if (it != rpcs_.end()) return *it->second;
+  auto m = std::unique_ptr<RpcMetrics>(new RpcMetrics());
+  const std::string role_name(RoleName(role));
+  m->in_flight_ =
+      &in_flight_->Add({{"role", role_name}, {"method", key.second}});
+  m->duration_ = &request_duration_->Add(
+      {{"role", role_name}, {"method", key.second}}, SecondsBuckets());
+  for (int c = 0; c < kNumCodes; ++c) {
+    m->by_code_[c] = &requests_->Add(
+        {{"role", role_name},
+         {"method", key.second},
+         {"code",
+          std::string(StatusCodeName(static_cast<absl::StatusCode>(c)))}});
+  }
+  RpcMetrics& ref = *m;
+  rpcs_.emplace(std::move(key), std::move(m));
+  return ref;
+}
+
+QueueMetrics& Metrics::Queue(ServiceRole role) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& slot = queues_[role];
+  if (slot) return *slot;
+  slot.reset(new QueueMetrics());
+  const prometheus::Labels labels{{"role", std::string(RoleName(role))}};
+  slot->depth_ = &queue_depth_->Add(labels);
+  slot->capacity_ = &queue_capacity_->Add(labels);
+  slot->workers_ = &workers_->Add(labels);
+  slot->busy_ = &workers_busy_->Add(labels);
+  slot->wait_ = &queue_wait_->Add(labels, SecondsBuckets());
+  slot->rejected_ = &queue_rejected_->Add(labels);
+  slot->batch_ = &batch_size_->Add(labels, BatchBuckets());
+  return *slot;
+}
+
+TransferMetrics& Metrics::Transfer(ServiceRole role) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& slot = transfers_by_role_[role];
+  if (slot) return *slot;
+  slot.reset(new TransferMetrics());
+  const std::string role_name(RoleName(role));
+  for (const std::string& scheme : TransferSchemeLabels()) {
+    const prometheus::Labels labels{{"role", role_name}, {"scheme", scheme}};
+    TransferMetrics::BySchemes s;
+    s.transfers = &transfers_->Add(labels);
+    s.raw = &raw_bytes_->Add(labels);
+    s.payload = &payload_bytes_->Add(labels);
+    s.serialized = &serialized_bytes_->Add(labels);
+    s.wire = &wire_bytes_->Add(labels);
+    s.ratio = &compression_ratio_->Add(labels, RatioBuckets());
+    slot->schemes_.emplace(scheme, s);
+  }
+  const prometheus::Labels labels{{"role", role_name}};
+  slot->prompt_tokens_ = &prompt_tokens_->Add(labels);
+  slot->selected_tokens_ = &selected_tokens_->Add(labels);
+  slot->selected_ratio_ = &selected_ratio_->Add(labels, FractionBuckets());
+  return *slot;
+}
+
+prometheus::Histogram& Metrics::Stage(ServiceRole role,
+                                      absl::string_view stage) {
+  return stage_duration_->Add(
+      {{"role", std::string(RoleName(role))}, {"stage", std::string(stage)}},
+      SecondsBuckets());
+}
+
+prometheus::Histogram& Metrics::TimeToFirstToken(ServiceRole role) {
+  return ttft_->Add({{"role", std::string(RoleName(role))}}, SecondsBuckets());
+}
+
+prometheus::Histogram& Metrics::DecodeTokensPerSecond(ServiceRole role) {
+  return decode_tps_->Add({{"role", std::string(RoleName(role))}},
+                          TokensPerSecondBuckets());
+}
+
+prometheus::Counter& Metrics::GeneratedTokens(ServiceRole role) {
+  return generated_tokens_->Add({{"role", std::string(RoleName(role))}});
+}
+
+prometheus::Counter& Metrics::Fallbacks(ServiceRole role,
+                                        absl::string_view reason) {
+  return fallbacks_->Add(
+      {{"role", std::string(RoleName(role))}, {"reason", std::string(reason)}});
+}
+
+void Metrics::SetBuildInfo(ServiceRole role, absl::string_view version) {
+  build_info_
+      ->Add({{"role", std::string(RoleName(role))},
+             {"version", std::string(version)}})
+      .Set(1);
+}
+
+// ------------------------------------------------------------ exposer
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& address,
+    const std::shared_ptr<prometheus::Registry>& registry) {
+  if (address.empty()) {
+    return absl::InvalidArgumentError("metrics address is empty");
+  }
+  auto server = std::unique_ptr<MetricsServer>(new MetricsServer());
+  try {
+    server->exposer_ = std::make_unique<prometheus::Exposer>(address, 2);
+  } catch (const std::exception& e) {
+    // civetweb reports a busy port and a failed dlopen of libssl.so /
+    // libcrypto.so (unversioned names: shipped by libssl-dev) alike.
+    return absl::UnavailableError(absl::StrCat(
+        "cannot serve metrics on ", address, ": ", e.what(),
+        " (port in use, or civetweb could not load libssl.so/libcrypto.so: "
+        "install libssl-dev)"));
+  }
+  server->exposer_->RegisterCollectable(registry);
+  const std::vector<int> ports = server->exposer_->GetListeningPorts();
+  if (ports.empty() || ports.front() <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics server on ", address, " has no listening port"));
+  }
+  server->port_ = ports.front();
+  return server;
+}
+
+MetricsServer::~MetricsServer() = default;
+
+}  // namespace kvwire

@@ -1,0 +1,393 @@
+// Request orchestration of the receiver: prompt, transfer, fusion, fallback,
+// generation, report and metrics.
+#include "receiver_service/answer_runner.h"
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "common/service/grpc_status.h"
+#include "common/status_macros.h"
+
+namespace kvwire {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// U+FFFD, what a decode of an incomplete UTF-8 sequence ends with.
+constexpr absl::string_view kReplacementChar = "\xEF\xBF\xBD";
+
+}  // namespace
+
+// ------------------------------------------------------------ CallControl
+
+void CallControl::Cancel(absl::Status why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!cancelled_.ok()) return;
+  cancelled_ = why.ok() ? absl::CancelledError("cancelled") : std::move(why);
+  // Under the lock: the hook's target (a Share call) is destroyed only
+  // after ClearCancelHook, which takes the lock too. Hooks are
+  // non-blocking (TryCancel).
+  if (hook_) hook_();
+}
+
+absl::Status CallControl::Check() const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!cancelled_.ok()) return cancelled_;
+  }
+  if (absl::Now() >= deadline_) {
+    return absl::DeadlineExceededError("the call's deadline expired");
+  }
+  return absl::OkStatus();
+}
+
+void CallControl::SetCancelHook(std::function<void()> hook) {
+  std::lock_guard<std::mutex> lock(mu_);
+  hook_ = std::move(hook);
+  if (!cancelled_.ok() && hook_) hook_();
+}
+
+void CallControl::ClearCancelHook() {
+  std::lock_guard<std::mutex> lock(mu_);
+  hook_ = nullptr;
+}
+
+// ------------------------------------------------------------ AnswerRunner
+
+struct AnswerRunner::Attempt {
+  std::unique_ptr<AnswerSession> session;
+  ShareOutcome outcome;
+  bool transferred = false;  // A complete stream was received.
+  ReceivedStream received;
+  // The error is the sharer path's (the fallback policy applies).
+  bool sharer_failure = false;
+  // The code the fallback metric and reason name (the sharer's own).
+  absl::StatusCode reason_code = absl::StatusCode::kOk;
+};
+
+AnswerRunner::AnswerRunner(const ReceiverEngine* engine, SharerClient* sharer,
+                           Metrics* metrics, const AnswerRunnerOptions& options)
+    : engine_(engine),
+      sharer_(sharer),
+      metrics_(metrics),
+      options_(options),
+      transfer_(metrics->Transfer(ServiceRole::kReceiver)),
+      transfer_stage_(metrics->Stage(ServiceRole::kReceiver, kStageTransfer)),
+      decode_stage_(metrics->Stage(ServiceRole::kReceiver, kStageDecode)),
+      fuse_stage_(metrics->Stage(ServiceRole::kReceiver, kStageFuse)),
+      prefill_stage_(
+          metrics->Stage(ServiceRole::kReceiver, kStageReceiverPrefill)),
+      generation_stage_(
+          metrics->Stage(ServiceRole::kReceiver, kStageGeneration)),
+      ttft_(metrics->TimeToFirstToken(ServiceRole::kReceiver)),
+      decode_tps_(metrics->DecodeTokensPerSecond(ServiceRole::kReceiver)),
+      generated_tokens_(metrics->GeneratedTokens(ServiceRole::kReceiver)) {}
+
+absl::Status AnswerRunner::Validate(const v1::AnswerRequest& request) const {
+  return ValidateAnswerRequest(request, options_.limits);
+}
+
+absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
+                                  const std::vector<uint32_t>& prompt,
+                                  const v1::GenerationParams& generation,
+                                  CallControl& control,
+                                  Attempt& attempt) const {
+  const uint32_t max_new = generation.max_new_tokens();
+  if (!engine_->info().has_fuser) {
+    attempt.sharer_failure = true;
+    attempt.reason_code = absl::StatusCode::kFailedPrecondition;
+    return absl::FailedPreconditionError(
+        "C2C is not available: the receiver has no fuser (--fuser_dir)");
+  }
+  if (sharer_ == nullptr) {
+    attempt.sharer_failure = true;
+    attempt.reason_code = absl::StatusCode::kFailedPrecondition;
+    return absl::FailedPreconditionError(
+        "C2C is not available: no sharer is configured (--sharer_target)");
+  }
+  ASSIGN_OR_RETURN(attempt.session,
+                   engine_->NewSession(prompt, max_new, /*fuse=*/true));
+  AnswerSession* session = attempt.session.get();
+  if (session->fused_length() == 0)
+    return absl::OkStatus();  // Nothing to fuse.
+
+  v1::ShareRequest share;
+  share.set_request_id(request.request_id());
+  for (uint32_t id : session->share_token_ids()) share.add_token_ids(id);
+  *share.mutable_spec() = request.spec();
+  if (!options_.expected_sharer_fingerprint.empty()) {
+    share.set_expected_model_fingerprint(options_.expected_sharer_fingerprint);
+  }
+  const bool guided = IsReceiverGuided(request.spec());
+  if (guided) {
+    // The receiver picks the tokens from its own cache before anything is
+    // sent; the prefill cannot overlap the transfer then.
+    RETURN_IF_ERROR(session->Prefill());
+    ASSIGN_OR_RETURN(*share.mutable_spec()->mutable_selection(),
+                     session->GuidedSelection(request.spec().selection(),
+                                              options_.guided_signal));
+  }
+
+  const absl::Time deadline =
+      std::min(control.deadline(), absl::Now() + options_.sharer_timeout);
+  std::unique_ptr<ShareStream> stream = sharer_->StartShare(
+      share, deadline,
+      [session](const v1::KvChunk& chunk) { return session->AddChunk(chunk); });
+  control.SetCancelHook([s = stream.get()] { s->Cancel(); });
+  // The receiver's own prefill runs here while the reader thread decodes
+  // the arriving layers (held until the prefill ends, then fused).
+  absl::Status prefill = guided ? absl::OkStatus() : session->Prefill();
+  if (!prefill.ok()) stream->Cancel();
+  attempt.outcome = stream->Wait();
+  control.ClearCancelHook();
+  stream.reset();
+  RETURN_IF_ERROR(prefill);
+  RETURN_IF_ERROR(control.Check());
+
+  const ShareOutcome& out = attempt.outcome;
+  if (!out.status.ok()) {
+    const absl::StatusCode code = out.status.code();
+    const std::string after = absl::StrCat(" (after ", out.chunks, " chunks, ",
+                                           out.serialized_bytes, " bytes)");
+    if (!out.consumer_error) {
+      if (code == absl::StatusCode::kInvalidArgument ||
+          (code == absl::StatusCode::kResourceExhausted &&
+           absl::StrContains(out.status.message(), "max_payload_bytes"))) {
+        // The request's own transfer spec or budget: no fallback hides it.
+        return absl::Status(code, absl::StrCat("the sharer refused the "
+                                               "transfer spec: ",
+                                               out.status.message()));
+      }
+    }
+    attempt.sharer_failure = true;
+    attempt.reason_code = code;
+    std::string message(out.status.message());
+    if (out.consumer_error) {
+      message = absl::StrCat("the sharer's stream was rejected: ", message);
+    } else if (code == absl::StatusCode::kDeadlineExceeded) {
+      message = absl::StrCat("the sharer did not finish within ",
+                             absl::FormatDuration(options_.sharer_timeout),
+                             ": ", message);
+    } else {
+      message = absl::StrCat("sharer ", StatusCodeName(code), ": ", message);
+    }
+    return absl::Status(code, absl::StrCat(message, after));
+  }
+  auto received = session->FinishStream();
+  if (!received.ok()) {
+    attempt.sharer_failure = true;
+    attempt.reason_code = received.status().code();
+    return absl::Status(received.status().code(),
+                        absl::StrCat("the sharer's stream is incomplete: ",
+                                     received.status().message(), " (after ",
+                                     out.chunks, " chunks)"));
+  }
+  attempt.received = *std::move(received);
+  attempt.transferred = true;
+  return absl::OkStatus();
+}
+
+absl::Status AnswerRunner::Generate(AnswerSession& session,
+                                    const v1::GenerationParams& generation,
+                                    CallControl& control,
+                                    Clock::time_point start,
+                                    const TokenEventSink& on_token,
+                                    v1::AnswerResponse& response) const {
+  RETURN_IF_ERROR(control.Check());
+  double ttft = 0;
+  std::vector<int64_t> ids;
+  std::string emitted;
+  TokenSink sink = [&](int64_t index, int64_t token) {
+    if (index == 0) ttft = SecondsSince(start);
+    ids.push_back(token);
+    if (!on_token) return;
+    v1::TokenEvent event;
+    event.set_index(static_cast<uint32_t>(index));
+    event.set_token_id(static_cast<uint32_t>(token));
+    std::string text = engine_->DecodeText(ids, /*strip_newlines=*/false);
+    // Mid-character (an incomplete UTF-8 sequence): wait for the rest.
+    if (!absl::EndsWith(text, kReplacementChar)) {
+      if (absl::StartsWith(text, emitted)) {
+        event.set_text(text.substr(emitted.size()));
+      } else {
+        event.set_text(text);
+      }
+      emitted = std::move(text);
+    }
+    on_token(event);
+  };
+  ASSIGN_OR_RETURN(std::vector<int64_t> tokens,
+                   session.Generate(generation, sink));
+  response.set_text(engine_->DecodeText(tokens, /*strip_newlines=*/true));
+  for (int64_t t : tokens) response.add_token_ids(static_cast<uint32_t>(t));
+  const AnswerSessionTimings t = session.timings();
+  v1::StageTimings* timings = response.mutable_timings();
+  timings->set_time_to_first_token_seconds(ttft);
+  timings->set_generation_seconds(t.generation_seconds);
+  if (!tokens.empty()) {
+    ttft_.Observe(ttft);
+    generation_stage_.Observe(t.generation_seconds);
+    generated_tokens_.Increment(static_cast<double>(tokens.size()));
+    if (tokens.size() > 1 && t.generation_seconds > 0) {
+      decode_tps_.Observe(static_cast<double>(tokens.size() - 1) /
+                          t.generation_seconds);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
+    const v1::AnswerRequest& request, CallControl& control,
+    Clock::time_point start, const TokenEventSink& on_token) const {
+  RETURN_IF_ERROR(Validate(request));
+  std::vector<ChatMessage> messages;
+  if (!request.question().empty()) {
+    messages.push_back(ChatMessage{"user", request.question(), std::nullopt});
+  } else {
+    for (const v1::ChatMessage& m : request.messages()) {
+      messages.push_back(ChatMessage{m.role(), m.content(), std::nullopt});
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<uint32_t> prompt,
+                   engine_->RenderPrompt(messages));
+  const ReceiverModelInfo& info = engine_->info();
+  if (prompt.empty()) {
+    return absl::InvalidArgumentError("the templated prompt is empty");
+  }
+  if (static_cast<int64_t>(prompt.size()) > info.max_prompt_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the templated prompt has ", prompt.size(),
+                     " tokens; at most ", info.max_prompt_tokens));
+  }
+  v1::GenerationParams generation = request.generation();
+  if (generation.max_new_tokens() == 0) {
+    generation.set_max_new_tokens(kDefaultMaxNewTokens);
+  }
+  const uint32_t max_positions = info.model.max_position_embeddings();
+  if (max_positions > 0 &&
+      prompt.size() + generation.max_new_tokens() > max_positions) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the templated prompt (", prompt.size(), " tokens) plus ",
+                     generation.max_new_tokens(),
+                     " new tokens exceed the model's max_position_embeddings ",
+                     max_positions));
+  }
+  RETURN_IF_ERROR(control.Check());
+
+  v1::AnswerResponse response;
+  response.set_request_id(request.request_id());
+  v1::StageTimings* timings = response.mutable_timings();
+  const v1::AnswerMode mode = EffectiveMode(request);
+  const v1::FallbackPolicy policy =
+      request.fallback() == v1::FALLBACK_POLICY_UNSPECIFIED
+          ? options_.default_fallback
+          : request.fallback();
+
+  auto answer_alone = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(auto session,
+                     engine_->NewSession(prompt, generation.max_new_tokens(),
+                                         /*fuse=*/false));
+    RETURN_IF_ERROR(session->Prefill());
+    const double prefill = session->timings().prefill_seconds;
+    timings->set_receiver_prefill_seconds(prefill);
+    prefill_stage_.Observe(prefill);
+    response.set_mode(v1::ANSWER_MODE_RECEIVER_ONLY);
+    return Generate(*session, generation, control, start, on_token, response);
+  };
+
+  if (mode == v1::ANSWER_MODE_RECEIVER_ONLY) {
+    RETURN_IF_ERROR(answer_alone());
+  } else {
+    Attempt attempt;
+    const absl::Status st =
+        RunC2C(request, prompt, generation, control, attempt);
+    timings->set_transfer_seconds(attempt.outcome.seconds);
+    if (st.ok()) {
+      AnswerSession& session = *attempt.session;
+      const AnswerSessionTimings t = session.timings();
+      timings->set_receiver_prefill_seconds(t.prefill_seconds);
+      timings->set_decode_seconds(t.decode_seconds);
+      timings->set_fuse_seconds(t.fuse_seconds);
+      prefill_stage_.Observe(t.prefill_seconds);
+      if (attempt.transferred) {
+        const v1::KvHeader& header = attempt.received.header;
+        const v1::TransferStats& stats = attempt.received.trailer;
+        timings->set_sharer_compute_seconds(stats.compute_seconds());
+        timings->set_encode_seconds(stats.encode_seconds());
+        v1::TransferReport* r = response.mutable_transfer();
+        *r->mutable_spec() = header.spec();
+        r->set_raw_kv_bytes(stats.raw_bytes());
+        r->set_payload_bytes(stats.payload_bytes());
+        r->set_scale_bytes(stats.scale_bytes());
+        r->set_index_bytes(stats.index_bytes());
+        r->set_header_bytes(stats.header_bytes());
+        r->set_serialized_bytes(
+            static_cast<uint64_t>(attempt.outcome.serialized_bytes));
+        r->set_wire_bytes(static_cast<uint64_t>(attempt.outcome.wire_bytes));
+        r->set_prompt_tokens(header.token_count());
+        r->set_tokens_sent(stats.selected_tokens());
+        r->set_layers_sent(static_cast<uint32_t>(header.layers_size()));
+        TransferRecord record;
+        record.scheme = HeaderSchemeLabel(header);
+        record.raw_bytes = static_cast<int64_t>(stats.raw_bytes());
+        record.payload_bytes = static_cast<int64_t>(stats.payload_bytes());
+        record.serialized_bytes = attempt.outcome.serialized_bytes;
+        record.wire_bytes = attempt.outcome.wire_bytes;
+        record.prompt_tokens = header.token_count();
+        record.selected_tokens =
+            header.layers_size() > 0
+                ? static_cast<int64_t>(stats.selected_tokens()) /
+                      header.layers_size()
+                : 0;
+        transfer_.Record(record);
+        transfer_stage_.Observe(attempt.outcome.seconds);
+        decode_stage_.Observe(t.decode_seconds);
+        fuse_stage_.Observe(t.fuse_seconds);
+      }
+      response.set_mode(v1::ANSWER_MODE_C2C);
+      RETURN_IF_ERROR(
+          Generate(session, generation, control, start, on_token, response));
+    } else {
+      if (!attempt.sharer_failure) return st;
+      RETURN_IF_ERROR(control.Check());
+      const absl::StatusCode reason = attempt.reason_code;
+      metrics_->Fallbacks(ServiceRole::kReceiver, StatusCodeName(reason))
+          .Increment();
+      if (policy == v1::FALLBACK_POLICY_FAIL) {
+        // The sharer refusing the receiver's credentials is not the
+        // client's authentication problem.
+        const absl::StatusCode code =
+            reason == absl::StatusCode::kUnauthenticated ||
+                    reason == absl::StatusCode::kPermissionDenied
+                ? absl::StatusCode::kFailedPrecondition
+                : st.code();
+        return absl::Status(code, st.message());
+      }
+      // A fresh session: whatever the attempt fused is dropped with it.
+      attempt.session.reset();
+      response.set_fell_back(true);
+      response.set_fallback_reason(
+          absl::StrCat(StatusCodeName(st.code()), ": ", st.message()));
+      // Only what arrived before the failure.
+      response.mutable_transfer()->set_serialized_bytes(
+          static_cast<uint64_t>(attempt.outcome.serialized_bytes));
+      response.mutable_transfer()->set_wire_bytes(
+          static_cast<uint64_t>(attempt.outcome.wire_bytes));
+      RETURN_IF_ERROR(answer_alone());
+    }
+  }
+  timings->set_total_seconds(SecondsSince(start));
+  return response;
+}
+
+}  // namespace kvwire

@@ -1,0 +1,220 @@
+// AnswerRequest validation.
+#include "receiver_service/answer_validation.h"
+
+#include <cmath>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "common/codec/scheme.h"
+#include "receiver_service/receiver_engine.h"
+
+namespace kvwire {
+namespace {
+
+constexpr size_t kMaxRequestIdBytes = 64;
+
+absl::Status CheckSpecEnums(const v1::TransferSpec& spec) {
+  if (!v1::Scheme_IsValid(spec.scheme())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.scheme: unknown scheme ", spec.scheme()));
+  }
+  for (int i = 0; i < spec.layer_overrides_size(); ++i) {
+    if (!v1::Scheme_IsValid(spec.layer_overrides(i).scheme())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("spec.layer_overrides[", i, "].scheme: unknown scheme ",
+                       spec.layer_overrides(i).scheme()));
+    }
+  }
+  if (!v1::Granularity_IsValid(spec.granularity())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.granularity: unknown granularity ", spec.granularity()));
+  }
+  if (!v1::SelectionMode_IsValid(spec.selection().mode())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.selection.mode: unknown selection mode ",
+                     spec.selection().mode()));
+  }
+  if (!v1::EntropyCoder_IsValid(spec.entropy().coder())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.entropy.coder: unknown entropy coder ", spec.entropy().coder()));
+  }
+  const double p = spec.selection().proportion();
+  if (!std::isfinite(p) || p < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.selection.proportion must be >= 0, got ", p));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool IsReceiverGuided(const v1::TransferSpec& spec) {
+  return spec.selection().mode() == v1::SELECTION_EXPLICIT &&
+         spec.selection().indices_size() == 0;
+}
+
+v1::AnswerMode EffectiveMode(const v1::AnswerRequest& request) {
+  return request.mode() == v1::ANSWER_MODE_UNSPECIFIED ? v1::ANSWER_MODE_C2C
+                                                       : request.mode();
+}
+
+absl::Status ValidateAnswerRequest(const v1::AnswerRequest& request,
+                                   const AnswerLimits& limits) {
+  if (request.request_id().size() > kMaxRequestIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request_id has ", request.request_id().size(),
+                     " bytes; at most ", kMaxRequestIdBytes));
+  }
+  const bool has_question = !request.question().empty();
+  if (has_question && request.messages_size() > 0) {
+    return absl::InvalidArgumentError(
+        "give either question or messages, not both");
+  }
+  if (!has_question && request.messages_size() == 0) {
+    return absl::InvalidArgumentError(
+        "the request has no question (an empty question or no messages)");
+  }
+  int64_t text_bytes = static_cast<int64_t>(request.question().size());
+  if (request.messages_size() > limits.max_messages) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request has ", request.messages_size(),
+                     " messages; at most ", limits.max_messages));
+  }
+  bool has_user = has_question;
+  for (int i = 0; i < request.messages_size(); ++i) {
+    const v1::ChatMessage& m = request.messages(i);
+    if (m.role() != "system" && m.role() != "user" && m.role() != "assistant") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("messages[", i, "].role '", m.role(),
+                       "' is not system, user or assistant"));
+    }
+    has_user |= m.role() == "user";
+    text_bytes += static_cast<int64_t>(m.content().size());
+  }
+  if (!has_user) {
+    return absl::InvalidArgumentError("the messages have no user message");
+  }
+  if (text_bytes > limits.max_question_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the question has ", text_bytes, " bytes; at most ",
+                     limits.max_question_bytes));
+  }
+  if (!v1::AnswerMode_IsValid(request.mode())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown answer mode ", request.mode()));
+  }
+  if (!v1::FallbackPolicy_IsValid(request.fallback())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown fallback policy ", request.fallback()));
+  }
+  const v1::GenerationParams& g = request.generation();
+  if (g.max_new_tokens() > limits.max_new_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("generation.max_new_tokens ", g.max_new_tokens(),
+                     " is over the limit of ", limits.max_new_tokens));
+  }
+  if (!std::isfinite(g.temperature()) || g.temperature() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "generation.temperature must be >= 0, got ", g.temperature()));
+  }
+  if (!std::isfinite(g.top_p()) || g.top_p() < 0 || g.top_p() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("generation.top_p must lie in [0, 1], got ", g.top_p()));
+  }
+  absl::Status st = CheckSpecEnums(request.spec());
+  if (!st.ok()) return st;
+  const v1::AnswerMode mode = EffectiveMode(request);
+  if (IsReceiverGuided(request.spec()) && mode != v1::ANSWER_MODE_C2C) {
+    return absl::InvalidArgumentError(
+        "receiver-guided selection (SELECTION_EXPLICIT without indices) "
+        "needs C2C mode");
+  }
+  if (mode == v1::ANSWER_MODE_TEXT_TO_TEXT) {
+    return absl::UnimplementedError(
+        "text-to-text over the network is not implemented: the Sharer service "
+        "has no RPC that generates text (only Share and GetInfo); use the "
+        "in-process pipeline (C2cPipeline, kvwire-eval) for this baseline");
+  }
+  return absl::OkStatus();
+}
+
+std::string AnswerModeName(v1::AnswerMode mode) {
+  switch (mode) {
+    case v1::ANSWER_MODE_UNSPECIFIED:
+    case v1::ANSWER_MODE_C2C:
+      return "c2c";
+    case v1::ANSWER_MODE_RECEIVER_ONLY:
+      return "receiver-only";
+    case v1::ANSWER_MODE_TEXT_TO_TEXT:
+      return "text-to-text";
+    default:
+      return "unknown";
+  }
+}
+
+absl::Status ParseAnswerMode(absl::string_view name, v1::AnswerMode* mode) {
+  const std::string n =
+      absl::StrReplaceAll(absl::AsciiStrToLower(name), {{"_", "-"}});
+  if (n == "c2c") {
+    *mode = v1::ANSWER_MODE_C2C;
+  } else if (n == "receiver-only") {
+    *mode = v1::ANSWER_MODE_RECEIVER_ONLY;
+  } else if (n == "text-to-text") {
+    *mode = v1::ANSWER_MODE_TEXT_TO_TEXT;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown mode '", name, "' (c2c, receiver-only, text-to-text)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string FallbackPolicyName(v1::FallbackPolicy policy) {
+  switch (policy) {
+    case v1::FALLBACK_POLICY_RECEIVER_ONLY:
+      return "receiver-only";
+    case v1::FALLBACK_POLICY_FAIL:
+      return "fail";
+    default:
+      return "server";
+  }
+}
+
+absl::Status ParseFallbackPolicy(absl::string_view name,
+                                 v1::FallbackPolicy* policy) {
+  const std::string n =
+      absl::StrReplaceAll(absl::AsciiStrToLower(name), {{"_", "-"}});
+  if (n == "receiver-only") {
+    *policy = v1::FALLBACK_POLICY_RECEIVER_ONLY;
+  } else if (n == "fail") {
+    *policy = v1::FALLBACK_POLICY_FAIL;
+  } else if (n.empty() || n == "server") {
+    *policy = v1::FALLBACK_POLICY_UNSPECIFIED;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown fallback policy '", name, "' (receiver-only, fail, server)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string HeaderSchemeLabel(const v1::KvHeader& header) {
+  if (header.layers_size() == 0) return "none";
+  for (const v1::LayerPlan& l : header.layers()) {
+    if (l.scheme() != header.layers(0).scheme()) return "mixed";
+  }
+  return SchemeName(header.layers(0).scheme());
+}
+
+const char* GuidedSignalName(GuidedSignal signal) {
+  return signal == GuidedSignal::kAttention ? "attention" : "vnorm";
+}
+
+absl::StatusOr<GuidedSignal> ParseGuidedSignal(absl::string_view name) {
+  const std::string n = absl::AsciiStrToLower(name);
+  if (n == "attention") return GuidedSignal::kAttention;
+  if (n == "vnorm" || n == "value_norm") return GuidedSignal::kValueNorm;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown receiver-guided signal '", name, "' (attention, vnorm)"));
+}
+
+}  // namespace kvwire

@@ -1,0 +1,258 @@
+// kvwire-receiver: answers questions with a receiver model that fuses a
+// sharer's KV cache streamed over gRPC (kvwire.v1.Receiver). Flags only;
+// the logic lives in kvwire_receiver_lib.
+#include <cstdint>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/service/process.h"
+#include "common/service/security.h"
+#include "glog/logging.h"
+#include "receiver_service/answer_validation.h"
+#include "receiver_service/receiver_server.h"
+
+ABSL_FLAG(std::string, model_dir, "",
+          "Receiver model directory in the Hugging Face layout (config.json, "
+          "model.safetensors or shards, tokenizer.json and "
+          "tokenizer_config.json with the chat template). Required.");
+ABSL_FLAG(std::string, tokenizer_dir, "",
+          "Directory with tokenizer.json and tokenizer_config.json when "
+          "--model_dir has none.");
+ABSL_FLAG(std::string, fuser_dir, "",
+          "C2C fuser checkpoint (the released layout: config.json, "
+          "final/projector_*.pt or .safetensors, projector_config.json). "
+          "Without it C2C requests fall back to receiver-only answers (or "
+          "fail, per --fallback).");
+ABSL_FLAG(int, sharer_layers, 0,
+          "The sharer's layer count, only for a fuser checkpoint without "
+          "projector_config.json (last-aligned map).");
+ABSL_FLAG(std::string, dtype, "auto",
+          "Model dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.");
+ABSL_FLAG(std::string, device, "cpu", "Model device: cpu, cuda, cuda:N.");
+ABSL_FLAG(int, intra_op_threads, 0,
+          "LibTorch intra-op threads (0: LibTorch's default).");
+ABSL_FLAG(int64_t, max_prompt_tokens, 8192,
+          "Longest templated prompt accepted (capped by "
+          "max_position_embeddings).");
+ABSL_FLAG(int64_t, max_question_bytes, 64 << 10,
+          "Most bytes of question / message text in one request.");
+ABSL_FLAG(uint32_t, max_new_tokens_limit, 1024,
+          "Largest generation.max_new_tokens a request may ask for.");
+ABSL_FLAG(std::string, listen_address, "0.0.0.0:50052",
+          "gRPC listen address host:port (port 0: any free port).");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9465",
+          "Prometheus /metrics address host:port; empty disables it.");
+ABSL_FLAG(int, workers, 1,
+          "Requests answered concurrently (each with its own KV cache; they "
+          "share the weights).");
+ABSL_FLAG(int, queue_size, 16,
+          "Requests that may wait for a worker (until their deadline); "
+          "beyond that Answer fails with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, sharer_target, "",
+          "The sharer(s): host:port, ipv4:10.0.0.1:50051,10.0.0.2:50051 or "
+          "dns:///sharers:50051 (every resolved address is used). Empty: no "
+          "sharer (C2C requests fall back or fail).");
+ABSL_FLAG(std::string, sharer_lb_policy, "round_robin",
+          "Load balancing over the sharer target's addresses: round_robin "
+          "or pick_first.");
+ABSL_FLAG(double, sharer_timeout_seconds, 60,
+          "A Share call still running after this long is abandoned (a "
+          "sharer-path failure: fallback or error per policy).");
+ABSL_FLAG(double, sharer_probe_timeout_seconds, 5,
+          "Deadline of the GetInfo call made to the sharer at start.");
+ABSL_FLAG(std::string, fallback, "receiver-only",
+          "When the sharer is down, slow, refuses or sends corrupt data: "
+          "receiver-only (answer without it and say so in the response and "
+          "in kvwire_fallbacks_total) or fail. Requests may override it.");
+ABSL_FLAG(std::string, guided_selection_signal, "attention",
+          "Signal of receiver-guided token selection (requests whose "
+          "selection is EXPLICIT without indices): attention (the last "
+          "prompt token's attention) or vnorm (the receiver's V norms).");
+ABSL_FLAG(std::string, expected_sharer_fingerprint, "",
+          "If set, sent with every Share call: the sharer refuses unless "
+          "its model fingerprint matches.");
+ABSL_FLAG(std::string, sharer_tls_ca, "",
+          "PEM roots that verify the sharer (enables TLS to the sharer).");
+ABSL_FLAG(std::string, sharer_tls_cert, "",
+          "PEM client certificate for mutual TLS with the sharer.");
+ABSL_FLAG(std::string, sharer_tls_key, "", "PEM key of --sharer_tls_cert.");
+ABSL_FLAG(std::string, sharer_tls_server_name, "",
+          "Name the sharer's certificate is checked against (e.g. localhost "
+          "when dialling an IP address).");
+ABSL_FLAG(bool, sharer_use_tls, false,
+          "TLS to the sharer with the system roots (implied by any "
+          "--sharer_tls_* path).");
+ABSL_FLAG(bool, sharer_allow_insecure, false,
+          "Talk plaintext to the sharer when no TLS is configured.");
+ABSL_FLAG(std::string, sharer_auth_token_file, "",
+          "File holding the bearer token sent to the sharer.");
+ABSL_FLAG(std::string, sharer_auth_token, "",
+          "The sharer's bearer token itself (prefer "
+          "--sharer_auth_token_file).");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (TLS).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle; when set, clients must present a certificate "
+          "signed by it (mutual TLS).");
+ABSL_FLAG(bool, allow_insecure, false,
+          "Serve plaintext when no --tls_cert is given. Without it the "
+          "receiver refuses to start without TLS.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding the bearer token clients must send "
+          "('authorization: Bearer <token>').");
+ABSL_FLAG(std::string, auth_token, "",
+          "The bearer token itself (prefer --auth_token_file: command lines "
+          "are visible to other users).");
+ABSL_FLAG(double, drain_timeout_seconds, 30,
+          "On SIGTERM/SIGINT: how long in-flight calls may run before they "
+          "are cancelled.");
+ABSL_FLAG(double, shutdown_grace_seconds, 0,
+          "On SIGTERM/SIGINT: how long to report NOT_SERVING while still "
+          "accepting calls, before draining.");
+ABSL_FLAG(int, keepalive_time_ms, 30000,
+          "HTTP/2 keepalive ping interval on idle connections (server and "
+          "sharer channel).");
+ABSL_FLAG(int, keepalive_timeout_ms, 10000,
+          "Drop a connection whose keepalive ping is not answered in time.");
+ABSL_FLAG(bool, reflection, true, "Enable gRPC server reflection.");
+
+namespace {
+
+constexpr char kUsage[] =
+    "answers questions with a receiver model that fuses a sharer's KV cache "
+    "(Cache-to-Cache), streamed layer by layer over gRPC from kvwire-sharer "
+    "(kvwire.v1.Receiver: Answer, AnswerStream), with health, reflection, "
+    "TLS / mutual TLS, bearer tokens and Prometheus metrics.\n\n"
+    "Example:\n"
+    "  kvwire-receiver --model_dir=/models/Qwen3-0.6B "
+    "--fuser_dir=/models/c2c-fuser \\\n"
+    "      --sharer_target=dns:///sharers:50051 --sharer_tls_ca=ca.pem \\\n"
+    "      --tls_cert=server.pem --tls_key=server.key "
+    "--auth_token_file=token.txt\n"
+    "Local plaintext (development only):\n"
+    "  kvwire-receiver --model_dir=/tmp/receiver --fuser_dir=/tmp/fuser "
+    "--allow_insecure \\\n"
+    "      --sharer_target=127.0.0.1:50051 --sharer_allow_insecure";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "receiver_service/main.cc");
+  };
+  usage_config.version_string = [] {
+    return std::string("kvwire-receiver " KVWIRE_VERSION "\n");
+  };
+  absl::SetFlagsUsageConfig(usage_config);
+  absl::ParseCommandLine(argc, argv);
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = true;
+
+  kvwire::ReceiverConfig config;
+  config.engine.model_dir = absl::GetFlag(FLAGS_model_dir);
+  config.engine.tokenizer_dir = absl::GetFlag(FLAGS_tokenizer_dir);
+  config.engine.fuser_dir = absl::GetFlag(FLAGS_fuser_dir);
+  config.engine.sharer_layers = absl::GetFlag(FLAGS_sharer_layers);
+  config.engine.dtype = absl::GetFlag(FLAGS_dtype);
+  config.engine.device = absl::GetFlag(FLAGS_device);
+  config.engine.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+
+  config.runner.limits.max_question_bytes =
+      absl::GetFlag(FLAGS_max_question_bytes);
+  config.runner.limits.max_new_tokens =
+      absl::GetFlag(FLAGS_max_new_tokens_limit);
+  config.runner.sharer_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_sharer_timeout_seconds));
+  config.runner.expected_sharer_fingerprint =
+      absl::GetFlag(FLAGS_expected_sharer_fingerprint);
+  if (absl::Status st = kvwire::ParseFallbackPolicy(
+          absl::GetFlag(FLAGS_fallback), &config.runner.default_fallback);
+      !st.ok() || config.runner.default_fallback ==
+                      kvwire::v1::FALLBACK_POLICY_UNSPECIFIED) {
+    LOG(ERROR) << "--fallback must be receiver-only or fail";
+    return 1;
+  }
+  auto signal =
+      kvwire::ParseGuidedSignal(absl::GetFlag(FLAGS_guided_selection_signal));
+  if (!signal.ok()) {
+    LOG(ERROR) << "--guided_selection_signal: " << signal.status().message();
+    return 1;
+  }
+  config.runner.guided_signal = *signal;
+
+  config.sharer.target = absl::GetFlag(FLAGS_sharer_target);
+  kvwire::ChannelOptions& channel = config.sharer.channel;
+  channel.load_balancing_policy = absl::GetFlag(FLAGS_sharer_lb_policy);
+  channel.keepalive.time_ms = absl::GetFlag(FLAGS_keepalive_time_ms);
+  channel.keepalive.timeout_ms = absl::GetFlag(FLAGS_keepalive_timeout_ms);
+  channel.security.tls_ca_path = absl::GetFlag(FLAGS_sharer_tls_ca);
+  channel.security.tls_cert_path = absl::GetFlag(FLAGS_sharer_tls_cert);
+  channel.security.tls_key_path = absl::GetFlag(FLAGS_sharer_tls_key);
+  channel.security.tls_server_name =
+      absl::GetFlag(FLAGS_sharer_tls_server_name);
+  channel.security.use_tls = absl::GetFlag(FLAGS_sharer_use_tls);
+  channel.security.allow_insecure = absl::GetFlag(FLAGS_sharer_allow_insecure);
+  channel.security.auth_token = absl::GetFlag(FLAGS_sharer_auth_token);
+  if (!absl::GetFlag(FLAGS_sharer_auth_token_file).empty()) {
+    auto token =
+        kvwire::ReadSecretFile(absl::GetFlag(FLAGS_sharer_auth_token_file));
+    if (!token.ok()) {
+      LOG(ERROR) << "--sharer_auth_token_file: " << token.status();
+      return 1;
+    }
+    channel.security.auth_token = *token;
+  }
+  config.sharer_probe_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_sharer_probe_timeout_seconds));
+
+  config.server.listen_address = absl::GetFlag(FLAGS_listen_address);
+  config.server.security.tls_cert_path = absl::GetFlag(FLAGS_tls_cert);
+  config.server.security.tls_key_path = absl::GetFlag(FLAGS_tls_key);
+  config.server.security.tls_client_ca_path =
+      absl::GetFlag(FLAGS_tls_client_ca);
+  config.server.security.allow_insecure = absl::GetFlag(FLAGS_allow_insecure);
+  config.server.security.auth_token = absl::GetFlag(FLAGS_auth_token);
+  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
+    auto token = kvwire::ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file));
+    if (!token.ok()) {
+      LOG(ERROR) << "--auth_token_file: " << token.status();
+      return 1;
+    }
+    config.server.security.auth_token = *token;
+  }
+  config.server.drain_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_drain_timeout_seconds));
+  config.server.shutdown_grace =
+      absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
+  config.server.keepalive.time_ms = absl::GetFlag(FLAGS_keepalive_time_ms);
+  config.server.keepalive.timeout_ms =
+      absl::GetFlag(FLAGS_keepalive_timeout_ms);
+  config.server.enable_reflection = absl::GetFlag(FLAGS_reflection);
+  config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  config.workers = absl::GetFlag(FLAGS_workers);
+  config.queue_size = absl::GetFlag(FLAGS_queue_size);
+
+  if (config.engine.model_dir.empty()) {
+    LOG(ERROR) << "--model_dir is required (see --help)";
+    return 1;
+  }
+  if (config.workers < 1 || config.queue_size < 0) {
+    LOG(ERROR) << "--workers must be >= 1 and --queue_size >= 0";
+    return 1;
+  }
+  if (absl::GetFlag(FLAGS_sharer_timeout_seconds) <= 0) {
+    LOG(ERROR) << "--sharer_timeout_seconds must be positive";
+    return 1;
+  }
+  kvwire::LogEffectiveFlags("kvwire-receiver");
+  return kvwire::RunReceiverProcess(config);
+}

@@ -1,0 +1,86 @@
+// A complete kvwire receiver in one object: the engine (receiver model,
+// tokenizer, fuser), the client of the sharer(s), the work queue, the gRPC
+// server with ReceiverService, health and reflection, and the /metrics
+// endpoint. main.cc only fills a ReceiverConfig from flags.
+#ifndef KVWIRE_RECEIVER_SERVICE_RECEIVER_SERVER_H_
+#define KVWIRE_RECEIVER_SERVICE_RECEIVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/service/metrics.h"
+#include "common/service/security.h"
+#include "common/service/server.h"
+#include "common/service/work_queue.h"
+#include "receiver_service/answer_runner.h"
+#include "receiver_service/receiver_engine.h"
+#include "receiver_service/receiver_service.h"
+#include "receiver_service/sharer_client.h"
+
+namespace kvwire {
+
+// The health-service name of the receiver.
+inline constexpr char kReceiverServiceName[] = "kvwire.v1.Receiver";
+
+struct ReceiverConfig {
+  ReceiverEngineOptions engine;
+  ServerOptions server;
+  AnswerRunnerOptions runner;
+  // The sharer(s); an empty target runs without a sharer (C2C requests then
+  // fall back or fail per policy).
+  SharerClientOptions sharer;
+  // GetInfo on the sharer at start (logged; a model the fuser cannot read
+  // is an error in the log, not a refusal to start: other sharers behind the
+  // same target may fit, and every stream's header is checked anyway).
+  absl::Duration sharer_probe_timeout = absl::Seconds(5);
+  // "host:port" for /metrics; empty: no metrics endpoint.
+  std::string metrics_address = "0.0.0.0:9465";
+  int workers = 1;
+  int queue_size = 16;
+  // Not owned; nullptr: Metrics::Global().
+  Metrics* metrics = nullptr;
+};
+
+class ReceiverServer {
+ public:
+  // Loads the engine, creates the sharer channel, starts the workers, the
+  // metrics endpoint and the gRPC server. Errors: the engine's (model,
+  // tokenizer, fuser loading), the channel's and server's (credentials,
+  // binding), UNAVAILABLE for the metrics address.
+  static absl::StatusOr<std::unique_ptr<ReceiverServer>> Start(
+      const ReceiverConfig& config);
+  ~ReceiverServer();  // Shutdown().
+
+  int port() const { return server_->port(); }
+  int metrics_port() const;
+  const ReceiverModelInfo& info() const { return engine_->info(); }
+
+  // Graceful: NOT_SERVING, drain in-flight calls (up to the drain timeout),
+  // stop the workers. Idempotent.
+  void Shutdown();
+
+ private:
+  ReceiverServer() = default;
+
+  ReceiverConfig config_;
+  std::unique_ptr<ReceiverEngine> engine_;
+  std::unique_ptr<SharerClient> sharer_;
+  std::unique_ptr<AnswerRunner> runner_;
+  std::unique_ptr<WorkQueue> queue_;
+  std::unique_ptr<BearerTokenAuth> auth_;
+  std::unique_ptr<ReceiverService> service_;
+  std::unique_ptr<MetricsServer> metrics_server_;
+  std::unique_ptr<GrpcServer> server_;
+};
+
+// The whole process: starts a ReceiverServer, announces readiness on stdout
+// ("kvwire-receiver ready grpc_port=... metrics_port=..."), waits for
+// SIGTERM/SIGINT, drains and returns the exit code (0 after a clean drain,
+// 1 when start-up fails).
+int RunReceiverProcess(const ReceiverConfig& config);
+
+}  // namespace kvwire
+
+#endif  // KVWIRE_RECEIVER_SERVICE_RECEIVER_SERVER_H_

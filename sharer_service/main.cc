@@ -1,0 +1,166 @@
+// kvwire-sharer: serves a sharer model's KV cache over gRPC
+// (kvwire.v1.Sharer). Flags only; the logic lives in kvwire_sharer_lib.
+#include <cstdint>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/service/process.h"
+#include "common/service/security.h"
+#include "glog/logging.h"
+#include "sharer_service/sharer_server.h"
+
+ABSL_FLAG(std::string, model_dir, "",
+          "Sharer model directory in the Hugging Face layout (config.json, "
+          "model.safetensors or shards). Required.");
+ABSL_FLAG(std::string, dtype, "auto",
+          "Model dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.");
+ABSL_FLAG(std::string, device, "cpu", "Model device: cpu, cuda, cuda:N.");
+ABSL_FLAG(std::string, listen_address, "0.0.0.0:50051",
+          "gRPC listen address host:port (port 0: any free port).");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
+          "Prometheus /metrics address host:port; empty disables it.");
+ABSL_FLAG(int, workers, 1,
+          "Model workers: prefills computed concurrently (each with its own "
+          "KV cache; they share the weights).");
+ABSL_FLAG(int, queue_size, 16,
+          "Requests that may wait for a worker (until their deadline); "
+          "beyond that Share fails with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int, max_batch_size, 1,
+          "Dynamic batching: a free worker prefills up to this many queued "
+          "requests together (right-padded; 1 disables). Large gains on GPU "
+          "under load (docs/perf/sharer.md); results then match a batched "
+          "prefill, within float rounding of a single one.");
+ABSL_FLAG(double, batch_max_padding, 0.5,
+          "Largest padding overhead a batch may have: padded tokens <= "
+          "(1 + this) x real tokens.");
+ABSL_FLAG(int64_t, max_prompt_tokens, 8192,
+          "Longest prompt accepted (capped by max_position_embeddings).");
+ABSL_FLAG(bool, encode_on_cpu, true,
+          "With --device=cuda: copy each computed layer to the host and "
+          "encode it with the CPU quantizer (false: quantize on the GPU). "
+          "See docs/perf/sharer.md.");
+ABSL_FLAG(int, intra_op_threads, 0,
+          "LibTorch intra-op threads per worker (0: LibTorch's default).");
+ABSL_FLAG(int64_t, max_buffered_bytes_per_stream, int64_t{64} << 20,
+          "Encoded bytes of one stream queued ahead of a slow client before "
+          "its worker waits.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (TLS).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle; when set, clients must present a certificate "
+          "signed by it (mutual TLS).");
+ABSL_FLAG(bool, allow_insecure, false,
+          "Serve plaintext when no --tls_cert is given. Without it the "
+          "sharer refuses to start without TLS.");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding the bearer token clients must send "
+          "('authorization: Bearer <token>').");
+ABSL_FLAG(std::string, auth_token, "",
+          "The bearer token itself (prefer --auth_token_file: command lines "
+          "are visible to other users).");
+ABSL_FLAG(double, drain_timeout_seconds, 30,
+          "On SIGTERM/SIGINT: how long in-flight calls may run before they "
+          "are cancelled.");
+ABSL_FLAG(double, shutdown_grace_seconds, 0,
+          "On SIGTERM/SIGINT: how long to report NOT_SERVING while still "
+          "accepting calls, before draining.");
+ABSL_FLAG(int, keepalive_time_ms, 30000,
+          "HTTP/2 keepalive ping interval on idle connections.");
+ABSL_FLAG(int, keepalive_timeout_ms, 10000,
+          "Drop a connection whose keepalive ping is not answered in time.");
+ABSL_FLAG(bool, reflection, true, "Enable gRPC server reflection.");
+ABSL_FLAG(int, testing_layer_delay_ms, 0,
+          "TESTS ONLY: sleep this long after each computed layer.");
+
+namespace {
+
+constexpr char kUsage[] =
+    "runs a sharer model over each request's prompt and "
+    "streams its (quantized, selected) KV cache layer by layer over gRPC "
+    "(kvwire.v1.Sharer: Share, GetInfo), with health, reflection, TLS / "
+    "mutual TLS, bearer tokens and Prometheus metrics.\n\n"
+    "Example:\n"
+    "  kvwire-sharer --model_dir=/models/Qwen2.5-0.5B-Instruct --device=cuda "
+    "\\\n      --tls_cert=server.pem --tls_key=server.key "
+    "--auth_token_file=token.txt\n"
+    "Local plaintext (development only):\n"
+    "  kvwire-sharer --model_dir=/tmp/tiny --allow_insecure "
+    "--listen_address=127.0.0.1:50051";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  absl::FlagsUsageConfig usage_config;
+  // --help lists this file's flags (absl's default matches the file name
+  // against the program name).
+  usage_config.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "sharer_service/main.cc");
+  };
+  usage_config.version_string = [] {
+    return std::string("kvwire-sharer " KVWIRE_VERSION "\n");
+  };
+  absl::SetFlagsUsageConfig(usage_config);
+  absl::ParseCommandLine(argc, argv);
+  google::InitGoogleLogging(argv[0]);
+  FLAGS_logtostderr = true;
+
+  kvwire::SharerConfig config;
+  config.engine.model_dir = absl::GetFlag(FLAGS_model_dir);
+  config.engine.dtype = absl::GetFlag(FLAGS_dtype);
+  config.engine.device = absl::GetFlag(FLAGS_device);
+  config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  config.engine.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  config.engine.encode_on_cpu = absl::GetFlag(FLAGS_encode_on_cpu);
+  config.engine.testing_layer_delay =
+      absl::Milliseconds(absl::GetFlag(FLAGS_testing_layer_delay_ms));
+  config.server.listen_address = absl::GetFlag(FLAGS_listen_address);
+  config.server.security.tls_cert_path = absl::GetFlag(FLAGS_tls_cert);
+  config.server.security.tls_key_path = absl::GetFlag(FLAGS_tls_key);
+  config.server.security.tls_client_ca_path =
+      absl::GetFlag(FLAGS_tls_client_ca);
+  config.server.security.allow_insecure = absl::GetFlag(FLAGS_allow_insecure);
+  config.server.security.auth_token = absl::GetFlag(FLAGS_auth_token);
+  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
+    auto token = kvwire::ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file));
+    if (!token.ok()) {
+      LOG(ERROR) << "--auth_token_file: " << token.status();
+      return 1;
+    }
+    config.server.security.auth_token = *token;
+  }
+  config.server.drain_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_drain_timeout_seconds));
+  config.server.shutdown_grace =
+      absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
+  config.server.keepalive.time_ms = absl::GetFlag(FLAGS_keepalive_time_ms);
+  config.server.keepalive.timeout_ms =
+      absl::GetFlag(FLAGS_keepalive_timeout_ms);
+  config.server.enable_reflection = absl::GetFlag(FLAGS_reflection);
+  config.service.max_buffered_bytes_per_stream =
+      absl::GetFlag(FLAGS_max_buffered_bytes_per_stream);
+  config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  config.workers = absl::GetFlag(FLAGS_workers);
+  config.queue_size = absl::GetFlag(FLAGS_queue_size);
+  config.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
+  config.batch_max_padding = absl::GetFlag(FLAGS_batch_max_padding);
+
+  if (config.engine.model_dir.empty()) {
+    LOG(ERROR) << "--model_dir is required (see --help)";
+    return 1;
+  }
+  if (config.workers < 1 || config.queue_size < 0 ||
+      config.max_batch_size < 1) {
+    LOG(ERROR) << "--workers and --max_batch_size must be >= 1 and "
+                  "--queue_size >= 0";
+    return 1;
+  }
+  kvwire::LogEffectiveFlags("kvwire-sharer");
+  return kvwire::RunSharerProcess(config);
+}

@@ -1,0 +1,393 @@
+// kvwire.v1.Sharer on gRPC's callback API.
+//
+// One Share call is a ShareReactor (owned by gRPC until OnDone) plus a
+// ShareCall shared by the reactor, the WorkQueue and the worker running the
+// engine. The worker pushes chunks into ShareCall's queue; whoever finds no
+// write in flight starts the next one, OnWriteDone continues the chain, and
+// the last one out calls Finish. Reactions only take a mutex briefly.
+#include "sharer_service/sharer_service.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/service/grpc_status.h"
+#include "glog/logging.h"
+#include "sharer_service/request_validation.h"
+
+namespace kvwire {
+namespace {
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+// gRPC's length prefix in front of every message.
+constexpr int64_t kGrpcMessagePrefixBytes = 5;
+
+}  // namespace
+
+class ShareReactor;
+
+class ShareCall final : public WorkItem, public ChunkSink {
+ public:
+  ShareCall(SharerService* service, grpc::CallbackServerContext* context,
+            const v1::ShareRequest& request, ShareReactor* reactor)
+      : service_(service),
+        reactor_(reactor),
+        request_(request),
+        deadline_(DeadlineOf(*context)),
+        peer_(context->peer()),
+        call_id_(service->next_call_id_.fetch_add(1)),
+        start_(std::chrono::steady_clock::now()) {
+    service_->share_rpc_.Started();
+  }
+
+  // Authenticates, validates and admits the call; finishes it at once on
+  // any error. Called once, right after construction.
+  void Begin(const grpc::CallbackServerContext& context,
+             std::shared_ptr<ShareCall> self) {
+    absl::Status status = service_->auth_->Check(context);
+    if (status.ok()) {
+      status = ValidateShareRequest(request_, service_->engine_->info());
+    }
+    if (status.ok()) {
+      status = service_->queue_->Submit(std::move(self), deadline_);
+    }
+    VLOG(1) << "share call=" << call_id_
+            << " request_id=" << request_.request_id() << " peer=" << peer_
+            << " tokens=" << request_.token_ids_size()
+            << " admitted=" << status.ok();
+    if (!status.ok()) Complete(std::move(status));
+  }
+
+  // ----- WorkItem
+  void Run(absl::Duration queue_wait) override {
+    queue_wait_ = queue_wait;
+    const absl::Status status =
+        service_->engine_->Share(request_, *this, &report_);
+    Complete(status);
+  }
+
+  int64_t BatchSize() const override { return request_.token_ids_size(); }
+
+  // ----- Batched runs (SharerService::MakeBatchRunner)
+  ShareTask Task() { return ShareTask{&request_, this, &report_}; }
+  void set_queue_wait(absl::Duration wait) { queue_wait_ = wait; }
+
+  void Drop(absl::Status why) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!cancel_status_.ok()) why = cancel_status_;
+    }
+    Complete(std::move(why));
+  }
+
+  // ----- ChunkSink
+  absl::Status Send(std::vector<v1::KvChunk> chunks) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cancel_status_.ok()) return cancel_status_;
+    if (finish_called_) return absl::CancelledError("call already finished");
+    for (v1::KvChunk& chunk : chunks) {
+      pending_bytes_ += static_cast<int64_t>(chunk.ByteSizeLong());
+      pending_.push_back(std::move(chunk));
+    }
+    MaybeStartWriteLocked(lock);  // Unlocks.
+    lock.lock();
+    // Backpressure: wait for the network, never past the deadline.
+    auto drained = [this] {
+      return pending_bytes_ <=
+                 service_->options_.max_buffered_bytes_per_stream ||
+             !cancel_status_.ok() || finish_called_;
+    };
+    if (deadline_ == absl::InfiniteFuture()) {
+      cv_.wait(lock, drained);
+    } else {
+      cv_.wait_until(lock, absl::ToChronoTime(deadline_), drained);
+    }
+    return AliveLocked();
+  }
+
+  absl::Status Alive() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return AliveLocked();
+  }
+
+  // The worker is done (or the call never ran): finish once everything
+  // queued is written (success) or right away (error).
+  void Complete(absl::Status status) {
+    std::unique_lock<std::mutex> lock(mu_);
+    work_done_ = true;
+    final_status_ = std::move(status);
+    if (!final_status_.ok()) {
+      pending_.clear();
+      pending_bytes_ = current_bytes_;
+    }
+    cv_.notify_all();
+    if (!writing_) {
+      if (pending_.empty()) {
+        FinishLocked(lock, final_status_);
+      } else {
+        MaybeStartWriteLocked(lock);
+      }
+    }
+  }
+
+  // ----- Reactions (forwarded by ShareReactor)
+  void OnWriteDone(bool ok) {
+    std::unique_lock<std::mutex> lock(mu_);
+    writing_ = false;
+    pending_bytes_ -= current_bytes_;
+    current_bytes_ = 0;
+    cv_.notify_all();
+    if (!ok) {
+      // The stream broke (client gone or call cancelled): stop the worker.
+      if (cancel_status_.ok()) {
+        cancel_status_ = absl::CancelledError("client stopped receiving");
+      }
+      pending_.clear();
+      pending_bytes_ = 0;
+      FinishLocked(lock, cancel_status_);
+      return;
+    }
+    MaybeStartWriteLocked(lock);
+  }
+
+  void OnCancel() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // gRPC also reports calls we finished with an error as cancelled.
+      if (finish_called_) return;
+      if (cancel_status_.ok()) {
+        cancel_status_ = absl::Now() >= deadline_
+                             ? absl::DeadlineExceededError("deadline exceeded")
+                             : absl::CancelledError("cancelled by the client");
+      }
+      cv_.notify_all();
+    }
+    // Still queued: leave the queue now (Drop completes the call).
+    service_->queue_->Cancel(this);
+  }
+
+  void OnDone() {
+    absl::Status final_status;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      final_status = cancel_status_.ok() ? final_status_ : cancel_status_;
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
+            .count();
+    service_->share_rpc_.Finished(final_status.code(), seconds);
+    if (final_status.ok()) {
+      TransferRecord record;
+      record.scheme = report_.scheme_label;
+      record.raw_bytes = report_.raw_bytes;
+      record.payload_bytes = report_.payload_bytes;
+      record.serialized_bytes = report_.serialized_bytes;
+      record.wire_bytes =
+          report_.serialized_bytes + kGrpcMessagePrefixBytes * report_.messages;
+      record.prompt_tokens = report_.prompt_tokens;
+      record.selected_tokens = report_.selected_tokens;
+      service_->transfer_.Record(record);
+      service_->compute_stage_.Observe(report_.compute_seconds);
+      service_->encode_stage_.Observe(report_.encode_seconds);
+      service_->first_layer_stage_.Observe(report_.first_layer_seconds);
+      service_->stream_stage_.Observe(seconds);
+      LOG(INFO) << "share call=" << call_id_
+                << " request_id=" << request_.request_id() << " peer=" << peer_
+                << " status=OK tokens=" << report_.prompt_tokens
+                << " selected=" << report_.selected_tokens
+                << " layers=" << report_.layers
+                << " scheme=" << report_.scheme_label
+                << " raw_bytes=" << report_.raw_bytes
+                << " serialized_bytes=" << report_.serialized_bytes
+                << " messages=" << report_.messages
+                << " batch=" << report_.batch_size
+                << " queue_s=" << absl::ToDoubleSeconds(queue_wait_)
+                << " compute_s=" << report_.compute_seconds
+                << " encode_s=" << report_.encode_seconds
+                << " total_s=" << seconds;
+    } else {
+      LOG(INFO) << "share call=" << call_id_
+                << " request_id=" << request_.request_id() << " peer=" << peer_
+                << " status=" << StatusCodeName(final_status.code())
+                << " message=\"" << final_status.message()
+                << "\" total_s=" << seconds;
+    }
+  }
+
+ private:
+  absl::Status AliveLocked() const {
+    if (!cancel_status_.ok()) return cancel_status_;
+    if (finish_called_) return absl::CancelledError("call already finished");
+    if (absl::Now() >= deadline_) {
+      return absl::DeadlineExceededError("deadline exceeded");
+    }
+    return absl::OkStatus();
+  }
+
+  // With mu_ held by `lock`: starts the next write, or finishes when the
+  // work is done and nothing is left. Always returns with `lock` released.
+  void MaybeStartWriteLocked(std::unique_lock<std::mutex>& lock) {
+    if (writing_ || finish_called_) {
+      lock.unlock();
+      return;
+    }
+    if (pending_.empty()) {
+      if (work_done_) {
+        FinishLocked(lock, final_status_);
+      } else {
+        lock.unlock();
+      }
+      return;
+    }
+    current_ = std::move(pending_.front());
+    pending_.pop_front();
+    current_bytes_ = static_cast<int64_t>(current_.ByteSizeLong());
+    writing_ = true;
+    grpc::WriteOptions options;
+    // Another message is already waiting: let gRPC coalesce the two.
+    if (!pending_.empty()) options.set_buffer_hint();
+    ShareReactor* reactor = reactor_;
+    lock.unlock();
+    StartWrite(reactor, &current_, options);
+  }
+
+  // With mu_ held: calls Finish once; returns with `lock` released.
+  void FinishLocked(std::unique_lock<std::mutex>& lock, absl::Status status) {
+    if (finish_called_) {
+      lock.unlock();
+      return;
+    }
+    finish_called_ = true;
+    if (!status.ok() && final_status_.ok()) final_status_ = status;
+    cv_.notify_all();
+    ShareReactor* reactor = reactor_;
+    lock.unlock();
+    // After Finish the reactor may be deleted at any time; never touch it
+    // again (finish_called_ guards every path).
+    Finish(reactor, ToGrpcStatus(status));
+  }
+
+  static void StartWrite(ShareReactor* reactor, const v1::KvChunk* chunk,
+                         grpc::WriteOptions options);
+  static void Finish(ShareReactor* reactor, grpc::Status status);
+
+  SharerService* const service_;
+  ShareReactor* const reactor_;
+  const v1::ShareRequest request_;  // A copy: the worker may outlive OnDone.
+  const absl::Time deadline_;
+  const std::string peer_;
+  const uint64_t call_id_;
+  const std::chrono::steady_clock::time_point start_;
+  absl::Duration queue_wait_;
+  ShareReport report_;  // Written by Run before Complete; read in OnDone.
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<v1::KvChunk> pending_;
+  int64_t pending_bytes_ = 0;  // pending_ + current_.
+  v1::KvChunk current_;        // The message being written.
+  int64_t current_bytes_ = 0;
+  bool writing_ = false;
+  bool work_done_ = false;
+  bool finish_called_ = false;
+  absl::Status final_status_;
+  absl::Status cancel_status_;
+};
+
+class ShareReactor final : public grpc::ServerWriteReactor<v1::KvChunk> {
+ public:
+  ShareReactor(SharerService* service, grpc::CallbackServerContext* context,
+               const v1::ShareRequest* request)
+      : call_(std::make_shared<ShareCall>(service, context, *request, this)) {
+    call_->Begin(*context, call_);
+  }
+
+  void OnWriteDone(bool ok) override { call_->OnWriteDone(ok); }
+  void OnCancel() override { call_->OnCancel(); }
+  void OnDone() override {
+    call_->OnDone();
+    delete this;
+  }
+
+ private:
+  std::shared_ptr<ShareCall> call_;
+};
+
+void ShareCall::StartWrite(ShareReactor* reactor, const v1::KvChunk* chunk,
+                           grpc::WriteOptions options) {
+  reactor->StartWrite(chunk, options);
+}
+
+void ShareCall::Finish(ShareReactor* reactor, grpc::Status status) {
+  reactor->Finish(std::move(status));
+}
+
+SharerService::SharerService(SharerEngine* engine, WorkQueue* queue,
+                             const BearerTokenAuth* auth, Metrics* metrics,
+                             const SharerServiceOptions& options)
+    : engine_(engine),
+      queue_(queue),
+      auth_(auth),
+      metrics_(metrics),
+      options_(options),
+      share_rpc_(metrics->Rpc(ServiceRole::kSharer, "Share")),
+      info_rpc_(metrics->Rpc(ServiceRole::kSharer, "GetInfo")),
+      transfer_(metrics->Transfer(ServiceRole::kSharer)),
+      compute_stage_(metrics->Stage(ServiceRole::kSharer, kStageCompute)),
+      encode_stage_(metrics->Stage(ServiceRole::kSharer, kStageEncode)),
+      first_layer_stage_(
+          metrics->Stage(ServiceRole::kSharer, kStageFirstLayer)),
+      stream_stage_(metrics->Stage(ServiceRole::kSharer, kStageStream)) {}
+
+grpc::ServerWriteReactor<v1::KvChunk>* SharerService::Share(
+    grpc::CallbackServerContext* context, const v1::ShareRequest* request) {
+  return new ShareReactor(this, context, request);
+}
+
+BatchRunner SharerService::MakeBatchRunner(SharerEngine* engine) {
+  return [engine](const std::vector<std::shared_ptr<WorkItem>>& items,
+                  const std::vector<absl::Duration>& waits) {
+    std::vector<ShareCall*> calls;
+    std::vector<ShareTask> tasks;
+    for (size_t i = 0; i < items.size(); ++i) {
+      auto* call = static_cast<ShareCall*>(items[i].get());
+      call->set_queue_wait(waits[i]);
+      calls.push_back(call);
+      tasks.push_back(call->Task());
+    }
+    const std::vector<absl::Status> statuses = engine->ShareBatch(tasks);
+    for (size_t i = 0; i < calls.size(); ++i) calls[i]->Complete(statuses[i]);
+  };
+}
+
+grpc::ServerUnaryReactor* SharerService::GetInfo(
+    grpc::CallbackServerContext* context, const v1::GetInfoRequest* request,
+    v1::SharerInfo* response) {
+  const auto start = std::chrono::steady_clock::now();
+  info_rpc_.Started();
+  absl::Status status = auth_->Check(*context);
+  if (status.ok()) *response = engine_->info();
+  info_rpc_.Finished(
+      status.code(),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+}  // namespace kvwire

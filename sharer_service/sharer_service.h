@@ -1,0 +1,69 @@
+// The kvwire.v1.Sharer gRPC service on the callback API. Handlers are thin:
+// authenticate, validate, admit into the WorkQueue, and stream what the
+// SharerEngine produces through a ServerWriteReactor fed by a thread-safe
+// queue (reactions never block; the worker blocks only for backpressure).
+// No Torch here.
+#ifndef KVWIRE_SHARER_SERVICE_SHARER_SERVICE_H_
+#define KVWIRE_SHARER_SERVICE_SHARER_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "common/service/metrics.h"
+#include "common/service/security.h"
+#include "common/service/work_queue.h"
+#include "kvwire/v1/kvwire.grpc.pb.h"
+#include "sharer_service/sharer_engine.h"
+
+namespace kvwire {
+
+struct SharerServiceOptions {
+  // Most bytes of one stream queued ahead of the network before the worker
+  // waits for the client to catch up.
+  int64_t max_buffered_bytes_per_stream = int64_t{64} << 20;
+};
+
+class SharerService final : public v1::Sharer::CallbackService {
+ public:
+  // Nothing is owned; everything must outlive the service (and the server
+  // it is registered with).
+  SharerService(SharerEngine* engine, WorkQueue* queue,
+                const BearerTokenAuth* auth, Metrics* metrics,
+                const SharerServiceOptions& options = {});
+
+  // Status codes: UNAUTHENTICATED (bearer token), the ValidateShareRequest
+  // codes, RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED / CANCELLED,
+  // the engine's errors, UNAVAILABLE while shutting down.
+  grpc::ServerWriteReactor<v1::KvChunk>* Share(
+      grpc::CallbackServerContext* context,
+      const v1::ShareRequest* request) override;
+
+  grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context,
+                                    const v1::GetInfoRequest* request,
+                                    v1::SharerInfo* response) override;
+
+  // The WorkQueue batch runner for Share calls: runs them through
+  // engine->ShareBatch (see WorkQueue::Options::max_batch).
+  static BatchRunner MakeBatchRunner(SharerEngine* engine);
+
+ private:
+  friend class ShareCall;
+
+  SharerEngine* const engine_;
+  WorkQueue* const queue_;
+  const BearerTokenAuth* const auth_;
+  Metrics* const metrics_;
+  const SharerServiceOptions options_;
+  RpcMetrics& share_rpc_;
+  RpcMetrics& info_rpc_;
+  TransferMetrics& transfer_;
+  prometheus::Histogram& compute_stage_;
+  prometheus::Histogram& encode_stage_;
+  prometheus::Histogram& first_layer_stage_;
+  prometheus::Histogram& stream_stage_;
+  std::atomic<uint64_t> next_call_id_{1};
+};
+
+}  // namespace kvwire
+
+#endif  // KVWIRE_SHARER_SERVICE_SHARER_SERVICE_H_

@@ -1,0 +1,189 @@
+// The metrics registry, its handles and the HTTP exposer.
+#include "common/service/metrics.h"
+
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/common/service/testing_util.h"
+
+namespace kvwire {
+namespace {
+
+using test_util::MetricValue;
+using ::testing::HasSubstr;
+
+TEST(MetricsTest, EveryFamilyIsRegistered) {
+  Metrics metrics;
+  metrics.Rpc(ServiceRole::kSharer, "Share");
+  metrics.Queue(ServiceRole::kSharer);
+  metrics.Transfer(ServiceRole::kSharer);
+  metrics.Stage(ServiceRole::kReceiver, kStageFuse);
+  metrics.TimeToFirstToken(ServiceRole::kReceiver);
+  metrics.DecodeTokensPerSecond(ServiceRole::kReceiver);
+  metrics.GeneratedTokens(ServiceRole::kReceiver);
+  metrics.Fallbacks(ServiceRole::kReceiver, "UNAVAILABLE");
+  metrics.SetBuildInfo(ServiceRole::kSharer, "0.1.0");
+  const std::string text = metrics.SerializeText();
+  for (const char* name : {"kvwire_build_info",
+                           "kvwire_requests_total",
+                           "kvwire_requests_in_flight",
+                           "kvwire_request_duration_seconds",
+                           "kvwire_queue_depth",
+                           "kvwire_queue_capacity",
+                           "kvwire_workers",
+                           "kvwire_workers_busy",
+                           "kvwire_queue_wait_seconds",
+                           "kvwire_queue_rejected_total",
+                           "kvwire_transfers_total",
+                           "kvwire_kv_raw_bytes_total",
+                           "kvwire_kv_payload_bytes_total",
+                           "kvwire_kv_serialized_bytes_total",
+                           "kvwire_kv_wire_bytes_total",
+                           "kvwire_kv_compression_ratio",
+                           "kvwire_prompt_tokens_total",
+                           "kvwire_kv_tokens_selected_total",
+                           "kvwire_kv_tokens_selected_ratio",
+                           "kvwire_stage_duration_seconds",
+                           "kvwire_time_to_first_token_seconds",
+                           "kvwire_decode_tokens_per_second",
+                           "kvwire_generated_tokens_total",
+                           "kvwire_fallbacks_total"}) {
+    EXPECT_THAT(text, HasSubstr(std::string("# TYPE ") + name + " ")) << name;
+  }
+}
+
+TEST(MetricsTest, RpcHandleCountsByCodeAndTracksInFlight) {
+  Metrics metrics;
+  RpcMetrics& rpc = metrics.Rpc(ServiceRole::kSharer, "Share");
+  EXPECT_EQ(&rpc, &metrics.Rpc(ServiceRole::kSharer, "Share"));
+  rpc.Started();
+  rpc.Started();
+  rpc.Finished(absl::StatusCode::kOk, 0.01);
+  std::string text = metrics.SerializeText();
+  EXPECT_EQ(MetricValue(text, "kvwire_requests_in_flight",
+                        {{"role", "sharer"}, {"method", "Share"}}),
+            1);
+  rpc.Finished(absl::StatusCode::kResourceExhausted, 0.02);
+  text = metrics.SerializeText();
+  EXPECT_EQ(
+      MetricValue(text, "kvwire_requests_total",
+                  {{"role", "sharer"}, {"method", "Share"}, {"code", "OK"}}),
+      1);
+  EXPECT_EQ(MetricValue(text, "kvwire_requests_total",
+                        {{"role", "sharer"},
+                         {"method", "Share"},
+                         {"code", "RESOURCE_EXHAUSTED"}}),
+            1);
+  EXPECT_EQ(MetricValue(text, "kvwire_requests_in_flight",
+                        {{"role", "sharer"}, {"method", "Share"}}),
+            0);
+  EXPECT_EQ(MetricValue(text, "kvwire_request_duration_seconds_count",
+                        {{"role", "sharer"}, {"method", "Share"}}),
+            2);
+}
+
+TEST(MetricsTest, TransferRecordFillsBytesByScheme) {
+  Metrics metrics;
+  TransferMetrics& t = metrics.Transfer(ServiceRole::kSharer);
+  TransferRecord r;
+  r.scheme = "int4";
+  r.raw_bytes = 4000;
+  r.payload_bytes = 900;
+  r.serialized_bytes = 1000;
+  r.wire_bytes = 1050;
+  r.prompt_tokens = 100;
+  r.selected_tokens = 50;
+  t.Record(r);
+  r.scheme = "bogus";
+  t.Record(r);
+  const std::string text = metrics.SerializeText();
+  const std::map<std::string, std::string> int4{{"role", "sharer"},
+                                                {"scheme", "int4"}};
+  EXPECT_EQ(MetricValue(text, "kvwire_kv_raw_bytes_total", int4), 4000);
+  EXPECT_EQ(MetricValue(text, "kvwire_kv_payload_bytes_total", int4), 900);
+  EXPECT_EQ(MetricValue(text, "kvwire_kv_serialized_bytes_total", int4), 1000);
+  EXPECT_EQ(MetricValue(text, "kvwire_kv_wire_bytes_total", int4), 1050);
+  EXPECT_EQ(MetricValue(text, "kvwire_transfers_total", int4), 1);
+  EXPECT_EQ(MetricValue(text, "kvwire_kv_compression_ratio_sum", int4), 4);
+  EXPECT_EQ(MetricValue(text, "kvwire_transfers_total",
+                        {{"role", "sharer"}, {"scheme", "other"}}),
+            1);
+  EXPECT_EQ(
+      MetricValue(text, "kvwire_prompt_tokens_total", {{"role", "sharer"}}),
+      200);
+  EXPECT_EQ(MetricValue(text, "kvwire_kv_tokens_selected_ratio_sum",
+                        {{"role", "sharer"}}),
+            1.0);
+}
+
+TEST(MetricsTest, QueueAndReceiverHandles) {
+  Metrics metrics;
+  QueueMetrics& q = metrics.Queue(ServiceRole::kReceiver);
+  q.SetCapacity(2, 8);
+  q.SetDepth(3);
+  q.SetBusyWorkers(2);
+  q.ObserveWait(0.5);
+  q.CountRejected();
+  q.ObserveBatch(4);
+  metrics.Fallbacks(ServiceRole::kReceiver, "DEADLINE_EXCEEDED").Increment();
+  metrics.Stage(ServiceRole::kReceiver, kStageFuse).Observe(0.003);
+  const std::string text = metrics.SerializeText();
+  const std::map<std::string, std::string> role{{"role", "receiver"}};
+  EXPECT_EQ(MetricValue(text, "kvwire_queue_depth", role), 3);
+  EXPECT_EQ(MetricValue(text, "kvwire_workers", role), 2);
+  EXPECT_EQ(MetricValue(text, "kvwire_queue_capacity", role), 8);
+  EXPECT_EQ(MetricValue(text, "kvwire_workers_busy", role), 2);
+  EXPECT_EQ(MetricValue(text, "kvwire_queue_rejected_total", role), 1);
+  EXPECT_EQ(MetricValue(text, "kvwire_queue_wait_seconds_count", role), 1);
+  EXPECT_EQ(MetricValue(text, "kvwire_batch_size_sum", role), 4);
+  EXPECT_EQ(
+      MetricValue(text, "kvwire_fallbacks_total",
+                  {{"role", "receiver"}, {"reason", "DEADLINE_EXCEEDED"}}),
+      1);
+  EXPECT_EQ(
+      MetricValue(text, "kvwire_stage_duration_seconds_bucket",
+                  {{"role", "receiver"}, {"stage", "fuse"}, {"le", "0.005"}}),
+      1);
+}
+
+TEST(MetricsTest, ExposerServesTextOverHttp) {
+  Metrics metrics;
+  metrics.Rpc(ServiceRole::kSharer, "GetInfo").Started();
+  auto server = MetricsServer::Start("127.0.0.1:0", metrics.registry());
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_GT((*server)->port(), 0);
+  auto body = test_util::HttpGet("127.0.0.1", (*server)->port(), "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_EQ(MetricValue(*body, "kvwire_requests_in_flight",
+                        {{"role", "sharer"}, {"method", "GetInfo"}}),
+            1);
+}
+
+TEST(MetricsTest, ExposerReportsBadAddress) {
+  Metrics metrics;
+  EXPECT_EQ(MetricsServer::Start("", metrics.registry()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto first = MetricsServer::Start("127.0.0.1:0", metrics.registry());
+  ASSERT_TRUE(first.ok());
+  const std::string taken = "127.0.0.1:" + std::to_string((*first)->port());
+  EXPECT_EQ(MetricsServer::Start(taken, metrics.registry()).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST(MetricsTest, MetricValueParsesLabelsExactly) {
+  const std::string text =
+      "# TYPE a counter\n"
+      "a{x=\"1\",y=\"q\\\"z\"} 5\n"
+      "a{x=\"1\"} 7\n"
+      "ab 3\n"
+      "b 2.5\n";
+  EXPECT_EQ(MetricValue(text, "a", {{"x", "1"}, {"y", "q\"z"}}), 5);
+  EXPECT_EQ(MetricValue(text, "a", {{"x", "1"}}), 7);
+  EXPECT_EQ(MetricValue(text, "b", {}), 2.5);
+  EXPECT_EQ(MetricValue(text, "a", {}), std::nullopt);
+  EXPECT_EQ(MetricValue(text, "c", {}), std::nullopt);
+}
+
+}  // namespace
+}  // namespace kvwire
