@@ -5,6 +5,8 @@ KVWIRE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KVWIRE_JOBS=${KVWIRE_JOBS:-$(nproc)}
 
 kvwire_install_deps() {
+  # Offline hosts that bring their own dependencies (the GPU kit) skip this.
+  [[ "${KVWIRE_SKIP_DEPS:-0}" == 1 ]] && return 0
   local missing=() sudo=""
   [[ $(id -u) -ne 0 ]] && sudo=sudo
   while read -r pkg; do

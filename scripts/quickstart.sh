@@ -18,7 +18,9 @@
 #
 # or set KVWIRE_RECEIVER_MODEL_DIR, KVWIRE_SHARER_MODEL_DIR and
 # KVWIRE_FUSER_DIR. Other settings: --device (KVWIRE_DEVICE, default cpu;
-# cuda needs a CUDA build, see README), --question (KVWIRE_QUESTION),
+# cuda needs a CUDA build, see README; KVWIRE_SHARER_DEVICE and
+# KVWIRE_RECEIVER_DEVICE put the two services on different GPUs),
+# --question (KVWIRE_QUESTION),
 # --max-new-tokens (KVWIRE_MAX_NEW_TOKENS, default 24), KVWIRE_BUILD_DIR
 # (default build-release), KVWIRE_QUICKSTART_DIR (generated models, default
 # .cache/quickstart).
@@ -32,6 +34,9 @@ receiver_model=${KVWIRE_RECEIVER_MODEL_DIR:-}
 sharer_model=${KVWIRE_SHARER_MODEL_DIR:-}
 fuser_dir=${KVWIRE_FUSER_DIR:-}
 device=${KVWIRE_DEVICE:-cpu}
+# Separate devices, e.g. cuda:0 and cuda:1 on a two-GPU host.
+sharer_device=${KVWIRE_SHARER_DEVICE:-}
+receiver_device=${KVWIRE_RECEIVER_DEVICE:-}
 max_new_tokens=${KVWIRE_MAX_NEW_TOKENS:-24}
 question=${KVWIRE_QUESTION:-"Read the passage and answer the question. Passage: \
 Photosynthesis is the process by which green plants use sunlight, water and \
@@ -146,7 +151,7 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
 start sharer "kvwire-sharer ready" \
   "$BUILD/sharer_service/kvwire-sharer" --model_dir="$sharer_model" \
-  --device="$device" --listen_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
+  --device="${sharer_device:-$device}" --listen_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
   --allow_insecure
 sharer_port=$(field grpc_port "$ready")
 sharer_metrics=$(field metrics_port "$ready")
@@ -154,7 +159,7 @@ echo "quickstart: kvwire-sharer on 127.0.0.1:$sharer_port (metrics :$sharer_metr
 
 start receiver "kvwire-receiver ready" \
   "$BUILD/receiver_service/kvwire-receiver" --model_dir="$receiver_model" \
-  "${tokenizer_flag[@]}" --fuser_dir="$fuser_dir" --device="$device" \
+  "${tokenizer_flag[@]}" --fuser_dir="$fuser_dir" --device="${receiver_device:-$device}" \
   --listen_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 --allow_insecure \
   --sharer_target="127.0.0.1:$sharer_port" --sharer_allow_insecure
 receiver_port=$(field grpc_port "$ready")
