@@ -22,9 +22,9 @@
 #include "common/codec/scheme.h"
 #include "common/file_util.h"
 #include "common/model/decoder.h"
+#include "common/model/model_fingerprint.h"
 #include "common/model/safetensors.h"
 #include "common/status_macros.h"
-#include "sharer_service/model_fingerprint.h"
 #include "sharer_service/sharer_engine.h"
 
 namespace kvwire {
@@ -343,18 +343,6 @@ class TorchSharerEngine final : public SharerEngine {
   SharerEngineOptions options_;
 };
 
-absl::StatusOr<std::string> FingerprintOf(const std::string& model_dir) {
-  ASSIGN_OR_RETURN(std::string config_json,
-                   ReadFileToString(model_dir + "/config.json"));
-  ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(model_dir));
-  std::vector<TensorShape> shapes;
-  for (const std::string& name : reader.Names()) {
-    const SafetensorsTensorInfo* info = reader.Info(name);
-    if (info != nullptr) shapes.push_back({name, info->shape});
-  }
-  return ModelFingerprint(config_json, std::move(shapes));
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SharerEngine>> LoadSharerEngine(
@@ -375,7 +363,8 @@ absl::StatusOr<std::unique_ptr<SharerEngine>> LoadSharerEngine(
   decoder_options.device = device;
   ASSIGN_OR_RETURN(std::unique_ptr<Decoder> decoder,
                    Decoder::Load(options.model_dir, decoder_options));
-  ASSIGN_OR_RETURN(std::string fingerprint, FingerprintOf(options.model_dir));
+  ASSIGN_OR_RETURN(std::string fingerprint,
+                   CheckpointFingerprint(options.model_dir));
 
   const ModelConfig& c = decoder->config();
   v1::SharerInfo info;

@@ -2,17 +2,16 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <numeric>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
+#include "common/file_util.h"
+#include "common/model/model_fingerprint.h"
 #include "common/model/safetensors.h"
 #include "common/status_macros.h"
 
@@ -25,39 +24,12 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-bool FileExists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
 std::string Basename(const std::string& dir) {
   std::string d = dir;
   while (d.size() > 1 && d.back() == '/') d.pop_back();
   const size_t slash = d.rfind('/');
   return slash == std::string::npos ? d : d.substr(slash + 1);
 }
-
-class Fnv1a64 {
- public:
-  void Add(absl::string_view bytes) {
-    for (unsigned char c : bytes) {
-      h_ ^= c;
-      h_ *= 0x100000001b3ULL;
-    }
-    const unsigned char sep = 0xff;  // Keeps "ab"+"c" apart from "a"+"bc".
-    h_ ^= sep;
-    h_ *= 0x100000001b3ULL;
-  }
-  std::string Hex() const {
-    char buf[17];
-    std::snprintf(buf, sizeof(buf), "%016llx",
-                  static_cast<unsigned long long>(h_));
-    return buf;
-  }
-
- private:
-  uint64_t h_ = 0xcbf29ce484222325ULL;
-};
 
 v1::DType WireDType(at::ScalarType t) {
   switch (t) {
@@ -173,32 +145,14 @@ v1::ModelInfo DescribeModel(const Decoder& decoder,
   m.set_vocab_size(static_cast<uint32_t>(c.vocab_size));
   m.set_max_position_embeddings(
       static_cast<uint32_t>(c.max_position_embeddings));
-  Fnv1a64 hash;
-  std::string config_text;
-  if (!model_dir.empty()) {
-    std::ifstream in(model_dir + "/config.json", std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    config_text = ss.str();
-  }
-  hash.Add(config_text.empty() ? ModelConfigToJson(c) : config_text);
-  if (!model_dir.empty()) {
-    auto reader = CheckpointReader::Open(model_dir);
-    if (reader.ok()) {
-      std::vector<std::string> names = reader->Names();
-      std::sort(names.begin(), names.end());
-      for (const std::string& name : names) {
-        const SafetensorsTensorInfo* info = reader->Info(name);
-        std::string line = name;
-        if (info != nullptr) {
-          absl::StrAppend(&line, ":", SafetensorsDtypeName(info->dtype));
-          for (int64_t d : info->shape) absl::StrAppend(&line, ",", d);
-        }
-        hash.Add(line);
-      }
-    }
-  }
-  m.set_fingerprint(hash.Hex());
+  // The sharer service's definition, so in-process and networked streams of
+  // one checkpoint carry the same fingerprint.
+  auto fingerprint = model_dir.empty()
+                         ? absl::StatusOr<std::string>(absl::NotFoundError(""))
+                         : CheckpointFingerprint(model_dir);
+  m.set_fingerprint(fingerprint.ok()
+                        ? *fingerprint
+                        : ModelFingerprint(ModelConfigToJson(c), {}));
   return m;
 }
 
@@ -311,7 +265,7 @@ absl::StatusOr<std::unique_ptr<C2cPipeline>> C2cPipeline::Load(
   const std::string tok_dir = options.tokenizer_dir.empty()
                                   ? options.receiver_dir
                                   : options.tokenizer_dir;
-  if (FileExists(tok_dir + "/tokenizer.json")) {
+  if (IsRegularFile(tok_dir + "/tokenizer.json")) {
     ASSIGN_OR_RETURN(p->tokenizer_, Tokenizer::FromDirectory(tok_dir));
     p->receiver_text_.tokenizer = p->tokenizer_.get();
     if (!p->tokenizer_->chat_template().empty()) {
@@ -328,7 +282,7 @@ absl::StatusOr<std::unique_ptr<C2cPipeline>> C2cPipeline::Load(
                                          ? options.sharer_dir
                                          : options.sharer_tokenizer_dir;
   if (!sharer_tok_dir.empty()) {
-    if (FileExists(sharer_tok_dir + "/tokenizer.json")) {
+    if (IsRegularFile(sharer_tok_dir + "/tokenizer.json")) {
       ASSIGN_OR_RETURN(p->sharer_tokenizer_,
                        Tokenizer::FromDirectory(sharer_tok_dir));
       p->sharer_text_.tokenizer = p->sharer_tokenizer_.get();
@@ -337,7 +291,7 @@ absl::StatusOr<std::unique_ptr<C2cPipeline>> C2cPipeline::Load(
                          ChatTemplate::FromTokenizer(*p->sharer_tokenizer_));
         p->sharer_text_.chat_template = std::move(t);
       }
-    } else if (FileExists(sharer_tok_dir + "/tokenizer_config.json")) {
+    } else if (IsRegularFile(sharer_tok_dir + "/tokenizer_config.json")) {
       // Same vocabulary (C2C's pairs share it), the sharer's own template.
       auto t = ChatTemplate::FromTokenizerConfigFile(sharer_tok_dir +
                                                      "/tokenizer_config.json");

@@ -81,9 +81,9 @@ inline constexpr char kTextToTextPrompt[] =
 
 // ------------------------------------------------------------ sharer half
 
-// The codec's description of a loaded model. `fingerprint` is a hex FNV-1a
-// 64 hash of config.json and the checkpoint's tensor names, dtypes and
-// shapes (empty directory: of the config only).
+// The codec's description of a loaded model. `fingerprint` is
+// CheckpointFingerprint(model_dir) (common/model/model_fingerprint.h), as the
+// sharer service reports it; without a directory, of the config only.
 v1::ModelInfo DescribeModel(const Decoder& decoder,
                             const std::string& model_dir = "");
 

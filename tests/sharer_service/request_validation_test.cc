@@ -5,7 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "sharer_service/model_fingerprint.h"
+#include "common/model/model_fingerprint.h"
 
 namespace kvwire {
 namespace {

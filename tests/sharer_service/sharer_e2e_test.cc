@@ -22,7 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
-#include "sharer_service/model_fingerprint.h"
+#include "common/model/model_fingerprint.h"
 #include "tests/common/service/testing_util.h"
 #include "tests/sharer_service/kv_reference.h"
 

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/codec/token_selection.h"
+#include "common/model/model_fingerprint.h"
 #include "common/model/safetensors.h"
 #include "common/pipeline/receiver_session.h"
 #include "common/pipeline/selection.h"
@@ -600,7 +601,9 @@ TEST_F(PipelineTest, DescribeModelFingerprintsTheCheckpoint) {
   EXPECT_EQ(info.num_kv_heads(), 2u);
   EXPECT_EQ(info.head_dim(), 8u);
   EXPECT_EQ(info.dtype(), v1::DTYPE_FP32);
-  EXPECT_EQ(info.fingerprint().size(), 16u);
+  // The sharer service's fingerprint of the same directory.
+  EXPECT_EQ(info.fingerprint(), *CheckpointFingerprint(assets_->sharer_dir));
+  EXPECT_EQ(info.fingerprint().size(), 64u);
   EXPECT_EQ(
       DescribeModel(*pipeline_->sharer(), assets_->sharer_dir).fingerprint(),
       info.fingerprint());

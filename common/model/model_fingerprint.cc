@@ -1,6 +1,6 @@
 // Model fingerprint. SHA-256 (FIPS 180-4) is implemented here so the
 // fingerprint needs no crypto library (the GPU build kit has none).
-#include "sharer_service/model_fingerprint.h"
+#include "common/model/model_fingerprint.h"
 
 #include <algorithm>
 #include <array>
@@ -8,6 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
+#include "common/model/safetensors.h"
+#include "common/status_macros.h"
 
 namespace kvwire {
 namespace {
@@ -111,6 +114,19 @@ std::string ModelFingerprint(absl::string_view config_json,
     absl::StrAppend(&text, t.name, ":", absl::StrJoin(t.shape, ","), "\n");
   }
   return Sha256Hex(text);
+}
+
+absl::StatusOr<std::string> CheckpointFingerprint(
+    const std::string& model_dir) {
+  ASSIGN_OR_RETURN(std::string config_json,
+                   ReadFileToString(model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(model_dir));
+  std::vector<TensorShape> shapes;
+  for (const std::string& name : reader.Names()) {
+    const SafetensorsTensorInfo* info = reader.Info(name);
+    if (info != nullptr) shapes.push_back({name, info->shape});
+  }
+  return ModelFingerprint(config_json, std::move(shapes));
 }
 
 }  // namespace kvwire
