@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CI check of docker/docker-compose.yml with `docker-compose config` (no
+"""CI check of docker-compose.yml with `docker-compose config` (no
 Docker engine is needed, nor available on the CI machine): the file is
 valid, and the resolved configuration has the sharer, the receiver,
 Prometheus and Grafana; the two kvwire services each reserve their own GPU
@@ -33,7 +33,7 @@ def main():
     if not shutil.which("docker-compose"):
         log("SKIP: docker-compose (Debian package) is not installed")
         return SKIP
-    compose = os.path.join(src, "docker/docker-compose.yml")
+    compose = os.path.join(src, "docker-compose.yml")
     failures = []
     checks = [0]
 
