@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "common/service/process.h"
 #include "common/service/security.h"
+#include "common/service/server_flags.h"
 #include "glog/logging.h"
 #include "receiver_service/answer_validation.h"
 #include "receiver_service/receiver_server.h"
@@ -95,32 +96,6 @@ ABSL_FLAG(std::string, sharer_auth_token_file, "",
 ABSL_FLAG(std::string, sharer_auth_token, "",
           "The sharer's bearer token itself (prefer "
           "--sharer_auth_token_file).");
-ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (TLS).");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
-ABSL_FLAG(std::string, tls_client_ca, "",
-          "PEM CA bundle; when set, clients must present a certificate "
-          "signed by it (mutual TLS).");
-ABSL_FLAG(bool, allow_insecure, false,
-          "Serve plaintext when no --tls_cert is given. Without it the "
-          "receiver refuses to start without TLS.");
-ABSL_FLAG(std::string, auth_token_file, "",
-          "File holding the bearer token clients must send "
-          "('authorization: Bearer <token>').");
-ABSL_FLAG(std::string, auth_token, "",
-          "The bearer token itself (prefer --auth_token_file: command lines "
-          "are visible to other users).");
-ABSL_FLAG(double, drain_timeout_seconds, 30,
-          "On SIGTERM/SIGINT: how long in-flight calls may run before they "
-          "are cancelled.");
-ABSL_FLAG(double, shutdown_grace_seconds, 0,
-          "On SIGTERM/SIGINT: how long to report NOT_SERVING while still "
-          "accepting calls, before draining.");
-ABSL_FLAG(int, keepalive_time_ms, 30000,
-          "HTTP/2 keepalive ping interval on idle connections (server and "
-          "sharer channel).");
-ABSL_FLAG(int, keepalive_timeout_ms, 10000,
-          "Drop a connection whose keepalive ping is not answered in time.");
-ABSL_FLAG(bool, reflection, true, "Enable gRPC server reflection.");
 
 namespace {
 
@@ -146,7 +121,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(kUsage);
   absl::FlagsUsageConfig usage_config;
   usage_config.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "receiver_service/main.cc");
+    return absl::EndsWith(path, "receiver_service/main.cc") ||
+           kvwire::IsServerFlagsFile(path);
   };
   usage_config.version_string = [] {
     return std::string("kvwire-receiver " KVWIRE_VERSION "\n");
@@ -192,8 +168,6 @@ int main(int argc, char** argv) {
   config.sharer.target = absl::GetFlag(FLAGS_sharer_target);
   kvwire::ChannelOptions& channel = config.sharer.channel;
   channel.load_balancing_policy = absl::GetFlag(FLAGS_sharer_lb_policy);
-  channel.keepalive.time_ms = absl::GetFlag(FLAGS_keepalive_time_ms);
-  channel.keepalive.timeout_ms = absl::GetFlag(FLAGS_keepalive_timeout_ms);
   channel.security.tls_ca_path = absl::GetFlag(FLAGS_sharer_tls_ca);
   channel.security.tls_cert_path = absl::GetFlag(FLAGS_sharer_tls_cert);
   channel.security.tls_key_path = absl::GetFlag(FLAGS_sharer_tls_key);
@@ -215,28 +189,13 @@ int main(int argc, char** argv) {
       absl::Seconds(absl::GetFlag(FLAGS_sharer_probe_timeout_seconds));
 
   config.server.listen_address = absl::GetFlag(FLAGS_listen_address);
-  config.server.security.tls_cert_path = absl::GetFlag(FLAGS_tls_cert);
-  config.server.security.tls_key_path = absl::GetFlag(FLAGS_tls_key);
-  config.server.security.tls_client_ca_path =
-      absl::GetFlag(FLAGS_tls_client_ca);
-  config.server.security.allow_insecure = absl::GetFlag(FLAGS_allow_insecure);
-  config.server.security.auth_token = absl::GetFlag(FLAGS_auth_token);
-  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
-    auto token = kvwire::ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file));
-    if (!token.ok()) {
-      LOG(ERROR) << "--auth_token_file: " << token.status();
-      return 1;
-    }
-    config.server.security.auth_token = *token;
+  if (absl::Status st = kvwire::ServerOptionsFromFlags(&config.server);
+      !st.ok()) {
+    LOG(ERROR) << st;
+    return 1;
   }
-  config.server.drain_timeout =
-      absl::Seconds(absl::GetFlag(FLAGS_drain_timeout_seconds));
-  config.server.shutdown_grace =
-      absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
-  config.server.keepalive.time_ms = absl::GetFlag(FLAGS_keepalive_time_ms);
-  config.server.keepalive.timeout_ms =
-      absl::GetFlag(FLAGS_keepalive_timeout_ms);
-  config.server.enable_reflection = absl::GetFlag(FLAGS_reflection);
+  // The sharer channel pings as the server's own connections do.
+  channel.keepalive = config.server.keepalive;
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   config.workers = absl::GetFlag(FLAGS_workers);
   config.queue_size = absl::GetFlag(FLAGS_queue_size);

@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/service/process.h"
-#include "common/service/security.h"
+#include "common/service/server_flags.h"
 #include "glog/logging.h"
 #include "sharer_service/sharer_server.h"
 
@@ -50,31 +50,6 @@ ABSL_FLAG(int, intra_op_threads, 0,
 ABSL_FLAG(int64_t, max_buffered_bytes_per_stream, int64_t{64} << 20,
           "Encoded bytes of one stream queued ahead of a slow client before "
           "its worker waits.");
-ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (TLS).");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
-ABSL_FLAG(std::string, tls_client_ca, "",
-          "PEM CA bundle; when set, clients must present a certificate "
-          "signed by it (mutual TLS).");
-ABSL_FLAG(bool, allow_insecure, false,
-          "Serve plaintext when no --tls_cert is given. Without it the "
-          "sharer refuses to start without TLS.");
-ABSL_FLAG(std::string, auth_token_file, "",
-          "File holding the bearer token clients must send "
-          "('authorization: Bearer <token>').");
-ABSL_FLAG(std::string, auth_token, "",
-          "The bearer token itself (prefer --auth_token_file: command lines "
-          "are visible to other users).");
-ABSL_FLAG(double, drain_timeout_seconds, 30,
-          "On SIGTERM/SIGINT: how long in-flight calls may run before they "
-          "are cancelled.");
-ABSL_FLAG(double, shutdown_grace_seconds, 0,
-          "On SIGTERM/SIGINT: how long to report NOT_SERVING while still "
-          "accepting calls, before draining.");
-ABSL_FLAG(int, keepalive_time_ms, 30000,
-          "HTTP/2 keepalive ping interval on idle connections.");
-ABSL_FLAG(int, keepalive_timeout_ms, 10000,
-          "Drop a connection whose keepalive ping is not answered in time.");
-ABSL_FLAG(bool, reflection, true, "Enable gRPC server reflection.");
 ABSL_FLAG(int, testing_layer_delay_ms, 0,
           "TESTS ONLY: sleep this long after each computed layer.");
 
@@ -101,7 +76,8 @@ int main(int argc, char** argv) {
   // --help lists this file's flags (absl's default matches the file name
   // against the program name).
   usage_config.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "sharer_service/main.cc");
+    return absl::EndsWith(path, "sharer_service/main.cc") ||
+           kvwire::IsServerFlagsFile(path);
   };
   usage_config.version_string = [] {
     return std::string("kvwire-sharer " KVWIRE_VERSION "\n");
@@ -121,28 +97,11 @@ int main(int argc, char** argv) {
   config.engine.testing_layer_delay =
       absl::Milliseconds(absl::GetFlag(FLAGS_testing_layer_delay_ms));
   config.server.listen_address = absl::GetFlag(FLAGS_listen_address);
-  config.server.security.tls_cert_path = absl::GetFlag(FLAGS_tls_cert);
-  config.server.security.tls_key_path = absl::GetFlag(FLAGS_tls_key);
-  config.server.security.tls_client_ca_path =
-      absl::GetFlag(FLAGS_tls_client_ca);
-  config.server.security.allow_insecure = absl::GetFlag(FLAGS_allow_insecure);
-  config.server.security.auth_token = absl::GetFlag(FLAGS_auth_token);
-  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
-    auto token = kvwire::ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file));
-    if (!token.ok()) {
-      LOG(ERROR) << "--auth_token_file: " << token.status();
-      return 1;
-    }
-    config.server.security.auth_token = *token;
+  if (absl::Status st = kvwire::ServerOptionsFromFlags(&config.server);
+      !st.ok()) {
+    LOG(ERROR) << st;
+    return 1;
   }
-  config.server.drain_timeout =
-      absl::Seconds(absl::GetFlag(FLAGS_drain_timeout_seconds));
-  config.server.shutdown_grace =
-      absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds));
-  config.server.keepalive.time_ms = absl::GetFlag(FLAGS_keepalive_time_ms);
-  config.server.keepalive.timeout_ms =
-      absl::GetFlag(FLAGS_keepalive_timeout_ms);
-  config.server.enable_reflection = absl::GetFlag(FLAGS_reflection);
   config.service.max_buffered_bytes_per_stream =
       absl::GetFlag(FLAGS_max_buffered_bytes_per_stream);
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
