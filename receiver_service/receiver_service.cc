@@ -97,9 +97,7 @@ class AnswerCall final : public WorkItem {
 
   // ----- Reactions
   void OnCancel() {
-    control_.Cancel(absl::Now() >= control_.deadline()
-                        ? absl::DeadlineExceededError("deadline exceeded")
-                        : absl::CancelledError("cancelled by the client"));
+    control_.Cancel(CancellationCause(control_.deadline()));
     // Still queued: leave the queue now (Drop completes the call).
     service_->queue_->Cancel(this);
   }

@@ -170,14 +170,7 @@ class ShareCall final : public WorkItem, public ChunkSink {
       // gRPC also reports calls we finished with an error as cancelled.
       if (finish_called_) return;
       if (cancel_status_.ok()) {
-        // The server's deadline is the client's timeout counted from when
-        // the call arrived, so it trails the client's own by the request's
-        // transit time: a client whose deadline fired cancels a little
-        // before it. Allow for that when naming the cause.
-        constexpr absl::Duration kDeadlineSkew = absl::Milliseconds(100);
-        cancel_status_ = absl::Now() + kDeadlineSkew >= deadline_
-                             ? absl::DeadlineExceededError("deadline exceeded")
-                             : absl::CancelledError("cancelled by the client");
+        cancel_status_ = CancellationCause(deadline_);
       }
       cv_.notify_all();
     }

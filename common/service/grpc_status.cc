@@ -87,4 +87,11 @@ absl::string_view StatusCodeName(grpc::StatusCode code) {
   return StatusCodeName(static_cast<absl::StatusCode>(code));
 }
 
+absl::Status CancellationCause(absl::Time server_deadline) {
+  constexpr absl::Duration kDeadlineSkew = absl::Milliseconds(100);
+  return absl::Now() + kDeadlineSkew >= server_deadline
+             ? absl::DeadlineExceededError("deadline exceeded")
+             : absl::CancelledError("cancelled by the client");
+}
+
 }  // namespace kvwire

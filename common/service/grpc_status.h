@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 namespace kvwire {
 
@@ -40,6 +41,13 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 // ("UNKNOWN" for out-of-range values). Used as a metric label value.
 absl::string_view StatusCodeName(absl::StatusCode code);
 absl::string_view StatusCodeName(grpc::StatusCode code);
+
+// Why a server-side call was cancelled: DEADLINE_EXCEEDED when its deadline
+// has passed, or nearly (the server's deadline is the client's timeout
+// counted from the call's arrival, so it trails the client's own by the
+// transit time and a client whose deadline fired cancels a little early);
+// CANCELLED otherwise.
+absl::Status CancellationCause(absl::Time server_deadline);
 
 }  // namespace kvwire
 
