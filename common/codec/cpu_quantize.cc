@@ -9,6 +9,14 @@
 
 #include "common/codec/number_formats.h"
 
+// AVX2 and baseline clones of the hot loops, picked at load time. Clang 14
+// cannot multiversion templates; clang builds (the fuzzer's) get one version.
+#if defined(__clang__)
+#define KVWIRE_MULTIVERSION
+#else
+#define KVWIRE_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#endif
+
 namespace kvwire {
 namespace {
 
@@ -89,9 +97,9 @@ struct ScaleMap {
 
 // Pass 1: per-scale min and max; false if any value is NaN or Inf.
 template <CpuInput kInput>
-__attribute__((target_clones("avx2", "default"))) bool MinMax(
-    const void* data, int64_t rows, int64_t head_dim, const ScaleMap& map,
-    float* mn, float* mx) {
+KVWIRE_MULTIVERSION bool MinMax(const void* data, int64_t rows,
+                                int64_t head_dim, const ScaleMap& map,
+                                float* mn, float* mx) {
   std::vector<float> rmin(head_dim), rmax(head_dim);
   bool finite = true;
   for (int64_t row = 0; row < rows; ++row) {
@@ -128,9 +136,10 @@ __attribute__((target_clones("avx2", "default"))) bool MinMax(
 // Pass 2 for INT schemes: code = clamp(round((x - zero) / scale), lo, hi)
 // + offset, one row at a time with per-element scale and zero arrays.
 template <CpuInput kInput>
-__attribute__((target_clones("avx2", "default"))) void EncodeIntRow(
-    const void* data, int64_t base, int64_t head_dim, const float* scale,
-    const float* zero, float lo, float hi, float offset, uint8_t* codes) {
+KVWIRE_MULTIVERSION void EncodeIntRow(const void* data, int64_t base,
+                                      int64_t head_dim, const float* scale,
+                                      const float* zero, float lo, float hi,
+                                      float offset, uint8_t* codes) {
   for (int64_t d = 0; d < head_dim; ++d) {
     float y = (Load<kInput>(data, base + d) - zero[d]) / scale[d];
     y = RoundHalfEven(y);
@@ -160,8 +169,8 @@ void PackRow(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
 // Row-constant granularities (layer, head, token) share one scale over a
 // contiguous span; these loops run over whole spans so they vectorize.
 template <CpuInput kInput>
-__attribute__((target_clones("avx2", "default"))) bool MinMaxSpan(
-    const void* data, int64_t begin, int64_t n, float* lo_out, float* hi_out) {
+KVWIRE_MULTIVERSION bool MinMaxSpan(const void* data, int64_t begin, int64_t n,
+                                    float* lo_out, float* hi_out) {
   constexpr int kLanes = 16;
   float lo[kLanes], hi[kLanes];
   uint32_t bad[kLanes];
@@ -195,9 +204,10 @@ __attribute__((target_clones("avx2", "default"))) bool MinMaxSpan(
 }
 
 template <CpuInput kInput>
-__attribute__((target_clones("avx2", "default"))) void EncodeIntSpan(
-    const void* data, int64_t begin, int64_t n, float scale, float zero,
-    float lo, float hi, float offset, uint8_t* codes) {
+KVWIRE_MULTIVERSION void EncodeIntSpan(const void* data, int64_t begin,
+                                       int64_t n, float scale, float zero,
+                                       float lo, float hi, float offset,
+                                       uint8_t* codes) {
   for (int64_t i = 0; i < n; ++i) {
     float y = (Load<kInput>(data, begin + i) - zero) / scale;
     y = RoundHalfEven(y);
