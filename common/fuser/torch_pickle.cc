@@ -851,30 +851,6 @@ absl::StatusOr<TensorList> ParseZip(const std::string& bytes,
   }
 }
 
-absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view bytes) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
-    }
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.close();
-    if (!out) {
-      std::remove(tmp.c_str());
-      return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::UnavailableError(absl::StrCat(
-        "cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<TensorList> ParseTorchStateDict(const std::string& bytes,
@@ -973,7 +949,7 @@ absl::StatusOr<std::string> SerializeTorchStateDict(const TensorList& tensors) {
 absl::Status WriteTorchStateDict(const std::string& path,
                                  const TensorList& tensors) {
   ASSIGN_OR_RETURN(std::string bytes, SerializeTorchStateDict(tensors));
-  return WriteFileAtomically(path, bytes);
+  return WriteStringToFile(path, bytes);
 }
 
 }  // namespace kvwire

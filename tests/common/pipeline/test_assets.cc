@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "common/fuser/checkpoint.h"
 #include "common/model/model_config.h"
 #include "common/status_macros.h"
@@ -41,14 +42,6 @@ std::string ByteChar(unsigned b) {
     s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
   return s;
-}
-
-absl::Status WriteText(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.flush();
-  if (!out) return absl::DataLossError(absl::StrCat("cannot write ", path));
-  return absl::OkStatus();
 }
 
 absl::StatusOr<json> TemplateGoldens() {
@@ -174,19 +167,19 @@ absl::StatusOr<TinyPipelineAssets> MakeTinyPipeline(
 
   ASSIGN_OR_RETURN(json goldens, TemplateGoldens());
   const json& t = goldens["templates"];
-  RETURN_IF_ERROR(
-      WriteText(a.receiver_dir + "/tokenizer.json", TokenizerJson().dump()));
+  RETURN_IF_ERROR(WriteStringToFile(a.receiver_dir + "/tokenizer.json",
+                                    TokenizerJson().dump()));
   const json receiver_config = {{"chat_template", t["qwen3"]["chat_template"]},
                                 {"eos_token", "<|im_end|>"},
                                 {"pad_token", "<|endoftext|>"},
                                 {"clean_up_tokenization_spaces", false}};
-  RETURN_IF_ERROR(WriteText(a.receiver_dir + "/tokenizer_config.json",
-                            receiver_config.dump()));
+  RETURN_IF_ERROR(WriteStringToFile(a.receiver_dir + "/tokenizer_config.json",
+                                    receiver_config.dump()));
   // The sharer: its own template only (the vocabulary is shared).
   const json sharer_config = {{"chat_template", t["qwen2_5"]["chat_template"]},
                               {"eos_token", "<|im_end|>"}};
-  RETURN_IF_ERROR(
-      WriteText(a.sharer_dir + "/tokenizer_config.json", sharer_config.dump()));
+  RETURN_IF_ERROR(WriteStringToFile(a.sharer_dir + "/tokenizer_config.json",
+                                    sharer_config.dump()));
   return a;
 }
 
