@@ -24,6 +24,7 @@ if [[ "${KVWIRE_SANITIZE_E2E:-1}" != 0 ]]; then
   cmake --build "$ASAN_BUILD" -j "$KVWIRE_JOBS" --target kvwire_sharer_e2e_test \
     kvwire_receiver_e2e_test
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
+    LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$KVWIRE_ROOT/tests/lsan_suppressions.txt} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
     ctest --test-dir "$ASAN_BUILD" -R '^(SharerE2eTest|ReceiverE2eTest)\.' \
     --output-on-failure -j "$KVWIRE_JOBS" --timeout 900
