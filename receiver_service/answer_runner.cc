@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "common/service/grpc_status.h"
 #include "common/status_macros.h"
@@ -118,6 +119,7 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
   ASSIGN_OR_RETURN(attempt.session,
                    engine_->NewSession(prompt, max_new, /*fuse=*/true));
   AnswerSession* session = attempt.session.get();
+  session->set_trace(control.trace());
   if (session->fused_length() == 0)
     return absl::OkStatus();  // Nothing to fuse.
 
@@ -140,6 +142,7 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
 
   const absl::Time deadline =
       std::min(control.deadline(), absl::Now() + options_.sharer_timeout);
+  const auto share_start = Clock::now();
   std::unique_ptr<ShareStream> stream = sharer_->StartShare(
       share, deadline,
       [session](const v1::KvChunk& chunk) { return session->AddChunk(chunk); });
@@ -151,6 +154,13 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
   attempt.outcome = stream->Wait();
   control.ClearCancelHook();
   stream.reset();
+  if (RequestTrace* trace = control.trace(); trace != nullptr) {
+    trace->Add("sharer call", "Sharer.Share (call start to trailer)",
+               share_start,
+               share_start +
+                   std::chrono::duration_cast<Clock::duration>(
+                       std::chrono::duration<double>(attempt.outcome.seconds)));
+  }
   RETURN_IF_ERROR(prefill);
   RETURN_IF_ERROR(control.Check());
 
@@ -197,6 +207,86 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
   return absl::OkStatus();
 }
 
+absl::Status AnswerRunner::RunTextToText(
+    const std::vector<ChatMessage>& messages, const v1::AnswerRequest& request,
+    CallControl& control, Attempt& attempt, std::vector<uint32_t>& prompt,
+    v1::AnswerResponse& response) const {
+  if (sharer_ == nullptr) {
+    attempt.sharer_failure = true;
+    attempt.reason_code = absl::StatusCode::kFailedPrecondition;
+    return absl::FailedPreconditionError(
+        "text-to-text is not available: no sharer is configured "
+        "(--sharer_target)");
+  }
+  std::string question;
+  for (auto it = messages.rbegin(); it != messages.rend(); ++it) {
+    if (it->role == "user") {
+      question = it->content;
+      break;
+    }
+  }
+  const std::string background_prompt = absl::StrReplaceAll(
+      options_.text_to_text_prompt, {{"{question}", question}});
+  const std::vector<ChatMessage> sharer_messages = {
+      ChatMessage{"user", background_prompt, std::nullopt}};
+  ASSIGN_OR_RETURN(std::vector<uint32_t> sharer_prompt,
+                   engine_->RenderSharerPrompt(sharer_messages));
+  v1::GenerateRequest generate;
+  generate.set_request_id(request.request_id());
+  generate.mutable_token_ids()->Add(sharer_prompt.begin(), sharer_prompt.end());
+  generate.mutable_generation()->set_max_new_tokens(
+      options_.text_to_text_max_new_tokens);
+  if (!options_.expected_sharer_fingerprint.empty()) {
+    generate.set_expected_model_fingerprint(
+        options_.expected_sharer_fingerprint);
+  }
+  const absl::Time deadline =
+      std::min(control.deadline(), absl::Now() + options_.sharer_timeout);
+  const auto call_start = Clock::now();
+  auto background = sharer_->Generate(
+      generate, deadline, [&control](std::function<void()> cancel) {
+        control.SetCancelHook(std::move(cancel));
+      });
+  control.ClearCancelHook();
+  const double call_seconds = SecondsSince(call_start);
+  if (RequestTrace* trace = control.trace(); trace != nullptr) {
+    trace->Add("sharer call", "Sharer.Generate", call_start, Clock::now());
+  }
+  response.mutable_timings()->set_sharer_generation_seconds(call_seconds);
+  RETURN_IF_ERROR(control.Check());
+  if (!background.ok()) {
+    const absl::StatusCode code = background.status().code();
+    attempt.sharer_failure = true;
+    attempt.reason_code = code;
+    return absl::Status(
+        code, absl::StrCat("sharer Generate ", StatusCodeName(code), ": ",
+                           background.status().message()));
+  }
+  const std::vector<int64_t> ids(background->token_ids().begin(),
+                                 background->token_ids().end());
+  const std::string text = engine_->DecodeSharerText(ids);
+  response.set_background_text(text);
+  response.mutable_background_token_ids()->Add(background->token_ids().begin(),
+                                               background->token_ids().end());
+  response.mutable_timings()->set_sharer_compute_seconds(
+      background->prefill_seconds() + background->generation_seconds());
+  const uint64_t bytes = background->ByteSizeLong();
+  response.mutable_transfer()->set_serialized_bytes(bytes);
+  response.mutable_transfer()->set_wire_bytes(bytes + kGrpcMessagePrefixBytes);
+
+  std::vector<ChatMessage> conversation = {
+      ChatMessage{"user", background_prompt, std::nullopt},
+      ChatMessage{"assistant", text, std::nullopt}};
+  conversation.insert(conversation.end(), messages.begin(), messages.end());
+  ASSIGN_OR_RETURN(prompt, engine_->RenderPrompt(conversation));
+  if (static_cast<int64_t>(prompt.size()) > engine_->info().max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the text-to-text prompt (question and the sharer's background) has ",
+        prompt.size(), " tokens; at most ", engine_->info().max_prompt_tokens));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status AnswerRunner::Generate(AnswerSession& session,
                                     const v1::GenerationParams& generation,
                                     CallControl& control,
@@ -227,7 +317,8 @@ absl::Status AnswerRunner::Generate(AnswerSession& session,
     on_token(event);
   };
   ASSIGN_OR_RETURN(std::vector<int64_t> tokens,
-                   session.Generate(generation, sink));
+                   session.Generate(generation, sink,
+                                    [&control] { return control.Check(); }));
   response.set_text(engine_->DecodeText(tokens, /*strip_newlines=*/true));
   for (int64_t t : tokens) response.add_token_ids(static_cast<uint32_t>(t));
   const AnswerSessionTimings t = session.timings();
@@ -250,6 +341,7 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
     const v1::AnswerRequest& request, CallControl& control,
     Clock::time_point start, const TokenEventSink& on_token) const {
   RETURN_IF_ERROR(Validate(request));
+  if (request.trace() && control.trace() == nullptr) control.EnableTrace(start);
   std::vector<ChatMessage> messages;
   if (!request.question().empty()) {
     messages.push_back(ChatMessage{"user", request.question(), std::nullopt});
@@ -293,20 +385,55 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
           ? options_.default_fallback
           : request.fallback();
 
-  auto answer_alone = [&]() -> absl::Status {
+  auto answer_alone = [&](const std::vector<uint32_t>& ids,
+                          v1::AnswerMode answered_mode) -> absl::Status {
     ASSIGN_OR_RETURN(auto session,
-                     engine_->NewSession(prompt, generation.max_new_tokens(),
+                     engine_->NewSession(ids, generation.max_new_tokens(),
                                          /*fuse=*/false));
+    session->set_trace(control.trace());
     RETURN_IF_ERROR(session->Prefill());
     const double prefill = session->timings().prefill_seconds;
     timings->set_receiver_prefill_seconds(prefill);
     prefill_stage_.Observe(prefill);
-    response.set_mode(v1::ANSWER_MODE_RECEIVER_ONLY);
+    response.set_mode(answered_mode);
     return Generate(*session, generation, control, start, on_token, response);
+  };
+  // A failed sharer path: fail, or answer alone and say why.
+  auto fall_back = [&](const absl::Status& st,
+                       const Attempt& attempt) -> absl::Status {
+    if (!attempt.sharer_failure) return st;
+    RETURN_IF_ERROR(control.Check());
+    const absl::StatusCode reason = attempt.reason_code;
+    metrics_->Fallbacks(ServiceRole::kReceiver, StatusCodeName(reason))
+        .Increment();
+    if (policy == v1::FALLBACK_POLICY_FAIL) {
+      // The sharer refusing the receiver's credentials is not the client's
+      // authentication problem.
+      const absl::StatusCode code =
+          reason == absl::StatusCode::kUnauthenticated ||
+                  reason == absl::StatusCode::kPermissionDenied
+              ? absl::StatusCode::kFailedPrecondition
+              : st.code();
+      return absl::Status(code, st.message());
+    }
+    response.set_fell_back(true);
+    response.set_fallback_reason(
+        absl::StrCat(StatusCodeName(st.code()), ": ", st.message()));
+    return answer_alone(prompt, v1::ANSWER_MODE_RECEIVER_ONLY);
   };
 
   if (mode == v1::ANSWER_MODE_RECEIVER_ONLY) {
-    RETURN_IF_ERROR(answer_alone());
+    RETURN_IF_ERROR(answer_alone(prompt, v1::ANSWER_MODE_RECEIVER_ONLY));
+  } else if (mode == v1::ANSWER_MODE_TEXT_TO_TEXT) {
+    Attempt attempt;
+    std::vector<uint32_t> conversation;
+    const absl::Status st = RunTextToText(messages, request, control, attempt,
+                                          conversation, response);
+    if (st.ok()) {
+      RETURN_IF_ERROR(answer_alone(conversation, v1::ANSWER_MODE_TEXT_TO_TEXT));
+    } else {
+      RETURN_IF_ERROR(fall_back(st, attempt));
+    }
   } else {
     Attempt attempt;
     const absl::Status st =
@@ -358,35 +485,26 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
       RETURN_IF_ERROR(
           Generate(session, generation, control, start, on_token, response));
     } else {
-      if (!attempt.sharer_failure) return st;
-      RETURN_IF_ERROR(control.Check());
-      const absl::StatusCode reason = attempt.reason_code;
-      metrics_->Fallbacks(ServiceRole::kReceiver, StatusCodeName(reason))
-          .Increment();
-      if (policy == v1::FALLBACK_POLICY_FAIL) {
-        // The sharer refusing the receiver's credentials is not the
-        // client's authentication problem.
-        const absl::StatusCode code =
-            reason == absl::StatusCode::kUnauthenticated ||
-                    reason == absl::StatusCode::kPermissionDenied
-                ? absl::StatusCode::kFailedPrecondition
-                : st.code();
-        return absl::Status(code, st.message());
-      }
       // A fresh session: whatever the attempt fused is dropped with it.
       attempt.session.reset();
-      response.set_fell_back(true);
-      response.set_fallback_reason(
-          absl::StrCat(StatusCodeName(st.code()), ": ", st.message()));
       // Only what arrived before the failure.
       response.mutable_transfer()->set_serialized_bytes(
           static_cast<uint64_t>(attempt.outcome.serialized_bytes));
       response.mutable_transfer()->set_wire_bytes(
           static_cast<uint64_t>(attempt.outcome.wire_bytes));
-      RETURN_IF_ERROR(answer_alone());
+      RETURN_IF_ERROR(fall_back(st, attempt));
     }
   }
   timings->set_total_seconds(SecondsSince(start));
+  if (const RequestTrace* trace = control.trace(); trace != nullptr) {
+    for (const RequestTrace::Event& e : trace->Events()) {
+      v1::TraceEvent* out = response.add_trace();
+      out->set_track(e.track);
+      out->set_name(e.name);
+      out->set_start_seconds(e.start_seconds);
+      out->set_end_seconds(e.end_seconds);
+    }
+  }
   return response;
 }
 

@@ -2,7 +2,9 @@
 // tokenize the prompt, and for C2C start the sharer's Share call, run the
 // receiver's own prefill while the sharer's layers arrive (each KvChunk is
 // decoded and its layer fused as it lands, on the stream's reader thread),
-// then generate. Fills the AnswerResponse (text, ids, transfer report,
+// then generate; for text-to-text, ask the sharer for background text
+// (Sharer.Generate) and answer the conversation that includes it. Fills the
+// AnswerResponse (text, ids, transfer report,
 // stage timings) and records the receiver's metrics. Torch-free: the model
 // work is behind ReceiverEngine.
 //
@@ -20,6 +22,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -27,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/service/metrics.h"
+#include "common/trace.h"
 #include "kvwire/v1/kvwire.pb.h"
 #include "receiver_service/answer_validation.h"
 #include "receiver_service/receiver_engine.h"
@@ -41,8 +45,13 @@ struct AnswerRunnerOptions {
   // A Share call that takes longer is abandoned (a sharer-path failure).
   absl::Duration sharer_timeout = absl::Seconds(60);
   GuidedSignal guided_signal = GuidedSignal::kAttention;
-  // Sent as ShareRequest.expected_model_fingerprint when not empty.
+  // Sent as ShareRequest / GenerateRequest.expected_model_fingerprint when
+  // not empty.
   std::string expected_sharer_fingerprint;
+  // Text-to-text: the sharer's greedy tokens of background (the paper: 256)
+  // and its prompt ({question}: the request's last user message).
+  uint32_t text_to_text_max_new_tokens = 256;
+  std::string text_to_text_prompt = kTextToTextPrompt;
 };
 
 // Cancellation and deadline of one call, shared between the transport
@@ -61,8 +70,16 @@ class CallControl {
   void SetCancelHook(std::function<void()> hook);
   void ClearCancelHook();
 
+  // The request's timeline when it asked for one (AnswerRequest.trace; Run
+  // enables it), with its origin at `start`; null otherwise.
+  void EnableTrace(std::chrono::steady_clock::time_point start) {
+    trace_ = std::make_unique<RequestTrace>(start);
+  }
+  RequestTrace* trace() const { return trace_.get(); }
+
  private:
   const absl::Time deadline_;
+  std::unique_ptr<RequestTrace> trace_;
   mutable std::mutex mu_;
   absl::Status cancelled_;
   std::function<void()> hook_;
@@ -100,6 +117,15 @@ class AnswerRunner {
                       const std::vector<uint32_t>& prompt,
                       const v1::GenerationParams& generation,
                       CallControl& control, Attempt& attempt) const;
+  // Text-to-text: the sharer writes background (Sharer.Generate) for the
+  // question in `messages`; on success `prompt` becomes the receiver's
+  // prompt [user: background prompt, assistant: background, messages...]
+  // and `response` carries the background and the call's bytes and time.
+  absl::Status RunTextToText(const std::vector<ChatMessage>& messages,
+                             const v1::AnswerRequest& request,
+                             CallControl& control, Attempt& attempt,
+                             std::vector<uint32_t>& prompt,
+                             v1::AnswerResponse& response) const;
   absl::Status Generate(AnswerSession& session,
                         const v1::GenerationParams& generation,
                         CallControl& control,

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/codec/scheme.h"
+#include "common/pipeline/generation_params.h"
 #include "receiver_service/receiver_engine.h"
 
 namespace kvwire {
@@ -108,33 +109,16 @@ absl::Status ValidateAnswerRequest(const v1::AnswerRequest& request,
     return absl::InvalidArgumentError(
         absl::StrCat("unknown fallback policy ", request.fallback()));
   }
-  const v1::GenerationParams& g = request.generation();
-  if (g.max_new_tokens() > limits.max_new_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("generation.max_new_tokens ", g.max_new_tokens(),
-                     " is over the limit of ", limits.max_new_tokens));
-  }
-  if (!std::isfinite(g.temperature()) || g.temperature() < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "generation.temperature must be >= 0, got ", g.temperature()));
-  }
-  if (!std::isfinite(g.top_p()) || g.top_p() < 0 || g.top_p() > 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("generation.top_p must lie in [0, 1], got ", g.top_p()));
-  }
-  absl::Status st = CheckSpecEnums(request.spec());
+  absl::Status st =
+      ValidateGenerationParams(request.generation(), limits.max_new_tokens);
+  if (!st.ok()) return st;
+  st = CheckSpecEnums(request.spec());
   if (!st.ok()) return st;
   const v1::AnswerMode mode = EffectiveMode(request);
   if (IsReceiverGuided(request.spec()) && mode != v1::ANSWER_MODE_C2C) {
     return absl::InvalidArgumentError(
         "receiver-guided selection (SELECTION_EXPLICIT without indices) "
         "needs C2C mode");
-  }
-  if (mode == v1::ANSWER_MODE_TEXT_TO_TEXT) {
-    return absl::UnimplementedError(
-        "text-to-text over the network is not implemented: the Sharer service "
-        "has no RPC that generates text (only Share and GetInfo); use the "
-        "in-process pipeline (C2cPipeline, kvwire-eval) for this baseline");
   }
   return absl::OkStatus();
 }

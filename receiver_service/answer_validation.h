@@ -38,9 +38,7 @@ struct AnswerLimits {
 //                    the limit; temperature negative or not finite; top_p
 //                    outside [0, 1]; an unknown scheme, granularity,
 //                    selection mode or entropy coder in the spec; a
-//                    receiver-guided selection outside C2C mode;
-//  UNIMPLEMENTED     ANSWER_MODE_TEXT_TO_TEXT (the Sharer service has no
-//                    text-generation RPC; see receiver_service.h).
+//                    receiver-guided selection outside C2C mode.
 absl::Status ValidateAnswerRequest(const v1::AnswerRequest& request,
                                    const AnswerLimits& limits);
 

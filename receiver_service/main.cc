@@ -25,6 +25,15 @@ ABSL_FLAG(std::string, model_dir, "",
 ABSL_FLAG(std::string, tokenizer_dir, "",
           "Directory with tokenizer.json and tokenizer_config.json when "
           "--model_dir has none.");
+ABSL_FLAG(std::string, sharer_tokenizer_dir, "",
+          "Text-to-text mode: the sharer's tokenizer.json and "
+          "tokenizer_config.json (or tokenizer_config.json alone, for the "
+          "sharer's chat template over the receiver's vocabulary), used to "
+          "write the sharer's background prompt and read its answer. Empty: "
+          "the receiver's.");
+ABSL_FLAG(uint32_t, text_to_text_max_new_tokens, 256,
+          "Text-to-text mode: greedy tokens the sharer writes as background "
+          "(the C2C paper: 256).");
 ABSL_FLAG(std::string, fuser_dir, "",
           "C2C fuser checkpoint (the released layout: config.json, "
           "final/projector_*.pt or .safetensors, projector_config.json). "
@@ -135,6 +144,8 @@ int main(int argc, char** argv) {
   kvwire::ReceiverConfig config;
   config.engine.model_dir = absl::GetFlag(FLAGS_model_dir);
   config.engine.tokenizer_dir = absl::GetFlag(FLAGS_tokenizer_dir);
+  config.engine.sharer_tokenizer_dir =
+      absl::GetFlag(FLAGS_sharer_tokenizer_dir);
   config.engine.fuser_dir = absl::GetFlag(FLAGS_fuser_dir);
   config.engine.sharer_layers = absl::GetFlag(FLAGS_sharer_layers);
   config.engine.dtype = absl::GetFlag(FLAGS_dtype);
@@ -146,6 +157,8 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_max_question_bytes);
   config.runner.limits.max_new_tokens =
       absl::GetFlag(FLAGS_max_new_tokens_limit);
+  config.runner.text_to_text_max_new_tokens =
+      absl::GetFlag(FLAGS_text_to_text_max_new_tokens);
   config.runner.sharer_timeout =
       absl::Seconds(absl::GetFlag(FLAGS_sharer_timeout_seconds));
   config.runner.expected_sharer_fingerprint =

@@ -15,13 +15,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "common/pipeline/generation_params.h"
 #include "common/tokenizer/chat_template.h"
+#include "common/trace.h"
 #include "kvwire/v1/kvwire.pb.h"
 
 namespace kvwire {
-
-// GenerationParams.max_new_tokens when the request leaves it 0.
-inline constexpr uint32_t kDefaultMaxNewTokens = 64;
 
 // Receiver-guided token selection signals (ReceiverSignal in
 // common/pipeline/receiver_session.h).
@@ -79,11 +78,16 @@ class AnswerSession {
   virtual absl::StatusOr<ReceivedStream> FinishStream() = 0;
 
   // Runs the last prompt token and generates (once). `params` is already
-  // validated (ValidateAnswerRequest).
+  // validated (ValidateAnswerRequest). `should_stop` (may be empty) is
+  // polled before each decode step; its error ends generation.
   virtual absl::StatusOr<std::vector<int64_t>> Generate(
-      const v1::GenerationParams& params, const TokenSink& on_token) = 0;
+      const v1::GenerationParams& params, const TokenSink& on_token,
+      const std::function<absl::Status()>& should_stop) = 0;
 
   virtual AnswerSessionTimings timings() const = 0;
+
+  // Records the session's stages (ReceiverSession::set_trace); call first.
+  virtual void set_trace(RequestTrace* trace) = 0;
 };
 
 struct ReceiverEngineOptions {
@@ -91,6 +95,10 @@ struct ReceiverEngineOptions {
   // tokenizer.json (+ tokenizer_config.json with the chat template); empty:
   // model_dir.
   std::string tokenizer_dir;
+  // The sharer's tokenizer and chat template for the text-to-text prompt
+  // (tokenizer.json, or tokenizer_config.json alone over the receiver's
+  // vocabulary); empty: the receiver's.
+  std::string sharer_tokenizer_dir;
   // C2C fuser checkpoint; empty: receiver-only answers (C2C requests fail
   // or fall back).
   std::string fuser_dir;
@@ -140,6 +148,13 @@ class ReceiverEngine {
   // and trailing '\n' (the final answer text, as C2cPipeline).
   virtual std::string DecodeText(absl::Span<const int64_t> ids,
                                  bool strip_newlines) const = 0;
+
+  // The same with the sharer's chat template and tokenizer (the
+  // text-to-text background prompt), and the sharer's ids as text (special
+  // tokens skipped, '\n' stripped).
+  virtual absl::StatusOr<std::vector<uint32_t>> RenderSharerPrompt(
+      absl::Span<const ChatMessage> messages) const = 0;
+  virtual std::string DecodeSharerText(absl::Span<const int64_t> ids) const = 0;
 
   // Checks that a sharer model fits the fuser (layers, KV heads, head_dim).
   // FAILED_PRECONDITION naming the mismatch; OK without a fuser.

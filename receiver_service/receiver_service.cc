@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "common/service/grpc_status.h"
 #include "glog/logging.h"
+#include "receiver_service/live_record.h"
 
 namespace kvwire {
 namespace {
@@ -108,6 +109,9 @@ class AnswerCall final : public WorkItem {
             .count();
     std::lock_guard<std::mutex> lock(mu_);
     rpc_.Finished(final_status_.code(), seconds);
+    service_->live_.Record(MakeLiveRequest(request_, summary_, final_status_,
+                                           streaming_, queue_wait_, seconds,
+                                           absl::Now()));
     const v1::TransferReport& t = summary_.transfer();
     LOG(INFO) << "answer call=" << call_id_
               << " method=" << (streaming_ ? "AnswerStream" : "Answer")
@@ -304,7 +308,8 @@ ReceiverService::ReceiverService(const AnswerRunner* runner, WorkQueue* queue,
       queue_(queue),
       auth_(auth),
       answer_rpc_(metrics->Rpc(ServiceRole::kReceiver, "Answer")),
-      stream_rpc_(metrics->Rpc(ServiceRole::kReceiver, "AnswerStream")) {}
+      stream_rpc_(metrics->Rpc(ServiceRole::kReceiver, "AnswerStream")),
+      live_(metrics->Live()) {}
 
 grpc::ServerUnaryReactor* ReceiverService::Answer(
     grpc::CallbackServerContext* context, const v1::AnswerRequest* request,

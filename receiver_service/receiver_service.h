@@ -5,13 +5,12 @@
 // TokenEvent per generated token as it is sampled and the full
 // AnswerResponse last, through a ServerWriteReactor fed by a queue
 // (reactions never block). Client cancellation and deadlines cancel the
-// Share call in flight and stop the request at its next stage. No Torch
-// here.
+// sharer call in flight and stop the request at its next stage (or decode
+// step). No Torch here.
 //
 // Modes: C2C (any TransferSpec; receiver-guided selection as described in
-// answer_validation.h) and receiver-only. Text-to-text is UNIMPLEMENTED over
-// the network: v1's Sharer service has Share and GetInfo only, nothing that
-// generates the sharer's text; it lives in the in-process pipeline.
+// answer_validation.h), receiver-only, and text-to-text (the sharer writes
+// background text through Sharer.Generate; see docs/PROTOCOL.md).
 #ifndef KVWIRE_RECEIVER_SERVICE_RECEIVER_SERVICE_H_
 #define KVWIRE_RECEIVER_SERVICE_RECEIVER_SERVICE_H_
 
@@ -51,6 +50,7 @@ class ReceiverService final : public v1::Receiver::CallbackService {
   const BearerTokenAuth* const auth_;
   RpcMetrics& answer_rpc_;
   RpcMetrics& stream_rpc_;
+  LiveStats& live_;  // The live page's recent requests (metrics->Live()).
   std::atomic<uint64_t> next_call_id_{1};
 };
 

@@ -92,6 +92,21 @@ std::unique_ptr<ShareStream> SharerClient::StartShare(
   return s;
 }
 
+absl::StatusOr<v1::GenerateResponse> SharerClient::Generate(
+    const v1::GenerateRequest& request, absl::Time deadline,
+    const std::function<void(std::function<void()> cancel)>& on_start) {
+  grpc::ClientContext context;
+  if (deadline != absl::InfiniteFuture()) {
+    context.set_deadline(absl::ToChronoTime(deadline));
+  }
+  AttachBearerToken(&context, options_.channel.security.auth_token);
+  if (on_start) on_start([&context] { context.TryCancel(); });
+  v1::GenerateResponse response;
+  const grpc::Status status = stub_->Generate(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
 absl::StatusOr<v1::SharerInfo> SharerClient::GetInfo(absl::Duration timeout) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));

@@ -93,6 +93,13 @@ class SharerClient {
                                           absl::Time deadline,
                                           ChunkConsumer consume);
 
+  // Generate(`request`) with `deadline`, blocking. `on_start` (optional)
+  // gets a function that cancels the call (thread-safe), valid until
+  // Generate returns. The call's status on failure.
+  absl::StatusOr<v1::GenerateResponse> Generate(
+      const v1::GenerateRequest& request, absl::Time deadline,
+      const std::function<void(std::function<void()> cancel)>& on_start);
+
   // GetInfo with a timeout; the call's status otherwise.
   absl::StatusOr<v1::SharerInfo> GetInfo(absl::Duration timeout);
 

@@ -2,8 +2,6 @@
 // the receiver's directory, and a C2CFuser; each request is a
 // ReceiverSession (common/pipeline/receiver_session.h), the same engine
 // C2cPipeline drives in process, so answers match it bit for bit.
-#include "receiver_service/torch_receiver_engine.h"
-
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <sys/stat.h>
@@ -17,6 +15,11 @@
 #include "common/pipeline/receiver_session.h"
 #include "common/pipeline/selection.h"
 #include "common/status_macros.h"
+#include "receiver_service/receiver_engine.h"
+
+#ifdef KVWIRE_WITH_CUDA
+#include "common/model/cuda_graph_decoder.h"
+#endif
 #include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/tokenizer.h"
 #include "receiver_service/receiver_engine.h"
@@ -82,11 +85,13 @@ class TorchAnswerSession final : public AnswerSession {
   }
 
   absl::StatusOr<std::vector<int64_t>> Generate(
-      const v1::GenerationParams& params, const TokenSink& on_token) override {
+      const v1::GenerationParams& params, const TokenSink& on_token,
+      const std::function<absl::Status()>& should_stop) override {
     TokenCallback callback;
     if (on_token) callback = on_token;
-    ASSIGN_OR_RETURN(GenerationResult g,
-                     session_->Generate(ToGenerationOptions(params), callback));
+    ASSIGN_OR_RETURN(
+        GenerationResult g,
+        session_->Generate(ToGenerationOptions(params), callback, should_stop));
     return std::move(g.tokens);
   }
 
@@ -101,6 +106,8 @@ class TorchAnswerSession final : public AnswerSession {
     out.generation_seconds = t.generation_seconds;
     return out;
   }
+
+  void set_trace(RequestTrace* trace) override { session_->set_trace(trace); }
 
  private:
   const TorchReceiverEngine* engine_;
@@ -117,37 +124,21 @@ class TorchReceiverEngine final : public ReceiverEngine {
 
   absl::StatusOr<std::vector<uint32_t>> RenderPrompt(
       absl::Span<const ChatMessage> messages) const override {
-    if (!chat_template_.has_value()) {
-      return absl::FailedPreconditionError(
-          "the receiver's tokenizer has no chat template");
-    }
-    for (const ChatMessage& m : messages) {
-      if (m.role != "system" && m.role != "user" && m.role != "assistant") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "unknown chat role '", m.role, "' (system, user, assistant)"));
-      }
-    }
-    ChatTemplateOptions o;
-    o.add_generation_prompt = true;
-    o.enable_thinking = false;
-    auto text = chat_template_->Apply(messages, o);
-    if (!text.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chat template: ", text.status().message()));
-    }
-    // The template carries any BOS itself.
-    return tokenizer_->Encode(*text, /*add_special_tokens=*/false);
+    return Render(receiver_text_, messages);
   }
 
   std::string DecodeText(absl::Span<const int64_t> ids,
                          bool strip_newlines) const override {
-    std::vector<uint32_t> u;
-    u.reserve(ids.size());
-    for (int64_t id : ids) {
-      if (id >= 0) u.push_back(static_cast<uint32_t>(id));
-    }
-    std::string text = tokenizer_->Decode(u, /*skip_special_tokens=*/true);
-    return strip_newlines ? StripNewlines(text) : text;
+    return Decode(receiver_text_, ids, strip_newlines);
+  }
+
+  absl::StatusOr<std::vector<uint32_t>> RenderSharerPrompt(
+      absl::Span<const ChatMessage> messages) const override {
+    return Render(sharer_text_, messages);
+  }
+
+  std::string DecodeSharerText(absl::Span<const int64_t> ids) const override {
+    return Decode(sharer_text_, ids, /*strip_newlines=*/true);
   }
 
   absl::Status CheckSharerModel(const v1::ModelInfo& sharer) const override {
@@ -203,10 +194,90 @@ class TorchReceiverEngine final : public ReceiverEngine {
  private:
   TorchReceiverEngine() = default;
 
+  // A tokenizer and its chat template: the receiver's, or the sharer's for
+  // the text-to-text background prompt.
+  struct TextModel {
+    const Tokenizer* tokenizer = nullptr;
+    std::optional<ChatTemplate> chat_template;
+  };
+
+  static absl::StatusOr<std::vector<uint32_t>> Render(
+      const TextModel& text_model, absl::Span<const ChatMessage> messages) {
+    if (!text_model.chat_template.has_value()) {
+      return absl::FailedPreconditionError(
+          "the tokenizer has no chat template");
+    }
+    for (const ChatMessage& m : messages) {
+      if (m.role != "system" && m.role != "user" && m.role != "assistant") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "unknown chat role '", m.role, "' (system, user, assistant)"));
+      }
+    }
+    ChatTemplateOptions o;
+    o.add_generation_prompt = true;
+    o.enable_thinking = false;
+    auto text = text_model.chat_template->Apply(messages, o);
+    if (!text.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chat template: ", text.status().message()));
+    }
+    // The template carries any BOS itself.
+    return text_model.tokenizer->Encode(*text, /*add_special_tokens=*/false);
+  }
+
+  static std::string Decode(const TextModel& text_model,
+                            absl::Span<const int64_t> ids,
+                            bool strip_newlines) {
+    std::vector<uint32_t> u;
+    u.reserve(ids.size());
+    for (int64_t id : ids) {
+      if (id >= 0) u.push_back(static_cast<uint32_t>(id));
+    }
+    std::string text =
+        text_model.tokenizer->Decode(u, /*skip_special_tokens=*/true);
+    return strip_newlines ? StripNewlines(text) : text;
+  }
+
+  // The sharer's text model as C2cPipeline builds it from
+  // `sharer_tokenizer_dir`: its tokenizer.json (and template), or only the
+  // template of its tokenizer_config.json over the receiver's vocabulary.
+  absl::Status LoadSharerText(const std::string& dir) {
+    sharer_text_.tokenizer = tokenizer_.get();
+    sharer_text_.chat_template = receiver_text_.chat_template;
+    if (dir.empty()) return absl::OkStatus();
+    if (FileExists(dir + "/tokenizer.json")) {
+      ASSIGN_OR_RETURN(sharer_tokenizer_, Tokenizer::FromDirectory(dir));
+      if (sharer_tokenizer_->vocab_size() > tokenizer_->vocab_size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the sharer tokenizer in ", dir, " has ids up to ",
+            sharer_tokenizer_->vocab_size() - 1,
+            " beyond the receiver tokenizer's ", tokenizer_->vocab_size()));
+      }
+      sharer_text_.tokenizer = sharer_tokenizer_.get();
+      if (!sharer_tokenizer_->chat_template().empty()) {
+        ASSIGN_OR_RETURN(sharer_text_.chat_template,
+                         ChatTemplate::FromTokenizer(*sharer_tokenizer_));
+      }
+      return absl::OkStatus();
+    }
+    if (FileExists(dir + "/tokenizer_config.json")) {
+      // Same vocabulary (C2C's pairs share it), the sharer's own template.
+      ASSIGN_OR_RETURN(sharer_text_.chat_template,
+                       ChatTemplate::FromTokenizerConfigFile(
+                           dir + "/tokenizer_config.json"));
+      return absl::OkStatus();
+    }
+    return absl::NotFoundError(
+        absl::StrCat("no tokenizer.json or tokenizer_config.json in ", dir,
+                     " (--sharer_tokenizer_dir)"));
+  }
+
   std::unique_ptr<Decoder> decoder_;
   std::unique_ptr<C2CFuser> fuser_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::optional<ChatTemplate> chat_template_;
+  std::unique_ptr<Tokenizer> sharer_tokenizer_;
+  TextModel receiver_text_;
+  TextModel sharer_text_;
   int sharer_layers_ = 0;
   ReceiverModelInfo info_;
 };
@@ -240,6 +311,10 @@ absl::StatusOr<std::unique_ptr<TorchReceiverEngine>> TorchReceiverEngine::Load(
   decoder_options.device = device;
   ASSIGN_OR_RETURN(e->decoder_,
                    Decoder::Load(options.model_dir, decoder_options));
+#ifdef KVWIRE_WITH_CUDA
+  // Batch-1 decode steps replay CUDA graphs (KVWIRE_CUDA_GRAPH_DECODE=0: off).
+  InstallCudaGraphDecoder(*e->decoder_);
+#endif
   const ModelConfig& rc = e->decoder_->config();
   e->info_.model = DescribeModel(*e->decoder_, options.model_dir);
 
@@ -265,8 +340,10 @@ absl::StatusOr<std::unique_ptr<TorchReceiverEngine>> TorchReceiverEngine::Load(
   }
   ASSIGN_OR_RETURN(ChatTemplate t, ChatTemplate::FromTokenizer(*e->tokenizer_));
   e->info_.chat_template_family = ChatTemplateFamilyName(t.family());
-  e->chat_template_ = std::move(t);
+  e->receiver_text_.tokenizer = e->tokenizer_.get();
+  e->receiver_text_.chat_template = std::move(t);
   e->info_.tokenizer_vocab_size = e->tokenizer_->vocab_size();
+  RETURN_IF_ERROR(e->LoadSharerText(options.sharer_tokenizer_dir));
 
   // Fuser.
   if (!options.fuser_dir.empty()) {
@@ -323,17 +400,6 @@ absl::StatusOr<std::unique_ptr<TorchReceiverEngine>> TorchReceiverEngine::Load(
 }
 
 }  // namespace
-
-GenerationOptions ToGenerationOptions(const v1::GenerationParams& params) {
-  GenerationOptions o;
-  o.max_new_tokens = params.max_new_tokens() == 0 ? kDefaultMaxNewTokens
-                                                  : params.max_new_tokens();
-  o.sampling.temperature = params.temperature();
-  o.sampling.top_k = params.top_k();
-  o.sampling.top_p = params.top_p() == 0 ? 1.0 : params.top_p();
-  o.sampling.seed = params.seed();
-  return o;
-}
 
 absl::StatusOr<std::unique_ptr<ReceiverEngine>> LoadReceiverEngine(
     const ReceiverEngineOptions& options) {

@@ -41,6 +41,9 @@ ABSL_FLAG(double, batch_max_padding, 0.5,
           "(1 + this) x real tokens.");
 ABSL_FLAG(int64_t, max_prompt_tokens, 8192,
           "Longest prompt accepted (capped by max_position_embeddings).");
+ABSL_FLAG(uint32_t, max_new_tokens, 1024,
+          "Most tokens one Generate call (the text-to-text baseline) may ask "
+          "for.");
 ABSL_FLAG(bool, encode_on_cpu, true,
           "With --device=cuda: copy each computed layer to the host and "
           "encode it with the CPU quantizer (false: quantize on the GPU). "
@@ -58,7 +61,8 @@ namespace {
 constexpr char kUsage[] =
     "runs a sharer model over each request's prompt and "
     "streams its (quantized, selected) KV cache layer by layer over gRPC "
-    "(kvwire.v1.Sharer: Share, GetInfo), with health, reflection, TLS / "
+    "(kvwire.v1.Sharer: Share, GetInfo; Generate for the text-to-text "
+    "baseline), with health, reflection, TLS / "
     "mutual TLS, bearer tokens and Prometheus metrics.\n\n"
     "Example:\n"
     "  kvwire-sharer --model_dir=/models/Qwen2.5-0.5B-Instruct --device=cuda "
@@ -92,6 +96,7 @@ int main(int argc, char** argv) {
   config.engine.dtype = absl::GetFlag(FLAGS_dtype);
   config.engine.device = absl::GetFlag(FLAGS_device);
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  config.engine.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   config.engine.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
   config.engine.encode_on_cpu = absl::GetFlag(FLAGS_encode_on_cpu);
   config.engine.testing_layer_delay =

@@ -6,11 +6,17 @@
 #include "absl/strings/str_cat.h"
 #include "common/codec/scheme.h"
 #include "common/codec/transfer_plan.h"
+#include "common/pipeline/generation_params.h"
+#include "common/status_macros.h"
 
 namespace kvwire {
 
-absl::Status ValidateShareRequest(const v1::ShareRequest& request,
-                                  const v1::SharerInfo& info) {
+namespace {
+
+// What Share and Generate check of the prompt alike.
+template <typename Request>
+absl::Status ValidatePrompt(const Request& request,
+                            const v1::SharerInfo& info) {
   if (request.request_id().size() > kMaxRequestIdBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("request_id has ", request.request_id().size(),
@@ -41,12 +47,40 @@ absl::Status ValidateShareRequest(const v1::ShareRequest& request,
         request.expected_model_fingerprint(), " but this sharer serves ",
         info.model().fingerprint(), " (", info.model().name(), ")"));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateShareRequest(const v1::ShareRequest& request,
+                                  const v1::SharerInfo& info) {
+  RETURN_IF_ERROR(ValidatePrompt(request, info));
+  const int n = request.token_ids_size();
   auto plan =
       PlanTransfer(info.model(), static_cast<uint32_t>(n), request.spec());
   if (!plan.ok()) {
     return absl::Status(
         plan.status().code(),
         absl::StrCat("transfer spec: ", plan.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
+                                     const v1::SharerInfo& info) {
+  RETURN_IF_ERROR(ValidatePrompt(request, info));
+  RETURN_IF_ERROR(
+      ValidateGenerationParams(request.generation(), info.max_new_tokens()));
+  const uint64_t new_tokens = request.generation().max_new_tokens() == 0
+                                  ? kDefaultMaxNewTokens
+                                  : request.generation().max_new_tokens();
+  const uint32_t positions = info.model().max_position_embeddings();
+  if (positions > 0 &&
+      static_cast<uint64_t>(request.token_ids_size()) + new_tokens >
+          positions) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt (", request.token_ids_size(), " tokens) plus ", new_tokens,
+        " new tokens exceed the model's max_position_embeddings ", positions));
   }
   return absl::OkStatus();
 }

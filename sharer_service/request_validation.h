@@ -23,6 +23,14 @@ namespace kvwire {
 absl::Status ValidateShareRequest(const v1::ShareRequest& request,
                                   const v1::SharerInfo& info);
 
+// Errors, in this order: the prompt checks of ValidateShareRequest
+// (request id, token ids, fingerprint), then INVALID_ARGUMENT for
+// generation parameters ValidateGenerationParams refuses (max_new_tokens
+// over info.max_new_tokens, ...) or a prompt plus max_new_tokens past the
+// model's max_position_embeddings.
+absl::Status ValidateGenerateRequest(const v1::GenerateRequest& request,
+                                     const v1::SharerInfo& info);
+
 // The scheme label of a resolved header: the scheme's name when every
 // layer uses it, "mixed" otherwise ("none" without layers).
 std::string SchemeLabel(const v1::KvHeader& header);

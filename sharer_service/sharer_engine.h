@@ -6,6 +6,7 @@
 #define KVWIRE_SHARER_SERVICE_SHARER_ENGINE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,6 +73,16 @@ class SharerEngine {
   virtual std::vector<absl::Status> ShareBatch(
       const std::vector<ShareTask>& tasks) = 0;
 
+  // Generates after request.token_ids (already validated with
+  // ValidateGenerateRequest) on the sharer model, exactly as C2cPipeline's
+  // text-to-text step does (ReceiverSession without a fuser: a prefill of
+  // all but the last id, then the last id and sampling). `alive` is polled
+  // before the prefill and before each decode step; its error ends the
+  // call. INTERNAL for model failures. Thread-safe.
+  virtual absl::StatusOr<v1::GenerateResponse> Generate(
+      const v1::GenerateRequest& request,
+      const std::function<absl::Status()>& alive) = 0;
+
   // One request.
   absl::Status Share(const v1::ShareRequest& request, ChunkSink& sink,
                      ShareReport* report) {
@@ -87,6 +98,8 @@ struct SharerEngineOptions {
   std::string device = "cpu";
   // Longest prompt accepted (also capped by max_position_embeddings).
   int64_t max_prompt_tokens = 8192;
+  // Most tokens one Generate call may ask for (SharerInfo.max_new_tokens).
+  uint32_t max_new_tokens = 1024;
   // With a CUDA model: copy each layer's K/V to the host and encode there
   // (the fused CPU quantizer) instead of quantizing on the GPU.
   bool encode_on_cpu = true;

@@ -334,6 +334,111 @@ void ShareCall::Finish(ShareReactor* reactor, grpc::Status status) {
   reactor->Finish(std::move(status));
 }
 
+// One Generate call: a unary reactor plus this item, shared by the reactor,
+// the WorkQueue and the worker. Whoever ends the call first (the worker, a
+// drop from the queue, or an early error) calls Finish, exactly once.
+class GenerateCall final : public WorkItem {
+ public:
+  GenerateCall(SharerService* service, grpc::CallbackServerContext* context,
+               const v1::GenerateRequest& request,
+               v1::GenerateResponse* response)
+      : service_(service),
+        reactor_(context->DefaultReactor()),
+        request_(request),
+        response_(response),
+        deadline_(DeadlineOf(*context)),
+        peer_(context->peer()),
+        start_(std::chrono::steady_clock::now()) {
+    service_->generate_rpc_.Started();
+  }
+
+  grpc::ServerUnaryReactor* reactor() const { return reactor_; }
+
+  void Begin(const grpc::CallbackServerContext& context,
+             std::shared_ptr<GenerateCall> self) {
+    absl::Status status = service_->auth_->Check(context);
+    if (status.ok()) {
+      status = ValidateGenerateRequest(request_, service_->engine_->info());
+    }
+    if (status.ok()) {
+      // gRPC's cancellation (client gone, deadline) reaches the worker
+      // through Alive(); a queued call leaves the queue at once.
+      context_ = &context;
+      status = service_->queue_->Submit(std::move(self), deadline_);
+    }
+    if (!status.ok()) Complete(std::move(status), {});
+  }
+
+  void Run(absl::Duration queue_wait) override {
+    queue_wait_ = queue_wait;
+    auto result =
+        service_->engine_->Generate(request_, [this] { return Alive(); });
+    if (result.ok()) {
+      Complete(absl::OkStatus(), *std::move(result));
+    } else {
+      Complete(result.status(), {});
+    }
+  }
+
+  void Drop(absl::Status why) override { Complete(std::move(why), {}); }
+
+ private:
+  absl::Status Alive() const {
+    if (context_ != nullptr && context_->IsCancelled()) {
+      return CancellationCause(deadline_);
+    }
+    if (absl::Now() >= deadline_) {
+      return absl::DeadlineExceededError("deadline exceeded");
+    }
+    return absl::OkStatus();
+  }
+
+  void Complete(absl::Status status, v1::GenerateResponse response) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_)
+            .count();
+    service_->generate_rpc_.Finished(status.code(), seconds);
+    if (status.ok()) {
+      service_->generation_stage_.Observe(response.generation_seconds());
+      service_->generated_tokens_.Increment(
+          static_cast<double>(response.token_ids_size()));
+      LOG(INFO) << "generate request_id=" << request_.request_id()
+                << " peer=" << peer_
+                << " status=OK prompt_tokens=" << request_.token_ids_size()
+                << " new_tokens=" << response.token_ids_size()
+                << " queue_s=" << absl::ToDoubleSeconds(queue_wait_)
+                << " prefill_s=" << response.prefill_seconds()
+                << " generation_s=" << response.generation_seconds()
+                << " total_s=" << seconds;
+      *response_ = std::move(response);
+    } else {
+      LOG(INFO) << "generate request_id=" << request_.request_id()
+                << " peer=" << peer_
+                << " status=" << StatusCodeName(status.code()) << " message=\""
+                << status.message() << "\" total_s=" << seconds;
+    }
+    // The reactor (and response_) may go away once Finish is called.
+    reactor_->Finish(ToGrpcStatus(status));
+  }
+
+  SharerService* const service_;
+  grpc::ServerUnaryReactor* const reactor_;
+  const v1::GenerateRequest request_;  // A copy: the worker may outlive it.
+  v1::GenerateResponse* const response_;
+  const grpc::CallbackServerContext* context_ = nullptr;
+  const absl::Time deadline_;
+  const std::string peer_;
+  const std::chrono::steady_clock::time_point start_;
+  absl::Duration queue_wait_;
+  std::mutex mu_;
+  bool finished_ = false;
+};
+
 SharerService::SharerService(SharerEngine* engine, WorkQueue* queue,
                              const BearerTokenAuth* auth, Metrics* metrics,
                              const SharerServiceOptions& options)
@@ -344,6 +449,9 @@ SharerService::SharerService(SharerEngine* engine, WorkQueue* queue,
       options_(options),
       share_rpc_(metrics->Rpc(ServiceRole::kSharer, "Share")),
       info_rpc_(metrics->Rpc(ServiceRole::kSharer, "GetInfo")),
+      generate_rpc_(metrics->Rpc(ServiceRole::kSharer, "Generate")),
+      generation_stage_(metrics->Stage(ServiceRole::kSharer, kStageGeneration)),
+      generated_tokens_(metrics->GeneratedTokens(ServiceRole::kSharer)),
       transfer_(metrics->Transfer(ServiceRole::kSharer)),
       compute_stage_(metrics->Stage(ServiceRole::kSharer, kStageCompute)),
       encode_stage_(metrics->Stage(ServiceRole::kSharer, kStageEncode)),
@@ -370,6 +478,14 @@ BatchRunner SharerService::MakeBatchRunner(SharerEngine* engine) {
     const std::vector<absl::Status> statuses = engine->ShareBatch(tasks);
     for (size_t i = 0; i < calls.size(); ++i) calls[i]->Complete(statuses[i]);
   };
+}
+
+grpc::ServerUnaryReactor* SharerService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
+    v1::GenerateResponse* response) {
+  auto call = std::make_shared<GenerateCall>(this, context, *request, response);
+  call->Begin(*context, call);
+  return call->reactor();
 }
 
 grpc::ServerUnaryReactor* SharerService::GetInfo(

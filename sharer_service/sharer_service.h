@@ -42,12 +42,21 @@ class SharerService final : public v1::Sharer::CallbackService {
                                     const v1::GetInfoRequest* request,
                                     v1::SharerInfo* response) override;
 
+  // Status codes: UNAUTHENTICATED, the ValidateGenerateRequest codes,
+  // RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED / CANCELLED (also
+  // mid-generation), INTERNAL from the model, UNAVAILABLE while shutting
+  // down. Shares the Share calls' work queue (never batched with them).
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
+                                     const v1::GenerateRequest* request,
+                                     v1::GenerateResponse* response) override;
+
   // The WorkQueue batch runner for Share calls: runs them through
   // engine->ShareBatch (see WorkQueue::Options::max_batch).
   static BatchRunner MakeBatchRunner(SharerEngine* engine);
 
  private:
   friend class ShareCall;
+  friend class GenerateCall;
 
   SharerEngine* const engine_;
   WorkQueue* const queue_;
@@ -56,6 +65,9 @@ class SharerService final : public v1::Sharer::CallbackService {
   const SharerServiceOptions options_;
   RpcMetrics& share_rpc_;
   RpcMetrics& info_rpc_;
+  RpcMetrics& generate_rpc_;
+  prometheus::Histogram& generation_stage_;
+  prometheus::Counter& generated_tokens_;
   TransferMetrics& transfer_;
   prometheus::Histogram& compute_stage_;
   prometheus::Histogram& encode_stage_;

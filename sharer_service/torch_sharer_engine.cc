@@ -24,7 +24,12 @@
 #include "common/model/decoder.h"
 #include "common/model/model_fingerprint.h"
 #include "common/model/safetensors.h"
+#include "common/pipeline/receiver_session.h"
 #include "common/status_macros.h"
+
+#ifdef KVWIRE_WITH_CUDA
+#include "common/model/cuda_graph_decoder.h"
+#endif
 #include "sharer_service/sharer_engine.h"
 
 namespace kvwire {
@@ -119,6 +124,19 @@ class TorchSharerEngine final : public SharerEngine {
 
   const v1::SharerInfo& info() const override { return info_; }
 
+  absl::StatusOr<v1::GenerateResponse> Generate(
+      const v1::GenerateRequest& request,
+      const std::function<absl::Status()>& alive) override {
+    try {
+      return GenerateImpl(request, alive);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("sharer model: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("sharer: ", e.what()));
+    }
+  }
+
   std::vector<absl::Status> ShareBatch(
       const std::vector<ShareTask>& tasks) override {
     try {
@@ -156,6 +174,34 @@ class TorchSharerEngine final : public SharerEngine {
       return task->sink->Send(std::move(chunks));
     }
   };
+
+  absl::StatusOr<v1::GenerateResponse> GenerateImpl(
+      const v1::GenerateRequest& request,
+      const std::function<absl::Status()>& alive) {
+    ConfigureThread();
+    RETURN_IF_ERROR(alive());
+    const GenerationOptions options = ToGenerationOptions(request.generation());
+    ASSIGN_OR_RETURN(auto session,
+                     ReceiverSession::Create(
+                         decoder_.get(), /*fuser=*/nullptr,
+                         std::vector<int64_t>(request.token_ids().begin(),
+                                              request.token_ids().end()),
+                         options.max_new_tokens));
+    RETURN_IF_ERROR(session->Prefill());
+    ASSIGN_OR_RETURN(GenerationResult result,
+                     session->Generate(options, nullptr, alive));
+    v1::GenerateResponse response;
+    response.set_request_id(request.request_id());
+    for (int64_t id : result.tokens) {
+      response.add_token_ids(static_cast<uint32_t>(id));
+    }
+    response.set_stopped_at_eos(result.finish_reason == FinishReason::kEos);
+    response.set_prompt_tokens(static_cast<uint32_t>(request.token_ids_size()));
+    response.set_prefill_seconds(session->timings().prefill_seconds);
+    response.set_generation_seconds(session->timings().ttft_seconds +
+                                    session->timings().generation_seconds);
+    return response;
+  }
 
   void ConfigureThread() const {
     // OpenMP's thread count is per calling thread: set it on each worker.
@@ -363,6 +409,10 @@ absl::StatusOr<std::unique_ptr<SharerEngine>> LoadSharerEngine(
   decoder_options.device = device;
   ASSIGN_OR_RETURN(std::unique_ptr<Decoder> decoder,
                    Decoder::Load(options.model_dir, decoder_options));
+#ifdef KVWIRE_WITH_CUDA
+  // Generate's decode steps replay CUDA graphs (KVWIRE_CUDA_GRAPH_DECODE=0).
+  InstallCudaGraphDecoder(*decoder);
+#endif
   ASSIGN_OR_RETURN(std::string fingerprint,
                    CheckpointFingerprint(options.model_dir));
 
@@ -396,6 +446,7 @@ absl::StatusOr<std::unique_ptr<SharerEngine>> LoadSharerEngine(
       static_cast<uint32_t>(std::max<int64_t>(max_tokens, 1)));
 #ifdef KVWIRE_VERSION
   info.set_version(KVWIRE_VERSION);
+  info.set_max_new_tokens(options.max_new_tokens);
 #endif
   return std::unique_ptr<SharerEngine>(
       new TorchSharerEngine(std::move(decoder), std::move(info), options));

@@ -8,6 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/codec/entropy.h"
+#ifdef KVWIRE_WITH_CUDA
+#include "common/codec/cuda_codec.h"
+#endif
 #include "common/codec/quantizer.h"
 #include "common/codec/scheme.h"
 #include "common/codec/token_selection.h"
@@ -75,27 +78,74 @@ absl::Status CheckLayerTensor(const at::Tensor& t, const v1::ModelInfo& model,
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
-                                        v1::KvPart part,
-                                        const QuantParams& params,
-                                        const EncodedIndices& indices,
-                                        const v1::EntropyStage& entropy) {
-  ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(x, params));
+// EncodeBlock of x's tokens at `token_index` (int64 on x's device; all of
+// them when undefined). On CUDA the fused kernels gather, quantize and pack
+// in one pass and only the packed bytes and scales come to the host;
+// otherwise the tokens are gathered with index_select and Quantize runs.
+absl::StatusOr<v1::KvBlock> EncodeSelectedBlock(
+    const at::Tensor& x, const at::Tensor& token_index, uint32_t layer,
+    v1::KvPart part, const QuantParams& params, const EncodedIndices& indices,
+    const v1::EntropyStage& entropy) {
+  std::string values, scales, zero_points;
+  bool encoded = false;
+#ifdef KVWIRE_WITH_CUDA
+  if (x.defined() && x.is_cuda()) {
+    HostQuantizedBlock host;
+    absl::StatusOr<bool> done;
+    try {
+      done = CudaQuantizeToHost(x, token_index, params, &host);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("encoding ", layer, ": ", e.what_without_backtrace()));
+    }
+    if (!done.ok()) return done.status();
+    if (*done) {
+      values = std::move(host.values);
+      scales = std::move(host.scales);
+      zero_points = std::move(host.zero_points);
+      encoded = true;
+    }
+  }
+#endif
+  int64_t heads = 0, tokens = 0, head_dim = 0;
+  if (encoded) {  // x is a 3-D CUDA tensor.
+    heads = x.size(0);
+    tokens = token_index.defined() ? token_index.numel() : x.size(1);
+    head_dim = x.size(2);
+  } else {
+    at::Tensor selected = x;
+    if (token_index.defined()) {
+      try {
+        selected = x.index_select(1, token_index);
+      } catch (const c10::Error& e) {
+        return absl::InternalError(
+            absl::StrCat("gathering tokens: ", e.what_without_backtrace()));
+      }
+    }
+    ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(selected, params));
+    try {
+      values = TensorBytes(q.packed);
+      scales = TensorBytes(q.scales);
+      if (HasZeroPoints(params)) zero_points = TensorBytes(q.zero_points);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("encoding ", layer, ": ", e.what_without_backtrace()));
+    }
+    heads = selected.size(0);
+    tokens = selected.size(1);
+    head_dim = selected.size(2);
+  }
   v1::KvBlock block;
   try {
-    block = BlockMetadata(layer, part, params, static_cast<uint32_t>(x.size(0)),
-                          static_cast<uint32_t>(x.size(2)),
-                          static_cast<uint32_t>(x.size(1)), indices.encoding);
+    block = BlockMetadata(layer, part, params, static_cast<uint32_t>(heads),
+                          static_cast<uint32_t>(head_dim),
+                          static_cast<uint32_t>(tokens), indices.encoding);
     if (indices.encoding == v1::INDEX_ENCODING_BITMAP ||
         indices.encoding == v1::INDEX_ENCODING_DELTA_VARINT) {
       block.set_token_indices(indices.bytes);
     }
-    std::string values = TensorBytes(q.packed);
-    block.set_scales(TensorBytes(q.scales));
-    if (HasZeroPoints(params))
-      block.set_zero_points(TensorBytes(q.zero_points));
+    block.set_scales(std::move(scales));
+    if (HasZeroPoints(params)) block.set_zero_points(std::move(zero_points));
     block.set_values_raw_size(static_cast<uint32_t>(values.size()));
     block.set_entropy(v1::ENTROPY_CODER_NONE);
     if (entropy.coder() == v1::ENTROPY_CODER_ZSTD) {
@@ -113,6 +163,17 @@ absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
   }
   block.set_crc32c(BlockChecksum(block));
   return block;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
+                                        v1::KvPart part,
+                                        const QuantParams& params,
+                                        const EncodedIndices& indices,
+                                        const v1::EntropyStage& entropy) {
+  return EncodeSelectedBlock(x, at::Tensor(), layer, part, params, indices,
+                             entropy);
 }
 
 absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
@@ -168,6 +229,22 @@ absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
                      block.zero_points().size(), " zero-point bytes, expected ",
                      scale_bytes, " and ", zero_bytes));
   }
+#ifdef KVWIRE_WITH_CUDA
+  if (device.is_cuda()) {
+    at::Tensor out;
+    absl::StatusOr<bool> done;
+    try {
+      done = CudaDequantizeFromHost(*values, block.scales(),
+                                    block.zero_points(), params, heads, tokens,
+                                    dim, dtype, device, &out);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("decoding block: ", e.what_without_backtrace()));
+    }
+    if (!done.ok()) return done.status();
+    if (*done) return out;
+  }
+#endif
   try {
     QuantizedTensor q;
     q.packed = BytesTensor(*values, at::kByte, {raw_size}, device);
@@ -255,7 +332,6 @@ absl::Status KvStreamEncoder::EncodeLayer(const LayerTransfer& lt,
                                           const at::Tensor& values,
                                           std::vector<v1::KvChunk>* out) {
   EncodedIndices indices;
-  at::Tensor k = keys, v = values;
   const bool all_tokens =
       plan_.selected_tokens == plan_.total_tokens &&
       plan_.spec.selection().mode() != v1::SELECTION_EXPLICIT;
@@ -272,26 +348,28 @@ absl::Status KvStreamEncoder::EncodeLayer(const LayerTransfer& lt,
     ASSIGN_OR_RETURN(indices, EncodeTokenIndices(own, plan_.total_tokens));
     selected = &own;
   }
+  // The gather happens inside EncodeSelectedBlock: fused into the CUDA
+  // kernels, index_select elsewhere.
+  at::Tensor idx;
   try {
     if (selected != nullptr) {
-      const at::Tensor idx =
-          at::tensor(std::vector<int64_t>(selected->begin(), selected->end()),
-                     at::TensorOptions().dtype(at::kLong))
-              .to(keys.device());
-      k = keys.index_select(1, idx);
-      v = values.index_select(1, idx);
+      idx = at::tensor(std::vector<int64_t>(selected->begin(), selected->end()),
+                       at::TensorOptions().dtype(at::kLong))
+                .to(keys.device());
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("gathering tokens: ", e.what_without_backtrace()));
   }
-  ASSIGN_OR_RETURN(v1::KvBlock kb,
-                   EncodeBlock(k, lt.layer, v1::KV_PART_KEY, lt.key_params,
-                               indices, plan_.spec.entropy()));
+  ASSIGN_OR_RETURN(
+      v1::KvBlock kb,
+      EncodeSelectedBlock(keys, idx, lt.layer, v1::KV_PART_KEY, lt.key_params,
+                          indices, plan_.spec.entropy()));
   RETURN_IF_ERROR(writer_.AddBlock(std::move(kb), out));
-  ASSIGN_OR_RETURN(v1::KvBlock vb,
-                   EncodeBlock(v, lt.layer, v1::KV_PART_VALUE, lt.value_params,
-                               indices, plan_.spec.entropy()));
+  ASSIGN_OR_RETURN(
+      v1::KvBlock vb,
+      EncodeSelectedBlock(values, idx, lt.layer, v1::KV_PART_VALUE,
+                          lt.value_params, indices, plan_.spec.entropy()));
   return writer_.AddBlock(std::move(vb), out);
 }
 

@@ -13,6 +13,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/codec/cpu_quantize.h"
+#ifdef KVWIRE_WITH_CUDA
+#include "common/codec/cuda_codec.h"
+#endif
 #include "common/status_macros.h"
 
 namespace kvwire {
@@ -262,7 +265,7 @@ at::Tensor AllFinite(const at::Tensor& t) { return at::isfinite(t).all(); }
 
 absl::StatusOr<QuantizedTensor> QuantizeImpl(const at::Tensor& x,
                                              const QuantParams& params,
-                                             bool allow_cpu_kernel) {
+                                             bool allow_fused) {
   if (!x.defined()) return absl::InvalidArgumentError("input is undefined");
   if (x.dim() != 3) {
     return absl::InvalidArgumentError(
@@ -308,9 +311,20 @@ absl::StatusOr<QuantizedTensor> QuantizeImpl(const at::Tensor& x,
   const bool asymmetric = HasZeroPoints(params);
   const Layout layout = MakeLayout(params, heads, tokens, head_dim);
 
+#ifdef KVWIRE_WITH_CUDA
+  // The fused CUDA kernels (bit-identical to the CPU kernel and to what
+  // follows); they decline what they do not handle, NaN/Inf and fp16
+  // overflow included, and the ATen path below takes over.
+  if (allow_fused && xc.is_cuda()) {
+    QuantizedTensor fast;
+    ASSIGN_OR_RETURN(const bool done,
+                     CudaQuantizeTensor(xc, at::Tensor(), params, &fast));
+    if (done) return fast;
+  }
+#endif
   // The fused CPU kernel (bit-identical to what follows). On NaN/Inf or fp16
   // overflow it declines, and the ATen path below reports the error.
-  if (allow_cpu_kernel && xc.device().is_cpu() &&
+  if (allow_fused && xc.device().is_cpu() &&
       (xc.scalar_type() == at::kBFloat16 || xc.scalar_type() == at::kFloat) &&
       CpuQuantizeSupports(params)) {
     const int64_t n_scales = ScaleCount(params, heads, tokens, head_dim);
@@ -486,6 +500,15 @@ absl::StatusOr<at::Tensor> DequantizeImpl(const QuantizedTensor& q,
     }
   }
 
+#ifdef KVWIRE_WITH_CUDA
+  {
+    at::Tensor fast;
+    ASSIGN_OR_RETURN(
+        const bool done,
+        CudaDequantizeTensor(q, params, heads, tokens, head_dim, dtype, &fast));
+    if (done) return fast;
+  }
+#endif
   const int bits = BitsPerValue(params.scheme);
   const at::Tensor codes = UnpackCodes(q.packed, bits, count);
   if (!codes.defined()) return absl::InternalError("unpacking failed");
@@ -523,7 +546,7 @@ absl::StatusOr<QuantizedTensor> Quantize(const at::Tensor& x,
                                          const QuantParams& params) {
   try {
     at::NoGradGuard no_grad;
-    return QuantizeImpl(x, params, /*allow_cpu_kernel=*/true);
+    return QuantizeImpl(x, params, /*allow_fused=*/true);
   } catch (const c10::Error& e) {
     return FromException(e, "Quantize");
   } catch (const std::exception& e) {
@@ -535,7 +558,7 @@ absl::StatusOr<QuantizedTensor> QuantizeReference(const at::Tensor& x,
                                                   const QuantParams& params) {
   try {
     at::NoGradGuard no_grad;
-    return QuantizeImpl(x, params, /*allow_cpu_kernel=*/false);
+    return QuantizeImpl(x, params, /*allow_fused=*/false);
   } catch (const c10::Error& e) {
     return FromException(e, "QuantizeReference");
   } catch (const std::exception& e) {

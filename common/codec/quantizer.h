@@ -1,6 +1,7 @@
 // Quantizes one KV block ([kv_heads, tokens, head_dim], bf16/fp16/fp32, on
 // any device) into packed codes plus fp16 scales (and zero points), and back.
-// Written with ATen ops so the same code runs on CPU and CUDA tensors.
+// Written with ATen ops so the same code runs on CPU and CUDA tensors; fused
+// CPU and (KVWIRE_WITH_CUDA) CUDA kernels take over where they apply.
 //
 // Code layout (docs/PROTOCOL.md is normative):
 //  * BF16/FP16 passthrough: the tensor converted to that dtype, raw
@@ -48,9 +49,10 @@ struct QuantizedTensor {
 absl::StatusOr<QuantizedTensor> Quantize(const at::Tensor& x,
                                          const QuantParams& params);
 
-// Quantize through ATen ops only, never the fused CPU kernel that Quantize
-// uses for contiguous bf16/fp32 CPU input: the reference the kernel must
-// match bit for bit (and the path CUDA tensors always take).
+// Quantize through ATen ops only, never the fused kernels that Quantize uses
+// for contiguous bf16/fp32 CPU input (cpu_quantize.h) and, in CUDA builds,
+// for CUDA input (cuda_quantize.h): the reference both must match bit for
+// bit (and the fallback for whatever the kernels do not handle).
 absl::StatusOr<QuantizedTensor> QuantizeReference(const at::Tensor& x,
                                                   const QuantParams& params);
 

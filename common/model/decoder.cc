@@ -3,7 +3,9 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/pow.h>
@@ -468,6 +470,18 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
   }
   const bool uniform = std::all_of(starts.begin(), starts.end(),
                                    [&](int64_t s) { return s == starts[0]; });
+  if (accelerator_ != nullptr && batch == 1 && width == 1 &&
+      on_layer == nullptr && logits_mode == LogitsMode::kLast) {
+    ASSIGN_OR_RETURN(at::Tensor out,
+                     accelerator_->DecodeStep(*this, tokens[0][0], cache));
+    if (out.defined()) {
+      cache.lengths_[0] = starts[0] + 1;
+      return Guarded("decode accelerator output",
+                     [&]() -> absl::StatusOr<at::Tensor> {
+                       return out.reshape({1, c.vocab_size});
+                     });
+    }
+  }
 
   return Guarded("decoder forward", [&]() -> absl::StatusOr<at::Tensor> {
     c10::InferenceMode inference;
@@ -663,6 +677,192 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
     h = RmsNorm(h, impl.final_norm, c.rms_norm_eps);
     return at::linear(h, impl.lm_head).to(at::kFloat);
   });
+}
+
+int64_t StaticDecodeSpan(int64_t position, int64_t capacity, int64_t min_span) {
+  int64_t span = 1;
+  while (span < position + 1 || span < min_span) span *= 2;
+  return std::min(span, capacity);
+}
+
+absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
+                                       const at::Tensor& storage, int64_t span,
+                                       const DecodeStepKernels* kernels) const {
+  const ModelConfig& c = config_;
+  const c10::Device device = options_.device;
+  if (!storage.defined() || storage.dim() != 6 ||
+      storage.size(0) != c.num_hidden_layers || storage.size(1) != 2 ||
+      storage.size(2) != 1 || storage.size(3) != c.num_key_value_heads ||
+      storage.size(5) != c.head_dim ||
+      storage.scalar_type() != options_.dtype || storage.device() != device) {
+    return absl::InvalidArgumentError(
+        "static decode needs the storage of a batch-1 KV cache of this model");
+  }
+  if (span < 1 || span > storage.size(4)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "static decode span ", span, " outside [1, ", storage.size(4), "]"));
+  }
+  auto is_index = [&](const at::Tensor& t) {
+    return t.defined() && t.numel() == 1 && t.scalar_type() == at::kLong &&
+           t.device() == device;
+  };
+  if (!is_index(io.token) || !is_index(io.position) || !io.logits.defined() ||
+      io.logits.numel() != c.vocab_size ||
+      io.logits.scalar_type() != at::kFloat || io.logits.device() != device) {
+    return absl::InvalidArgumentError(
+        "static decode needs token and position int64 [1] and logits fp32 "
+        "[vocab] on the model device");
+  }
+  return Guarded("static decode step", [&]() -> absl::Status {
+    c10::InferenceMode inference;
+    const Impl& impl = *impl_;
+    const at::ScalarType dtype = options_.dtype;
+    const int64_t heads = c.num_attention_heads;
+    const int64_t kv_heads = c.num_key_value_heads;
+    const int64_t dim = c.head_dim;
+    const int64_t groups = heads / kv_heads;
+    const int64_t q_out = heads * dim;
+    const int64_t kv_out = kv_heads * dim;
+    const int64_t inter = c.intermediate_size;
+    const double eps = c.rms_norm_eps;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    auto norm = [&](const at::Tensor& x, const at::Tensor& weight) {
+      return kernels != nullptr && kernels->rms_norm
+                 ? kernels->rms_norm(x, weight, eps)
+                 : RmsNorm(x, weight, eps);
+    };
+    auto rope = [&](const at::Tensor& x, const at::Tensor& cs,
+                    const at::Tensor& sn) {
+      return kernels != nullptr && kernels->rope ? kernels->rope(x, cs, sn)
+                                                 : x * cs + RotateHalf(x) * sn;
+    };
+    const at::Tensor pos = io.position.reshape({1});
+
+    // cos/sin [1, 1, 1, D] per distinct RoPE, as Forward computes them.
+    std::vector<at::Tensor> cos, sin;
+    const at::Tensor pos_f = pos.to(at::kFloat).view({1, 1, 1});
+    for (const at::Tensor& inv_freq : impl.inv_freq) {
+      const at::Tensor freqs = pos_f * inv_freq;  // [1, 1, D/2]
+      const at::Tensor emb = at::cat({freqs, freqs}, -1);
+      cos.push_back(emb.cos().to(dtype).unsqueeze(1));
+      sin.push_back(emb.sin().to(dtype).unsqueeze(1));
+    }
+    // Masks [1, 1, 1, span] per sliding window (0: none): keys j <= pos and
+    // pos - j < window.
+    std::map<int64_t, at::Tensor> masks;
+    auto mask_for = [&](int64_t window) -> const at::Tensor& {
+      auto it = masks.find(window);
+      if (it != masks.end()) return it->second;
+      const at::Tensor kpos =
+          at::arange(span, at::TensorOptions().dtype(at::kLong).device(device));
+      at::Tensor allowed = kpos.le(pos);
+      if (window > 0) allowed = allowed.logical_and((pos - kpos).lt(window));
+      return masks.emplace(window, allowed.view({1, 1, 1, span})).first->second;
+    };
+
+    std::map<int64_t, at::Tensor> float_masks;  // SDPA: additive masks.
+    at::Tensor h =
+        impl.embed.index_select(0, io.token.reshape({1})).view({1, 1, -1});
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const LayerWeights& w = impl.layers[l];
+      at::Tensor x = norm(h, w.input_norm);
+      const at::Tensor qkv = at::linear(x, w.qkv_w, w.qkv_b);
+      at::Tensor q = qkv.narrow(-1, 0, q_out).reshape({1, 1, heads, dim});
+      at::Tensor k =
+          qkv.narrow(-1, q_out, kv_out).reshape({1, 1, kv_heads, dim});
+      at::Tensor v =
+          qkv.narrow(-1, q_out + kv_out, kv_out).reshape({1, 1, kv_heads, dim});
+      if (c.qk_norm) {
+        q = norm(q, w.q_norm);
+        k = norm(k, w.k_norm);
+      }
+      q = rope(q.transpose(1, 2), cos[w.rope_index], sin[w.rope_index]);
+      k = rope(k.transpose(1, 2), cos[w.rope_index], sin[w.rope_index]);
+      v = v.transpose(1, 2);
+
+      const at::Tensor kc = storage.select(0, l).select(0, 0);  // [1,Hkv,C,D]
+      const at::Tensor vc = storage.select(0, l).select(0, 1);
+      kc.index_copy_(2, pos, k);
+      vc.index_copy_(2, pos, v);
+      const at::Tensor keys = kc.narrow(2, 0, span);
+      const at::Tensor values = vc.narrow(2, 0, span);
+      const at::Tensor& allowed = mask_for(
+          w.sliding_window > 0 && w.sliding_window < span ? w.sliding_window
+                                                          : 0);
+      const at::Tensor qg = q.reshape({1, kv_heads, groups, dim});
+      at::Tensor attn;  // [1, H, 1, D]
+      if (impl.sdpa) {
+#if KVWIRE_HAS_SDPA
+        // The additive mask SDPA would derive from the boolean one, built
+        // once per step instead of once per layer.
+        const int64_t window_key =
+            w.sliding_window > 0 && w.sliding_window < span ? w.sliding_window
+                                                            : 0;
+        auto it = float_masks.find(window_key);
+        if (it == float_masks.end()) {
+          it = float_masks
+                   .emplace(window_key,
+                            at::zeros(
+                                {1, 1, groups, span},
+                                at::TensorOptions().dtype(dtype).device(device))
+                                .masked_fill_(
+                                    allowed.logical_not(),
+                                    -std::numeric_limits<double>::infinity()))
+                   .first;
+        }
+        attn = at::scaled_dot_product_attention(qg, keys, values, it->second,
+                                                0.0, false
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 1
+                                                ,
+                                                scale
+#endif
+                                                )
+                   .reshape({1, heads, 1, dim});
+#endif
+      } else {
+        const at::Tensor scores =
+            (at::matmul(qg, keys.transpose(2, 3)) * scale)
+                .masked_fill(allowed.logical_not(),
+                             -std::numeric_limits<double>::infinity());
+        const at::Tensor probs = scores.softmax(-1, at::kFloat).to(dtype);
+        attn = at::matmul(probs, values).reshape({1, heads, 1, dim});
+      }
+      const at::Tensor attn_out = attn.transpose(1, 2).reshape({1, 1, q_out});
+      h = h + at::linear(attn_out, w.o_w, w.o_b);
+
+      x = norm(h, w.post_norm);
+      const at::Tensor gate_up = at::linear(x, w.gate_up_w, w.gate_up_b);
+      const at::Tensor mlp = kernels != nullptr && kernels->silu_mul
+                                 ? kernels->silu_mul(gate_up)
+                                 : at::silu(gate_up.narrow(-1, 0, inter)) *
+                                       gate_up.narrow(-1, inter, inter);
+      h = h + at::linear(mlp, w.down_w, w.down_b);
+    }
+    h = norm(h.reshape({1, c.hidden_size}), impl.final_norm);
+    io.logits.view({1, c.vocab_size}).copy_(at::linear(h, impl.lm_head));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<at::Tensor> StaticDecodeAccelerator::DecodeStep(
+    const Decoder& decoder, int64_t token_id, const KvCache& cache) {
+  if (cache.batch_size() != 1) return at::Tensor();
+  const int64_t position = cache.length(0);
+  StaticDecodeIo io;
+  RETURN_IF_ERROR(Guarded("static decode inputs", [&]() -> absl::Status {
+    const auto options =
+        at::TensorOptions().dtype(at::kLong).device(decoder.device());
+    io.token = at::full({1}, token_id, options);
+    io.position = at::full({1}, position, options);
+    io.logits =
+        at::empty({decoder.config().vocab_size}, options.dtype(at::kFloat));
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(decoder.StaticDecodeStep(
+      io, cache.storage(),
+      StaticDecodeSpan(position, cache.capacity(), min_span_)));
+  ++steps_;
+  return io.logits;
 }
 
 absl::StatusOr<at::Tensor> Decoder::Prefill(absl::Span<const int64_t> token_ids,

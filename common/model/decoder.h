@@ -161,6 +161,79 @@ struct GenerationResult {
   FinishReason finish_reason = FinishReason::kLength;
 };
 
+// Optional replacements for a few ATen op chains of Decoder::StaticDecodeStep
+// (e.g. fused CUDA kernels in kvwire_model_cuda). Each must compute what the
+// ATen reference computes, rounding included, up to the order of fp32
+// reductions. An empty function: the ATen ops.
+struct DecodeStepKernels {
+  // HF RMSNorm over the last dim: fp32 statistics, cast back, weight * x.
+  std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight,
+                           double eps)>
+      rms_norm;
+  // HF rotate-half RoPE: x * cos + rotate_half(x) * sin, each product and
+  // the sum rounded to x's dtype. x [..., D]; cos/sin broadcast to x.
+  std::function<at::Tensor(const at::Tensor& x, const at::Tensor& cos,
+                           const at::Tensor& sin)>
+      rope;
+  // silu(x[..., :n]) * x[..., n:] for x [..., 2n] (each op rounded).
+  std::function<at::Tensor(const at::Tensor& gate_up)> silu_mul;
+};
+
+// Inputs and output of Decoder::StaticDecodeStep: tensors on the model
+// device whose contents change between steps but whose shapes and addresses
+// do not (so the step can be captured once as a CUDA graph and replayed).
+struct StaticDecodeIo {
+  at::Tensor token;     // [1] int64: the token fed.
+  at::Tensor position;  // [1] int64: its position (cache holds [0, position)).
+  at::Tensor logits;    // [vocab] fp32: written by the step.
+};
+
+// The key span a static decode step at `position` attends: the smallest
+// power of two >= max(position + 1, min_span), at most `capacity`. Spans are
+// bucketed so that one captured graph serves many positions while short
+// contexts do not pay for the whole capacity.
+int64_t StaticDecodeSpan(int64_t position, int64_t capacity,
+                         int64_t min_span = 64);
+
+class Decoder;
+
+// Runs single-token batch-1 decode steps faster than Decoder::Forward (e.g.
+// kvwire_model_cuda's CudaGraphDecoder). Installed with
+// Decoder::SetDecodeAccelerator; the decoder then hands it every batch-1,
+// one-token, kLast forward without a layer callback (DecodeStep, Generate's
+// steps, a one-token Prefill). Must be thread-safe: it may decline (return
+// an undefined tensor) whenever it cannot serve a call, e.g. while another
+// thread uses it.
+class DecodeAccelerator {
+ public:
+  virtual ~DecodeAccelerator() = default;
+  // Runs `token_id` at position cache.length(0) of a batch-1 `cache` of the
+  // decoder's model, writing its K/V into the cache storage at that
+  // position (the decoder then advances the length), and returns its logits
+  // [vocab] (fp32, model device; the caller's to keep). An undefined tensor
+  // with an OK status declines the call: the decoder runs it eagerly.
+  virtual absl::StatusOr<at::Tensor> DecodeStep(const Decoder& decoder,
+                                                int64_t token_id,
+                                                const KvCache& cache) = 0;
+};
+
+// Reference accelerator: Decoder::StaticDecodeStep run eagerly over spans of
+// StaticDecodeSpan. Slower than the plain path; it exists to test the static
+// step (the CUDA-graph accelerator replays exactly this computation).
+class StaticDecodeAccelerator : public DecodeAccelerator {
+ public:
+  explicit StaticDecodeAccelerator(int64_t min_span = 64)
+      : min_span_(min_span) {}
+  absl::StatusOr<at::Tensor> DecodeStep(const Decoder& decoder,
+                                        int64_t token_id,
+                                        const KvCache& cache) override;
+  int64_t steps() const { return steps_; }
+
+ private:
+  int64_t min_span_;
+  int64_t steps_ = 0;  // Not synchronized: for single-threaded tests.
+};
+
 class Decoder {
  public:
   // Loads config.json, generation_config.json (optional) and the weights
@@ -231,6 +304,28 @@ class Decoder {
                                               const SamplingOptions& sampling,
                                               int64_t step) const;
 
+  // One decode step of a batch-1 cache whose tensor shapes do not depend on
+  // the position, for CUDA-graph capture: reads io.token and io.position on
+  // the device, computes RoPE from the position, writes the token's K/V at
+  // that position of `storage` (a batch-1 KvCache::storage(), lengths
+  // untouched), attends keys [0, span) under a mask computed on the device
+  // (keys j <= position, and within each layer's sliding window), and writes
+  // the logits into io.logits. Needs position < span <= capacity; the
+  // position is not checked (it is never read on the host). No host
+  // synchronization and no data-dependent shapes: capturable. Same results
+  // as DecodeStep up to the order of floating-point reductions. `kernels`
+  // (optional) replaces some op chains with fused kernels.
+  absl::Status StaticDecodeStep(
+      const StaticDecodeIo& io, const at::Tensor& storage, int64_t span,
+      const DecodeStepKernels* kernels = nullptr) const;
+
+  // Installs (or, with nullptr, removes) a batch-1 decode accelerator (see
+  // DecodeAccelerator). Not thread-safe: call before sharing the decoder.
+  void SetDecodeAccelerator(std::shared_ptr<DecodeAccelerator> accelerator) {
+    accelerator_ = std::move(accelerator);
+  }
+  DecodeAccelerator* decode_accelerator() const { return accelerator_.get(); }
+
  private:
   struct Impl;
   Decoder(ModelConfig config, DecoderOptions options);
@@ -245,6 +340,7 @@ class Decoder {
   ModelConfig config_;
   DecoderOptions options_;
   std::unique_ptr<Impl> impl_;
+  std::shared_ptr<DecodeAccelerator> accelerator_;
 };
 
 }  // namespace kvwire

@@ -15,6 +15,10 @@
 #include "common/model/safetensors.h"
 #include "common/status_macros.h"
 
+#ifdef KVWIRE_WITH_CUDA
+#include "common/model/cuda_graph_decoder.h"
+#endif
+
 namespace kvwire {
 namespace {
 
@@ -241,9 +245,16 @@ absl::StatusOr<std::unique_ptr<C2cPipeline>> C2cPipeline::Load(
   p->options_ = options;
   ASSIGN_OR_RETURN(p->receiver_,
                    Decoder::Load(options.receiver_dir, options.receiver));
+#ifdef KVWIRE_WITH_CUDA
+  // Batch-1 decode steps replay CUDA graphs (KVWIRE_CUDA_GRAPH_DECODE=0: off).
+  InstallCudaGraphDecoder(*p->receiver_);
+#endif
   if (!options.sharer_dir.empty()) {
     ASSIGN_OR_RETURN(p->sharer_,
                      Decoder::Load(options.sharer_dir, options.sharer));
+#ifdef KVWIRE_WITH_CUDA
+    InstallCudaGraphDecoder(*p->sharer_);
+#endif
     p->sharer_info_ = DescribeModel(*p->sharer_, options.sharer_dir);
   }
   if (!options.fuser_dir.empty()) {

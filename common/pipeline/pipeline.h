@@ -56,6 +56,7 @@
 #include "common/codec/kv_codec.h"
 #include "common/fuser/fuser.h"
 #include "common/model/decoder.h"
+#include "common/pipeline/generation_params.h"
 #include "common/pipeline/receiver_session.h"
 #include "common/pipeline/selection.h"
 #include "common/tokenizer/chat_template.h"
@@ -70,14 +71,6 @@ enum class PipelineMode { kReceiverOnly, kSharerOnly, kC2C, kTextToText };
 // underscores).
 const char* PipelineModeName(PipelineMode mode);
 absl::StatusOr<PipelineMode> ParsePipelineMode(absl::string_view name);
-
-// The sharer's prompt in text-to-text mode: the C2C paper's "Text 3"
-// (arXiv 2510.03215 v2, Appendix), with {question} replaced by the question
-// (the request's background_question, else its last user message).
-inline constexpr char kTextToTextPrompt[] =
-    "In one clear sentence, describe the most essential background knowledge "
-    "needed to answer the question:{question} Do NOT directly solve or give "
-    "answer to the question.";
 
 // ------------------------------------------------------------ sharer half
 

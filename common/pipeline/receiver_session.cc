@@ -34,6 +34,17 @@ auto Guarded(absl::string_view what, Fn&& fn) -> decltype(fn()) {
 
 }  // namespace
 
+void ReceiverSession::Trace(const char* track, std::string name,
+                            Clock::time_point start) const {
+  if (trace_ == nullptr) return;
+  const at::Tensor& storage = cache_.storage();
+  if (storage.defined() && storage.is_cuda()) {
+    // A one-element copy to the host waits for the stream's work so far.
+    (void)storage.view(-1).narrow(0, 0, 1).to(at::kCPU);
+  }
+  trace_->Add(track, std::move(name), start, Clock::now());
+}
+
 ReceiverSession::ReceiverSession(const Decoder* receiver, const C2CFuser* fuser,
                                  std::vector<int64_t> prompt_ids, KvCache cache)
     : receiver_(receiver),
@@ -92,6 +103,8 @@ absl::Status ReceiverSession::Prefill() {
                                      LogitsMode::kNone);
     if (!logits.ok()) return logits.status();
   }
+  Trace("receiver model", absl::StrCat("prefill (", fused_length_, " tokens)"),
+        start);
   absl::MutexLock lock(&mu_);
   timings_.prefill_seconds = SecondsSince(start);
   if (fuser_ != nullptr) {
@@ -190,6 +203,15 @@ absl::Status ReceiverSession::AddChunk(const v1::KvChunk& chunk) {
   auto decoded = stream_.Consume(chunk);
   timings_.decode_seconds += SecondsSince(start);
   if (!decoded.ok()) return decoded.status();
+  if (trace_ != nullptr) {
+    std::string what = chunk.has_header()    ? "header"
+                       : chunk.has_trailer() ? "trailer"
+                                             : "chunk";
+    if (chunk.has_block()) {
+      absl::StrAppend(&what, " (layer ", chunk.block().layer(), ")");
+    }
+    Trace("receiver stream", absl::StrCat("decode ", what), start);
+  }
   if (!had_header && stream_.has_header() &&
       static_cast<int64_t>(stream_.header().token_count()) != fused_length_) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -257,11 +279,25 @@ absl::StatusOr<std::vector<int>> ReceiverSession::FuseLocked(
       fusion_->AddSharerLayer(static_cast<int>(layer.layer),
                               layer.token_indices, layer.keys, layer.values);
   timings_.fuse_seconds += SecondsSince(start);
+  Trace("receiver fusion", absl::StrCat("fuse sharer layer ", layer.layer),
+        start);
   return fused;
 }
 
+GenerationOptions ToGenerationOptions(const v1::GenerationParams& params) {
+  GenerationOptions o;
+  o.max_new_tokens = params.max_new_tokens() == 0 ? kDefaultMaxNewTokens
+                                                  : params.max_new_tokens();
+  o.sampling.temperature = params.temperature();
+  o.sampling.top_k = params.top_k();
+  o.sampling.top_p = params.top_p() == 0 ? 1.0 : params.top_p();
+  o.sampling.seed = params.seed();
+  return o;
+}
+
 absl::StatusOr<GenerationResult> ReceiverSession::Generate(
-    const GenerationOptions& options, const TokenCallback& on_token) {
+    const GenerationOptions& options, const TokenCallback& on_token,
+    const StopCheck& should_stop) {
   bool need_prefill = false;
   {
     absl::MutexLock lock(&mu_);
@@ -296,10 +332,18 @@ absl::StatusOr<GenerationResult> ReceiverSession::Generate(
   ASSIGN_OR_RETURN(at::Tensor logits, receiver_->Prefill(last, cache_, nullptr,
                                                          LogitsMode::kLast));
   Clock::time_point first;
+  Clock::time_point step_start = start;
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
     ASSIGN_OR_RETURN(std::vector<int64_t> next,
                      receiver_->Sample(logits, options.sampling, step));
     const int64_t token = next[0];
+    // Sampling reads the logits on the host: the step is complete here.
+    if (trace_ != nullptr) {
+      trace_->Add("receiver model",
+                  step == 0 ? "last prompt token + token 0"
+                            : absl::StrCat("token ", step),
+                  step_start, Clock::now());
+    }
     result.tokens.push_back(token);
     if (step == 0) {
       first = Clock::now();
@@ -311,6 +355,8 @@ absl::StatusOr<GenerationResult> ReceiverSession::Generate(
       break;
     }
     if (step + 1 == options.max_new_tokens) break;
+    if (should_stop) RETURN_IF_ERROR(should_stop());
+    step_start = Clock::now();
     ASSIGN_OR_RETURN(logits, receiver_->DecodeStep(token, cache_));
   }
   timings_.generation_seconds = SecondsSince(first);

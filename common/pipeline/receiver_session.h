@@ -53,6 +53,8 @@
 #include "common/codec/kv_codec.h"
 #include "common/fuser/fuser.h"
 #include "common/model/decoder.h"
+#include "common/pipeline/generation_params.h"
+#include "common/trace.h"
 #include "kvwire/v1/kvwire.pb.h"
 
 namespace kvwire {
@@ -70,6 +72,15 @@ enum class ReceiverSignal {
 
 // Called with each generated token as soon as it is sampled.
 using TokenCallback = std::function<void(int64_t index, int64_t token_id)>;
+// Polled before each decode step of Generate; a non-OK status (the call was
+// cancelled or its deadline passed) ends generation with that status.
+using StopCheck = std::function<absl::Status()>;
+
+// A request's GenerationParams as decoder options: max_new_tokens 0 ->
+// kDefaultMaxNewTokens; top_p 0 -> 1 (off); the rest as given (temperature
+// 0: greedy). Stop tokens: the model's generation_config.json. Both
+// services use it, so the in-process reference samples exactly as they do.
+GenerationOptions ToGenerationOptions(const v1::GenerationParams& params);
 
 struct ReceiverTimings {
   double prefill_seconds = 0;     // Own prefill of ids[0, L-1).
@@ -131,8 +142,8 @@ class ReceiverSession {
   // Runs the last prompt token over the (fused) cache and generates. Held
   // layers are fused first if the prefill is done. May be called once.
   absl::StatusOr<GenerationResult> Generate(
-      const GenerationOptions& options,
-      const TokenCallback& on_token = nullptr);
+      const GenerationOptions& options, const TokenCallback& on_token = nullptr,
+      const StopCheck& should_stop = nullptr);
 
   bool prefilled() const;
   // Receiver layer t has been fused.
@@ -151,7 +162,17 @@ class ReceiverSession {
   const KvCache& cache() const { return cache_; }
   const Decoder& receiver() const { return *receiver_; }
 
+  // Records the session's stages into `trace` (not owned; null: off). On a
+  // GPU each traced stage then waits for the device before its end time.
+  // Call before anything else.
+  void set_trace(RequestTrace* trace) { trace_ = trace; }
+
  private:
+  // With a trace: waits for the device (GPU work is asynchronous) and adds
+  // [start, now] to `track`.
+  void Trace(const char* track, std::string name,
+             std::chrono::steady_clock::time_point start) const;
+
   ReceiverSession(const Decoder* receiver, const C2CFuser* fuser,
                   std::vector<int64_t> prompt_ids, KvCache cache);
 
@@ -175,6 +196,7 @@ class ReceiverSession {
   std::map<uint32_t, std::vector<uint32_t>> received_;
   KvStreamDecoder stream_;
   ReceiverTimings timings_;
+  RequestTrace* trace_ = nullptr;
 };
 
 }  // namespace kvwire

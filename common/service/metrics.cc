@@ -1,6 +1,8 @@
 // Prometheus registry, families and exposer of the kvwire services.
 #include "common/service/metrics.h"
 
+#include <CivetServer.h>
+#include <civetweb.h>
 #include <prometheus/exposer.h>
 #include <prometheus/text_serializer.h>
 
@@ -12,6 +14,53 @@
 
 namespace kvwire {
 namespace {
+
+// ------------------------------------------------------------ live page
+
+// The live pages served beside /metrics, by listening port. civetweb's
+// begin_request callback carries no user data of ours (CivetServer keeps
+// the context's user data for itself), so the callback finds its page by
+// the port the request came in on.
+std::mutex& LivePagesMutex() {
+  static auto* const mu = new std::mutex();
+  return *mu;
+}
+std::map<int, const LiveStats*>& LivePages() {
+  static auto* const pages = new std::map<int, const LiveStats*>();
+  return *pages;
+}
+
+// civetweb's begin_request: serves /live and /live/data.json, leaves every
+// other path (/metrics) to the Exposer's handlers (returns 0).
+int ServeLivePage(mg_connection* conn) {
+  const mg_request_info* info = mg_get_request_info(conn);
+  if (info == nullptr || info->local_uri == nullptr) return 0;
+  const absl::string_view uri(info->local_uri);
+  const bool data = uri == "/live/data.json";
+  if (!data && uri != "/live" && uri != "/live/") return 0;
+  const LiveStats* live = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(LivePagesMutex());
+    auto it = LivePages().find(info->server_port);
+    if (it != LivePages().end()) live = it->second;
+  }
+  if (live == nullptr) return 0;
+  const absl::string_view method(
+      info->request_method != nullptr ? info->request_method : "");
+  if (method != "GET" && method != "HEAD") {
+    mg_send_http_error(conn, 405, "%s", "GET or HEAD only\n");
+    return 405;
+  }
+  // The Exposer (and its threads) stop before the page is unregistered, so
+  // `live` outlives this request.
+  const std::string json = data ? live->ToJson() : std::string();
+  const absl::string_view body =
+      data ? absl::string_view(json) : LivePageHtml();
+  mg_send_http_ok(conn, data ? "application/json" : "text/html; charset=utf-8",
+                  static_cast<long long>(body.size()));
+  if (method == "GET") mg_write(conn, body.data(), body.size());
+  return 200;
+}
 
 using prometheus::BuildCounter;
 using prometheus::BuildGauge;
@@ -354,13 +403,18 @@ void Metrics::SetBuildInfo(ServiceRole role, absl::string_view version) {
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& address,
-    const std::shared_ptr<prometheus::Registry>& registry) {
+    const std::shared_ptr<prometheus::Registry>& registry,
+    const LiveStats* live) {
   if (address.empty()) {
     return absl::InvalidArgumentError("metrics address is empty");
   }
   auto server = std::unique_ptr<MetricsServer>(new MetricsServer());
+  // civetweb copies the callbacks when it starts.
+  CivetCallbacks callbacks;
+  callbacks.begin_request = ServeLivePage;
   try {
-    server->exposer_ = std::make_unique<prometheus::Exposer>(address, 2);
+    server->exposer_ = std::make_unique<prometheus::Exposer>(
+        address, 2, live != nullptr ? &callbacks : nullptr);
   } catch (const std::exception& e) {
     // civetweb reports a busy port and a failed dlopen of libssl.so /
     // libcrypto.so (unversioned names: shipped by libssl-dev) alike.
@@ -376,9 +430,21 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
         absl::StrCat("metrics server on ", address, " has no listening port"));
   }
   server->port_ = ports.front();
+  if (live != nullptr) {
+    std::lock_guard<std::mutex> lock(LivePagesMutex());
+    LivePages()[server->port_] = live;
+    server->serves_live_ = true;
+  }
   return server;
 }
 
-MetricsServer::~MetricsServer() = default;
+MetricsServer::~MetricsServer() {
+  // Stop serving (civetweb joins its threads) before forgetting the page.
+  exposer_.reset();
+  if (serves_live_) {
+    std::lock_guard<std::mutex> lock(LivePagesMutex());
+    LivePages().erase(port_);
+  }
+}
 
 }  // namespace kvwire

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/service/live_stats.h"
 
 namespace prometheus {
 class Exposer;
@@ -178,8 +179,13 @@ class Metrics {
   // kvwire_build_info{role,version} = 1.
   void SetBuildInfo(ServiceRole role, absl::string_view version);
 
+  // The recent requests and per-second aggregates of the live page (/live,
+  // served by MetricsServer beside /metrics); the receiver records into it.
+  LiveStats& Live() { return live_; }
+
  private:
   std::shared_ptr<prometheus::Registry> registry_;
+  LiveStats live_;
 
   prometheus::Family<prometheus::Gauge>* build_info_;
   prometheus::Family<prometheus::Counter>* requests_;
@@ -215,14 +221,18 @@ class Metrics {
 };
 
 // Serves a registry over HTTP at /metrics (prometheus-cpp's civetweb
-// Exposer).
+// Exposer) and, when given a LiveStats, the live bandwidth page on the same
+// port: /live (self-contained HTML + JS, no external assets) and
+// /live/data.json (LiveStats::ToJson).
 class MetricsServer {
  public:
   // `address` is "host:port"; port 0 picks a free port (see port()).
   // UNAVAILABLE when it cannot listen; INVALID_ARGUMENT for an empty address.
+  // `live` (not owned, may be null: no /live) must outlive the server.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const std::string& address,
-      const std::shared_ptr<prometheus::Registry>& registry);
+      const std::shared_ptr<prometheus::Registry>& registry,
+      const LiveStats* live = nullptr);
   ~MetricsServer();
 
   // The port actually bound.
@@ -232,6 +242,7 @@ class MetricsServer {
   MetricsServer() = default;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
+  bool serves_live_ = false;
 };
 
 }  // namespace kvwire

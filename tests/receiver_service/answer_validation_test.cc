@@ -110,10 +110,10 @@ TEST(AnswerValidationTest, RejectsUnknownSpecEnums) {
   ExpectError(r, absl::StatusCode::kInvalidArgument, "proportion");
 }
 
-TEST(AnswerValidationTest, TextToTextIsUnimplementedOverTheNetwork) {
+TEST(AnswerValidationTest, TextToTextIsAccepted) {
   v1::AnswerRequest r = Valid();
   r.set_mode(v1::ANSWER_MODE_TEXT_TO_TEXT);
-  ExpectError(r, absl::StatusCode::kUnimplemented, "no RPC that generates");
+  EXPECT_TRUE(ValidateAnswerRequest(r, {}).ok());
 }
 
 TEST(AnswerValidationTest, ReceiverGuidedSelectionNeedsC2C) {

@@ -11,8 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/model/model_config.h"
 #include "common/pipeline/pipeline.h"
+#include "common/pipeline/receiver_session.h"
 #include "common/status_macros.h"
-#include "receiver_service/torch_receiver_engine.h"
 #include "tests/common/pipeline/test_assets.h"
 #include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
 
@@ -86,6 +86,23 @@ absl::StatusOr<ReferenceResult> ReferenceAnswer(
     out.tokens_sent = t.tokens_sent;
     out.layers_sent = t.layers_sent;
   }
+  return out;
+}
+
+absl::StatusOr<TextToTextReference> ReferenceTextToText(
+    const ReferenceAssets& assets, const std::string& question,
+    const v1::GenerationParams& generation) {
+  ASSIGN_OR_RETURN(const C2cPipeline* pipeline, PipelineFor(assets));
+  PipelineRequest request;
+  request.messages = {ChatMessage{"user", question, std::nullopt}};
+  request.mode = PipelineMode::kTextToText;
+  request.generation = ToGenerationOptions(generation);
+  ASSIGN_OR_RETURN(PipelineResult r, pipeline->Answer(request));
+  TextToTextReference out;
+  out.token_ids.assign(r.token_ids.begin(), r.token_ids.end());
+  out.text = r.text;
+  out.background_ids.assign(r.background_ids.begin(), r.background_ids.end());
+  out.background_text = r.background_text;
   return out;
 }
 

@@ -47,6 +47,18 @@ absl::StatusOr<ReferenceResult> ReferenceAnswer(
     const std::string& selection = "spec",
     const std::string& request_id = "reference");
 
+// C2cPipeline's text-to-text answer (its default background prompt and 256
+// background tokens; the sharer's template from the sharer's directory).
+struct TextToTextReference {
+  std::vector<uint32_t> token_ids;
+  std::string text;
+  std::vector<uint32_t> background_ids;
+  std::string background_text;
+};
+absl::StatusOr<TextToTextReference> ReferenceTextToText(
+    const ReferenceAssets& assets, const std::string& question,
+    const v1::GenerationParams& generation);
+
 struct StreamSize {
   uint64_t serialized_bytes = 0;  // Every KvChunk, trailer included.
   uint64_t chunks = 0;

@@ -435,6 +435,101 @@ TEST_F(ReceiverE2eTest, AnswersEqualTheInProcessPipelineBitForBit) {
       cases.size());
 }
 
+TEST_F(ReceiverE2eTest, TextToTextOverTheNetworkEqualsTheInProcessPipeline) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
+  // The sharer's chat template, as the in-process pipeline reads it from
+  // the sharer's directory.
+  ASSERT_NO_FATAL_FAILURE(
+      StartReceiver({"--sharer_tokenizer_dir=" + assets_->sharer_dir}));
+  auto stub = Stub();
+  const v1::AnswerRequest request =
+      Request(v1::TransferSpec(), "e2e-t2t", v1::ANSWER_MODE_TEXT_TO_TEXT);
+  const AnswerResult r = Answer(*stub, request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  const v1::AnswerResponse& a = r.response;
+  EXPECT_EQ(a.mode(), v1::ANSWER_MODE_TEXT_TO_TEXT);
+  EXPECT_FALSE(a.fell_back()) << a.fallback_reason();
+
+  auto ref = ReferenceTextToText(*assets_, kQuestion, request.generation());
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  ASSERT_FALSE(ref->background_ids.empty());
+  EXPECT_EQ(std::vector<uint32_t>(a.background_token_ids().begin(),
+                                  a.background_token_ids().end()),
+            ref->background_ids);
+  EXPECT_EQ(a.background_text(), ref->background_text);
+  EXPECT_EQ(Ids(a), ref->token_ids);
+  EXPECT_EQ(a.text(), ref->text);
+  // The text baseline's bytes: the serialized GenerateResponse.
+  v1::GenerateResponse sent;
+  sent.set_request_id(request.request_id());
+  sent.mutable_token_ids()->Add(ref->background_ids.begin(),
+                                ref->background_ids.end());
+  // Plus two timings (9 bytes each), the prompt length and the EOS flag.
+  EXPECT_GE(a.transfer().serialized_bytes(), sent.ByteSizeLong() + 18);
+  EXPECT_LE(a.transfer().serialized_bytes(), sent.ByteSizeLong() + 25);
+  EXPECT_EQ(a.transfer().wire_bytes(), a.transfer().serialized_bytes() + 5);
+  EXPECT_GT(a.timings().sharer_generation_seconds(), 0);
+  EXPECT_GT(a.timings().receiver_prefill_seconds(), 0);
+  EXPECT_TRUE(AwaitMetric(
+      sharer_, "kvwire_requests_total",
+      {{"role", "sharer"}, {"method", "Generate"}, {"code", "OK"}}, 1));
+  EXPECT_EQ(MetricValue(Scrape(sharer_), "kvwire_generated_tokens_total",
+                        {{"role", "sharer"}}),
+            static_cast<double>(ref->background_ids.size()));
+
+  // The sharer gone: receiver-only per the default policy, or the error.
+  sharer_.process.reset();
+  const AnswerResult f = Answer(*stub, request);
+  ASSERT_TRUE(f.status.ok()) << f.status.error_message();
+  EXPECT_TRUE(f.response.fell_back());
+  EXPECT_EQ(f.response.mode(), v1::ANSWER_MODE_RECEIVER_ONLY);
+  EXPECT_THAT(f.response.fallback_reason(), HasSubstr("sharer Generate"));
+  EXPECT_EQ(Ids(f.response), ReceiverOnlyReference());
+  v1::AnswerRequest strict = request;
+  strict.set_fallback(v1::FALLBACK_POLICY_FAIL);
+  EXPECT_EQ(Answer(*stub, strict).status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(ReceiverE2eTest, TraceShowsEveryStageOnTheRequestsClock) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
+  ASSERT_NO_FATAL_FAILURE(StartReceiver({}));
+  auto stub = Stub();
+  v1::AnswerRequest request = Request(Spec(v1::SCHEME_INT4), "e2e-trace");
+  const AnswerResult plain = Answer(*stub, request);
+  ASSERT_TRUE(plain.status.ok()) << plain.status.error_message();
+  EXPECT_EQ(plain.response.trace_size(), 0);
+
+  request.set_trace(true);
+  const AnswerResult r = Answer(*stub, request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(Ids(r.response), Ids(plain.response));
+  std::map<std::string, int> per_track;
+  int fusions = 0, tokens = 0, decoded_blocks = 0;
+  double share_end = 0, last_token_end = 0;
+  for (const v1::TraceEvent& e : r.response.trace()) {
+    SCOPED_TRACE(e.name());
+    EXPECT_GE(e.start_seconds(), 0);
+    EXPECT_GE(e.end_seconds(), e.start_seconds());
+    EXPECT_LE(e.end_seconds(), r.response.timings().total_seconds());
+    ++per_track[e.track()];
+    if (absl::StartsWith(e.name(), "fuse sharer layer")) ++fusions;
+    if (absl::StartsWith(e.name(), "decode chunk (layer")) ++decoded_blocks;
+    if (absl::StartsWith(e.name(), "token ") ||
+        absl::StartsWith(e.name(), "last prompt token")) {
+      ++tokens;
+      last_token_end = std::max(last_token_end, e.end_seconds());
+    }
+    if (e.track() == "sharer call") share_end = e.end_seconds();
+  }
+  EXPECT_EQ(per_track["sharer call"], 1);
+  EXPECT_GE(per_track["receiver stream"], 3);  // Header, blocks, trailer.
+  EXPECT_EQ(fusions, 3);                       // The sharer's 3 layers.
+  EXPECT_GE(decoded_blocks, 6);                // K and V of each layer.
+  EXPECT_EQ(tokens, 12);
+  EXPECT_LT(share_end, last_token_end);
+}
+
 TEST_F(ReceiverE2eTest, AnswerStreamSendsEachTokenThenTheResponse) {
   ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
   ASSERT_NO_FATAL_FAILURE(StartReceiver({}));
@@ -773,12 +868,6 @@ TEST_F(ReceiverE2eTest, InvalidRequestsGetPreciseCodes) {
     r.mutable_generation()->set_max_new_tokens(101);
     cases.push_back({"max_new_tokens", r, grpc::StatusCode::INVALID_ARGUMENT,
                      "over the limit of 100"});
-  }
-  {
-    v1::AnswerRequest r = base;
-    r.set_mode(v1::ANSWER_MODE_TEXT_TO_TEXT);
-    cases.push_back({"text-to-text", r, grpc::StatusCode::UNIMPLEMENTED,
-                     "no RPC that generates text"});
   }
   {
     // The sharer rejects the spec: the client's error, never a fallback.

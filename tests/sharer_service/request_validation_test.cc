@@ -3,9 +3,9 @@
 
 #include <string>
 
+#include "common/model/model_fingerprint.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "common/model/model_fingerprint.h"
 
 namespace kvwire {
 namespace {
@@ -76,6 +76,51 @@ TEST(RequestValidationTest, SpecErrorsComeFromTheCodec) {
   r = Request(50);
   r.mutable_spec()->set_max_payload_bytes(64);
   ExpectError(r, absl::StatusCode::kResourceExhausted, "transfer spec: ");
+}
+
+TEST(RequestValidationTest, GenerateChecksThePromptAndTheGeneration) {
+  v1::SharerInfo info = Info();
+  info.set_max_new_tokens(20);
+  info.mutable_model()->set_max_position_embeddings(60);
+  v1::GenerateRequest r;
+  for (int i = 0; i < 40; ++i) r.add_token_ids(i);
+  r.mutable_generation()->set_max_new_tokens(20);
+  EXPECT_TRUE(ValidateGenerateRequest(r, info).ok());
+
+  auto expect = [&](const v1::GenerateRequest& bad, absl::StatusCode code,
+                    const std::string& message) {
+    const absl::Status s = ValidateGenerateRequest(bad, info);
+    EXPECT_EQ(s.code(), code) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(message));
+  };
+  v1::GenerateRequest bad = r;
+  bad.clear_token_ids();
+  expect(bad, absl::StatusCode::kInvalidArgument, "token_ids is empty");
+  bad = r;
+  bad.set_token_ids(3, 100);
+  expect(bad, absl::StatusCode::kInvalidArgument, "token_ids[3] = 100");
+  bad = r;
+  bad.set_expected_model_fingerprint("zzz");
+  expect(bad, absl::StatusCode::kFailedPrecondition, "fingerprint mismatch");
+  bad = r;
+  bad.mutable_generation()->set_max_new_tokens(21);
+  expect(bad, absl::StatusCode::kInvalidArgument, "over the limit of 20");
+  bad = r;
+  bad.mutable_generation()->set_top_p(1.5);
+  expect(bad, absl::StatusCode::kInvalidArgument, "top_p");
+  bad = r;
+  bad.mutable_generation()->set_temperature(-1);
+  expect(bad, absl::StatusCode::kInvalidArgument, "temperature");
+  // 45 prompt tokens + 20 new ones pass the 60 positions.
+  bad = r;
+  for (int i = 0; i < 5; ++i) bad.add_token_ids(1);
+  expect(bad, absl::StatusCode::kInvalidArgument,
+         "plus 20 new tokens exceed the model's max_position_embeddings 60");
+  // 0 new tokens means the default (64).
+  bad = r;
+  bad.mutable_generation()->set_max_new_tokens(0);
+  info.set_max_new_tokens(100);
+  expect(bad, absl::StatusCode::kInvalidArgument, "plus 64 new tokens exceed");
 }
 
 TEST(RequestValidationTest, SchemeLabel) {

@@ -16,13 +16,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/model/model_fingerprint.h"
 #include "common/service/channel.h"
 #include "common/service/grpc_status.h"
 #include "common/service/security.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
-#include "common/model/model_fingerprint.h"
 #include "tests/common/service/testing_util.h"
 #include "tests/sharer_service/kv_reference.h"
 
@@ -373,6 +373,55 @@ TEST_F(SharerE2eTest, InvalidRequestsGetPreciseCodes) {
   // The server survived all of it.
   EXPECT_TRUE(
       Share(*stub, Request(RandomTokens(10, 11), v1::SCHEME_INT8)).status.ok());
+}
+
+TEST_F(SharerE2eTest, GenerateWritesTokensAndValidatesItsRequest) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer({"--max_new_tokens=40"}));
+  auto stub = Stub();
+  v1::GenerateRequest request;
+  request.set_request_id("gen");
+  for (uint32_t t : RandomTokens(16, 5)) request.add_token_ids(t);
+  request.mutable_generation()->set_max_new_tokens(40);
+  request.set_expected_model_fingerprint(fingerprint_);
+  auto call = [&](const v1::GenerateRequest& r, v1::GenerateResponse* out) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    return stub->Generate(&context, r, out);
+  };
+  v1::GenerateResponse first, second;
+  ASSERT_TRUE(call(request, &first).ok());
+  EXPECT_EQ(first.request_id(), "gen");
+  EXPECT_EQ(first.prompt_tokens(), 16u);
+  ASSERT_GE(first.token_ids_size(), 1);
+  EXPECT_LE(first.token_ids_size(), 40);
+  EXPECT_EQ(first.stopped_at_eos(), first.token_ids_size() < 40);
+  EXPECT_GT(first.generation_seconds(), 0);
+  // Greedy: the same ids again.
+  ASSERT_TRUE(call(request, &second).ok());
+  EXPECT_EQ(
+      std::vector<uint32_t>(first.token_ids().begin(), first.token_ids().end()),
+      std::vector<uint32_t>(second.token_ids().begin(),
+                            second.token_ids().end()));
+  EXPECT_TRUE(AwaitMetric(
+      "kvwire_requests_total",
+      {{"role", "sharer"}, {"method", "Generate"}, {"code", "OK"}}, 2));
+  EXPECT_EQ(Metric("kvwire_generated_tokens_total", {{"role", "sharer"}}),
+            2.0 * first.token_ids_size());
+
+  v1::GenerateRequest bad = request;
+  bad.mutable_generation()->set_max_new_tokens(41);
+  v1::GenerateResponse ignored;
+  grpc::Status st = call(bad, &ignored);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("over the limit of 40"));
+  bad = request;
+  bad.set_expected_model_fingerprint("other");
+  EXPECT_EQ(call(bad, &ignored).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  bad = request;
+  bad.clear_token_ids();
+  EXPECT_EQ(call(bad, &ignored).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(SharerE2eTest, DeadlineExpiryStopsTheWork) {

@@ -4,7 +4,9 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/client_context.h>
 
+#include <algorithm>
 #include <iostream>
+#include <map>
 #include <memory>
 
 #include "absl/strings/ascii.h"
@@ -19,6 +21,7 @@
 #include "common/service/grpc_status.h"
 #include "common/service/security.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "receiver_service/answer_validation.h"
 
 namespace kvwire {
@@ -221,7 +224,13 @@ std::string FormatAnswer(const v1::AnswerResponse& r) {
                     "\n");
   }
   const v1::TransferReport& t = r.transfer();
-  if (t.serialized_bytes() > 0) {
+  if (r.mode() == v1::ANSWER_MODE_TEXT_TO_TEXT) {
+    absl::StrAppend(
+        &out, "\nSharer's background (", r.background_token_ids_size(),
+        " tokens, ", Thousands(t.serialized_bytes()), " bytes serialized, ",
+        Thousands(t.wire_bytes()), " on the wire):\n  ",
+        absl::StrReplaceAll(r.background_text(), {{"\n", "\n  "}}), "\n");
+  } else if (t.serialized_bytes() > 0) {
     absl::StrAppend(&out, "\nTransfer: ", DescribeSpec(t.spec()), "\n");
     auto row = [&](const std::string& name, const std::string& value,
                    const std::string& note = "") {
@@ -251,6 +260,9 @@ std::string FormatAnswer(const v1::AnswerResponse& r) {
     absl::StrAppendFormat(&out, "  %-22s %10s\n", name, Ms(seconds));
   };
   stage("sharer compute", s.sharer_compute_seconds());
+  if (r.mode() == v1::ANSWER_MODE_TEXT_TO_TEXT) {
+    stage("sharer Generate call", s.sharer_generation_seconds());
+  }
   stage("encode", s.encode_seconds());
   stage("transfer", s.transfer_seconds());
   stage("decode", s.decode_seconds());
@@ -298,6 +310,52 @@ std::string FormatComparison(const std::vector<AskResult>& results) {
       absl::StrAppend(&out, r.label,
                       " fell back: ", r.response.fallback_reason(), "\n");
     }
+  }
+  return out;
+}
+
+std::string ChromeTraceJson(const v1::AnswerResponse& response) {
+  nlohmann::json events = nlohmann::json::array();
+  std::map<std::string, int> tids;
+  for (const v1::TraceEvent& e : response.trace()) {
+    auto [it, added] =
+        tids.emplace(e.track(), static_cast<int>(tids.size()) + 1);
+    if (added) {
+      events.push_back({{"name", "thread_name"},
+                        {"ph", "M"},
+                        {"pid", 1},
+                        {"tid", it->second},
+                        {"args", {{"name", e.track()}}}});
+    }
+    events.push_back({{"name", e.name()},
+                      {"cat", e.track()},
+                      {"ph", "X"},
+                      {"pid", 1},
+                      {"tid", it->second},
+                      {"ts", e.start_seconds() * 1e6},
+                      {"dur", (e.end_seconds() - e.start_seconds()) * 1e6}});
+  }
+  nlohmann::json trace = {
+      {"traceEvents", events},
+      {"displayTimeUnit", "ms"},
+      {"otherData",
+       {{"request_id", response.request_id()},
+        {"total_seconds", response.timings().total_seconds()}}}};
+  return trace.dump(1);
+}
+
+std::string FormatTrace(const v1::AnswerResponse& response) {
+  std::vector<const v1::TraceEvent*> events;
+  for (const v1::TraceEvent& e : response.trace()) events.push_back(&e);
+  std::stable_sort(events.begin(), events.end(),
+                   [](const v1::TraceEvent* a, const v1::TraceEvent* b) {
+                     return a->start_seconds() < b->start_seconds();
+                   });
+  std::string out = "\nTimeline (ms since the receiver got the request):\n";
+  for (const v1::TraceEvent* e : events) {
+    absl::StrAppendFormat(&out, "  %9.3f %9.3f  %-16s %s\n",
+                          e->start_seconds() * 1e3, e->end_seconds() * 1e3,
+                          e->track(), e->name());
   }
   return out;
 }

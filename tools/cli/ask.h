@@ -57,6 +57,13 @@ std::string FormatComparison(const std::vector<AskResult>& results);
 std::string AnswerJson(const v1::AnswerResponse& response);
 std::string ComparisonJson(const std::vector<AskResult>& results);
 
+// The response's timeline (AnswerResponse.trace) as Chrome trace JSON: one
+// complete event per interval, one thread per track; times in microseconds
+// since the receiver got the request.
+std::string ChromeTraceJson(const v1::AnswerResponse& response);
+// The same as a text table, in start order.
+std::string FormatTrace(const v1::AnswerResponse& response);
+
 // A one-line description of a transfer spec ("int4 head sym, back 50%").
 std::string DescribeSpec(const v1::TransferSpec& spec);
 

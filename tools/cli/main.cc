@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/codec/scheme.h"
+#include "common/file_util.h"
 #include "common/service/security.h"
 #include "glog/logging.h"
 #include "receiver_service/answer_validation.h"
@@ -75,6 +76,9 @@ ABSL_FLAG(std::string, compare, "",
           "receiver-only,bf16,int8,int4,int4@0.5); other spec flags apply "
           "to each");
 ABSL_FLAG(bool, stream, false, "ask: print tokens as they are generated");
+ABSL_FLAG(std::string, trace_out, "",
+          "ask: ask for the request's timeline and write it to this file as "
+          "a Chrome trace (chrome://tracing, ui.perfetto.dev); also printed");
 ABSL_FLAG(std::string, request_id, "kvwire-cli", "ask: request id");
 ABSL_FLAG(double, timeout_seconds, 300, "ask: deadline of each call");
 ABSL_FLAG(std::string, tls_ca, "", "ask: PEM roots that verify the receiver");
@@ -200,13 +204,28 @@ int RunAsk() {
   if (auto st = BuildRequest(&base); !st.ok()) return Fail(st);
 
   const std::string compare = absl::GetFlag(FLAGS_compare);
+  const std::string trace_out = absl::GetFlag(FLAGS_trace_out);
+  if (!trace_out.empty()) base.set_trace(true);
   if (compare.empty()) {
     auto response = kvwire::Ask(options, base);
     if (!response.ok()) return Fail(response.status());
     std::cout << (options.json ? kvwire::AnswerJson(*response)
                                : kvwire::FormatAnswer(*response))
               << std::endl;
+    if (!trace_out.empty()) {
+      if (auto st = kvwire::WriteStringToFile(
+              trace_out, kvwire::ChromeTraceJson(*response));
+          !st.ok()) {
+        return Fail(st);
+      }
+      if (!options.json) std::cout << kvwire::FormatTrace(*response);
+      std::cerr << "wrote " << trace_out << std::endl;
+    }
     return 0;
+  }
+  if (!trace_out.empty()) {
+    return Fail(absl::InvalidArgumentError(
+        "--trace_out takes a single question, not --compare"));
   }
   options.stream = false;
   std::vector<kvwire::AskResult> results;

@@ -56,6 +56,7 @@ class GrpcBackend : public AnswerBackend {
         break;
       case EvalMethod::kTextToText:
         req.set_mode(v1::ANSWER_MODE_TEXT_TO_TEXT);
+        req.set_fallback(fallback_);
         break;
       case EvalMethod::kC2C:
         req.set_mode(v1::ANSWER_MODE_C2C);
@@ -98,6 +99,7 @@ class GrpcBackend : public AnswerBackend {
     if (request.method == EvalMethod::kTextToText && a.has_transfer) {
       // The service reports the text message's bytes as its transfer.
       a.text_bytes = resp.transfer().wire_bytes();
+      a.background_text = resp.background_text();
     }
     a.timings = resp.timings();
     a.fell_back = resp.fell_back();

@@ -25,6 +25,10 @@
 #include "common/model/safetensors.h"
 #include "nlohmann/json.hpp"
 
+#ifdef KVWIRE_WITH_CUDA
+#include "common/model/cuda_graph_decoder.h"
+#endif
+
 ABSL_FLAG(std::string, model_dir, "", "Hugging Face model directory.");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda | cuda:N");
 ABSL_FLAG(std::string, dtype, "bf16", "bf16 | fp16 | fp32");
@@ -40,6 +44,11 @@ ABSL_FLAG(std::string, parity, "",
           "Safetensors with input_ids [T] and logits [T, V] (and optionally "
           "ref_fp32_logits, greedy_tokens, keys.<l>/values.<l>) to compare.");
 ABSL_FLAG(bool, perf, true, "Run the timing part.");
+ABSL_FLAG(bool, graph_decode, true,
+          "CUDA builds on a CUDA device: also time decode with CUDA-graph "
+          "replay (CudaGraphDecoder) and report it beside the eager numbers.");
+ABSL_FLAG(bool, fused_kernels, true,
+          "With --graph_decode: fused RMSNorm/RoPE/SiLU kernels in the graph.");
 
 namespace kvwire {
 namespace {
@@ -133,20 +142,44 @@ absl::Status Parity(const Decoder& decoder, const std::string& path,
   return absl::OkStatus();
 }
 
-absl::Status Perf(const Decoder& decoder, Json& out) {
-  const int64_t vocab = decoder.config().vocab_size;
-  const int64_t prompt_len = absl::GetFlag(FLAGS_prompt_len);
-  const int64_t n = std::max<int64_t>(absl::GetFlag(FLAGS_decode_tokens), 2);
-  std::vector<int64_t> prompt(prompt_len);
-  for (int64_t i = 0; i < prompt_len; ++i) prompt[i] = (i * 7919 + 13) % vocab;
+// Bytes of weights one decode step reads (every layer's matrices, norms and
+// biases, the final norm and the LM head; one embedding row), for the
+// weight-streaming floor: bytes / HBM bandwidth.
+int64_t WeightBytesPerToken(const Decoder& decoder) {
+  const ModelConfig& c = decoder.config();
+  const int64_t h = c.hidden_size;
+  const int64_t q_out = c.num_attention_heads * c.head_dim;
+  const int64_t kv_out = c.num_key_value_heads * c.head_dim;
+  const int64_t inter = c.intermediate_size;
+  int64_t per_layer =
+      (q_out + 2 * kv_out) * h + h * q_out + 2 * inter * h + inter * h + 2 * h;
+  if (c.qkv_bias) per_layer += q_out + 2 * kv_out;
+  if (c.o_bias) per_layer += h;
+  if (c.mlp_bias) per_layer += 2 * inter + h;
+  if (c.qk_norm) per_layer += 2 * c.head_dim;
+  const int64_t elements =
+      c.num_hidden_layers * per_layer + h + c.vocab_size * h + h;
+  return elements * static_cast<int64_t>(c10::elementSize(decoder.dtype()));
+}
+
+struct GenerateTiming {
+  double prefill_s = 0;
+  double generate_s = 0;
+  std::vector<int64_t> tokens;
+};
+
+// Median prefill time of `prompt` and median Generate time (prefill + n
+// greedy tokens) over the timed runs.
+absl::StatusOr<GenerateTiming> TimeGenerate(const Decoder& decoder,
+                                            const std::vector<int64_t>& prompt,
+                                            const GenerationOptions& opts) {
   const int warmup = absl::GetFlag(FLAGS_warmup);
   const int iters = std::max(absl::GetFlag(FLAGS_iters), 1);
+  const int64_t n = opts.max_new_tokens;
   std::vector<double> prefill, generate;
-  GenerationOptions opts;
-  opts.max_new_tokens = n;
-  opts.eos_token_ids = std::vector<int64_t>{};
+  GenerateTiming timing;
   for (int i = 0; i < warmup + iters; ++i) {
-    auto cache = decoder.NewCache(prompt_len + n);
+    auto cache = decoder.NewCache(static_cast<int64_t>(prompt.size()) + n);
     if (!cache.ok()) return cache.status();
     const auto t0 = Clock::now();
     auto logits = decoder.Prefill(prompt, *cache);
@@ -160,9 +193,29 @@ absl::Status Perf(const Decoder& decoder, Json& out) {
       prefill.push_back(Seconds(t0, t1));
       generate.push_back(Seconds(t1, t2));
     }
+    timing.tokens = result->tokens;
   }
-  const double t_prefill = Median(prefill);
-  const double t_generate = Median(generate);
+  timing.prefill_s = Median(prefill);
+  timing.generate_s = Median(generate);
+  return timing;
+}
+
+absl::Status Perf(Decoder& decoder, Json& out) {
+  const int64_t vocab = decoder.config().vocab_size;
+  const int64_t prompt_len = absl::GetFlag(FLAGS_prompt_len);
+  const int64_t n = std::max<int64_t>(absl::GetFlag(FLAGS_decode_tokens), 2);
+  std::vector<int64_t> prompt(prompt_len);
+  for (int64_t i = 0; i < prompt_len; ++i) prompt[i] = (i * 7919 + 13) % vocab;
+  const int warmup = absl::GetFlag(FLAGS_warmup);
+  const int iters = std::max(absl::GetFlag(FLAGS_iters), 1);
+  GenerationOptions opts;
+  opts.max_new_tokens = n;
+  opts.eos_token_ids = std::vector<int64_t>{};
+  // Eager first (this tool installs no accelerator of its own).
+  absl::StatusOr<GenerateTiming> eager = TimeGenerate(decoder, prompt, opts);
+  if (!eager.ok()) return eager.status();
+  const double t_prefill = eager->prefill_s;
+  const double t_generate = eager->generate_s;
   Json p;
   p["prompt_len"] = prompt_len;
   p["decode_tokens"] = n;
@@ -170,6 +223,44 @@ absl::Status Perf(const Decoder& decoder, Json& out) {
   p["prefill_tokens_per_s"] = prompt_len / t_prefill;
   p["generate_s"] = t_generate;
   p["decode_ms_per_token"] = 1e3 * (t_generate - t_prefill) / (n - 1);
+  // Weight-streaming floor: bytes read per token / HBM bandwidth (datasheet
+  // H100 SXM 3.35 TB/s, H200 4.8 TB/s); KV bytes at the last position.
+  const ModelConfig& c = decoder.config();
+  const int64_t weight_bytes = WeightBytesPerToken(decoder);
+  const int64_t kv_bytes =
+      2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim *
+      (prompt_len + n) *
+      static_cast<int64_t>(c10::elementSize(decoder.dtype()));
+  p["weight_bytes_per_token"] = weight_bytes;
+  p["kv_bytes_per_token_at_end"] = kv_bytes;
+  p["hbm_floor_ms_h100"] = 1e3 * (weight_bytes + kv_bytes) / 3.35e12;
+  p["hbm_floor_ms_h200"] = 1e3 * (weight_bytes + kv_bytes) / 4.8e12;
+#ifdef KVWIRE_WITH_CUDA
+  if (absl::GetFlag(FLAGS_graph_decode) && decoder.device().is_cuda()) {
+    CudaGraphDecoderOptions graph_options;
+    graph_options.fused_kernels = absl::GetFlag(FLAGS_fused_kernels);
+    auto graphs = std::make_shared<CudaGraphDecoder>(&decoder, graph_options);
+    decoder.SetDecodeAccelerator(graphs);
+    absl::StatusOr<GenerateTiming> graph = TimeGenerate(decoder, prompt, opts);
+    decoder.SetDecodeAccelerator(nullptr);
+    if (!graph.ok()) return graph.status();
+    p["graph_fused_kernels"] = graph_options.fused_kernels;
+    p["graph_generate_s"] = graph->generate_s;
+    p["graph_decode_ms_per_token"] =
+        1e3 * (graph->generate_s - graph->prefill_s) / (n - 1);
+    p["graph_tokens_match_eager"] = graph->tokens == eager->tokens;
+    size_t same = 0;
+    while (same < graph->tokens.size() && same < eager->tokens.size() &&
+           graph->tokens[same] == eager->tokens[same]) {
+      ++same;
+    }
+    // Random weights give near-tied logits: bf16 rounding may flip one.
+    p["graph_tokens_matching_prefix"] = same;
+    p["graph_replays"] = graphs->replays();
+    p["graph_captures"] = graphs->captures();
+    p["graph_declined"] = graphs->declined();
+  }
+#endif
   const int64_t batch = absl::GetFlag(FLAGS_batch);
   if (batch > 0) {
     const int64_t len = absl::GetFlag(FLAGS_batch_prompt_len);

@@ -1,0 +1,408 @@
+#include "common/codec/cuda_codec.h"
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/codec/cuda_quantize.h"
+#include "common/status_macros.h"
+
+namespace kvwire {
+namespace {
+
+constexpr int64_t kAlign = 16;
+
+int64_t AlignUp(int64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+absl::Status CudaError(cudaError_t e, absl::string_view what) {
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+}
+
+std::optional<CudaQuantParams> ToCuda(const QuantParams& params) {
+  CudaQuantParams p;
+  p.bits = BitsPerValue(params.scheme);
+  p.group_size = params.group_size;
+  if (IsIntScheme(params.scheme)) {
+    p.code = HasZeroPoints(params) ? CudaCode::kIntAsymmetric
+                                   : CudaCode::kIntSymmetric;
+  } else if (params.scheme == v1::SCHEME_FP8_E4M3) {
+    p.code = CudaCode::kFp8E4M3;
+  } else if (params.scheme == v1::SCHEME_FP8_E5M2) {
+    p.code = CudaCode::kFp8E5M2;
+  } else if (params.scheme == v1::SCHEME_NF4) {
+    p.code = CudaCode::kNf4;
+  } else {
+    return std::nullopt;  // Passthrough (or unknown): ATen.
+  }
+  switch (params.granularity) {
+    case v1::GRANULARITY_PER_LAYER:
+      p.granularity = CudaGranularity::kLayer;
+      break;
+    case v1::GRANULARITY_PER_HEAD:
+      p.granularity = CudaGranularity::kHead;
+      break;
+    case v1::GRANULARITY_PER_TOKEN:
+      p.granularity = CudaGranularity::kToken;
+      break;
+    case v1::GRANULARITY_PER_CHANNEL:
+      p.granularity = CudaGranularity::kChannel;
+      break;
+    case v1::GRANULARITY_PER_GROUP:
+      p.granularity = CudaGranularity::kGroup;
+      break;
+    default:
+      return std::nullopt;
+  }
+  return p;
+}
+
+std::optional<CudaDtype> ToCuda(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16:
+      return CudaDtype::kBf16;
+    case at::kHalf:
+      return CudaDtype::kFp16;
+    case at::kFloat:
+      return CudaDtype::kFp32;
+    default:
+      return std::nullopt;
+  }
+}
+
+std::vector<int64_t> ScaleShape(const QuantParams& p, int64_t heads,
+                                int64_t tokens, int64_t dim) {
+  switch (p.granularity) {
+    case v1::GRANULARITY_PER_LAYER:
+      return {1};
+    case v1::GRANULARITY_PER_HEAD:
+      return {heads};
+    case v1::GRANULARITY_PER_TOKEN:
+      return {heads, tokens};
+    case v1::GRANULARITY_PER_CHANNEL:
+      return {heads, dim};
+    default:
+      return {heads, tokens, dim / p.group_size};
+  }
+}
+
+// Byte offsets of one encoded block inside a single device buffer; the
+// host-visible part (codes .. flag) is one contiguous prefix.
+struct EncodeLayout {
+  int64_t packed = 0, scales = 0, zeros = 0, flag = 0, host_bytes = 0;
+  int64_t workspace = 0, total = 0;
+  int64_t packed_bytes = 0, scale_bytes = 0, zero_bytes = 0;
+};
+
+EncodeLayout MakeEncodeLayout(const CudaQuantParams& cp, bool asymmetric,
+                              int64_t heads, int64_t tokens, int64_t head_dim) {
+  EncodeLayout l;
+  l.packed_bytes = (heads * tokens * head_dim * cp.bits + 7) / 8;
+  l.scale_bytes = 2 * CudaScaleCount(cp, heads, tokens, head_dim);
+  l.zero_bytes = asymmetric ? l.scale_bytes : 0;
+  l.scales = AlignUp(l.packed_bytes);
+  l.zeros = l.scales + AlignUp(l.scale_bytes);
+  l.flag = l.zeros + AlignUp(l.zero_bytes);
+  l.host_bytes = l.flag + 4;
+  l.workspace = AlignUp(l.host_bytes);
+  l.total =
+      l.workspace + CudaQuantizeWorkspaceBytes(cp, heads, tokens, head_dim);
+  return l;
+}
+
+// A pinned host buffer per thread, grown on demand; `ready` is recorded
+// after the last asynchronous copy out of it.
+struct PinnedStaging {
+  uint8_t* data = nullptr;
+  int64_t size = 0;
+  cudaEvent_t ready = nullptr;
+  int ready_device = -1;
+
+  ~PinnedStaging() {
+    if (ready != nullptr) cudaEventDestroy(ready);
+    if (data != nullptr) cudaFreeHost(data);
+  }
+
+  // Waits for earlier copies out of the buffer, then makes it `bytes` long.
+  absl::StatusOr<uint8_t*> Get(int64_t bytes) {
+    if (ready != nullptr) {
+      cudaError_t e = cudaEventSynchronize(ready);
+      if (e != cudaSuccess) return CudaError(e, "pinned staging");
+    }
+    if (bytes > size) {
+      if (data != nullptr) cudaFreeHost(data);
+      data = nullptr;
+      size = 0;
+      const int64_t grown = std::max<int64_t>(bytes, int64_t{1} << 20);
+      cudaError_t e = cudaHostAlloc(reinterpret_cast<void**>(&data), grown,
+                                    cudaHostAllocDefault);
+      if (e != cudaSuccess) return CudaError(e, "cudaHostAlloc");
+      size = grown;
+    }
+    return data;
+  }
+
+  absl::Status Record(int device, cudaStream_t stream) {
+    if (ready != nullptr && ready_device != device) {
+      cudaEventDestroy(ready);
+      ready = nullptr;
+    }
+    if (ready == nullptr) {
+      cudaError_t e = cudaEventCreateWithFlags(&ready, cudaEventDisableTiming);
+      if (e != cudaSuccess) return CudaError(e, "cudaEventCreate");
+      ready_device = device;
+    }
+    cudaError_t e = cudaEventRecord(ready, stream);
+    return e == cudaSuccess ? absl::OkStatus()
+                            : CudaError(e, "cudaEventRecord");
+  }
+};
+
+PinnedStaging& Staging() {
+  thread_local PinnedStaging staging;
+  return staging;
+}
+
+// The checks shared by the encoders. Fills `view`, `cp`; false if the
+// kernels do not apply. `xs` keeps a contiguous copy alive when needed.
+bool PrepareEncode(const at::Tensor& x, const at::Tensor& token_index,
+                   const QuantParams& params, at::Tensor* xs, at::Tensor* index,
+                   CudaBlockView* view, CudaQuantParams* cp) {
+  if (!x.defined() || !x.is_cuda() || x.dim() != 3) return false;
+  const std::optional<CudaDtype> dtype = ToCuda(x.scalar_type());
+  const std::optional<CudaQuantParams> p = ToCuda(params);
+  if (!dtype || !p) return false;
+  const int64_t heads = x.size(0), head_dim = x.size(2);
+  int64_t tokens = x.size(1);
+  if (token_index.defined()) {
+    if (token_index.scalar_type() != at::kLong || token_index.dim() != 1 ||
+        token_index.device() != x.device()) {
+      return false;
+    }
+    tokens = token_index.numel();
+    *index = token_index.contiguous();
+  }
+  if (!ValidateQuantParams(params, heads, tokens, head_dim).ok() ||
+      !CudaQuantizeSupports(*p, head_dim) ||
+      !CudaBlockFits(heads, tokens, head_dim)) {
+    return false;
+  }
+  *xs = x.stride(2) == 1 ? x : x.contiguous();
+  view->data = xs->data_ptr();
+  view->dtype = *dtype;
+  view->heads = heads;
+  view->tokens = tokens;
+  view->head_dim = head_dim;
+  view->head_stride = xs->stride(0);
+  view->token_stride = xs->stride(1);
+  view->token_index = index->defined() ? index->data_ptr<int64_t>() : nullptr;
+  *cp = *p;
+  return true;
+}
+
+// Enqueues the encoder into a fresh device buffer laid out as `layout`.
+absl::StatusOr<at::Tensor> LaunchEncode(const CudaBlockView& view,
+                                        const CudaQuantParams& cp,
+                                        const EncodeLayout& layout,
+                                        const at::Device& device,
+                                        cudaStream_t stream) {
+  at::Tensor buffer = at::empty(
+      {layout.total}, at::TensorOptions().dtype(at::kByte).device(device));
+  uint8_t* base = buffer.data_ptr<uint8_t>();
+  CudaQuantizeOutput out;
+  out.packed = base + layout.packed;
+  out.scales = reinterpret_cast<uint16_t*>(base + layout.scales);
+  if (cp.code == CudaCode::kIntAsymmetric) {
+    out.zero_points = reinterpret_cast<uint16_t*>(base + layout.zeros);
+  }
+  cudaError_t e =
+      CudaQuantize(view, cp, out, base + layout.workspace,
+                   reinterpret_cast<int32_t*>(base + layout.flag), stream);
+  if (e != cudaSuccess) return CudaError(e, "CUDA quantize");
+  return buffer;
+}
+
+}  // namespace
+
+absl::StatusOr<bool> CudaQuantizeTensor(const at::Tensor& x,
+                                        const at::Tensor& token_index,
+                                        const QuantParams& params,
+                                        QuantizedTensor* out) {
+  at::Tensor xs, index;
+  CudaBlockView view;
+  CudaQuantParams cp;
+  if (!PrepareEncode(x, token_index, params, &xs, &index, &view, &cp)) {
+    return false;
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream =
+      c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const bool asymmetric = HasZeroPoints(params);
+  const EncodeLayout l =
+      MakeEncodeLayout(cp, asymmetric, view.heads, view.tokens, view.head_dim);
+  absl::StatusOr<at::Tensor> buffer =
+      LaunchEncode(view, cp, l, x.device(), stream);
+  if (!buffer.ok()) return buffer.status();
+  int32_t flag = 0;
+  cudaError_t e = cudaMemcpyAsync(&flag, buffer->data_ptr<uint8_t>() + l.flag,
+                                  sizeof(flag), cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) return CudaError(e, "CUDA quantize");
+  if (flag != 0) return false;
+  const std::vector<int64_t> shape =
+      ScaleShape(params, view.heads, view.tokens, view.head_dim);
+  out->packed = buffer->narrow(0, l.packed, l.packed_bytes);
+  out->scales =
+      buffer->narrow(0, l.scales, l.scale_bytes).view(at::kHalf).view(shape);
+  out->zero_points = at::Tensor();
+  if (asymmetric) {
+    out->zero_points =
+        buffer->narrow(0, l.zeros, l.zero_bytes).view(at::kHalf).view(shape);
+  }
+  return true;
+}
+
+absl::StatusOr<bool> CudaQuantizeToHost(const at::Tensor& x,
+                                        const at::Tensor& token_index,
+                                        const QuantParams& params,
+                                        HostQuantizedBlock* out) {
+  at::Tensor xs, index;
+  CudaBlockView view;
+  CudaQuantParams cp;
+  if (!PrepareEncode(x, token_index, params, &xs, &index, &view, &cp)) {
+    return false;
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream =
+      c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const EncodeLayout l = MakeEncodeLayout(cp, HasZeroPoints(params), view.heads,
+                                          view.tokens, view.head_dim);
+  absl::StatusOr<at::Tensor> buffer =
+      LaunchEncode(view, cp, l, x.device(), stream);
+  if (!buffer.ok()) return buffer.status();
+  PinnedStaging& staging = Staging();
+  absl::StatusOr<uint8_t*> host = staging.Get(l.host_bytes);
+  if (!host.ok()) return host.status();
+  cudaError_t e = cudaMemcpyAsync(*host, buffer->data_ptr<uint8_t>(),
+                                  l.host_bytes, cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) return CudaError(e, "CUDA quantize copy");
+  int32_t flag;
+  std::memcpy(&flag, *host + l.flag, sizeof(flag));
+  if (flag != 0) return false;
+  const char* h = reinterpret_cast<const char*>(*host);
+  out->values.assign(h + l.packed, l.packed_bytes);
+  out->scales.assign(h + l.scales, l.scale_bytes);
+  out->zero_points.assign(h + l.zeros, l.zero_bytes);
+  return true;
+}
+
+absl::StatusOr<bool> CudaDequantizeTensor(
+    const QuantizedTensor& q, const QuantParams& params, int64_t heads,
+    int64_t tokens, int64_t head_dim, at::ScalarType dtype, at::Tensor* out) {
+  if (!q.packed.defined() || !q.packed.is_cuda()) return false;
+  const std::optional<CudaDtype> out_dtype = ToCuda(dtype);
+  const std::optional<CudaQuantParams> cp = ToCuda(params);
+  if (!out_dtype || !cp || !CudaQuantizeSupports(*cp, head_dim) ||
+      !CudaBlockFits(heads, tokens, head_dim)) {
+    return false;
+  }
+  const at::Device device = q.packed.device();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream =
+      c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  const at::Tensor packed = q.packed.contiguous();
+  const at::Tensor scales = q.scales.to(device).contiguous();
+  at::Tensor zeros;
+  CudaDequantizeInput in;
+  in.packed = packed.data_ptr<uint8_t>();
+  in.scales = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+  if (HasZeroPoints(params)) {
+    zeros = q.zero_points.to(device).contiguous();
+    in.zero_points = reinterpret_cast<const uint16_t*>(zeros.data_ptr());
+  }
+  at::Tensor result =
+      at::empty({heads, tokens, head_dim},
+                at::TensorOptions().dtype(dtype).device(device));
+  const cudaError_t e = CudaDequantize(in, *cp, heads, tokens, head_dim,
+                                       *out_dtype, result.data_ptr(), stream);
+  if (e != cudaSuccess) return CudaError(e, "CUDA dequantize");
+  *out = std::move(result);
+  return true;
+}
+
+absl::StatusOr<bool> CudaDequantizeFromHost(
+    const std::string& values, const std::string& scales,
+    const std::string& zero_points, const QuantParams& params, int64_t heads,
+    int64_t tokens, int64_t head_dim, at::ScalarType dtype, at::Device device,
+    at::Tensor* out) {
+  if (!device.is_cuda()) return false;
+  const std::optional<CudaDtype> out_dtype = ToCuda(dtype);
+  const std::optional<CudaQuantParams> cp = ToCuda(params);
+  if (!out_dtype || !cp || !CudaQuantizeSupports(*cp, head_dim) ||
+      !CudaBlockFits(heads, tokens, head_dim)) {
+    return false;
+  }
+  const bool asymmetric = cp->code == CudaCode::kIntAsymmetric;
+  const int64_t n_scales = CudaScaleCount(*cp, heads, tokens, head_dim);
+  if (static_cast<int64_t>(values.size()) !=
+          (heads * tokens * head_dim * cp->bits + 7) / 8 ||
+      static_cast<int64_t>(scales.size()) != 2 * n_scales ||
+      static_cast<int64_t>(zero_points.size()) !=
+          (asymmetric ? 2 * n_scales : 0)) {
+    return false;
+  }
+  // Non-finite scales or zero points: the ATen path reports them.
+  for (const std::string* s : {&scales, &zero_points}) {
+    for (size_t i = 0; i + 1 < s->size(); i += 2) {
+      if (((*s)[i + 1] & 0x7C) == 0x7C) return false;
+    }
+  }
+  if (device.index() < 0) {
+    device = at::Device(at::kCUDA, c10::cuda::current_device());
+  }
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream =
+      c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  const int64_t scales_at = AlignUp(values.size());
+  const int64_t zeros_at = scales_at + AlignUp(scales.size());
+  const int64_t total = zeros_at + zero_points.size();
+  PinnedStaging& staging = Staging();
+  absl::StatusOr<uint8_t*> host = staging.Get(std::max<int64_t>(total, 1));
+  if (!host.ok()) return host.status();
+  std::memcpy(*host, values.data(), values.size());
+  std::memcpy(*host + scales_at, scales.data(), scales.size());
+  std::memcpy(*host + zeros_at, zero_points.data(), zero_points.size());
+  at::Tensor buffer =
+      at::empty({std::max<int64_t>(total, 1)},
+                at::TensorOptions().dtype(at::kByte).device(device));
+  uint8_t* base = buffer.data_ptr<uint8_t>();
+  cudaError_t e =
+      cudaMemcpyAsync(base, *host, total, cudaMemcpyHostToDevice, stream);
+  if (e != cudaSuccess) return CudaError(e, "CUDA decode copy");
+  RETURN_IF_ERROR(staging.Record(device.index(), stream));
+  CudaDequantizeInput in;
+  in.packed = base;
+  in.scales = reinterpret_cast<const uint16_t*>(base + scales_at);
+  if (asymmetric) {
+    in.zero_points = reinterpret_cast<const uint16_t*>(base + zeros_at);
+  }
+  at::Tensor result =
+      at::empty({heads, tokens, head_dim},
+                at::TensorOptions().dtype(dtype).device(device));
+  e = CudaDequantize(in, *cp, heads, tokens, head_dim, *out_dtype,
+                     result.data_ptr(), stream);
+  if (e != cudaSuccess) return CudaError(e, "CUDA dequantize");
+  // `buffer` goes back to the caching allocator, which orders its reuse
+  // after this stream's kernel.
+  *out = std::move(result);
+  return true;
+}
+
+}  // namespace kvwire

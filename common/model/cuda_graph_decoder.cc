@@ -1,0 +1,336 @@
+#include "common/model/cuda_graph_decoder.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/decode_kernels.h"
+#include "common/status_macros.h"
+
+namespace kvwire {
+namespace {
+
+bool KernelDtype(at::ScalarType t, decode_kernels::Dtype* out) {
+  switch (t) {
+    case at::kFloat:
+      *out = decode_kernels::Dtype::kFp32;
+      return true;
+    case at::kBFloat16:
+      *out = decode_kernels::Dtype::kBf16;
+      return true;
+    case at::kHalf:
+      *out = decode_kernels::Dtype::kFp16;
+      return true;
+    default:
+      return false;
+  }
+}
+
+void CheckLaunch(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, what, ": ", cudaGetErrorString(e));
+}
+
+cudaStream_t CurrentStream(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+at::Tensor ReferenceRmsNorm(const at::Tensor& x, const at::Tensor& weight,
+                            double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return weight * (xf * (variance + eps).rsqrt()).to(x.scalar_type());
+}
+
+at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& weight,
+                        double eps) {
+  decode_kernels::Dtype dtype;
+  if (!x.is_cuda() || weight.device() != x.device() ||
+      weight.scalar_type() != x.scalar_type() || weight.dim() != 1 ||
+      x.dim() < 1 || x.size(-1) != weight.size(0) ||
+      !KernelDtype(x.scalar_type(), &dtype)) {
+    return ReferenceRmsNorm(x, weight, eps);
+  }
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor wc = weight.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  const int64_t cols = x.size(-1);
+  CheckLaunch(
+      decode_kernels::RmsNorm(xc.data_ptr(), wc.data_ptr(), out.data_ptr(),
+                              xc.numel() / cols, cols, static_cast<float>(eps),
+                              dtype, CurrentStream(x)),
+      "fused RMSNorm");
+  return out;
+}
+
+at::Tensor ReferenceRope(const at::Tensor& x, const at::Tensor& cos,
+                         const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const at::Tensor rot =
+      at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rot * sin;
+}
+
+at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos,
+                     const at::Tensor& sin) {
+  decode_kernels::Dtype dtype;
+  const int64_t dim = x.dim() >= 1 ? x.size(-1) : 0;
+  if (!x.is_cuda() || cos.device() != x.device() ||
+      sin.device() != x.device() || cos.scalar_type() != x.scalar_type() ||
+      sin.scalar_type() != x.scalar_type() || dim % 2 != 0 ||
+      cos.numel() != dim || sin.numel() != dim ||
+      !KernelDtype(x.scalar_type(), &dtype)) {
+    return ReferenceRope(x, cos, sin);
+  }
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor cc = cos.contiguous();
+  const at::Tensor sc = sin.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  CheckLaunch(decode_kernels::Rope(xc.data_ptr(), cc.data_ptr(), sc.data_ptr(),
+                                   out.data_ptr(), xc.numel() / dim, dim, dtype,
+                                   CurrentStream(x)),
+              "fused RoPE");
+  return out;
+}
+
+at::Tensor FusedSiluMul(const at::Tensor& gate_up) {
+  decode_kernels::Dtype dtype;
+  const int64_t n = gate_up.dim() >= 1 ? gate_up.size(-1) / 2 : 0;
+  if (!gate_up.is_cuda() || gate_up.size(-1) % 2 != 0 || n == 0 ||
+      !KernelDtype(gate_up.scalar_type(), &dtype)) {
+    return at::silu(gate_up.narrow(-1, 0, n)) * gate_up.narrow(-1, n, n);
+  }
+  const at::Tensor gc = gate_up.contiguous();
+  std::vector<int64_t> shape(gc.sizes().begin(), gc.sizes().end());
+  shape.back() = n;
+  at::Tensor out = at::empty(shape, gc.options());
+  CheckLaunch(decode_kernels::SiluMul(gc.data_ptr(), out.data_ptr(),
+                                      gc.numel() / (2 * n), n, dtype,
+                                      CurrentStream(gate_up)),
+              "fused SiLU*up");
+  return out;
+}
+
+bool EnvOff(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr &&
+         (std::strcmp(v, "0") == 0 || std::strcmp(v, "false") == 0 ||
+          std::strcmp(v, "off") == 0);
+}
+
+// What a graph bakes in: the storage address and layout, and the span.
+using GraphKey = std::tuple<const void*, std::vector<int64_t>,
+                            std::vector<int64_t>, int64_t>;
+
+struct Graph {
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  uint64_t last_use = 0;
+};
+
+}  // namespace
+
+DecodeStepKernels FusedDecodeKernels() {
+  DecodeStepKernels k;
+  k.rms_norm = FusedRmsNorm;
+  k.rope = FusedRope;
+  k.silu_mul = FusedSiluMul;
+  return k;
+}
+
+struct CudaGraphDecoder::Impl {
+  std::mutex mu;
+  // Guarded by mu:
+  bool initialized = false;
+  bool warmed = false;
+  decltype(at::cuda::graph_pool_handle()) pool;
+  std::unique_ptr<c10::cuda::CUDAStream> stream;
+  at::cuda::CUDAEvent ready, done;
+  StaticDecodeIo io;
+  DecodeStepKernels kernels;
+  std::map<GraphKey, Graph> graphs;
+  std::map<GraphKey, bool> failed;  // Keys whose capture failed: eager.
+  uint64_t clock = 0;
+  // Counters, readable without the lock.
+  std::atomic<int64_t> replays{0}, captures{0}, declined{0};
+};
+
+CudaGraphDecoder::CudaGraphDecoder(const Decoder* decoder,
+                                   CudaGraphDecoderOptions options)
+    : decoder_(decoder), options_(options), impl_(std::make_unique<Impl>()) {
+  if (options_.min_span < 1) options_.min_span = 1;
+  if (options_.max_graphs < 1) options_.max_graphs = 1;
+  if (options_.fused_kernels) impl_->kernels = FusedDecodeKernels();
+}
+
+CudaGraphDecoder::~CudaGraphDecoder() {
+  if (impl_ != nullptr && impl_->stream != nullptr) {
+    try {
+      impl_->stream->synchronize();
+    } catch (const c10::Error&) {
+    }
+  }
+}
+
+int64_t CudaGraphDecoder::replays() const { return impl_->replays.load(); }
+int64_t CudaGraphDecoder::captures() const { return impl_->captures.load(); }
+int64_t CudaGraphDecoder::declined() const { return impl_->declined.load(); }
+int64_t CudaGraphDecoder::cached_graphs() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return static_cast<int64_t>(impl_->graphs.size());
+}
+
+absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
+                                                        int64_t token_id,
+                                                        const KvCache& cache) {
+  Impl& impl = *impl_;
+  std::unique_lock<std::mutex> lock(impl.mu, std::try_to_lock);
+  const c10::Device device = decoder.device();
+  const int64_t position = cache.length(0);
+  if (!lock.owns_lock() || &decoder != decoder_ || !device.is_cuda() ||
+      cache.batch_size() != 1 || !cache.storage().defined() ||
+      cache.storage().device() != device || position >= cache.capacity()) {
+    ++impl.declined;
+    return at::Tensor();
+  }
+  const at::Tensor& storage = cache.storage();
+  const int64_t span =
+      StaticDecodeSpan(position, cache.capacity(), options_.min_span);
+  GraphKey key{
+      storage.data_ptr(),
+      std::vector<int64_t>(storage.sizes().begin(), storage.sizes().end()),
+      std::vector<int64_t>(storage.strides().begin(), storage.strides().end()),
+      span};
+  if (impl.failed.count(key) > 0) {
+    ++impl.declined;
+    return at::Tensor();
+  }
+  const DecodeStepKernels* kernels =
+      options_.fused_kernels ? &impl.kernels : nullptr;
+  try {
+    c10::InferenceMode inference;
+    c10::cuda::CUDAGuard device_guard(device.index());
+    if (!impl.initialized) {
+      impl.pool = at::cuda::graph_pool_handle();
+      impl.stream =
+          std::make_unique<c10::cuda::CUDAStream>(c10::cuda::getStreamFromPool(
+              /*isHighPriority=*/true, device.index()));
+      const auto index = at::TensorOptions().dtype(at::kLong).device(device);
+      impl.io.token = at::zeros({1}, index);
+      impl.io.position = at::zeros({1}, index);
+      impl.io.logits =
+          at::zeros({decoder.config().vocab_size}, index.dtype(at::kFloat));
+      impl.initialized = true;
+    }
+    c10::cuda::CUDAStream caller =
+        c10::cuda::getCurrentCUDAStream(device.index());
+    c10::cuda::CUDAStream& stream = *impl.stream;
+    // The output lives on the caller's stream (allocated there, written on
+    // ours before the caller waits for us).
+    at::Tensor out =
+        at::empty({decoder.config().vocab_size},
+                  at::TensorOptions().dtype(at::kFloat).device(device));
+    impl.ready.record(caller);
+    impl.ready.block(stream);
+    {
+      c10::cuda::CUDAStreamGuard stream_guard(stream);
+      impl.io.token.fill_(token_id);
+      impl.io.position.fill_(position);
+      auto it = impl.graphs.find(key);
+      if (it == impl.graphs.end()) {
+        // Warm up on this stream (cuBLAS handles and workspaces, lazy
+        // kernel loading) with the real inputs: it writes the same K/V the
+        // replay below writes again.
+        for (int i = 0; i < (impl.warmed ? 1 : 2); ++i) {
+          absl::Status st =
+              decoder.StaticDecodeStep(impl.io, storage, span, kernels);
+          if (!st.ok()) {
+            impl.failed.emplace(key, true);
+            ++impl.declined;
+            stream.synchronize();
+            return at::Tensor();
+          }
+        }
+        impl.warmed = true;
+        stream.synchronize();
+        if (static_cast<int>(impl.graphs.size()) >= options_.max_graphs) {
+          auto oldest = impl.graphs.begin();
+          for (auto g = impl.graphs.begin(); g != impl.graphs.end(); ++g) {
+            if (g->second.last_use < oldest->second.last_use) oldest = g;
+          }
+          impl.graphs.erase(oldest);
+        }
+        Graph g;
+        g.graph = std::make_unique<at::cuda::CUDAGraph>();
+        g.graph->capture_begin(impl.pool, cudaStreamCaptureModeThreadLocal);
+        absl::Status st =
+            decoder.StaticDecodeStep(impl.io, storage, span, kernels);
+        try {
+          g.graph->capture_end();
+        } catch (const c10::Error& e) {
+          if (st.ok()) {
+            st = absl::InternalError(
+                absl::StrCat("capture_end: ", e.what_without_backtrace()));
+          }
+        }
+        if (!st.ok()) {
+          cudaStreamCaptureStatus status;
+          if (cudaStreamIsCapturing(stream.stream(), &status) == cudaSuccess &&
+              status != cudaStreamCaptureStatusNone) {
+            cudaGraph_t dangling = nullptr;
+            cudaStreamEndCapture(stream.stream(), &dangling);
+            if (dangling != nullptr) cudaGraphDestroy(dangling);
+          }
+          (void)cudaGetLastError();
+          impl.failed.emplace(key, true);
+          ++impl.declined;
+          return at::Tensor();
+        }
+        ++impl.captures;
+        it = impl.graphs.emplace(key, std::move(g)).first;
+      }
+      it->second.last_use = ++impl.clock;
+      it->second.graph->replay();
+      ++impl.replays;
+      out.copy_(impl.io.logits);
+    }
+    impl.done.record(stream);
+    impl.done.block(caller);
+    return out;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("CUDA-graph decode step: ", e.what_without_backtrace()));
+  }
+}
+
+std::shared_ptr<CudaGraphDecoder> InstallCudaGraphDecoder(
+    Decoder& decoder, CudaGraphDecoderOptions options) {
+  if (!decoder.device().is_cuda() || EnvOff("KVWIRE_CUDA_GRAPH_DECODE")) {
+    return nullptr;
+  }
+  if (EnvOff("KVWIRE_CUDA_GRAPH_FUSED_KERNELS")) options.fused_kernels = false;
+  auto accelerator = std::make_shared<CudaGraphDecoder>(&decoder, options);
+  decoder.SetDecodeAccelerator(accelerator);
+  return accelerator;
+}
+
+}  // namespace kvwire

@@ -1,0 +1,88 @@
+// CUDA-graph replay of batch-1 decode steps (built only with
+// KVWIRE_WITH_CUDA, as the kvwire_model_cuda library).
+//
+// An eager decode step of a small model is ~1000+ tiny kernels, so it is
+// bound by launch overhead, not by the GPU. CudaGraphDecoder captures
+// Decoder::StaticDecodeStep (whose shapes do not depend on the position)
+// once per (KV cache storage, key span bucket) as a CUDA graph and replays
+// it: per step it writes the token id and position into two device scalars,
+// replays, and copies the logits out. With fused_kernels, RMSNorm, RoPE and
+// SiLU*up run as single fused kernels (decode_kernels.h) inside the graph.
+// Sampling stays in Decoder::Sample, on the returned logits.
+//
+// A graph bakes in the addresses of the cache storage, so graphs are keyed by
+// the storage's address and shape (a cache freed and another allocated at
+// the same address with the same shape reuses the graph correctly: only the
+// address and shape are baked in). At most max_graphs graphs are kept (least
+// recently used evicted). All graphs share one memory pool and run on one
+// private stream, ordered after the caller's current stream with events, so
+// replays never overlap. Thread-safe: a call that finds the decoder busy on
+// another thread declines (the decoder then runs that step eagerly).
+//
+// Results: the same as the eager DecodeStep up to the order of floating-point
+// reductions (masked attention over the span bucket instead of exactly the
+// valid keys, fused fp32 reductions); greedy tokens match unless two logits
+// are within that noise.
+#ifndef KVWIRE_COMMON_MODEL_CUDA_GRAPH_DECODER_H_
+#define KVWIRE_COMMON_MODEL_CUDA_GRAPH_DECODER_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "common/model/decoder.h"
+
+namespace kvwire {
+
+struct CudaGraphDecoderOptions {
+  // Smallest key span captured (spans are powers of two up to capacity).
+  int64_t min_span = 64;
+  // Graphs kept (one per cache storage and span bucket).
+  int max_graphs = 16;
+  // Fused RMSNorm / RoPE / SiLU*up kernels instead of ATen op chains.
+  bool fused_kernels = true;
+};
+
+class CudaGraphDecoder : public DecodeAccelerator {
+ public:
+  // `decoder` must outlive this object and run on a CUDA device.
+  explicit CudaGraphDecoder(const Decoder* decoder,
+                            CudaGraphDecoderOptions options = {});
+  ~CudaGraphDecoder() override;
+  CudaGraphDecoder(const CudaGraphDecoder&) = delete;
+  CudaGraphDecoder& operator=(const CudaGraphDecoder&) = delete;
+
+  absl::StatusOr<at::Tensor> DecodeStep(const Decoder& decoder,
+                                        int64_t token_id,
+                                        const KvCache& cache) override;
+
+  const CudaGraphDecoderOptions& options() const { return options_; }
+  // Counters (for tests and benchmarks).
+  int64_t replays() const;
+  int64_t captures() const;
+  int64_t declined() const;  // Busy, unsupported cache or failed capture.
+  int64_t cached_graphs() const;
+
+ private:
+  struct Impl;
+  const Decoder* decoder_;
+  CudaGraphDecoderOptions options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The fused kernels (decode_kernels.h) as DecodeStepKernels, for CUDA
+// tensors; each falls back to ATen ops for inputs it does not handle.
+DecodeStepKernels FusedDecodeKernels();
+
+// Installs a CudaGraphDecoder on `decoder` when it runs on CUDA, unless the
+// environment variable KVWIRE_CUDA_GRAPH_DECODE is "0" (and with
+// KVWIRE_CUDA_GRAPH_FUSED_KERNELS=0, without the fused kernels). Returns it,
+// or nullptr when nothing was installed. Call before sharing the decoder.
+std::shared_ptr<CudaGraphDecoder> InstallCudaGraphDecoder(
+    Decoder& decoder, CudaGraphDecoderOptions options = {});
+
+}  // namespace kvwire
+
+#endif  // KVWIRE_COMMON_MODEL_CUDA_GRAPH_DECODER_H_

@@ -1,0 +1,216 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/model/decode_kernels.h"
+
+namespace kvwire {
+namespace decode_kernels {
+namespace {
+
+template <typename T>
+struct Convert;
+template <>
+struct Convert<float> {
+  static __device__ __forceinline__ float ToFloat(float v) { return v; }
+  static __device__ __forceinline__ float FromFloat(float v) { return v; }
+};
+template <>
+struct Convert<__nv_bfloat16> {
+  static __device__ __forceinline__ float ToFloat(__nv_bfloat16 v) {
+    return __bfloat162float(v);
+  }
+  static __device__ __forceinline__ __nv_bfloat16 FromFloat(float v) {
+    return __float2bfloat16_rn(v);
+  }
+};
+template <>
+struct Convert<__half> {
+  static __device__ __forceinline__ float ToFloat(__half v) {
+    return __half2float(v);
+  }
+  static __device__ __forceinline__ __half FromFloat(float v) {
+    return __float2half_rn(v);
+  }
+};
+
+// Rounds a float through T (what storing a T tensor does).
+template <typename T>
+__device__ __forceinline__ float Round(float v) {
+  return Convert<T>::ToFloat(Convert<T>::FromFloat(v));
+}
+
+// Sum over the block; every thread gets the result. blockDim.x is a
+// multiple of 32, at most 1024.
+__device__ __forceinline__ float BlockSum(float v) {
+  __shared__ float partial[32];
+  for (int offset = 16; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / 32;
+  v = lane < warps ? partial[lane] : 0.0f;
+  for (int offset = 16; offset > 0; offset /= 2) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+template <typename T>
+__global__ void RmsNormKernel(const T* __restrict__ x,
+                              const T* __restrict__ weight, T* __restrict__ out,
+                              int64_t cols, float eps) {
+  const T* row = x + blockIdx.x * cols;
+  T* dst = out + blockIdx.x * cols;
+  float acc = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = Convert<T>::ToFloat(row[i]);
+    acc = __fadd_rn(acc, __fmul_rn(v, v));
+  }
+  const float variance = BlockSum(acc) / static_cast<float>(cols);
+  const float inv = rsqrtf(variance + eps);
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float normed = Round<T>(__fmul_rn(Convert<T>::ToFloat(row[i]), inv));
+    dst[i] = Convert<T>::FromFloat(
+        __fmul_rn(Convert<T>::ToFloat(weight[i]), normed));
+  }
+}
+
+template <typename T>
+__global__ void RopeKernel(const T* __restrict__ x, const T* __restrict__ cos,
+                           const T* __restrict__ sin, T* __restrict__ out,
+                           int64_t rows, int64_t dim) {
+  const int64_t total = rows * dim;
+  const int64_t half = dim / 2;
+  for (int64_t idx =
+           blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       idx < total; idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx % dim;
+    const int64_t base = idx - i;
+    const float v = Convert<T>::ToFloat(x[idx]);
+    // rotate_half: [-x2, x1] (negation is exact).
+    const float rot = i < half ? -Convert<T>::ToFloat(x[base + i + half])
+                               : Convert<T>::ToFloat(x[base + i - half]);
+    // _rn intrinsics: no fused multiply-add, each op rounded as ATen's.
+    const float a = Round<T>(__fmul_rn(v, Convert<T>::ToFloat(cos[i])));
+    const float b = Round<T>(__fmul_rn(rot, Convert<T>::ToFloat(sin[i])));
+    out[idx] = Convert<T>::FromFloat(__fadd_rn(a, b));
+  }
+}
+
+template <typename T>
+__global__ void SiluMulKernel(const T* __restrict__ gate_up,
+                              T* __restrict__ out, int64_t rows, int64_t n) {
+  const int64_t total = rows * n;
+  for (int64_t idx =
+           blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       idx < total; idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = idx / n;
+    const int64_t i = idx - r * n;
+    const float g = Convert<T>::ToFloat(gate_up[r * 2 * n + i]);
+    const float u = Convert<T>::ToFloat(gate_up[r * 2 * n + n + i]);
+    // As ATen's CUDA silu: x / (1 + exp(-x)) in fp32, then rounded.
+    const float s = Round<T>(g / (1.0f + expf(-g)));
+    out[idx] = Convert<T>::FromFloat(__fmul_rn(s, u));
+  }
+}
+
+int ThreadsFor(int64_t cols) {
+  int64_t t = (cols + 31) / 32 * 32;
+  if (t > 1024) t = 1024;
+  if (t < 32) t = 32;
+  return static_cast<int>(t);
+}
+
+int BlocksFor(int64_t total, int threads) {
+  int64_t b = (total + threads - 1) / threads;
+  if (b > 65535) b = 65535;
+  if (b < 1) b = 1;
+  return static_cast<int>(b);
+}
+
+template <typename T>
+cudaError_t LaunchRmsNorm(const void* x, const void* weight, void* out,
+                          int64_t rows, int64_t cols, float eps,
+                          cudaStream_t stream) {
+  if (rows <= 0 || cols <= 0) return cudaSuccess;
+  if (rows > 2147483647LL) return cudaErrorInvalidValue;
+  RmsNormKernel<T>
+      <<<static_cast<unsigned>(rows), ThreadsFor(cols), 0, stream>>>(
+          static_cast<const T*>(x), static_cast<const T*>(weight),
+          static_cast<T*>(out), cols, eps);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchRope(const void* x, const void* cos, const void* sin,
+                       void* out, int64_t rows, int64_t dim,
+                       cudaStream_t stream) {
+  if (rows <= 0 || dim <= 0) return cudaSuccess;
+  if (dim % 2 != 0) return cudaErrorInvalidValue;
+  constexpr int kThreads = 256;
+  RopeKernel<T><<<BlocksFor(rows * dim, kThreads), kThreads, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(cos),
+      static_cast<const T*>(sin), static_cast<T*>(out), rows, dim);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchSiluMul(const void* gate_up, void* out, int64_t rows,
+                          int64_t n, cudaStream_t stream) {
+  if (rows <= 0 || n <= 0) return cudaSuccess;
+  constexpr int kThreads = 256;
+  SiluMulKernel<T><<<BlocksFor(rows * n, kThreads), kThreads, 0, stream>>>(
+      static_cast<const T*>(gate_up), static_cast<T*>(out), rows, n);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t RmsNorm(const void* x, const void* weight, void* out, int64_t rows,
+                    int64_t cols, float eps, Dtype dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case Dtype::kFp32:
+      return LaunchRmsNorm<float>(x, weight, out, rows, cols, eps, stream);
+    case Dtype::kBf16:
+      return LaunchRmsNorm<__nv_bfloat16>(x, weight, out, rows, cols, eps,
+                                          stream);
+    case Dtype::kFp16:
+      return LaunchRmsNorm<__half>(x, weight, out, rows, cols, eps, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t Rope(const void* x, const void* cos, const void* sin, void* out,
+                 int64_t rows, int64_t dim, Dtype dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case Dtype::kFp32:
+      return LaunchRope<float>(x, cos, sin, out, rows, dim, stream);
+    case Dtype::kBf16:
+      return LaunchRope<__nv_bfloat16>(x, cos, sin, out, rows, dim, stream);
+    case Dtype::kFp16:
+      return LaunchRope<__half>(x, cos, sin, out, rows, dim, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t SiluMul(const void* gate_up, void* out, int64_t rows, int64_t n,
+                    Dtype dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case Dtype::kFp32:
+      return LaunchSiluMul<float>(gate_up, out, rows, n, stream);
+    case Dtype::kBf16:
+      return LaunchSiluMul<__nv_bfloat16>(gate_up, out, rows, n, stream);
+    case Dtype::kFp16:
+      return LaunchSiluMul<__half>(gate_up, out, rows, n, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace decode_kernels
+}  // namespace kvwire

@@ -1,0 +1,192 @@
+// CudaGraphDecoder (CUDA builds only; skipped without a CUDA device): graph
+// replay of the static decode step against the eager decoder on random tiny
+// Qwen3 models in fp32 and bf16, and the fused kernels against ATen.
+#include "common/model/cuda_graph_decoder.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/silu.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/decoder.h"
+#include "gtest/gtest.h"
+#include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
+
+namespace kvwire {
+namespace {
+
+constexpr int64_t kVocab = 256;
+
+bool HaveCuda() { return c10::cuda::device_count() > 0; }
+
+std::string MakeModel(const std::string& name, int64_t window) {
+  ModelConfig c =
+      MakeModelConfig(ModelArch::kQwen3, kVocab, 64, 128, 3, 4, 2, 32);
+  c.tie_word_embeddings = true;
+  c.eos_token_ids = {kVocab - 1};
+  if (window > 0) {
+    c.layers[1].attention_type = "sliding_attention";
+    c.layers[1].sliding_window = window;
+  }
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/kvwire_graph_",
+                                       ::getpid(), "_", name);
+  TinyCheckpointOptions options;
+  options.config = c;
+  options.dtype = SafetensorsDtype::kF32;
+  options.seed = 11;
+  options.init_std = 0.2;  // Spread logits: clear argmax decisions.
+  options.bias_std = 0.1;
+  const absl::Status status = WriteRandomCheckpoint(dir, options);
+  EXPECT_TRUE(status.ok()) << status;
+  return dir;
+}
+
+std::unique_ptr<Decoder> Load(const std::string& dir, at::ScalarType dtype) {
+  DecoderOptions options;
+  options.dtype = dtype;
+  options.device = c10::Device(c10::kCUDA, 0);
+  auto decoder = Decoder::Load(dir, options);
+  EXPECT_TRUE(decoder.ok()) << decoder.status();
+  return decoder.ok() ? std::move(*decoder) : nullptr;
+}
+
+std::vector<int64_t> Tokens(int64_t n) {
+  std::vector<int64_t> t;
+  for (int64_t i = 0; i < n; ++i) t.push_back((i * 37 + 5) % (kVocab - 1));
+  return t;
+}
+
+double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kCPU).to(at::kFloat) - b.to(at::kCPU).to(at::kFloat))
+      .abs()
+      .max()
+      .item<double>();
+}
+
+class CudaGraphDecoderTest : public ::testing::TestWithParam<at::ScalarType> {
+ protected:
+  void SetUp() override {
+    if (!HaveCuda()) GTEST_SKIP() << "no CUDA device";
+  }
+  // Logit tolerance: fp32 noise vs bf16 rounding of a differently ordered
+  // attention/RMSNorm reduction.
+  double Tolerance() const { return GetParam() == at::kFloat ? 1e-3 : 0.15; }
+};
+
+TEST_P(CudaGraphDecoderTest, GreedyGenerateMatchesEager) {
+  for (int64_t window : {0, 5}) {
+    SCOPED_TRACE(absl::StrCat("window ", window));
+    auto decoder =
+        Load(MakeModel(absl::StrCat("gen", window), window), GetParam());
+    ASSERT_NE(decoder, nullptr);
+    GenerationOptions options;
+    options.max_new_tokens = 32;
+    options.eos_token_ids = std::vector<int64_t>{};
+    const std::vector<int64_t> prompt = Tokens(7);
+    auto eager = decoder->Generate(prompt, options);
+    ASSERT_TRUE(eager.ok()) << eager.status();
+
+    CudaGraphDecoderOptions graph_options;
+    graph_options.min_span = 8;  // Spans 8, 16, 32, then the capacity.
+    auto graphs = InstallCudaGraphDecoder(*decoder, graph_options);
+    ASSERT_NE(graphs, nullptr);
+    auto replayed = decoder->Generate(prompt, options);
+    ASSERT_TRUE(replayed.ok()) << replayed.status();
+    EXPECT_EQ(replayed->tokens, eager->tokens);
+    EXPECT_EQ(graphs->replays(), options.max_new_tokens - 1);
+    EXPECT_GE(graphs->captures(), 3);
+    EXPECT_EQ(graphs->declined(), 0);
+
+    // Again: same cache shape; the graphs are reused if the allocator hands
+    // back the same storage, recaptured otherwise; tokens are the same.
+    auto again = decoder->Generate(prompt, options);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->tokens, eager->tokens);
+  }
+}
+
+TEST_P(CudaGraphDecoderTest, StepLogitsAndCacheMatchEager) {
+  auto decoder = Load(MakeModel("steps", 6), GetParam());
+  ASSERT_NE(decoder, nullptr);
+  constexpr int64_t kCapacity = 70;
+  const std::vector<int64_t> prompt = Tokens(5);
+  auto eager_cache = decoder->NewCache(kCapacity);
+  auto graph_cache = decoder->NewCache(kCapacity);
+  ASSERT_TRUE(eager_cache.ok() && graph_cache.ok());
+  ASSERT_TRUE(decoder->Prefill(prompt, *eager_cache).ok());
+  ASSERT_TRUE(decoder->Prefill(prompt, *graph_cache).ok());
+
+  CudaGraphDecoderOptions graph_options;
+  graph_options.min_span = 16;
+  auto graphs =
+      std::make_shared<CudaGraphDecoder>(decoder.get(), graph_options);
+  int64_t token = prompt.back();
+  for (int64_t pos = 5; pos < kCapacity; ++pos) {
+    SCOPED_TRACE(absl::StrCat("position ", pos));
+    decoder->SetDecodeAccelerator(nullptr);
+    auto expected = decoder->DecodeStep(token, *eager_cache);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    decoder->SetDecodeAccelerator(graphs);
+    auto got = decoder->DecodeStep(token, *graph_cache);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(graph_cache->length(), pos + 1);
+    EXPECT_LT(MaxDiff(*got, *expected), Tolerance());
+    token = expected->argmax().item<int64_t>();
+    EXPECT_EQ(got->argmax().item<int64_t>(), token);
+  }
+  EXPECT_EQ(graphs->replays(), kCapacity - 5);
+  EXPECT_LT(MaxDiff(graph_cache->storage(), eager_cache->storage()),
+            GetParam() == at::kFloat ? 1e-4 : 0.1);
+}
+
+TEST_P(CudaGraphDecoderTest, FusedKernelsMatchAten) {
+  const auto options =
+      at::TensorOptions().dtype(GetParam()).device(c10::kCUDA, 0);
+  const DecodeStepKernels fused = FusedDecodeKernels();
+  // RMSNorm over a hidden row and over per-head rows.
+  for (auto shape : {std::vector<int64_t>{1, 1, 1024},
+                     std::vector<int64_t>{1, 1, 16, 128}}) {
+    const at::Tensor x = at::randn(shape, options) * 3;
+    const at::Tensor w = at::randn({shape.back()}, options) * 0.1 + 1;
+    const at::Tensor xf = x.to(at::kFloat);
+    const at::Tensor ref =
+        w * (xf * (xf.pow(2).mean(-1, true) + 1e-6).rsqrt()).to(GetParam());
+    const at::Tensor got = fused.rms_norm(x, w, 1e-6);
+    EXPECT_EQ(got.sizes(), x.sizes());
+    // One unit in the last place of the output at most.
+    EXPECT_LE(MaxDiff(got, ref),
+              GetParam() == at::kFloat ? 1e-5 : 0.0079 * MaxDiff(ref, ref * 0));
+  }
+  // RoPE: bitwise equal (same roundings, no reductions).
+  const at::Tensor q = at::randn({1, 16, 1, 128}, options);
+  const at::Tensor cs = at::randn({1, 1, 1, 128}, options);
+  const at::Tensor sn = at::randn({1, 1, 1, 128}, options);
+  const at::Tensor rot =
+      at::cat({q.narrow(-1, 64, 64).neg(), q.narrow(-1, 0, 64)}, -1);
+  EXPECT_EQ(MaxDiff(fused.rope(q, cs, sn), q * cs + rot * sn), 0.0);
+  // SiLU * up: bitwise equal up to expf's last-place rounding.
+  const at::Tensor gu = at::randn({1, 1, 2 * 3072}, options) * 4;
+  const at::Tensor ref_mlp =
+      at::silu(gu.narrow(-1, 0, 3072)) * gu.narrow(-1, 3072, 3072);
+  EXPECT_LE(
+      MaxDiff(fused.silu_mul(gu), ref_mlp),
+      GetParam() == at::kFloat ? 1e-5 : 0.0079 * MaxDiff(ref_mlp, ref_mlp * 0));
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaGraphDecoderTest,
+                         ::testing::Values(at::kFloat, at::kBFloat16),
+                         [](const ::testing::TestParamInfo<at::ScalarType>& i) {
+                           return i.param == at::kFloat ? std::string("fp32")
+                                                        : std::string("bf16");
+                         });
+
+}  // namespace
+}  // namespace kvwire

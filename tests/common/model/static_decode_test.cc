@@ -1,0 +1,202 @@
+// Decoder::StaticDecodeStep (the position-independent decode step that the
+// CUDA-graph decoder captures) against the eager DecodeStep, on random
+// checkpoints: same logits, same cache contents, same greedy tokens, across
+// span buckets and sliding windows; and the DecodeAccelerator hook.
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/decoder.h"
+#include "gtest/gtest.h"
+#include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
+
+namespace kvwire {
+namespace {
+
+constexpr int64_t kVocab = 128;
+
+struct Variant {
+  std::string name;
+  ModelArch arch;
+  int64_t window;  // > 0: every other layer slides with this window.
+};
+
+ModelConfig VariantConfig(const Variant& v) {
+  ModelConfig c = MakeModelConfig(v.arch, kVocab, 32, 64, 3, 4, 2,
+                                  v.arch == ModelArch::kQwen3 ? 16 : 0);
+  c.eos_token_ids = {kVocab - 1};
+  if (v.arch == ModelArch::kLlama) {
+    c.rope = RopeConfig{RopeType::kLlama3, 10000.0, 8.0, 1.0, 4.0, 64};
+    c.tie_word_embeddings = false;
+    SetUniformLayers(c);
+  } else {
+    c.tie_word_embeddings = true;
+  }
+  if (v.window > 0) {
+    for (size_t i = 0; i < c.layers.size(); i += 2) {
+      c.layers[i].attention_type = "sliding_attention";
+      c.layers[i].sliding_window = v.window;
+    }
+  }
+  return c;
+}
+
+std::unique_ptr<Decoder> LoadVariant(const Variant& v) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/kvwire_static_",
+                                       ::getpid(), "_", v.name);
+  TinyCheckpointOptions options;
+  options.config = VariantConfig(v);
+  options.dtype = SafetensorsDtype::kF32;
+  options.seed = 7;
+  options.init_std = 0.2;  // Spread logits: clear argmax decisions.
+  options.bias_std = 0.1;
+  const absl::Status written = WriteRandomCheckpoint(dir, options);
+  EXPECT_TRUE(written.ok()) << written;
+  DecoderOptions decoder_options;
+  decoder_options.dtype = at::kFloat;
+  const char* env = std::getenv("KVWIRE_TEST_DEVICE");
+  auto device = ParseModelDevice(env != nullptr ? env : "cpu");
+  EXPECT_TRUE(device.ok());
+  if (device.ok()) decoder_options.device = *device;
+  auto decoder = Decoder::Load(dir, decoder_options);
+  EXPECT_TRUE(decoder.ok()) << decoder.status();
+  return decoder.ok() ? std::move(*decoder) : nullptr;
+}
+
+std::vector<int64_t> Tokens(int64_t n) {
+  std::vector<int64_t> t;
+  for (int64_t i = 0; i < n; ++i) t.push_back((i * 29 + 7) % (kVocab - 1));
+  return t;
+}
+
+double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kCPU).to(at::kFloat) - b.to(at::kCPU).to(at::kFloat))
+      .abs()
+      .max()
+      .item<double>();
+}
+
+class StaticDecodeTest : public ::testing::TestWithParam<Variant> {
+ protected:
+  void SetUp() override {
+    decoder_ = LoadVariant(GetParam());
+    ASSERT_NE(decoder_, nullptr);
+  }
+  std::unique_ptr<Decoder> decoder_;
+};
+
+TEST(StaticDecodeSpanTest, PowerOfTwoBucketsWithinCapacity) {
+  EXPECT_EQ(StaticDecodeSpan(0, 100, 8), 8);
+  EXPECT_EQ(StaticDecodeSpan(7, 100, 8), 8);
+  EXPECT_EQ(StaticDecodeSpan(8, 100, 8), 16);
+  EXPECT_EQ(StaticDecodeSpan(63, 100, 8), 64);
+  EXPECT_EQ(StaticDecodeSpan(64, 100, 8), 100);
+  EXPECT_EQ(StaticDecodeSpan(99, 100, 8), 100);
+  EXPECT_EQ(StaticDecodeSpan(3, 4096), 64);
+}
+
+TEST_P(StaticDecodeTest, MatchesEagerDecodeStepAcrossSpanBuckets) {
+  constexpr int64_t kCapacity = 40;
+  const std::vector<int64_t> prompt = Tokens(5);
+  auto eager = decoder_->NewCache(kCapacity);
+  auto fixed = decoder_->NewCache(kCapacity);
+  ASSERT_TRUE(eager.ok() && fixed.ok());
+  ASSERT_TRUE(decoder_->Prefill(prompt, *eager).ok());
+  ASSERT_TRUE(decoder_->Prefill(prompt, *fixed).ok());
+
+  const auto index =
+      at::TensorOptions().dtype(at::kLong).device(decoder_->device());
+  StaticDecodeIo io;
+  io.token = at::empty({1}, index);
+  io.position = at::empty({1}, index);
+  io.logits = at::empty({kVocab}, index.dtype(at::kFloat));
+  int64_t token = prompt.back();
+  for (int64_t pos = 5; pos < kCapacity; ++pos) {
+    SCOPED_TRACE(absl::StrCat("position ", pos));
+    auto expected = decoder_->DecodeStep(token, *eager);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    io.token.fill_(token);
+    io.position.fill_(pos);
+    // Minimum span 4: buckets 8, 16, 32 and then the capacity.
+    const int64_t span = StaticDecodeSpan(pos, kCapacity, 4);
+    ASSERT_TRUE(decoder_->StaticDecodeStep(io, fixed->storage(), span).ok());
+    ASSERT_TRUE(fixed->SetLength(0, pos + 1).ok());
+    EXPECT_LT(MaxDiff(io.logits, *expected), 1e-5);
+    EXPECT_EQ(io.logits.argmax().item<int64_t>(),
+              expected->argmax().item<int64_t>());
+    token = expected->argmax().item<int64_t>();
+  }
+  // Same K/V in both caches, and nothing written past the last position.
+  EXPECT_LT(MaxDiff(fixed->storage(), eager->storage()), 1e-5);
+}
+
+TEST_P(StaticDecodeTest, AcceleratedGenerateMatchesEager) {
+  GenerationOptions options;
+  options.max_new_tokens = 30;
+  options.eos_token_ids = std::vector<int64_t>{};
+  const std::vector<int64_t> prompt = Tokens(9);
+  auto expected = decoder_->Generate(prompt, options);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+
+  auto accelerator = std::make_shared<StaticDecodeAccelerator>(/*min_span=*/8);
+  decoder_->SetDecodeAccelerator(accelerator);
+  auto got = decoder_->Generate(prompt, options);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->tokens, expected->tokens);
+  // One step per generated token after the first, plus none for the
+  // nine-token first forward (it is not a one-token step).
+  EXPECT_EQ(accelerator->steps(), options.max_new_tokens - 1);
+
+  // DecodeStep and one-token Prefill go through it too; lengths advance.
+  auto cache = decoder_->NewCache(16);
+  ASSERT_TRUE(cache.ok());
+  ASSERT_TRUE(decoder_->Prefill(Tokens(3), *cache).ok());
+  auto logits = decoder_->DecodeStep(5, *cache);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_EQ(logits->sizes(), (std::vector<int64_t>{kVocab}));
+  EXPECT_EQ(cache->length(), 4);
+  EXPECT_EQ(accelerator->steps(), options.max_new_tokens);
+
+  decoder_->SetDecodeAccelerator(nullptr);
+  EXPECT_EQ(decoder_->decode_accelerator(), nullptr);
+}
+
+TEST_P(StaticDecodeTest, RejectsMismatchedBuffers) {
+  auto cache = decoder_->NewCache(8);
+  ASSERT_TRUE(cache.ok());
+  StaticDecodeIo io;
+  io.token = at::full({1}, 1, at::kLong);
+  io.position = at::full({1}, 0, at::kLong);
+  io.logits = at::empty({kVocab}, at::kFloat);
+  if (decoder_->device().is_cpu()) {
+    EXPECT_TRUE(decoder_->StaticDecodeStep(io, cache->storage(), 8).ok());
+  }
+  EXPECT_FALSE(decoder_->StaticDecodeStep(io, cache->storage(), 9).ok());
+  EXPECT_FALSE(decoder_->StaticDecodeStep(io, cache->storage(), 0).ok());
+  auto batch2 = decoder_->NewCache(8, 2);
+  ASSERT_TRUE(batch2.ok());
+  EXPECT_FALSE(decoder_->StaticDecodeStep(io, batch2->storage(), 8).ok());
+  io.logits = at::empty({kVocab + 1}, at::kFloat);
+  EXPECT_FALSE(decoder_->StaticDecodeStep(io, cache->storage(), 8).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, StaticDecodeTest,
+    ::testing::Values(Variant{"qwen3", ModelArch::kQwen3, 0},
+                      Variant{"qwen2", ModelArch::kQwen2, 0},
+                      Variant{"llama", ModelArch::kLlama, 0},
+                      Variant{"qwen3_window", ModelArch::kQwen3, 6}),
+    [](const ::testing::TestParamInfo<Variant>& info) {
+      return info.param.name;
+    });
+
+}  // namespace
+}  // namespace kvwire
