@@ -25,7 +25,8 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 git -C "$root" rev-parse --short HEAD 2>/dev/null || true
 step "build"
 kvwire_gpu_build kvwire_cuda_quantize_test kvwire_model_cuda_test \
-  kvwire-model-bench kvwire_cuda_codec_benchmark kvwire-load || exit 1
+  kvwire-model-bench kvwire_cuda_codec_benchmark kvwire-load \
+  kvwire-fuser-graph-bench || exit 1
 
 step "CUDA parity tests"
 "$build/tests/common/codec/kvwire_cuda_quantize_test" 2>&1 |
@@ -43,6 +44,23 @@ step "codec: fused CUDA kernels vs ATen on the GPU"
 "$build/benchmarks/kvwire_cuda_codec_benchmark" \
   --benchmark_out="$OUT/codec_bench.json" --benchmark_out_format=json 2>&1 |
   tail -n 40 | tee "$OUT/codec_bench.txt"
+
+step "fusion: 28 projectors, 117 tokens: C++ (CUDA graphs) vs Python reference"
+python3 "$root/tools/gen_fuser_goldens.py" --real /tmp/kvwire-fuser-real \
+  --tokens 117 --runs 30 --warmup 5 --json "$OUT/fuser_python.json" >/dev/null &&
+  "$build/tools/fuser/kvwire-fuser-graph-bench" \
+    --checkpoint=/tmp/kvwire-fuser-real/ckpt --io=/tmp/kvwire-fuser-real/io.pt \
+    --device=cuda --dtype=bf16 --warmup=5 --runs=30 >"$OUT/fuser_cpp_graphs.json"
+python3 - "$OUT/fuser_python.json" "$OUT/fuser_cpp_graphs.json" <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    try:
+        d = json.load(open(f))
+    except Exception as e:
+        print(f, "unreadable", e); continue
+    d.pop("parity", None)
+    print(f, json.dumps(d.get("real", d))[:600])
+PY
 
 step "end to end vs the Python reference"
 KVWIRE_E2E_RUNS=${KVWIRE_E2E_RUNS:-10} bash "$root/scripts/gpu_e2e_bench.sh" \
