@@ -18,6 +18,7 @@
 #include "receiver_service/receiver_engine.h"
 
 #ifdef KVWIRE_WITH_CUDA
+#include "common/fuser/cuda_graph_fuser.h"
 #include "common/model/cuda_graph_decoder.h"
 #endif
 #include "common/tokenizer/chat_template.h"
@@ -364,6 +365,10 @@ absl::StatusOr<std::unique_ptr<TorchReceiverEngine>> TorchReceiverEngine::Load(
                            : ""));
     }
     e->fuser_ = *std::move(fuser);
+#ifdef KVWIRE_WITH_CUDA
+    // Fusion replays CUDA graphs (KVWIRE_CUDA_GRAPH_FUSE=0: off).
+    InstallCudaGraphFuser(*e->fuser_);
+#endif
     e->sharer_layers_ = options.sharer_layers;
     const std::vector<int> fused = e->fuser_->FusedReceiverLayers();
     if (fused.empty()) {

@@ -8,7 +8,10 @@
 # and answers/s against concurrency 1, 4, 16, 64 (kvwire-load). Usage, from
 # the repository root after `source .gpu/device-env.sh`:
 #   scripts/gpu_perf_run.sh TOKENIZER_DIR [SHARER_DEVICE RECEIVER_DEVICE]
-# Results go to $OUT (default /tmp/kvwire-perf).
+# Results go to $OUT (default /tmp/kvwire-perf), also packed into
+# $OUT/0perf.tgz. KVWIRE_PERF_QUICK=1 runs only the parity tests, the end-to-end
+# comparison, the timeline and the concurrency table (e.g. for the two-GPU
+# run: SHARER_DEVICE=cuda:0 RECEIVER_DEVICE=cuda:1).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tok=${1:?usage: $0 TOKENIZER_DIR [SHARER_DEVICE RECEIVER_DEVICE]}
@@ -25,8 +28,8 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 git -C "$root" rev-parse --short HEAD 2>/dev/null || true
 step "build"
 kvwire_gpu_build kvwire_cuda_quantize_test kvwire_model_cuda_test \
-  kvwire-model-bench kvwire_cuda_codec_benchmark kvwire-load \
-  kvwire-fuser-graph-bench || exit 1
+  kvwire_fuser_cuda_test kvwire-model-bench kvwire_cuda_codec_benchmark \
+  kvwire-load kvwire-fuser-graph-bench || exit 1
 
 step "CUDA parity tests"
 "$build/tests/common/codec/kvwire_cuda_quantize_test" 2>&1 |
@@ -34,8 +37,12 @@ step "CUDA parity tests"
 "$build/tests/common/model/kvwire_model_cuda_test" 2>&1 |
   grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) " | tee "$OUT/model_cuda_test.txt"
 
-step "decoder: eager vs CUDA-graph decode (Qwen3-0.6B shape, bf16)"
+quick=${KVWIRE_PERF_QUICK:-0}
 kvwire_gpu_models "$tok"
+"$build/tests/common/fuser/kvwire_fuser_cuda_test" 2>&1 |
+  grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) " | tee "$OUT/fuser_cuda_test.txt"
+if ((!quick)); then
+step "decoder: eager vs CUDA-graph decode (Qwen3-0.6B shape, bf16)"
 "$build/tools/model_bench/kvwire-model-bench" --model_dir="$models/receiver" \
   --device="$receiver_device" --dtype=bf16 --prompt_len=118 \
   --decode_tokens=64 --iters=3 | tee "$OUT/model_bench.json"
@@ -62,9 +69,18 @@ for f in sys.argv[1:]:
     print(f, json.dumps(d.get("real", d))[:600])
 PY
 
+fi  # quick
+
 step "end to end vs the Python reference"
 KVWIRE_E2E_RUNS=${KVWIRE_E2E_RUNS:-10} bash "$root/scripts/gpu_e2e_bench.sh" \
   "$tok" "$sharer_device" "$receiver_device" 2>&1 | tee "$OUT/e2e.txt"
+
+if [[ "$sharer_device" != "$receiver_device" ]]; then
+  step "end to end with both services on $receiver_device (same host, no Python)"
+  OUT=$OUT/one_gpu KVWIRE_E2E_SKIP_PYTHON=1 KVWIRE_E2E_RUNS=${KVWIRE_E2E_RUNS:-10} \
+    bash "$root/scripts/gpu_e2e_bench.sh" "$tok" "$receiver_device" \
+    "$receiver_device" 2>&1 | tail -n 25 | tee "$OUT/e2e_one_gpu.txt"
+fi
 
 step "timeline and concurrency"
 export KVWIRE_RECEIVER_FLAGS="--workers=16 --queue_size=128 ${KVWIRE_RECEIVER_FLAGS:-}"
@@ -81,6 +97,7 @@ cat "$OUT/trace.txt"
   --scenario_file="$root/load_tests/scenarios/gpu_concurrency.yaml" \
   --target="127.0.0.1:$receiver_port" --allow_insecure --progress=false \
   --plots=false --out_dir="$OUT/load" 2>&1 | tail -n 30 | tee "$OUT/load.txt"
+if ((!quick)); then
 step "transport efficiency on loopback: 8K-token bf16 stream vs iperf3"
 "$build/load_tests/kvwire-load" \
   --scenario_file="$root/load_tests/scenarios/transport_8k.yaml" \
@@ -110,4 +127,19 @@ probe=$!
 sleep 8
 kill -TERM "$probe" 2>/dev/null; wait "$probe" 2>/dev/null
 head -c 600 "$OUT/metrics_probe.out"; grep -i -E "metric|civet|exposer|error|bind" "$OUT/metrics_probe.log" | head -n 10
+else
+  kvwire_gpu_stop_services
+fi  # quick
+
+step "metrics endpoint: what civetweb loads (LD_DEBUG)"
+LD_DEBUG=files timeout 15 "$build/sharer_service/kvwire-sharer" \
+  --model_dir="$models/sharer" --device=cpu --listen_address=127.0.0.1:0 \
+  --metrics_address=127.0.0.1:9777 --allow_insecure >/dev/null \
+  2>"$OUT/metrics_ld_debug.log" &
+probe=$!
+sleep 8
+kill -TERM "$probe" 2>/dev/null; wait "$probe" 2>/dev/null
+grep -E "ssl|crypto|civet" "$OUT/metrics_ld_debug.log" | grep -v "^\s*$" | head -n 15
+grep -E "failed to start|ready" "$OUT/metrics_ld_debug.log" | head -n 3
+tar czf /tmp/kvwire-perf.tgz -C "$OUT" . && mv /tmp/kvwire-perf.tgz "$OUT/0perf.tgz"
 step "done"

@@ -12,7 +12,10 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
+#include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -40,6 +43,8 @@ at::Tensor Unbatched(const at::Tensor& t) {
 }  // namespace
 
 struct CudaGraphFuser::Impl {
+  std::mutex mu;
+  int auto_prepare = 0;  // Token counts that may still be captured on use.
   bool have_pool = false;
   decltype(at::cuda::graph_pool_handle()) pool;
   std::map<GraphKey, std::map<int, LayerGraph>> graphs;
@@ -80,9 +85,13 @@ CudaGraphFuser::CudaGraphFuser(const C2CFuser* fuser)
 
 CudaGraphFuser::~CudaGraphFuser() = default;
 
-int64_t CudaGraphFuser::replays() const { return impl_->replays; }
+int64_t CudaGraphFuser::replays() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->replays;
+}
 
 bool CudaGraphFuser::prepared(int64_t tokens) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
   for (const auto& [key, layers] : impl_->graphs) {
     if (std::get<0>(key) == tokens) return true;
   }
@@ -92,6 +101,33 @@ bool CudaGraphFuser::prepared(int64_t tokens) const {
 absl::Status CudaGraphFuser::Prepare(int64_t tokens,
                                      at::ScalarType sharer_dtype,
                                      at::ScalarType receiver_dtype) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return PrepareLocked(tokens, sharer_dtype, receiver_dtype);
+}
+
+void CudaGraphFuser::set_auto_prepare(int max_token_counts) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->auto_prepare = max_token_counts;
+}
+
+void CudaGraphFuser::MaybeAutoPrepareLocked(const at::Tensor& sharer_keys,
+                                            const at::Tensor& receiver_keys) {
+  if (impl_->auto_prepare <= 0 || !sharer_keys.defined() ||
+      !receiver_keys.defined() || !sharer_keys.is_cuda()) {
+    return;
+  }
+  const GraphKey key{sharer_keys.size(-2), sharer_keys.scalar_type(),
+                     receiver_keys.scalar_type()};
+  if (impl_->graphs.count(key) > 0) return;
+  --impl_->auto_prepare;
+  const absl::Status st =
+      PrepareLocked(std::get<0>(key), std::get<1>(key), std::get<2>(key));
+  if (!st.ok()) impl_->auto_prepare = 0;  // Eager from now on.
+}
+
+absl::Status CudaGraphFuser::PrepareLocked(int64_t tokens,
+                                           at::ScalarType sharer_dtype,
+                                           at::ScalarType receiver_dtype) {
   if (tokens <= 0) return absl::InvalidArgumentError("tokens must be > 0");
   const GraphKey key{tokens, sharer_dtype, receiver_dtype};
   if (impl_->graphs.count(key)) return absl::OkStatus();
@@ -138,7 +174,8 @@ absl::Status CudaGraphFuser::Prepare(int64_t tokens,
       }
       stream.synchronize();
       g.graph = std::make_unique<at::cuda::CUDAGraph>();
-      g.graph->capture_begin(impl_->pool);
+      // Thread-local capture: other threads may use the GPU meanwhile.
+      g.graph->capture_begin(impl_->pool, cudaStreamCaptureModeThreadLocal);
       absl::Status st =
           p->ForwardInto(g.sk, g.sv, g.rk, g.rv, g.out_k, g.out_v);
       try {
@@ -177,6 +214,8 @@ absl::Status CudaGraphFuser::FuseLayer(int receiver_layer, const at::Tensor& sk,
                                        const at::Tensor& rv, int64_t start) {
   const C2CProjector* p = fuser_->ProjectorFor(receiver_layer);
   if (p == nullptr) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  MaybeAutoPrepareLocked(sk, rk);
   LayerGraph* g = impl_->Find(receiver_layer, sk, sv, rk, rv, p->device());
   const int64_t n = sk.defined() ? sk.size(-2) : 0;
   if (g == nullptr || start < 0 || start + n > rk.size(-2)) {
@@ -208,6 +247,8 @@ absl::Status CudaGraphFuser::FuseLayerTokens(
     const at::Tensor& rv) {
   const C2CProjector* p = fuser_->ProjectorFor(receiver_layer);
   if (p == nullptr) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  MaybeAutoPrepareLocked(sk, rk);
   LayerGraph* g = impl_->Find(receiver_layer, sk, sv, rk, rv, p->device());
   const int64_t n = sk.defined() ? sk.size(-2) : 0;
   bool valid = g != nullptr && static_cast<int64_t>(positions.size()) == n;
@@ -242,6 +283,19 @@ absl::Status CudaGraphFuser::FuseLayerTokens(
                      " (graph): ", e.what_without_backtrace()));
   }
   return absl::OkStatus();
+}
+
+std::shared_ptr<CudaGraphFuser> InstallCudaGraphFuser(C2CFuser& fuser) {
+  const char* env = std::getenv("KVWIRE_CUDA_GRAPH_FUSE");
+  if (env != nullptr && std::string(env) == "0") return nullptr;
+  const std::vector<int> layers = fuser.FusedReceiverLayers();
+  if (layers.empty() || !fuser.ProjectorFor(layers[0])->device().is_cuda()) {
+    return nullptr;
+  }
+  auto graphs = std::make_shared<CudaGraphFuser>(&fuser);
+  graphs->set_auto_prepare(32);
+  fuser.SetAccelerator(graphs);
+  return graphs;
 }
 
 }  // namespace kvwire

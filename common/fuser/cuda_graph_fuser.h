@@ -13,7 +13,8 @@
 // Requirements for the graph path: the projector and every tensor on one
 // CUDA device, unbatched [H, n, D] or batch-1 [1, H, n, D] inputs, and a
 // token count that Prepare() captured; anything else falls back to the
-// eager C2CFuser path. Not thread-safe; the C2CFuser must outlive it.
+// eager C2CFuser path. Thread-safe (calls are serialized: the GPU runs them
+// one after another anyway); the C2CFuser must outlive it.
 #ifndef KVWIRE_COMMON_FUSER_CUDA_GRAPH_FUSER_H_
 #define KVWIRE_COMMON_FUSER_CUDA_GRAPH_FUSER_H_
 
@@ -28,7 +29,7 @@
 
 namespace kvwire {
 
-class CudaGraphFuser {
+class CudaGraphFuser final : public FusionAccelerator {
  public:
   explicit CudaGraphFuser(const C2CFuser* fuser);
   ~CudaGraphFuser();
@@ -49,22 +50,40 @@ class CudaGraphFuser {
   absl::Status FuseLayer(int receiver_layer, const at::Tensor& sharer_keys,
                          const at::Tensor& sharer_values,
                          const at::Tensor& receiver_keys,
-                         const at::Tensor& receiver_values, int64_t start = 0);
+                         const at::Tensor& receiver_values,
+                         int64_t start = 0) override;
   absl::Status FuseLayerTokens(int receiver_layer,
                                const at::Tensor& sharer_keys,
                                const at::Tensor& sharer_values,
                                absl::Span<const uint32_t> positions,
                                const at::Tensor& receiver_keys,
-                               const at::Tensor& receiver_values);
+                               const at::Tensor& receiver_values) override;
+
+  // A call whose token count has no graphs yet captures them first (the
+  // first request of each prompt length pays ~50 ms at the real shapes),
+  // for up to `max_token_counts` distinct counts; beyond that, eager.
+  void set_auto_prepare(int max_token_counts);
 
   // Replays so far (for tests and benchmarks).
   int64_t replays() const;
 
  private:
   struct Impl;
+  absl::Status PrepareLocked(int64_t tokens, at::ScalarType sharer_dtype,
+                             at::ScalarType receiver_dtype);
+  // With Impl::mu held: captures the graphs this call needs (auto-prepare).
+  void MaybeAutoPrepareLocked(const at::Tensor& sharer_keys,
+                              const at::Tensor& receiver_keys);
+
   const C2CFuser* fuser_;
   std::unique_ptr<Impl> impl_;
 };
+
+// Gives `fuser` a CudaGraphFuser (auto-preparing up to 32 token counts) as
+// its FusionAccelerator when its projectors are on a CUDA device and the
+// environment does not say KVWIRE_CUDA_GRAPH_FUSE=0. Returns it, or null
+// when not installed.
+std::shared_ptr<CudaGraphFuser> InstallCudaGraphFuser(C2CFuser& fuser);
 
 }  // namespace kvwire
 

@@ -239,12 +239,18 @@ absl::StatusOr<std::vector<int>> FusionSession::Add(
       return absl::FailedPreconditionError("no receiver cache accessor");
     }
     ASSIGN_OR_RETURN(auto kv, receiver_(t));
+    FusionAccelerator* fast = fuser_->accelerator();
     if (positions != nullptr) {
-      RETURN_IF_ERROR(fuser_->FuseLayerTokens(t, keys, values, *positions,
-                                              kv.first, kv.second));
+      RETURN_IF_ERROR(fast != nullptr
+                          ? fast->FuseLayerTokens(t, keys, values, *positions,
+                                                  kv.first, kv.second)
+                          : fuser_->FuseLayerTokens(t, keys, values, *positions,
+                                                    kv.first, kv.second));
     } else {
       RETURN_IF_ERROR(
-          fuser_->FuseLayer(t, keys, values, kv.first, kv.second, start));
+          fast != nullptr
+              ? fast->FuseLayer(t, keys, values, kv.first, kv.second, start)
+              : fuser_->FuseLayer(t, keys, values, kv.first, kv.second, start));
     }
     fused_[t] = true;
     done.push_back(t);

@@ -60,6 +60,27 @@ struct FuserOptions {
   int sharer_layers = 0;
 };
 
+// A faster way to run C2CFuser::FuseLayer / FuseLayerTokens with the same
+// results (CudaGraphFuser replays CUDA graphs); FusionSession uses the one a
+// C2CFuser carries. Implementations are thread-safe and fall back to the
+// fuser's eager path for calls they cannot take.
+class FusionAccelerator {
+ public:
+  virtual ~FusionAccelerator() = default;
+  virtual absl::Status FuseLayer(int receiver_layer,
+                                 const at::Tensor& sharer_keys,
+                                 const at::Tensor& sharer_values,
+                                 const at::Tensor& receiver_keys,
+                                 const at::Tensor& receiver_values,
+                                 int64_t start) = 0;
+  virtual absl::Status FuseLayerTokens(int receiver_layer,
+                                       const at::Tensor& sharer_keys,
+                                       const at::Tensor& sharer_values,
+                                       absl::Span<const uint32_t> positions,
+                                       const at::Tensor& receiver_keys,
+                                       const at::Tensor& receiver_values) = 0;
+};
+
 class C2CFuser {
  public:
   // Reads a checkpoint directory (checkpoint.h) and builds the projectors.
@@ -112,12 +133,20 @@ class C2CFuser {
                                const at::Tensor& receiver_keys,
                                const at::Tensor& receiver_values) const;
 
+  // What FusionSession runs instead of the eager calls above (null: none).
+  // Set once, after loading and before any session (not synchronized).
+  void SetAccelerator(std::shared_ptr<FusionAccelerator> accelerator) {
+    accelerator_ = std::move(accelerator);
+  }
+  FusionAccelerator* accelerator() const { return accelerator_.get(); }
+
  private:
   C2CFuser(std::vector<C2CProjector> projectors, FuserLayerMap layer_map)
       : projectors_(std::move(projectors)), layer_map_(std::move(layer_map)) {}
 
   std::vector<C2CProjector> projectors_;
   FuserLayerMap layer_map_;
+  std::shared_ptr<FusionAccelerator> accelerator_;
 };
 
 // One request's fusion state. Not thread-safe; the fuser must outlive it.

@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 
 #ifdef KVWIRE_WITH_CUDA
+#include "common/fuser/cuda_graph_fuser.h"
 #include "common/model/cuda_graph_decoder.h"
 #endif
 
@@ -268,6 +269,10 @@ absl::StatusOr<std::unique_ptr<C2cPipeline>> C2cPipeline::Load(
     fo.receiver_layers = static_cast<int>(rc.num_hidden_layers);
     fo.sharer_layers = static_cast<int>(sc.num_hidden_layers);
     ASSIGN_OR_RETURN(p->fuser_, C2CFuser::Load(options.fuser_dir, fo));
+#ifdef KVWIRE_WITH_CUDA
+    // Fusion replays CUDA graphs (KVWIRE_CUDA_GRAPH_FUSE=0: off).
+    InstallCudaGraphFuser(*p->fuser_);
+#endif
     RETURN_IF_ERROR(p->fuser_->CheckModels(
         fo.receiver_layers, rc.num_key_value_heads, rc.head_dim,
         fo.sharer_layers, sc.num_key_value_heads, sc.head_dim));

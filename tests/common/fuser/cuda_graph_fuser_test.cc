@@ -7,6 +7,8 @@
 #include <ATen/ops/abs.h>
 #include <ATen/ops/randn.h>
 
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -92,6 +94,42 @@ TEST_P(CudaGraphFuserTest, ReplayMatchesEager) {
   EXPECT_EQ(graphs.replays(), before);
   // Errors still surface (through the eager path).
   EXPECT_FALSE(graphs.FuseLayer(0, rk, rv, rk, rv).ok());
+}
+
+TEST_P(CudaGraphFuserTest, InstalledGraphsServeFusionSessionsAndCaptureOnUse) {
+  const at::ScalarType dtype = GetParam();
+  auto eager = MakeFuser(dtype);
+  auto fast = MakeFuser(dtype);  // Same seed: the same projectors.
+  std::shared_ptr<CudaGraphFuser> graphs = InstallCudaGraphFuser(*fast);
+  ASSERT_NE(graphs, nullptr);
+  EXPECT_EQ(fast->accelerator(), graphs.get());
+  const int64_t n = 11;
+  EXPECT_FALSE(graphs->prepared(n));
+  auto cuda = at::TensorOptions().device("cuda").dtype(dtype);
+  const at::Tensor rk = at::randn({5, 4, n, 32}, cuda);
+  const at::Tensor rv = at::randn({5, 4, n, 32}, cuda);
+  at::Tensor ek = rk.clone(), ev = rv.clone(), gk = rk.clone(), gv = rv.clone();
+  auto cache = [](at::Tensor k, at::Tensor v) {
+    return [k, v](int t) -> absl::StatusOr<std::pair<at::Tensor, at::Tensor>> {
+      return std::make_pair(k.select(0, t), v.select(0, t));
+    };
+  };
+  FusionSession eager_session(eager.get(), cache(ek, ev));
+  FusionSession fast_session(fast.get(), cache(gk, gv));
+  std::vector<uint32_t> positions;
+  for (uint32_t i = 0; i < n; ++i) positions.push_back(i);
+  for (int s = 0; s < 3; ++s) {
+    const at::Tensor sk = at::randn({2, n, 16}, cuda);
+    const at::Tensor sv = at::randn({2, n, 16}, cuda);
+    ASSERT_TRUE(eager_session.AddSharerLayer(s, positions, sk, sv).ok());
+    ASSERT_TRUE(fast_session.AddSharerLayer(s, positions, sk, sv).ok());
+  }
+  EXPECT_TRUE(graphs->prepared(n));  // Captured on first use.
+  EXPECT_EQ(graphs->replays(),
+            static_cast<int64_t>(fast->FusedReceiverLayers().size()));
+  const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
+  EXPECT_LE(MaxDiff(gk, ek), tol);
+  EXPECT_LE(MaxDiff(gv, ev), tol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaGraphFuserTest,
