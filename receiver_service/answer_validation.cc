@@ -2,9 +2,13 @@
 #include "receiver_service/answer_validation.h"
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/codec/scheme.h"
 #include "common/pipeline/generation_params.h"
@@ -121,6 +125,66 @@ absl::Status ValidateAnswerRequest(const v1::AnswerRequest& request,
         "needs C2C mode");
   }
   return absl::OkStatus();
+}
+
+std::string DescribeTransferSpec(const v1::TransferSpec& spec) {
+  const v1::Scheme scheme =
+      spec.scheme() == v1::SCHEME_UNSPECIFIED ? v1::SCHEME_INT8 : spec.scheme();
+  std::string out = SchemeName(scheme);
+  if (scheme != v1::SCHEME_BF16 && scheme != v1::SCHEME_FP16) {
+    const v1::Granularity g = spec.granularity() == v1::GRANULARITY_UNSPECIFIED
+                                  ? v1::GRANULARITY_PER_HEAD
+                                  : spec.granularity();
+    absl::StrAppend(&out, " ", GranularityName(g));
+    if (g == v1::GRANULARITY_PER_GROUP) {
+      absl::StrAppend(&out, spec.group_size() == 0 ? 32 : spec.group_size());
+    }
+    if (IsIntScheme(scheme)) {
+      absl::StrAppend(&out, spec.asymmetric() ? " asym" : " sym");
+    }
+  }
+  if (spec.layer_overrides_size() > 0) {
+    absl::StrAppend(&out, " + ", spec.layer_overrides_size(),
+                    " layer overrides");
+  }
+  const v1::TokenSelection& sel = spec.selection();
+  if (sel.mode() != v1::SELECTION_UNSPECIFIED &&
+      sel.mode() != v1::SELECTION_ALL) {
+    absl::StrAppend(
+        &out, ", ",
+        sel.mode() == v1::SELECTION_EXPLICIT && sel.indices_size() == 0
+            ? std::string("receiver-guided")
+            : SelectionModeName(sel.mode()));
+    if (sel.proportion() > 0) {
+      absl::StrAppend(&out, " ", absl::StrFormat("%g", sel.proportion() * 100),
+                      "%");
+    } else if (sel.indices_size() > 0) {
+      absl::StrAppend(&out, " ", sel.indices_size(), " tokens");
+    }
+  }
+  if (spec.layers_size() > 0) {
+    // Runs of consecutive layers: "0-23", "0-3,8,12-15".
+    std::vector<std::string> runs;
+    for (int i = 0; i < spec.layers_size();) {
+      int j = i;
+      while (j + 1 < spec.layers_size() &&
+             spec.layers(j + 1) == spec.layers(j) + 1) {
+        ++j;
+      }
+      runs.push_back(j == i
+                         ? absl::StrCat(spec.layers(i))
+                         : absl::StrCat(spec.layers(i), "-", spec.layers(j)));
+      i = j + 1;
+    }
+    absl::StrAppend(&out, ", layers ", absl::StrJoin(runs, ","));
+  }
+  if (spec.entropy().coder() == v1::ENTROPY_CODER_ZSTD) {
+    absl::StrAppend(&out, ", zstd");
+  }
+  if (spec.max_payload_bytes() > 0) {
+    absl::StrAppend(&out, ", <= ", spec.max_payload_bytes(), " B");
+  }
+  return out;
 }
 
 std::string AnswerModeName(v1::AnswerMode mode) {

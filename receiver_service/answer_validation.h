@@ -48,6 +48,10 @@ bool IsReceiverGuided(const v1::TransferSpec& spec);
 // AnswerMode with UNSPECIFIED resolved to C2C.
 v1::AnswerMode EffectiveMode(const v1::AnswerRequest& request);
 
+// A transfer spec in a few words: "int4 per_head sym, back 50%, zstd",
+// "bf16", "int8 per_token asym, layers 0-3, <= 200000 B".
+std::string DescribeTransferSpec(const v1::TransferSpec& spec);
+
 // "c2c", "receiver-only", "text-to-text"; parsers accept '_' for '-'.
 std::string AnswerModeName(v1::AnswerMode mode);
 absl::Status ParseAnswerMode(absl::string_view name, v1::AnswerMode* mode);

@@ -13,10 +13,6 @@
 
 namespace kvwire {
 
-// A transfer spec in a few words: "int4 per_head sym, back 50%, zstd",
-// "bf16", "int8 per_token asym, layers 0-3, <= 200000 B".
-std::string DescribeTransferSpec(const v1::TransferSpec& spec);
-
 // `summary` is what the call answered (its mode, fell_back, transfer report
 // and timings; an empty response for a failed call), `status` the code the
 // client saw, `seconds` the whole call, `finished` the wall-clock end.

@@ -106,6 +106,20 @@ at::Tensor InvFreq(const RopeConfig& rope, int64_t dim) {
   return inv_freq;
 }
 
+// RoPE's cos/sin [B, 1, T, D] for fp32 positions `pos_f` [B, T, 1], one
+// pair per distinct inverse-frequency table: computed in fp32, then cast to
+// the model dtype, as HF does.
+void RopeCosSin(const std::vector<at::Tensor>& inv_freqs,
+                const at::Tensor& pos_f, at::ScalarType dtype,
+                std::vector<at::Tensor>* cos, std::vector<at::Tensor>* sin) {
+  for (const at::Tensor& inv_freq : inv_freqs) {
+    const at::Tensor freqs = pos_f * inv_freq;  // [B, T, D/2]
+    const at::Tensor emb = at::cat({freqs, freqs}, -1);
+    cos->push_back(emb.cos().to(dtype).unsqueeze(1));
+    sin->push_back(emb.sin().to(dtype).unsqueeze(1));
+  }
+}
+
 at::Tensor VectorToTensor(const std::vector<int64_t>& v, at::IntArrayRef shape,
                           c10::Device device) {
   return at::from_blob(const_cast<int64_t*>(v.data()), shape,
@@ -508,15 +522,10 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
     const at::Tensor ids_t = VectorToTensor(ids, {batch, width}, device);
     const at::Tensor pos_t = VectorToTensor(pos, {batch, width}, device);
 
-    // cos/sin [B, 1, T, D] per distinct RoPE, as HF: fp32 then model dtype.
+    // cos/sin [B, 1, T, D] per distinct RoPE.
     std::vector<at::Tensor> cos, sin;
-    const at::Tensor pos_f = pos_t.to(at::kFloat).unsqueeze(-1);
-    for (const at::Tensor& inv_freq : impl.inv_freq) {
-      const at::Tensor freqs = pos_f * inv_freq;  // [B, T, D/2]
-      const at::Tensor emb = at::cat({freqs, freqs}, -1);
-      cos.push_back(emb.cos().to(dtype).unsqueeze(1));
-      sin.push_back(emb.sin().to(dtype).unsqueeze(1));
-    }
+    RopeCosSin(impl.inv_freq, pos_t.to(at::kFloat).unsqueeze(-1), dtype, &cos,
+               &sin);
 
     // Attention masks, built lazily per sliding window (0: none). A query of
     // row b at position p sees keys j <= p (and p - j < window). Right
@@ -740,13 +749,8 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
 
     // cos/sin [1, 1, 1, D] per distinct RoPE, as Forward computes them.
     std::vector<at::Tensor> cos, sin;
-    const at::Tensor pos_f = pos.to(at::kFloat).view({1, 1, 1});
-    for (const at::Tensor& inv_freq : impl.inv_freq) {
-      const at::Tensor freqs = pos_f * inv_freq;  // [1, 1, D/2]
-      const at::Tensor emb = at::cat({freqs, freqs}, -1);
-      cos.push_back(emb.cos().to(dtype).unsqueeze(1));
-      sin.push_back(emb.sin().to(dtype).unsqueeze(1));
-    }
+    RopeCosSin(impl.inv_freq, pos.to(at::kFloat).view({1, 1, 1}), dtype, &cos,
+               &sin);
     // Masks [1, 1, 1, span] per sliding window (0: none): keys j <= pos and
     // pos - j < window.
     std::map<int64_t, at::Tensor> masks;

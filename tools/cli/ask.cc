@@ -160,61 +160,6 @@ absl::StatusOr<v1::AnswerResponse> Ask(const AskOptions& options,
   return response;
 }
 
-std::string DescribeSpec(const v1::TransferSpec& spec) {
-  const v1::Scheme scheme =
-      spec.scheme() == v1::SCHEME_UNSPECIFIED ? v1::SCHEME_INT8 : spec.scheme();
-  std::string out = SchemeName(scheme);
-  if (scheme != v1::SCHEME_BF16 && scheme != v1::SCHEME_FP16) {
-    const v1::Granularity g = spec.granularity() == v1::GRANULARITY_UNSPECIFIED
-                                  ? v1::GRANULARITY_PER_HEAD
-                                  : spec.granularity();
-    absl::StrAppend(&out, " ", GranularityName(g));
-    if (g == v1::GRANULARITY_PER_GROUP) {
-      absl::StrAppend(&out, spec.group_size() == 0 ? 32 : spec.group_size());
-    }
-    if (IsIntScheme(scheme)) {
-      absl::StrAppend(&out, spec.asymmetric() ? " asym" : " sym");
-    }
-  }
-  if (spec.layer_overrides_size() > 0) absl::StrAppend(&out, " mixed");
-  const v1::TokenSelection& sel = spec.selection();
-  if (sel.mode() != v1::SELECTION_UNSPECIFIED &&
-      sel.mode() != v1::SELECTION_ALL) {
-    absl::StrAppend(
-        &out, ", ",
-        sel.mode() == v1::SELECTION_EXPLICIT && sel.indices_size() == 0
-            ? std::string("receiver-guided")
-            : SelectionModeName(sel.mode()));
-    if (sel.proportion() > 0) {
-      absl::StrAppend(&out, " ", absl::StrFormat("%g", sel.proportion() * 100),
-                      "%");
-    }
-  }
-  if (spec.layers_size() > 0) {
-    // Runs of consecutive layers as ranges: "0-23", "0-3,8,12-15".
-    std::vector<std::string> runs;
-    for (int i = 0; i < spec.layers_size();) {
-      int j = i;
-      while (j + 1 < spec.layers_size() &&
-             spec.layers(j + 1) == spec.layers(j) + 1) {
-        ++j;
-      }
-      runs.push_back(j == i
-                         ? absl::StrCat(spec.layers(i))
-                         : absl::StrCat(spec.layers(i), "-", spec.layers(j)));
-      i = j + 1;
-    }
-    absl::StrAppend(&out, ", layers ", absl::StrJoin(runs, ","));
-  }
-  if (spec.entropy().coder() == v1::ENTROPY_CODER_ZSTD) {
-    absl::StrAppend(&out, ", zstd");
-  }
-  if (spec.max_payload_bytes() > 0) {
-    absl::StrAppend(&out, ", budget ", Thousands(spec.max_payload_bytes()));
-  }
-  return out;
-}
-
 std::string FormatAnswer(const v1::AnswerResponse& r) {
   std::string out = absl::StrCat(
       "Answer (", AnswerModeName(r.mode()), ", ", r.token_ids_size(),
@@ -231,7 +176,7 @@ std::string FormatAnswer(const v1::AnswerResponse& r) {
         Thousands(t.wire_bytes()), " on the wire):\n  ",
         absl::StrReplaceAll(r.background_text(), {{"\n", "\n  "}}), "\n");
   } else if (t.serialized_bytes() > 0) {
-    absl::StrAppend(&out, "\nTransfer: ", DescribeSpec(t.spec()), "\n");
+    absl::StrAppend(&out, "\nTransfer: ", DescribeTransferSpec(t.spec()), "\n");
     auto row = [&](const std::string& name, const std::string& value,
                    const std::string& note = "") {
       std::string line = absl::StrFormat("  %-22s %14s  %s", name, value, note);

@@ -64,9 +64,6 @@ std::string ChromeTraceJson(const v1::AnswerResponse& response);
 // The same as a text table, in start order.
 std::string FormatTrace(const v1::AnswerResponse& response);
 
-// A one-line description of a transfer spec ("int4 head sym, back 50%").
-std::string DescribeSpec(const v1::TransferSpec& spec);
-
 }  // namespace kvwire
 
 #endif  // KVWIRE_TOOLS_CLI_ASK_H_

@@ -3,6 +3,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "receiver_service/answer_validation.h"
 
 namespace kvwire {
 namespace {
@@ -49,7 +50,7 @@ TEST(AskTest, SpecShorthands) {
 
 TEST(AskTest, DescribesSpecs) {
   v1::TransferSpec s;
-  EXPECT_EQ(DescribeSpec(s), "int8 head sym");
+  EXPECT_EQ(DescribeTransferSpec(s), "int8 head sym");
   s.set_scheme(v1::SCHEME_INT4);
   s.set_granularity(v1::GRANULARITY_PER_GROUP);
   s.set_asymmetric(true);
@@ -57,10 +58,11 @@ TEST(AskTest, DescribesSpecs) {
   s.mutable_selection()->set_proportion(0.5);
   for (uint32_t l : {0, 1, 2, 3, 8}) s.add_layers(l);
   s.mutable_entropy()->set_coder(v1::ENTROPY_CODER_ZSTD);
-  EXPECT_EQ(DescribeSpec(s), "int4 group32 asym, back 50%, layers 0-3,8, zstd");
+  EXPECT_EQ(DescribeTransferSpec(s),
+            "int4 group32 asym, back 50%, layers 0-3,8, zstd");
   v1::TransferSpec bf16;
   bf16.set_scheme(v1::SCHEME_BF16);
-  EXPECT_EQ(DescribeSpec(bf16), "bf16");
+  EXPECT_EQ(DescribeTransferSpec(bf16), "bf16");
 }
 
 TEST(AskTest, TablesCarryTheReport) {
