@@ -23,7 +23,8 @@
 # --question (KVWIRE_QUESTION),
 # --max-new-tokens (KVWIRE_MAX_NEW_TOKENS, default 24), KVWIRE_BUILD_DIR
 # (default build-release), KVWIRE_QUICKSTART_DIR (generated models, default
-# .cache/quickstart).
+# .cache/quickstart). --keep leaves both services running after the demo
+# (with the receiver's live bandwidth page, /live) until Ctrl-C.
 #
 #   scripts/quickstart.sh --codec-report [codec-report flags]
 # prints the codec report instead (every scheme on a Qwen2.5-0.5B-shaped
@@ -45,6 +46,7 @@ place mainly in the chloroplasts of leaf cells, where the pigment chlorophyll \
 absorbs light energy. Question: Which gas do plants release during \
 photosynthesis, and where in the cell does the process happen?"}
 codec_report=0
+keep=0
 tokenizer_flag=()
 codec_args=()
 while (($#)); do
@@ -56,7 +58,8 @@ while (($#)); do
     --device) device=$2; shift 2 ;;
     --question) question=$2; shift 2 ;;
     --max-new-tokens) max_new_tokens=$2; shift 2 ;;
-    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --keep) keep=1; shift ;;
+    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "quickstart: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -194,6 +197,15 @@ echo "and the sharer's (http://127.0.0.1:$sharer_metrics/metrics):"
 http_get 127.0.0.1 "$sharer_metrics" /metrics |
   grep -E '^kvwire_(kv_wire_bytes_total|stage_duration_seconds_sum)\{' |
   grep -v ' 0$' | head -n 12 | sed 's/^/  /'
+
+echo
+echo "The receiver's live bandwidth page: http://127.0.0.1:$receiver_metrics/live"
+if ((keep)); then
+  echo "quickstart: the services keep running (receiver 127.0.0.1:$receiver_port);" \
+    "Ctrl-C stops them"
+  trap 'echo; echo "quickstart: stopping the services"; cleanup; exit 0' INT TERM
+  while true; do sleep 3600 & wait $!; done
+fi
 
 # ------------------------------------------------------------------ stop
 echo
