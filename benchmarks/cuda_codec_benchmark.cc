@@ -53,41 +53,9 @@ QuantParams ParamsOf(const Case& c) {
   return p;
 }
 
+// Every case is a scheme with scales, so the kernels take it.
 CudaQuantParams CudaParamsOf(const Case& c) {
-  CudaQuantParams p;
-  p.bits = BitsPerValue(c.scheme);
-  p.group_size = 32;
-  switch (c.scheme) {
-    case v1::SCHEME_FP8_E4M3:
-      p.code = CudaCode::kFp8E4M3;
-      break;
-    case v1::SCHEME_FP8_E5M2:
-      p.code = CudaCode::kFp8E5M2;
-      break;
-    case v1::SCHEME_NF4:
-      p.code = CudaCode::kNf4;
-      break;
-    default:
-      p.code =
-          c.asymmetric ? CudaCode::kIntAsymmetric : CudaCode::kIntSymmetric;
-  }
-  switch (c.granularity) {
-    case v1::GRANULARITY_PER_LAYER:
-      p.granularity = CudaGranularity::kLayer;
-      break;
-    case v1::GRANULARITY_PER_HEAD:
-      p.granularity = CudaGranularity::kHead;
-      break;
-    case v1::GRANULARITY_PER_TOKEN:
-      p.granularity = CudaGranularity::kToken;
-      break;
-    case v1::GRANULARITY_PER_CHANNEL:
-      p.granularity = CudaGranularity::kChannel;
-      break;
-    default:
-      p.granularity = CudaGranularity::kGroup;
-  }
-  return p;
+  return *ToCudaQuantParams(ParamsOf(c));
 }
 
 // The whole cache, [kBlocks, heads, tokens, dim] bf16 on the GPU.

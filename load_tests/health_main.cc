@@ -21,6 +21,7 @@
 #include "absl/flags/usage.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/flags_help.h"
 #include "common/service/channel.h"
 #include "common/service/security.h"
 
@@ -38,6 +39,7 @@ ABSL_FLAG(bool, allow_insecure, false, "Plaintext channel.");
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gRPC health probe with TLS; exit 0 when SERVING.");
+  kvwire::HelpListsFlagsOf({"load_tests/health_main.cc"});
   absl::ParseCommandLine(argc, argv);
   kvwire::ChannelOptions options;
   options.load_balancing_policy = "pick_first";

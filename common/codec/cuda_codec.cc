@@ -25,7 +25,9 @@ absl::Status CudaError(cudaError_t e, absl::string_view what) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
 }
 
-std::optional<CudaQuantParams> ToCuda(const QuantParams& params) {
+}  // namespace
+
+std::optional<CudaQuantParams> ToCudaQuantParams(const QuantParams& params) {
   CudaQuantParams p;
   p.bits = BitsPerValue(params.scheme);
   p.group_size = params.group_size;
@@ -63,6 +65,8 @@ std::optional<CudaQuantParams> ToCuda(const QuantParams& params) {
   return p;
 }
 
+namespace {
+
 std::optional<CudaDtype> ToCuda(at::ScalarType t) {
   switch (t) {
     case at::kBFloat16:
@@ -73,22 +77,6 @@ std::optional<CudaDtype> ToCuda(at::ScalarType t) {
       return CudaDtype::kFp32;
     default:
       return std::nullopt;
-  }
-}
-
-std::vector<int64_t> ScaleShape(const QuantParams& p, int64_t heads,
-                                int64_t tokens, int64_t dim) {
-  switch (p.granularity) {
-    case v1::GRANULARITY_PER_LAYER:
-      return {1};
-    case v1::GRANULARITY_PER_HEAD:
-      return {heads};
-    case v1::GRANULARITY_PER_TOKEN:
-      return {heads, tokens};
-    case v1::GRANULARITY_PER_CHANNEL:
-      return {heads, dim};
-    default:
-      return {heads, tokens, dim / p.group_size};
   }
 }
 
@@ -176,7 +164,7 @@ bool PrepareEncode(const at::Tensor& x, const at::Tensor& token_index,
                    CudaBlockView* view, CudaQuantParams* cp) {
   if (!x.defined() || !x.is_cuda() || x.dim() != 3) return false;
   const std::optional<CudaDtype> dtype = ToCuda(x.scalar_type());
-  const std::optional<CudaQuantParams> p = ToCuda(params);
+  const std::optional<CudaQuantParams> p = ToCudaQuantParams(params);
   if (!dtype || !p) return false;
   const int64_t heads = x.size(0), head_dim = x.size(2);
   int64_t tokens = x.size(1);
@@ -308,7 +296,7 @@ absl::StatusOr<bool> CudaDequantizeTensor(
     int64_t tokens, int64_t head_dim, at::ScalarType dtype, at::Tensor* out) {
   if (!q.packed.defined() || !q.packed.is_cuda()) return false;
   const std::optional<CudaDtype> out_dtype = ToCuda(dtype);
-  const std::optional<CudaQuantParams> cp = ToCuda(params);
+  const std::optional<CudaQuantParams> cp = ToCudaQuantParams(params);
   if (!out_dtype || !cp || !CudaQuantizeSupports(*cp, head_dim) ||
       !CudaBlockFits(heads, tokens, head_dim)) {
     return false;
@@ -344,7 +332,7 @@ absl::StatusOr<bool> CudaDequantizeFromHost(
     at::Tensor* out) {
   if (!device.is_cuda()) return false;
   const std::optional<CudaDtype> out_dtype = ToCuda(dtype);
-  const std::optional<CudaQuantParams> cp = ToCuda(params);
+  const std::optional<CudaQuantParams> cp = ToCudaQuantParams(params);
   if (!out_dtype || !cp || !CudaQuantizeSupports(*cp, head_dim) ||
       !CudaBlockFits(heads, tokens, head_dim)) {
     return false;

@@ -14,9 +14,11 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/codec/cuda_quantize.h"
 #include "common/codec/quantizer.h"
 #include "common/codec/scheme.h"
 
@@ -27,6 +29,10 @@ namespace kvwire {
 // Quantize does. When `token_index` is defined (int64, on x's device, every
 // entry in [0, T)), the block is x's tokens at those positions, gathered in
 // the same pass.
+// The kernels' parameters for `params`; nullopt for what they do not encode
+// (passthrough schemes, unknown granularities).
+std::optional<CudaQuantParams> ToCudaQuantParams(const QuantParams& params);
+
 absl::StatusOr<bool> CudaQuantizeTensor(const at::Tensor& x,
                                         const at::Tensor& token_index,
                                         const QuantParams& params,

@@ -46,22 +46,6 @@ at::Tensor BytesTensor(const std::string& bytes, at::ScalarType dtype,
   return device.is_cpu() ? t : t.to(device);
 }
 
-std::vector<int64_t> ScaleShape(const QuantParams& p, int64_t heads,
-                                int64_t tokens, int64_t dim) {
-  switch (p.granularity) {
-    case v1::GRANULARITY_PER_LAYER:
-      return {1};
-    case v1::GRANULARITY_PER_HEAD:
-      return {heads};
-    case v1::GRANULARITY_PER_TOKEN:
-      return {heads, tokens};
-    case v1::GRANULARITY_PER_CHANNEL:
-      return {heads, dim};
-    default:
-      return {heads, tokens, dim / p.group_size};
-  }
-}
-
 absl::Status CheckLayerTensor(const at::Tensor& t, const v1::ModelInfo& model,
                               uint32_t total_tokens, absl::string_view what) {
   if (!t.defined() || t.dim() != 3 || t.size(0) != model.num_kv_heads() ||

@@ -165,6 +165,22 @@ absl::Status ValidateQuantParams(const QuantParams& params, int64_t heads,
   }
 }
 
+std::vector<int64_t> ScaleShape(const QuantParams& params, int64_t heads,
+                                int64_t tokens, int64_t head_dim) {
+  switch (params.granularity) {
+    case v1::GRANULARITY_PER_LAYER:
+      return {1};
+    case v1::GRANULARITY_PER_HEAD:
+      return {heads};
+    case v1::GRANULARITY_PER_TOKEN:
+      return {heads, tokens};
+    case v1::GRANULARITY_PER_CHANNEL:
+      return {heads, head_dim};
+    default:
+      return {heads, tokens, head_dim / params.group_size};
+  }
+}
+
 int64_t ScaleCount(const QuantParams& params, int64_t heads, int64_t tokens,
                    int64_t head_dim) {
   if (!HasScales(params.scheme)) return 0;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -49,6 +50,10 @@ absl::Status ValidateQuantParams(const QuantParams& params, int64_t heads,
 // Number of scales (and of zero points, when present) of a block.
 int64_t ScaleCount(const QuantParams& params, int64_t heads, int64_t tokens,
                    int64_t head_dim);
+// Shape of a block's scales (and zero points): [1], [heads], [heads,
+// tokens], [heads, head_dim] or [heads, tokens, head_dim / group_size].
+std::vector<int64_t> ScaleShape(const QuantParams& params, int64_t heads,
+                                int64_t tokens, int64_t head_dim);
 // Bytes of the packed codes of `num_values` values (before entropy coding).
 int64_t PackedValueBytes(v1::Scheme scheme, int64_t num_values);
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/cuda_graph_capture.h"
 #include "common/status_macros.h"
 
 namespace kvwire {
@@ -174,27 +175,11 @@ absl::Status CudaGraphFuser::PrepareLocked(int64_t tokens,
       }
       stream.synchronize();
       g.graph = std::make_unique<at::cuda::CUDAGraph>();
-      // Thread-local capture: other threads may use the GPU meanwhile.
-      g.graph->capture_begin(impl_->pool, cudaStreamCaptureModeThreadLocal);
-      absl::Status st =
-          p->ForwardInto(g.sk, g.sv, g.rk, g.rv, g.out_k, g.out_v);
-      try {
-        g.graph->capture_end();
-      } catch (const c10::Error& e) {
-        if (st.ok()) {
-          st = absl::InternalError(
-              absl::StrCat("capture_end: ", e.what_without_backtrace()));
-        }
-      }
+      const absl::Status st =
+          CaptureCudaGraph(*g.graph, impl_->pool, stream.stream(), [&] {
+            return p->ForwardInto(g.sk, g.sv, g.rk, g.rv, g.out_k, g.out_v);
+          });
       if (!st.ok()) {
-        // Leave no stream in capture mode.
-        cudaStreamCaptureStatus status;
-        if (cudaStreamIsCapturing(stream.stream(), &status) == cudaSuccess &&
-            status != cudaStreamCaptureStatusNone) {
-          cudaGraph_t dangling = nullptr;
-          cudaStreamEndCapture(stream.stream(), &dangling);
-          if (dangling != nullptr) cudaGraphDestroy(dangling);
-        }
         return absl::InternalError(
             absl::StrCat("capturing receiver layer ", t, ": ", st.message()));
       }

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/cuda_graph_capture.h"
 #include "common/model/decode_kernels.h"
 #include "common/status_macros.h"
 
@@ -281,26 +282,11 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
         }
         Graph g;
         g.graph = std::make_unique<at::cuda::CUDAGraph>();
-        g.graph->capture_begin(impl.pool, cudaStreamCaptureModeThreadLocal);
-        absl::Status st =
-            decoder.StaticDecodeStep(impl.io, storage, span, kernels);
-        try {
-          g.graph->capture_end();
-        } catch (const c10::Error& e) {
-          if (st.ok()) {
-            st = absl::InternalError(
-                absl::StrCat("capture_end: ", e.what_without_backtrace()));
-          }
-        }
+        const absl::Status st =
+            CaptureCudaGraph(*g.graph, impl.pool, stream.stream(), [&] {
+              return decoder.StaticDecodeStep(impl.io, storage, span, kernels);
+            });
         if (!st.ok()) {
-          cudaStreamCaptureStatus status;
-          if (cudaStreamIsCapturing(stream.stream(), &status) == cudaSuccess &&
-              status != cudaStreamCaptureStatusNone) {
-            cudaGraph_t dangling = nullptr;
-            cudaStreamEndCapture(stream.stream(), &dangling);
-            if (dangling != nullptr) cudaGraphDestroy(dangling);
-          }
-          (void)cudaGetLastError();
           impl.failed.emplace(key, true);
           ++impl.declined;
           return at::Tensor();

@@ -120,6 +120,17 @@ void RopeCosSin(const std::vector<at::Tensor>& inv_freqs,
   }
 }
 
+// Which keys [0, span) queries at positions `qpos` (any shape broadcasting
+// against [span], on the model device) may attend: j <= p, and p - j <
+// window when window > 0.
+at::Tensor AllowedKeys(const at::Tensor& qpos, int64_t span, int64_t window) {
+  const at::Tensor kpos = at::arange(
+      span, at::TensorOptions().dtype(at::kLong).device(qpos.device()));
+  at::Tensor allowed = kpos.le(qpos);
+  if (window > 0) allowed = allowed.logical_and((qpos - kpos).lt(window));
+  return allowed;
+}
+
 at::Tensor VectorToTensor(const std::vector<int64_t>& v, at::IntArrayRef shape,
                           c10::Device device) {
   return at::from_blob(const_cast<int64_t*>(v.data()), shape,
@@ -534,11 +545,8 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
     auto mask_for = [&](int64_t window) -> const at::Tensor& {
       auto it = masks.find(window);
       if (it != masks.end()) return it->second;
-      const at::Tensor kpos =
-          at::arange(span, at::TensorOptions().dtype(at::kLong).device(device));
-      const at::Tensor qpos = pos_t.unsqueeze(-1);  // [B, T, 1]
-      at::Tensor allowed = kpos.le(qpos);
-      if (window > 0) allowed = allowed.logical_and((qpos - kpos).lt(window));
+      const at::Tensor allowed =
+          AllowedKeys(pos_t.unsqueeze(-1), span, window);  // [B, T, S]
       return masks.emplace(window, allowed.unsqueeze(1)).first->second;
     };
 
@@ -757,11 +765,9 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
     auto mask_for = [&](int64_t window) -> const at::Tensor& {
       auto it = masks.find(window);
       if (it != masks.end()) return it->second;
-      const at::Tensor kpos =
-          at::arange(span, at::TensorOptions().dtype(at::kLong).device(device));
-      at::Tensor allowed = kpos.le(pos);
-      if (window > 0) allowed = allowed.logical_and((pos - kpos).lt(window));
-      return masks.emplace(window, allowed.view({1, 1, 1, span})).first->second;
+      return masks
+          .emplace(window, AllowedKeys(pos, span, window).view({1, 1, 1, span}))
+          .first->second;
     };
 
     std::map<int64_t, at::Tensor> float_masks;  // SDPA: additive masks.

@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "common/codec/scheme.h"
 #include "common/file_util.h"
+#include "common/flags_help.h"
 #include "common/service/security.h"
 #include "glog/logging.h"
 #include "receiver_service/answer_validation.h"
@@ -274,6 +275,7 @@ int main(int argc, char** argv) {
       "  kvwire-cli ask --target=127.0.0.1:50052 --plaintext \\\n"
       "      --question='Why is the sky blue?' --scheme=int4 "
       "--selection=back --proportion=0.5");
+  kvwire::HelpListsFlagsOf({"tools/cli/main.cc"});
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   google::InitGoogleLogging(argv[0]);
   FLAGS_logtostderr = true;

@@ -37,6 +37,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/flags_help.h"
 #include "common/fuser/fuser.h"
 #include "common/fuser/torch_pickle.h"
 #include "common/status_macros.h"
@@ -355,6 +356,7 @@ absl::Status Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Checks and times C2C fusion of every receiver layer.");
+  kvwire::HelpListsFlagsOf({"tools/fuser/bench_main.cc"});
   absl::ParseCommandLine(argc, argv);
   absl::Status status;
   try {

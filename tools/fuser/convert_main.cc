@@ -12,6 +12,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/flags_help.h"
 #include "common/fuser/c2c_projector.h"
 #include "common/fuser/checkpoint.h"
 #include "common/status_macros.h"
@@ -75,6 +76,7 @@ absl::Status Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Converts a C2C fuser checkpoint between .pt and .safetensors.");
+  kvwire::HelpListsFlagsOf({"tools/fuser/convert_main.cc"});
   absl::ParseCommandLine(argc, argv);
   const absl::Status status = kvwire::Run();
   if (!status.ok()) {

@@ -13,6 +13,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/flags_help.h"
 #include "common/fuser/checkpoint.h"
 #include "common/fuser/fuser_config.h"
 #include "common/status_macros.h"
@@ -94,6 +95,7 @@ absl::Status Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Writes a random C2C fuser checkpoint in the released layout.");
+  kvwire::HelpListsFlagsOf({"tools/fuser/make_fuser_main.cc"});
   absl::ParseCommandLine(argc, argv);
   const absl::Status status = kvwire::Run();
   if (!status.ok()) {

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/flags_help.h"
 #include "common/model/model_config.h"
 #include "common/model/safetensors.h"
 #include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
@@ -126,6 +127,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Writes a random-weight Hugging Face checkpoint (config.json, "
       "generation_config.json, safetensors).");
+  kvwire::HelpListsFlagsOf({"tools/make_tiny_checkpoint/main.cc"});
   absl::ParseCommandLine(argc, argv);
   const absl::Status status = kvwire::Run();
   if (!status.ok()) {

@@ -21,6 +21,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/flags_help.h"
 #include "common/model/decoder.h"
 #include "common/model/safetensors.h"
 #include "nlohmann/json.hpp"
@@ -326,6 +327,7 @@ absl::Status Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Times and checks the C++ decoder on a model directory.");
+  kvwire::HelpListsFlagsOf({"tools/model_bench/main.cc"});
   absl::ParseCommandLine(argc, argv);
   try {
     const absl::Status status = kvwire::Run();
