@@ -313,8 +313,9 @@ absl::StatusOr<std::unique_ptr<TorchReceiverEngine>> TorchReceiverEngine::Load(
   ASSIGN_OR_RETURN(e->decoder_,
                    Decoder::Load(options.model_dir, decoder_options));
 #ifdef KVWIRE_WITH_CUDA
-  // Batch-1 decode steps replay CUDA graphs (KVWIRE_CUDA_GRAPH_DECODE=0: off).
-  InstallCudaGraphDecoder(*e->decoder_);
+  // Prompt prefills and batch-1 decode steps replay CUDA graphs
+  // (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0: off).
+  InstallCudaGraphAccelerators(*e->decoder_);
 #endif
   const ModelConfig& rc = e->decoder_->config();
   e->info_.model = DescribeModel(*e->decoder_, options.model_dir);

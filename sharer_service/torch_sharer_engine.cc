@@ -410,8 +410,9 @@ absl::StatusOr<std::unique_ptr<SharerEngine>> LoadSharerEngine(
   ASSIGN_OR_RETURN(std::unique_ptr<Decoder> decoder,
                    Decoder::Load(options.model_dir, decoder_options));
 #ifdef KVWIRE_WITH_CUDA
-  // Generate's decode steps replay CUDA graphs (KVWIRE_CUDA_GRAPH_DECODE=0).
-  InstallCudaGraphDecoder(*decoder);
+  // Batch-1 prefills and Generate's decode steps replay CUDA graphs
+  // (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0: off).
+  InstallCudaGraphAccelerators(*decoder);
 #endif
   ASSIGN_OR_RETURN(std::string fingerprint,
                    CheckpointFingerprint(options.model_dir));

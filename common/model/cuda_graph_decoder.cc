@@ -6,6 +6,7 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/InferenceMode.h>
@@ -14,6 +15,7 @@
 #include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -96,11 +98,18 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos,
                      const at::Tensor& sin) {
   decode_kernels::Dtype dtype;
   const int64_t dim = x.dim() >= 1 ? x.size(-1) : 0;
+  // One cos/sin row for every row of x, or one per position when x is
+  // [..., T, D] and cos/sin are [1.., T, D] (a prefill chunk).
+  const int64_t positions = cos.numel() == dim ? 1
+                            : x.dim() >= 2 && cos.dim() >= 2 &&
+                                    cos.size(-2) == x.size(-2) &&
+                                    cos.numel() == x.size(-2) * dim
+                                ? x.size(-2)
+                                : 0;
   if (!x.is_cuda() || cos.device() != x.device() ||
       sin.device() != x.device() || cos.scalar_type() != x.scalar_type() ||
-      sin.scalar_type() != x.scalar_type() || dim % 2 != 0 ||
-      cos.numel() != dim || sin.numel() != dim ||
-      !KernelDtype(x.scalar_type(), &dtype)) {
+      sin.scalar_type() != x.scalar_type() || dim % 2 != 0 || positions == 0 ||
+      sin.sizes() != cos.sizes() || !KernelDtype(x.scalar_type(), &dtype)) {
     return ReferenceRope(x, cos, sin);
   }
   const at::Tensor xc = x.contiguous();
@@ -108,8 +117,8 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos,
   const at::Tensor sc = sin.contiguous();
   at::Tensor out = at::empty_like(xc);
   CheckLaunch(decode_kernels::Rope(xc.data_ptr(), cc.data_ptr(), sc.data_ptr(),
-                                   out.data_ptr(), xc.numel() / dim, dim, dtype,
-                                   CurrentStream(x)),
+                                   out.data_ptr(), xc.numel() / dim, dim,
+                                   positions, dtype, CurrentStream(x)),
               "fused RoPE");
   return out;
 }
@@ -308,6 +317,182 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
   }
 }
 
+struct CudaGraphPrefill::Impl {
+  std::mutex mu;
+  // Guarded by mu:
+  bool initialized = false;
+  bool warmed = false;
+  decltype(at::cuda::graph_pool_handle()) pool;
+  std::unique_ptr<c10::cuda::CUDAStream> stream;
+  at::cuda::CUDAEvent ready, done;
+  KvCache staging;    // capacity: max_tokens (rounded up to a bucket).
+  at::Tensor tokens;  // [capacity] int64; a graph reads its first T.
+  at::Tensor zero;    // [1] int64: position 0.
+  at::Tensor last;    // [1] int64: the last real token's row.
+  at::Tensor logits;  // [vocab] fp32.
+  // Graphs keyed by (bucketed token count, with logits).
+  std::map<std::pair<int64_t, bool>, Graph> graphs;
+  std::map<std::pair<int64_t, bool>, bool> failed;
+  uint64_t clock = 0;
+  std::atomic<int64_t> replays{0}, captures{0}, declined{0};
+};
+
+CudaGraphPrefill::CudaGraphPrefill(const Decoder* decoder,
+                                   CudaGraphPrefillOptions options)
+    : decoder_(decoder), options_(options), impl_(std::make_unique<Impl>()) {
+  if (options_.bucket < 1) options_.bucket = 1;
+  options_.max_tokens = std::max<int64_t>(
+      options_.bucket, (options_.max_tokens + options_.bucket - 1) /
+                           options_.bucket * options_.bucket);
+  if (options_.max_graphs < 1) options_.max_graphs = 1;
+  if (options_.fused_kernels) kernels_ = FusedDecodeKernels();
+}
+
+CudaGraphPrefill::~CudaGraphPrefill() {
+  if (impl_ != nullptr && impl_->stream != nullptr) {
+    try {
+      impl_->stream->synchronize();
+    } catch (const c10::Error&) {
+    }
+  }
+}
+
+int64_t CudaGraphPrefill::replays() const { return impl_->replays.load(); }
+int64_t CudaGraphPrefill::captures() const { return impl_->captures.load(); }
+int64_t CudaGraphPrefill::declined() const { return impl_->declined.load(); }
+
+absl::StatusOr<AcceleratedPrefill> CudaGraphPrefill::Prefill(
+    const Decoder& decoder, absl::Span<const int64_t> token_ids,
+    const KvCache& cache, bool want_logits) {
+  Impl& impl = *impl_;
+  const c10::Device device = decoder.device();
+  const int64_t n = static_cast<int64_t>(token_ids.size());
+  if (&decoder != decoder_ || !device.is_cuda() || n < 1 ||
+      n > options_.max_tokens || cache.batch_size() != 1 ||
+      !cache.storage().defined() || cache.storage().device() != device ||
+      n > cache.capacity()) {
+    ++impl.declined;
+    return AcceleratedPrefill{};
+  }
+  const ModelConfig& config = decoder.config();
+  const int64_t bucket =
+      (n + options_.bucket - 1) / options_.bucket * options_.bucket;
+  const std::pair<int64_t, bool> key{bucket, want_logits};
+  // Prefills wait for each other rather than fall back: a replay takes a
+  // few milliseconds, an eager prefill of a small model ten times that.
+  std::lock_guard<std::mutex> lock(impl.mu);
+  if (impl.failed.count(key) > 0) {
+    ++impl.declined;
+    return AcceleratedPrefill{};
+  }
+  const DecodeStepKernels* kernels =
+      options_.fused_kernels ? &kernels_ : nullptr;
+  try {
+    c10::InferenceMode inference;
+    c10::cuda::CUDAGuard device_guard(device.index());
+    if (!impl.initialized) {
+      ASSIGN_OR_RETURN(impl.staging, decoder.NewCache(options_.max_tokens));
+      impl.pool = at::cuda::graph_pool_handle();
+      impl.stream =
+          std::make_unique<c10::cuda::CUDAStream>(c10::cuda::getStreamFromPool(
+              /*isHighPriority=*/true, device.index()));
+      const auto index = at::TensorOptions().dtype(at::kLong).device(device);
+      impl.tokens = at::zeros({options_.max_tokens}, index);
+      impl.zero = at::zeros({1}, index);
+      impl.last = at::zeros({1}, index);
+      impl.logits = at::zeros({config.vocab_size}, index.dtype(at::kFloat));
+      impl.initialized = true;
+    }
+    StaticDecodeIo io;
+    io.token = impl.tokens.narrow(0, 0, bucket);
+    io.position = impl.zero;
+    if (want_logits) {
+      io.logits = impl.logits;
+      io.logits_row = impl.last;
+    }
+    // Padding repeats the last token; causal attention keeps the real
+    // tokens' K/V and logits independent of it.
+    std::vector<int64_t> padded(token_ids.begin(), token_ids.end());
+    padded.resize(bucket, token_ids.back());
+    const at::Tensor host_tokens =
+        at::from_blob(padded.data(), {bucket}, at::kLong);
+
+    c10::cuda::CUDAStream caller =
+        c10::cuda::getCurrentCUDAStream(device.index());
+    c10::cuda::CUDAStream& stream = *impl.stream;
+    at::Tensor out;
+    if (want_logits) {
+      out = at::empty({config.vocab_size},
+                      at::TensorOptions().dtype(at::kFloat).device(device));
+    }
+    impl.ready.record(caller);
+    impl.ready.block(stream);
+    {
+      c10::cuda::CUDAStreamGuard stream_guard(stream);
+      io.token.copy_(host_tokens);
+      impl.last.fill_(n - 1);
+      const at::Tensor& storage = impl.staging.storage();
+      auto it = impl.graphs.find(key);
+      if (it == impl.graphs.end()) {
+        for (int i = 0; i < (impl.warmed ? 1 : 2); ++i) {
+          const absl::Status st =
+              decoder.StaticDecodeStep(io, storage, bucket, kernels);
+          if (!st.ok()) {
+            impl.failed.emplace(key, true);
+            ++impl.declined;
+            stream.synchronize();
+            return AcceleratedPrefill{};
+          }
+        }
+        impl.warmed = true;
+        stream.synchronize();
+        if (static_cast<int>(impl.graphs.size()) >= options_.max_graphs) {
+          auto oldest = impl.graphs.begin();
+          for (auto g = impl.graphs.begin(); g != impl.graphs.end(); ++g) {
+            if (g->second.last_use < oldest->second.last_use) oldest = g;
+          }
+          impl.graphs.erase(oldest);
+        }
+        Graph g;
+        g.graph = std::make_unique<at::cuda::CUDAGraph>();
+        const absl::Status st =
+            CaptureCudaGraph(*g.graph, impl.pool, stream.stream(), [&] {
+              return decoder.StaticDecodeStep(io, storage, bucket, kernels);
+            });
+        if (!st.ok()) {
+          impl.failed.emplace(key, true);
+          ++impl.declined;
+          return AcceleratedPrefill{};
+        }
+        ++impl.captures;
+        it = impl.graphs.emplace(key, std::move(g)).first;
+      }
+      it->second.last_use = ++impl.clock;
+      it->second.graph->replay();
+      ++impl.replays;
+      RETURN_IF_ERROR(CopyCachePrefix(storage, cache.storage(), n));
+      if (want_logits) out.copy_(impl.logits);
+    }
+    impl.done.record(stream);
+    impl.done.block(caller);
+    return AcceleratedPrefill{true, out};
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("CUDA-graph prefill: ", e.what_without_backtrace()));
+  }
+}
+
+std::shared_ptr<CudaGraphPrefill> InstallCudaGraphPrefill(
+    Decoder& decoder, CudaGraphPrefillOptions options) {
+  if (!decoder.device().is_cuda() || EnvOff("KVWIRE_CUDA_GRAPH_PREFILL")) {
+    return nullptr;
+  }
+  if (EnvOff("KVWIRE_CUDA_GRAPH_FUSED_KERNELS")) options.fused_kernels = false;
+  auto accelerator = std::make_shared<CudaGraphPrefill>(&decoder, options);
+  decoder.SetPrefillAccelerator(accelerator);
+  return accelerator;
+}
+
 std::shared_ptr<CudaGraphDecoder> InstallCudaGraphDecoder(
     Decoder& decoder, CudaGraphDecoderOptions options) {
   if (!decoder.device().is_cuda() || EnvOff("KVWIRE_CUDA_GRAPH_DECODE")) {
@@ -317,6 +502,11 @@ std::shared_ptr<CudaGraphDecoder> InstallCudaGraphDecoder(
   auto accelerator = std::make_shared<CudaGraphDecoder>(&decoder, options);
   decoder.SetDecodeAccelerator(accelerator);
   return accelerator;
+}
+
+void InstallCudaGraphAccelerators(Decoder& decoder) {
+  InstallCudaGraphDecoder(decoder);
+  InstallCudaGraphPrefill(decoder);
 }
 
 }  // namespace kvwire

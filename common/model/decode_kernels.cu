@@ -84,7 +84,7 @@ __global__ void RmsNormKernel(const T* __restrict__ x,
 template <typename T>
 __global__ void RopeKernel(const T* __restrict__ x, const T* __restrict__ cos,
                            const T* __restrict__ sin, T* __restrict__ out,
-                           int64_t rows, int64_t dim) {
+                           int64_t rows, int64_t dim, int64_t positions) {
   const int64_t total = rows * dim;
   const int64_t half = dim / 2;
   for (int64_t idx =
@@ -92,13 +92,15 @@ __global__ void RopeKernel(const T* __restrict__ x, const T* __restrict__ cos,
        idx < total; idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = idx % dim;
     const int64_t base = idx - i;
+    // Row r takes cos/sin row r % positions.
+    const int64_t c = ((idx / dim) % positions) * dim + i;
     const float v = Convert<T>::ToFloat(x[idx]);
     // rotate_half: [-x2, x1] (negation is exact).
     const float rot = i < half ? -Convert<T>::ToFloat(x[base + i + half])
                                : Convert<T>::ToFloat(x[base + i - half]);
     // _rn intrinsics: no fused multiply-add, each op rounded as ATen's.
-    const float a = Round<T>(__fmul_rn(v, Convert<T>::ToFloat(cos[i])));
-    const float b = Round<T>(__fmul_rn(rot, Convert<T>::ToFloat(sin[i])));
+    const float a = Round<T>(__fmul_rn(v, Convert<T>::ToFloat(cos[c])));
+    const float b = Round<T>(__fmul_rn(rot, Convert<T>::ToFloat(sin[c])));
     out[idx] = Convert<T>::FromFloat(__fadd_rn(a, b));
   }
 }
@@ -149,14 +151,14 @@ cudaError_t LaunchRmsNorm(const void* x, const void* weight, void* out,
 
 template <typename T>
 cudaError_t LaunchRope(const void* x, const void* cos, const void* sin,
-                       void* out, int64_t rows, int64_t dim,
+                       void* out, int64_t rows, int64_t dim, int64_t positions,
                        cudaStream_t stream) {
   if (rows <= 0 || dim <= 0) return cudaSuccess;
-  if (dim % 2 != 0) return cudaErrorInvalidValue;
+  if (dim % 2 != 0 || positions <= 0) return cudaErrorInvalidValue;
   constexpr int kThreads = 256;
   RopeKernel<T><<<BlocksFor(rows * dim, kThreads), kThreads, 0, stream>>>(
       static_cast<const T*>(x), static_cast<const T*>(cos),
-      static_cast<const T*>(sin), static_cast<T*>(out), rows, dim);
+      static_cast<const T*>(sin), static_cast<T*>(out), rows, dim, positions);
   return cudaGetLastError();
 }
 
@@ -187,14 +189,16 @@ cudaError_t RmsNorm(const void* x, const void* weight, void* out, int64_t rows,
 }
 
 cudaError_t Rope(const void* x, const void* cos, const void* sin, void* out,
-                 int64_t rows, int64_t dim, Dtype dtype, cudaStream_t stream) {
+                 int64_t rows, int64_t dim, int64_t positions, Dtype dtype,
+                 cudaStream_t stream) {
   switch (dtype) {
     case Dtype::kFp32:
-      return LaunchRope<float>(x, cos, sin, out, rows, dim, stream);
+      return LaunchRope<float>(x, cos, sin, out, rows, dim, positions, stream);
     case Dtype::kBf16:
-      return LaunchRope<__nv_bfloat16>(x, cos, sin, out, rows, dim, stream);
+      return LaunchRope<__nv_bfloat16>(x, cos, sin, out, rows, dim, positions,
+                                       stream);
     case Dtype::kFp16:
-      return LaunchRope<__half>(x, cos, sin, out, rows, dim, stream);
+      return LaunchRope<__half>(x, cos, sin, out, rows, dim, positions, stream);
   }
   return cudaErrorInvalidValue;
 }

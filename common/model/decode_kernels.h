@@ -23,10 +23,12 @@ cudaError_t RmsNorm(const void* x, const void* weight, void* out, int64_t rows,
                     int64_t cols, float eps, Dtype dtype, cudaStream_t stream);
 
 // HF rotate-half RoPE of `rows` contiguous rows of `dim` (even) values with
-// one cos/sin row [dim] shared by all rows: out = x * cos + rotate_half(x) *
-// sin, each product and the sum rounded to `dtype`.
+// `positions` cos/sin rows [positions, dim], row r using row r % positions
+// (x laid out [..., positions, dim]): out = x * cos + rotate_half(x) * sin,
+// each product and the sum rounded to `dtype`.
 cudaError_t Rope(const void* x, const void* cos, const void* sin, void* out,
-                 int64_t rows, int64_t dim, Dtype dtype, cudaStream_t stream);
+                 int64_t rows, int64_t dim, int64_t positions, Dtype dtype,
+                 cudaStream_t stream);
 
 // SwiGLU: for `rows` contiguous rows of 2n values [gate | up],
 // out[r, i] = cast(cast(silu(gate[i])) * up[i]) (out: rows x n).

@@ -508,6 +508,37 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
     }
   }
 
+  if (prefill_accelerator_ != nullptr && batch == 1 && width >= 2 &&
+      starts[0] == 0 && logits_mode != LogitsMode::kAll) {
+    ASSIGN_OR_RETURN(
+        AcceleratedPrefill out,
+        prefill_accelerator_->Prefill(*this, tokens[0], cache,
+                                      logits_mode == LogitsMode::kLast));
+    if (out.served) {
+      if (on_layer != nullptr && *on_layer) {
+        RETURN_IF_ERROR(Guarded("prefill layer callbacks", [&]() {
+          for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+            const at::Tensor layer = cache.storage_.select(0, l);
+            LayerKv kv{l,
+                       0,
+                       0,
+                       layer.select(0, 0).select(0, 0).narrow(1, 0, width),
+                       layer.select(0, 1).select(0, 0).narrow(1, 0, width),
+                       at::Tensor()};
+            RETURN_IF_ERROR((*on_layer)(kv));
+          }
+          return absl::OkStatus();
+        }));
+      }
+      cache.lengths_[0] = width;
+      if (logits_mode == LogitsMode::kNone) return at::Tensor();
+      return Guarded("prefill accelerator output",
+                     [&]() -> absl::StatusOr<at::Tensor> {
+                       return out.logits.reshape({1, c.vocab_size});
+                     });
+    }
+  }
+
   return Guarded("decoder forward", [&]() -> absl::StatusOr<at::Tensor> {
     c10::InferenceMode inference;
     const Impl& impl = *impl_;
@@ -720,15 +751,25 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
         "static decode span ", span, " outside [1, ", storage.size(4), "]"));
   }
   auto is_index = [&](const at::Tensor& t) {
-    return t.defined() && t.numel() == 1 && t.scalar_type() == at::kLong &&
+    return t.defined() && t.dim() == 1 && t.scalar_type() == at::kLong &&
            t.device() == device;
   };
-  if (!is_index(io.token) || !is_index(io.position) || !io.logits.defined() ||
-      io.logits.numel() != c.vocab_size ||
-      io.logits.scalar_type() != at::kFloat || io.logits.device() != device) {
+  const int64_t count = io.token.defined() ? io.token.numel() : 0;
+  if (!is_index(io.token) || count < 1 || !is_index(io.position) ||
+      io.position.numel() != 1 ||
+      (io.logits_row.defined() &&
+       (!is_index(io.logits_row) || io.logits_row.numel() != 1)) ||
+      (io.logits.defined() && (io.logits.numel() != c.vocab_size ||
+                               io.logits.scalar_type() != at::kFloat ||
+                               io.logits.device() != device))) {
     return absl::InvalidArgumentError(
-        "static decode needs token and position int64 [1] and logits fp32 "
-        "[vocab] on the model device");
+        "static decode needs tokens int64 [T >= 1], position (and "
+        "logits_row, if any) int64 [1] and logits (if any) fp32 [vocab] on "
+        "the model device");
+  }
+  if (count > span) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "static decode of ", count, " tokens over a span of ", span));
   }
   return Guarded("static decode step", [&]() -> absl::Status {
     c10::InferenceMode inference;
@@ -753,35 +794,43 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
       return kernels != nullptr && kernels->rope ? kernels->rope(x, cs, sn)
                                                  : x * cs + RotateHalf(x) * sn;
     };
-    const at::Tensor pos = io.position.reshape({1});
+    const int64_t n = count;
+    // Positions [T]: position + t, computed on the device.
+    const at::Tensor pos =
+        n == 1
+            ? io.position.reshape({1})
+            : io.position.reshape({1}) +
+                  at::arange(
+                      n, at::TensorOptions().dtype(at::kLong).device(device));
 
-    // cos/sin [1, 1, 1, D] per distinct RoPE, as Forward computes them.
+    // cos/sin [1, 1, T, D] per distinct RoPE, as Forward computes them.
     std::vector<at::Tensor> cos, sin;
-    RopeCosSin(impl.inv_freq, pos.to(at::kFloat).view({1, 1, 1}), dtype, &cos,
+    RopeCosSin(impl.inv_freq, pos.to(at::kFloat).view({1, n, 1}), dtype, &cos,
                &sin);
-    // Masks [1, 1, 1, span] per sliding window (0: none): keys j <= pos and
-    // pos - j < window.
+    // Masks [1, 1, 1, T, span] per sliding window (0: none): token t sees
+    // keys j <= pos[t] and pos[t] - j < window.
     std::map<int64_t, at::Tensor> masks;
     auto mask_for = [&](int64_t window) -> const at::Tensor& {
       auto it = masks.find(window);
       if (it != masks.end()) return it->second;
       return masks
-          .emplace(window, AllowedKeys(pos, span, window).view({1, 1, 1, span}))
+          .emplace(window, AllowedKeys(pos.view({n, 1}), span, window)
+                               .view({1, 1, 1, n, span}))
           .first->second;
     };
 
     std::map<int64_t, at::Tensor> float_masks;  // SDPA: additive masks.
     at::Tensor h =
-        impl.embed.index_select(0, io.token.reshape({1})).view({1, 1, -1});
+        impl.embed.index_select(0, io.token.reshape({n})).view({1, n, -1});
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const LayerWeights& w = impl.layers[l];
       at::Tensor x = norm(h, w.input_norm);
       const at::Tensor qkv = at::linear(x, w.qkv_w, w.qkv_b);
-      at::Tensor q = qkv.narrow(-1, 0, q_out).reshape({1, 1, heads, dim});
+      at::Tensor q = qkv.narrow(-1, 0, q_out).reshape({1, n, heads, dim});
       at::Tensor k =
-          qkv.narrow(-1, q_out, kv_out).reshape({1, 1, kv_heads, dim});
+          qkv.narrow(-1, q_out, kv_out).reshape({1, n, kv_heads, dim});
       at::Tensor v =
-          qkv.narrow(-1, q_out + kv_out, kv_out).reshape({1, 1, kv_heads, dim});
+          qkv.narrow(-1, q_out + kv_out, kv_out).reshape({1, n, kv_heads, dim});
       if (c.qk_norm) {
         q = norm(q, w.q_norm);
         k = norm(k, w.k_norm);
@@ -799,8 +848,12 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
       const at::Tensor& allowed = mask_for(
           w.sliding_window > 0 && w.sliding_window < span ? w.sliding_window
                                                           : 0);
-      const at::Tensor qg = q.reshape({1, kv_heads, groups, dim});
-      at::Tensor attn;  // [1, H, 1, D]
+      // Query rows (g, t) of each KV head: [1, Hkv, groups * T, D].
+      const at::Tensor qg = q.reshape({1, kv_heads, groups * n, dim});
+      // Boolean mask per query row: [1, 1, groups * T, span].
+      const at::Tensor row_allowed = allowed.expand({1, 1, groups, n, span})
+                                         .reshape({1, 1, groups * n, span});
+      at::Tensor attn;  // [1, H, T, D]
       if (impl.sdpa) {
 #if KVWIRE_HAS_SDPA
         // The additive mask SDPA would derive from the boolean one, built
@@ -813,10 +866,10 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
           it = float_masks
                    .emplace(window_key,
                             at::zeros(
-                                {1, 1, groups, span},
+                                {1, 1, groups * n, span},
                                 at::TensorOptions().dtype(dtype).device(device))
                                 .masked_fill_(
-                                    allowed.logical_not(),
+                                    row_allowed.logical_not(),
                                     -std::numeric_limits<double>::infinity()))
                    .first;
         }
@@ -827,17 +880,17 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
                                                 scale
 #endif
                                                 )
-                   .reshape({1, heads, 1, dim});
+                   .reshape({1, heads, n, dim});
 #endif
       } else {
         const at::Tensor scores =
             (at::matmul(qg, keys.transpose(2, 3)) * scale)
-                .masked_fill(allowed.logical_not(),
+                .masked_fill(row_allowed.logical_not(),
                              -std::numeric_limits<double>::infinity());
         const at::Tensor probs = scores.softmax(-1, at::kFloat).to(dtype);
-        attn = at::matmul(probs, values).reshape({1, heads, 1, dim});
+        attn = at::matmul(probs, values).reshape({1, heads, n, dim});
       }
-      const at::Tensor attn_out = attn.transpose(1, 2).reshape({1, 1, q_out});
+      const at::Tensor attn_out = attn.transpose(1, 2).reshape({1, n, q_out});
       h = h + at::linear(attn_out, w.o_w, w.o_b);
 
       x = norm(h, w.post_norm);
@@ -848,7 +901,11 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
                                        gate_up.narrow(-1, inter, inter);
       h = h + at::linear(mlp, w.down_w, w.down_b);
     }
-    h = norm(h.reshape({1, c.hidden_size}), impl.final_norm);
+    if (!io.logits.defined()) return absl::OkStatus();
+    h = h.reshape({n, c.hidden_size});
+    h = io.logits_row.defined() ? h.index_select(0, io.logits_row.reshape({1}))
+                                : h.narrow(0, n - 1, 1);
+    h = norm(h, impl.final_norm);
     io.logits.view({1, c.vocab_size}).copy_(at::linear(h, impl.lm_head));
     return absl::OkStatus();
   });
@@ -873,6 +930,52 @@ absl::StatusOr<at::Tensor> StaticDecodeAccelerator::DecodeStep(
       StaticDecodeSpan(position, cache.capacity(), min_span_)));
   ++steps_;
   return io.logits;
+}
+
+absl::Status CopyCachePrefix(const at::Tensor& from_storage,
+                             const at::Tensor& to_storage, int64_t n) {
+  if (!from_storage.defined() || !to_storage.defined() ||
+      from_storage.dim() != 6 || to_storage.dim() != 6 ||
+      from_storage.size(2) != 1 || to_storage.size(2) != 1 ||
+      from_storage.size(0) != to_storage.size(0) ||
+      from_storage.size(3) != to_storage.size(3) ||
+      from_storage.size(5) != to_storage.size(5) || n < 0 ||
+      n > from_storage.size(4) || n > to_storage.size(4)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot copy ", n, " positions between these KV cache storages"));
+  }
+  return Guarded("copying a KV cache prefix", [&]() -> absl::Status {
+    c10::InferenceMode inference;
+    to_storage.narrow(4, 0, n).copy_(from_storage.narrow(4, 0, n));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<AcceleratedPrefill> StaticPrefillAccelerator::Prefill(
+    const Decoder& decoder, absl::Span<const int64_t> token_ids,
+    const KvCache& cache, bool want_logits) {
+  const int64_t n = static_cast<int64_t>(token_ids.size());
+  if (cache.batch_size() != 1 || n > capacity_) return AcceleratedPrefill{};
+  ASSIGN_OR_RETURN(KvCache staging, decoder.NewCache(capacity_));
+  StaticDecodeIo io;
+  RETURN_IF_ERROR(Guarded("static prefill inputs", [&]() -> absl::Status {
+    const auto options =
+        at::TensorOptions().dtype(at::kLong).device(decoder.device());
+    io.token =
+        VectorToTensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()),
+                       {n}, decoder.device());
+    io.position = at::zeros({1}, options);
+    if (want_logits) {
+      io.logits =
+          at::empty({decoder.config().vocab_size}, options.dtype(at::kFloat));
+    }
+    return absl::OkStatus();
+  }));
+  RETURN_IF_ERROR(decoder.StaticDecodeStep(io, staging.storage(),
+                                           StaticDecodeSpan(n - 1, capacity_)));
+  RETURN_IF_ERROR(CopyCachePrefix(staging.storage(), cache.storage(), n));
+  ++prefills_;
+  return AcceleratedPrefill{true, io.logits};
 }
 
 absl::StatusOr<at::Tensor> Decoder::Prefill(absl::Span<const int64_t> token_ids,

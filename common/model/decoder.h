@@ -179,13 +179,18 @@ struct DecodeStepKernels {
   std::function<at::Tensor(const at::Tensor& gate_up)> silu_mul;
 };
 
-// Inputs and output of Decoder::StaticDecodeStep: tensors on the model
+// Inputs and outputs of Decoder::StaticDecodeStep: tensors on the model
 // device whose contents change between steps but whose shapes and addresses
 // do not (so the step can be captured once as a CUDA graph and replayed).
 struct StaticDecodeIo {
-  at::Tensor token;     // [1] int64: the token fed.
-  at::Tensor position;  // [1] int64: its position (cache holds [0, position)).
-  at::Tensor logits;    // [vocab] fp32: written by the step.
+  at::Tensor token;     // [T] int64: the tokens fed (T >= 1).
+  at::Tensor position;  // [1] int64: the first token's position (the cache
+                        // holds [0, position); token t goes to position + t).
+  // [vocab] fp32, written by the step: the logits of token `logits_row`.
+  // Undefined: the LM head is skipped.
+  at::Tensor logits;
+  // [1] int64: which of the T tokens the logits are of. Undefined: the last.
+  at::Tensor logits_row;
 };
 
 // The key span a static decode step at `position` attends: the smallest
@@ -233,6 +238,54 @@ class StaticDecodeAccelerator : public DecodeAccelerator {
   int64_t min_span_;
   int64_t steps_ = 0;  // Not synchronized: for single-threaded tests.
 };
+
+// What a PrefillAccelerator returns: whether it ran the call and, if asked,
+// the last token's logits [vocab] (fp32, model device; the caller's).
+struct AcceleratedPrefill {
+  bool served = false;
+  at::Tensor logits;
+};
+
+// Runs prompt prefills (several tokens into an empty batch-1 cache) faster
+// than Decoder::Forward (e.g. kvwire_model_cuda's CudaGraphPrefill).
+// Installed with Decoder::SetPrefillAccelerator; the decoder hands it every
+// batch-1 forward of two or more tokens into an empty cache whose logits are
+// kNone or kLast, then runs the layer callback (if any) over the written
+// K/V, without queries (LayerKv::queries undefined). Must be thread-safe and
+// may decline (served = false) any call it cannot serve.
+class PrefillAccelerator {
+ public:
+  virtual ~PrefillAccelerator() = default;
+  // Runs `token_ids` at positions [0, n) of the empty row 0 of the batch-1
+  // `cache` of the decoder's model, writing their K/V into the cache storage
+  // at those positions (the decoder then sets the length).
+  virtual absl::StatusOr<AcceleratedPrefill> Prefill(
+      const Decoder& decoder, absl::Span<const int64_t> token_ids,
+      const KvCache& cache, bool want_logits) = 0;
+};
+
+// Reference prefill accelerator: Decoder::StaticDecodeStep run eagerly over
+// all tokens into a private staging cache of `capacity` positions, then
+// copied into the caller's cache: the computation the CUDA-graph prefill
+// replays, for tests.
+class StaticPrefillAccelerator : public PrefillAccelerator {
+ public:
+  explicit StaticPrefillAccelerator(int64_t capacity) : capacity_(capacity) {}
+  absl::StatusOr<AcceleratedPrefill> Prefill(
+      const Decoder& decoder, absl::Span<const int64_t> token_ids,
+      const KvCache& cache, bool want_logits) override;
+  int64_t prefills() const { return prefills_; }
+
+ private:
+  int64_t capacity_;
+  int64_t prefills_ = 0;  // Not synchronized: for single-threaded tests.
+};
+
+// Copies positions [0, n) of every layer's K and V from the storage of one
+// batch-1 KV cache to another's of the same model (capacities may differ):
+// one kernel. For prefill accelerators that compute into a staging cache.
+absl::Status CopyCachePrefix(const at::Tensor& from_storage,
+                             const at::Tensor& to_storage, int64_t n);
 
 class Decoder {
  public:
@@ -304,17 +357,20 @@ class Decoder {
                                               const SamplingOptions& sampling,
                                               int64_t step) const;
 
-  // One decode step of a batch-1 cache whose tensor shapes do not depend on
-  // the position, for CUDA-graph capture: reads io.token and io.position on
-  // the device, computes RoPE from the position, writes the token's K/V at
-  // that position of `storage` (a batch-1 KvCache::storage(), lengths
-  // untouched), attends keys [0, span) under a mask computed on the device
-  // (keys j <= position, and within each layer's sliding window), and writes
-  // the logits into io.logits. Needs position < span <= capacity; the
-  // position is not checked (it is never read on the host). No host
-  // synchronization and no data-dependent shapes: capturable. Same results
-  // as DecodeStep up to the order of floating-point reductions. `kernels`
-  // (optional) replaces some op chains with fused kernels.
+  // A forward of T = io.token.numel() tokens (one decode step when T is 1,
+  // a padded prompt chunk otherwise) into a batch-1 cache, whose tensor
+  // shapes do not depend on the position, for CUDA-graph capture: reads
+  // io.token and io.position on the device, computes RoPE from the
+  // positions, writes the tokens' K/V at positions [position, position + T)
+  // of `storage` (a batch-1 KvCache::storage(), lengths untouched), attends
+  // keys [0, span) under a mask computed on the device (token t sees keys
+  // j <= position + t, within each layer's sliding window), and writes the
+  // logits of token io.logits_row into io.logits (if defined). Needs
+  // position + T <= span <= capacity; the position is not checked (it is
+  // never read on the host). No host synchronization and no data-dependent
+  // shapes: capturable. Same results as Forward up to the order of
+  // floating-point reductions. `kernels` (optional) replaces some op chains
+  // with fused kernels.
   absl::Status StaticDecodeStep(
       const StaticDecodeIo& io, const at::Tensor& storage, int64_t span,
       const DecodeStepKernels* kernels = nullptr) const;
@@ -325,6 +381,13 @@ class Decoder {
     accelerator_ = std::move(accelerator);
   }
   DecodeAccelerator* decode_accelerator() const { return accelerator_.get(); }
+  // Likewise for prompt prefills (see PrefillAccelerator).
+  void SetPrefillAccelerator(std::shared_ptr<PrefillAccelerator> accelerator) {
+    prefill_accelerator_ = std::move(accelerator);
+  }
+  PrefillAccelerator* prefill_accelerator() const {
+    return prefill_accelerator_.get();
+  }
 
  private:
   struct Impl;
@@ -341,6 +404,7 @@ class Decoder {
   DecoderOptions options_;
   std::unique_ptr<Impl> impl_;
   std::shared_ptr<DecodeAccelerator> accelerator_;
+  std::shared_ptr<PrefillAccelerator> prefill_accelerator_;
 };
 
 }  // namespace kvwire

@@ -247,14 +247,15 @@ absl::StatusOr<std::unique_ptr<C2cPipeline>> C2cPipeline::Load(
   ASSIGN_OR_RETURN(p->receiver_,
                    Decoder::Load(options.receiver_dir, options.receiver));
 #ifdef KVWIRE_WITH_CUDA
-  // Batch-1 decode steps replay CUDA graphs (KVWIRE_CUDA_GRAPH_DECODE=0: off).
-  InstallCudaGraphDecoder(*p->receiver_);
+  // Prompt prefills and batch-1 decode steps replay CUDA graphs
+  // (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0: off).
+  InstallCudaGraphAccelerators(*p->receiver_);
 #endif
   if (!options.sharer_dir.empty()) {
     ASSIGN_OR_RETURN(p->sharer_,
                      Decoder::Load(options.sharer_dir, options.sharer));
 #ifdef KVWIRE_WITH_CUDA
-    InstallCudaGraphDecoder(*p->sharer_);
+    InstallCudaGraphAccelerators(*p->sharer_);
 #endif
     p->sharer_info_ = DescribeModel(*p->sharer_, options.sharer_dir);
   }

@@ -82,8 +82,16 @@ absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverSession::Create(
       }
     }
   }
-  const int64_t capacity = static_cast<int64_t>(prompt_ids.size()) +
-                           std::max<int64_t>(max_new_tokens, 1);
+  int64_t capacity = static_cast<int64_t>(prompt_ids.size()) +
+                     std::max<int64_t>(max_new_tokens, 1);
+  if (receiver->device().is_cuda()) {
+    // CUDA-graph decode steps bake in the cache's address and shape: caches
+    // of a few shared capacities let the allocator hand the same storage to
+    // later requests, so their steps replay graphs instead of capturing.
+    constexpr int64_t kCapacityBucket = 256;
+    capacity =
+        (capacity + kCapacityBucket - 1) / kCapacityBucket * kCapacityBucket;
+  }
   ASSIGN_OR_RETURN(KvCache cache, receiver->NewCache(capacity));
   return std::unique_ptr<ReceiverSession>(new ReceiverSession(
       receiver, fuser, std::move(prompt_ids), std::move(cache)));
@@ -122,10 +130,7 @@ absl::Status ReceiverSession::Prefill() {
   prefilled_ = true;
   std::vector<DecodedLayer> held = std::move(held_);
   held_.clear();
-  for (const DecodedLayer& layer : held) {
-    RETURN_IF_ERROR(FuseLocked(layer).status());
-  }
-  return absl::OkStatus();
+  return FuseHeldLocked(held);
 }
 
 absl::StatusOr<at::Tensor> ReceiverSession::GuidedScores(
@@ -282,6 +287,34 @@ absl::StatusOr<std::vector<int>> ReceiverSession::FuseLocked(
   Trace("receiver fusion", absl::StrCat("fuse sharer layer ", layer.layer),
         start);
   return fused;
+}
+
+absl::Status ReceiverSession::FuseHeldLocked(
+    const std::vector<DecodedLayer>& held) {
+  std::vector<const DecodedLayer*> pending;  // As FuseLocked: tokens only.
+  for (const DecodedLayer& layer : held) {
+    if (!layer.token_indices.empty()) pending.push_back(&layer);
+  }
+  if (fusion_ == nullptr || pending.empty()) return absl::OkStatus();
+  if (pending.size() == 1) return FuseLocked(*pending[0]).status();
+  // Every held layer's receiver layers in one batched call: one stacked
+  // projector computation instead of one per receiver layer.
+  std::vector<FusionSession::SharerLayerInput> layers;
+  for (const DecodedLayer* layer : pending) {
+    FusionSession::SharerLayerInput in;
+    in.sharer_layer = static_cast<int>(layer->layer);
+    in.keys = layer->keys;
+    in.values = layer->values;
+    in.positions = absl::MakeConstSpan(layer->token_indices);
+    layers.push_back(std::move(in));
+  }
+  const auto start = Clock::now();
+  auto fused = fusion_->AddSharerLayers(layers);
+  timings_.fuse_seconds += SecondsSince(start);
+  Trace("receiver fusion",
+        absl::StrCat("fuse ", layers.size(), " sharer layers (batched)"),
+        start);
+  return fused.status();
 }
 
 GenerationOptions ToGenerationOptions(const v1::GenerationParams& params) {

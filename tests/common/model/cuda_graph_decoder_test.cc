@@ -1,6 +1,7 @@
 // CudaGraphDecoder (CUDA builds only; skipped without a CUDA device): graph
-// replay of the static decode step against the eager decoder on random tiny
-// Qwen3 models in fp32 and bf16, and the fused kernels against ATen.
+// replay of the static decode step, and CudaGraphPrefill's replay of padded
+// prompt prefills, against the eager decoder on random tiny Qwen3 models in
+// fp32 and bf16, and the fused kernels against ATen.
 #include "common/model/cuda_graph_decoder.h"
 
 #include <ATen/TensorOperators.h>
@@ -172,6 +173,14 @@ TEST_P(CudaGraphDecoderTest, FusedKernelsMatchAten) {
   const at::Tensor rot =
       at::cat({q.narrow(-1, 64, 64).neg(), q.narrow(-1, 0, 64)}, -1);
   EXPECT_EQ(MaxDiff(fused.rope(q, cs, sn), q * cs + rot * sn), 0.0);
+  // Per-position RoPE of a prefill chunk (x [1, H, T, D] viewed from
+  // [1, T, H, D], cos/sin [1, 1, T, D]): bitwise equal too.
+  const at::Tensor qt = at::randn({1, 9, 16, 128}, options).transpose(1, 2);
+  const at::Tensor cst = at::randn({1, 1, 9, 128}, options);
+  const at::Tensor snt = at::randn({1, 1, 9, 128}, options);
+  const at::Tensor rott =
+      at::cat({qt.narrow(-1, 64, 64).neg(), qt.narrow(-1, 0, 64)}, -1);
+  EXPECT_EQ(MaxDiff(fused.rope(qt, cst, snt), qt * cst + rott * snt), 0.0);
   // SiLU * up: bitwise equal up to expf's last-place rounding.
   const at::Tensor gu = at::randn({1, 1, 2 * 3072}, options) * 4;
   const at::Tensor ref_mlp =
@@ -179,6 +188,68 @@ TEST_P(CudaGraphDecoderTest, FusedKernelsMatchAten) {
   EXPECT_LE(
       MaxDiff(fused.silu_mul(gu), ref_mlp),
       GetParam() == at::kFloat ? 1e-5 : 0.0079 * MaxDiff(ref_mlp, ref_mlp * 0));
+}
+
+TEST_P(CudaGraphDecoderTest, GraphPrefillMatchesEagerAndReusesBuckets) {
+  for (int64_t window : {0, 5}) {
+    SCOPED_TRACE(absl::StrCat("window ", window));
+    auto decoder =
+        Load(MakeModel(absl::StrCat("prefill", window), window), GetParam());
+    ASSERT_NE(decoder, nullptr);
+    CudaGraphPrefillOptions options;
+    options.bucket = 16;
+    options.max_tokens = 64;
+    auto graphs = std::make_shared<CudaGraphPrefill>(decoder.get(), options);
+    // 17 and 30 tokens share the 32 bucket; 9 is a bucket of its own.
+    for (int64_t n : {17, 30, 9}) {
+      SCOPED_TRACE(absl::StrCat(n, " tokens"));
+      const std::vector<int64_t> prompt = Tokens(n);
+      decoder->SetPrefillAccelerator(nullptr);
+      auto eager_cache = decoder->NewCache(80);
+      ASSERT_TRUE(eager_cache.ok());
+      auto expected = decoder->Prefill(prompt, *eager_cache);
+      ASSERT_TRUE(expected.ok()) << expected.status();
+
+      decoder->SetPrefillAccelerator(graphs);
+      auto cache = decoder->NewCache(80);
+      ASSERT_TRUE(cache.ok());
+      int layers = 0;
+      auto got = decoder->Prefill(prompt, *cache, [&](const LayerKv& kv) {
+        EXPECT_EQ(kv.keys.size(1), n);
+        ++layers;
+        return absl::OkStatus();
+      });
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(layers, 3);
+      EXPECT_EQ(cache->length(), n);
+      EXPECT_LT(MaxDiff(*got, *expected), Tolerance());
+      EXPECT_EQ(got->argmax().item<int64_t>(),
+                expected->argmax().item<int64_t>());
+      EXPECT_LT(MaxDiff(cache->storage(), eager_cache->storage()),
+                GetParam() == at::kFloat ? 1e-4 : 0.1);
+
+      // Greedy generation from the graph-prefilled prompt equals eager.
+      GenerationOptions gen;
+      gen.max_new_tokens = 12;
+      gen.eos_token_ids = std::vector<int64_t>{};
+      decoder->SetPrefillAccelerator(nullptr);
+      auto eager_tokens = decoder->Generate(prompt, gen);
+      decoder->SetPrefillAccelerator(graphs);
+      auto graph_tokens = decoder->Generate(prompt, gen);
+      ASSERT_TRUE(eager_tokens.ok() && graph_tokens.ok());
+      EXPECT_EQ(graph_tokens->tokens, eager_tokens->tokens);
+    }
+    // Prefill and Generate both want the last logits: one graph per bucket
+    // (32 and 16), each replayed twice per length.
+    EXPECT_EQ(graphs->captures(), 2);
+    EXPECT_EQ(graphs->replays(), 6);
+    // Longer than max_tokens: declined, the eager path answers.
+    auto cache = decoder->NewCache(80);
+    ASSERT_TRUE(cache.ok());
+    ASSERT_TRUE(decoder->Prefill(Tokens(70), *cache).ok());
+    EXPECT_EQ(graphs->declined(), 1);
+    decoder->SetPrefillAccelerator(nullptr);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaGraphDecoderTest,

@@ -1,11 +1,13 @@
 // Decoder::StaticDecodeStep (the position-independent decode step that the
 // CUDA-graph decoder captures) against the eager DecodeStep, on random
 // checkpoints: same logits, same cache contents, same greedy tokens, across
-// span buckets and sliding windows; and the DecodeAccelerator hook.
+// span buckets and sliding windows, for one token and for chunks of tokens;
+// and the DecodeAccelerator and PrefillAccelerator hooks.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/tensor.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -186,6 +188,109 @@ TEST_P(StaticDecodeTest, RejectsMismatchedBuffers) {
   EXPECT_FALSE(decoder_->StaticDecodeStep(io, batch2->storage(), 8).ok());
   io.logits = at::empty({kVocab + 1}, at::kFloat);
   EXPECT_FALSE(decoder_->StaticDecodeStep(io, cache->storage(), 8).ok());
+}
+
+TEST_P(StaticDecodeTest, MultiTokenStepMatchesEagerPrefillAfterAPrefix) {
+  // Five tokens at positions [4, 9) over a span of 16, after a 4-token
+  // prefix: the same K/V and last-token logits as an eager forward, and a
+  // chosen row's logits equal the eager kAll row.
+  constexpr int64_t kCapacity = 16;
+  const std::vector<int64_t> prompt = Tokens(9);
+  const std::vector<int64_t> prefix(prompt.begin(), prompt.begin() + 4);
+  const std::vector<int64_t> chunk(prompt.begin() + 4, prompt.end());
+  auto eager = decoder_->NewCache(kCapacity);
+  auto fixed = decoder_->NewCache(kCapacity);
+  ASSERT_TRUE(eager.ok() && fixed.ok());
+  ASSERT_TRUE(decoder_->Prefill(prefix, *eager).ok());
+  ASSERT_TRUE(decoder_->Prefill(prefix, *fixed).ok());
+  auto expected = decoder_->Prefill(chunk, *eager, nullptr, LogitsMode::kAll);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+
+  const auto index =
+      at::TensorOptions().dtype(at::kLong).device(decoder_->device());
+  StaticDecodeIo io;
+  io.token = at::tensor(chunk, at::kLong).to(decoder_->device());
+  io.position = at::full({1}, 4, index);
+  io.logits = at::empty({kVocab}, index.dtype(at::kFloat));
+  ASSERT_TRUE(decoder_->StaticDecodeStep(io, fixed->storage(), 16).ok());
+  EXPECT_LT(MaxDiff(io.logits, expected->select(0, 4)), 1e-5);
+  EXPECT_LT(MaxDiff(fixed->storage(), eager->storage()), 1e-5);
+
+  io.logits_row = at::full({1}, 2, index);
+  ASSERT_TRUE(decoder_->StaticDecodeStep(io, fixed->storage(), 16).ok());
+  EXPECT_LT(MaxDiff(io.logits, expected->select(0, 2)), 1e-5);
+  // More tokens than the span: refused.
+  EXPECT_FALSE(decoder_->StaticDecodeStep(io, fixed->storage(), 4).ok());
+}
+
+TEST_P(StaticDecodeTest, PrefillAcceleratorServesPromptPrefills) {
+  const std::vector<int64_t> prompt = Tokens(11);
+  auto eager = decoder_->NewCache(32);
+  ASSERT_TRUE(eager.ok());
+  std::vector<at::Tensor> eager_layers;
+  auto expected =
+      decoder_->Prefill(prompt, *eager, [&](const LayerKv& kv) -> absl::Status {
+        eager_layers.push_back(kv.keys.clone());
+        return absl::OkStatus();
+      });
+  ASSERT_TRUE(expected.ok()) << expected.status();
+
+  auto accelerator = std::make_shared<StaticPrefillAccelerator>(16);
+  decoder_->SetPrefillAccelerator(accelerator);
+  auto cache = decoder_->NewCache(32);
+  ASSERT_TRUE(cache.ok());
+  std::vector<at::Tensor> layers;
+  auto got =
+      decoder_->Prefill(prompt, *cache, [&](const LayerKv& kv) -> absl::Status {
+        EXPECT_EQ(kv.start, 0);
+        EXPECT_FALSE(kv.queries.defined());
+        layers.push_back(kv.keys.clone());
+        return absl::OkStatus();
+      });
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(accelerator->prefills(), 1);
+  EXPECT_EQ(cache->length(), 11);
+  EXPECT_LT(MaxDiff(*got, *expected), 1e-5);
+  EXPECT_LT(MaxDiff(cache->storage(), eager->storage()), 1e-5);
+  ASSERT_EQ(layers.size(), eager_layers.size());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    EXPECT_LT(MaxDiff(layers[l], eager_layers[l]), 1e-5) << "layer " << l;
+  }
+
+  // Generation after an accelerated prefill equals eager generation.
+  GenerationOptions options;
+  options.max_new_tokens = 8;
+  options.eos_token_ids = std::vector<int64_t>{};
+  decoder_->SetPrefillAccelerator(nullptr);
+  auto expected_tokens = decoder_->Generate(prompt, options);
+  decoder_->SetPrefillAccelerator(accelerator);
+  auto tokens = decoder_->Generate(prompt, options);
+  ASSERT_TRUE(expected_tokens.ok() && tokens.ok());
+  EXPECT_EQ(tokens->tokens, expected_tokens->tokens);
+  EXPECT_EQ(accelerator->prefills(), 2);
+
+  // Not served: longer than its capacity, a non-empty cache, one token, or
+  // kAll logits; those run eagerly and still succeed.
+  auto other = decoder_->NewCache(32);
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(decoder_->Prefill(Tokens(20), *other).ok());
+  ASSERT_TRUE(decoder_->Prefill(Tokens(3), *other).ok());
+  EXPECT_EQ(other->length(), 23);
+  other->Clear();
+  ASSERT_TRUE(decoder_->Prefill(Tokens(1), *other).ok());
+  other->Clear();
+  ASSERT_TRUE(
+      decoder_->Prefill(Tokens(4), *other, nullptr, LogitsMode::kAll).ok());
+  EXPECT_EQ(accelerator->prefills(), 2);
+
+  // A failing layer callback fails the prefill and leaves the length at 0.
+  other->Clear();
+  auto failed = decoder_->Prefill(Tokens(5), *other, [](const LayerKv&) {
+    return absl::CancelledError("stop");
+  });
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(other->length(), 0);
+  decoder_->SetPrefillAccelerator(nullptr);
 }
 
 INSTANTIATE_TEST_SUITE_P(
