@@ -47,6 +47,13 @@ ABSL_FLAG(std::string, dtype, "auto",
 ABSL_FLAG(std::string, device, "cpu", "Model device: cpu, cuda, cuda:N.");
 ABSL_FLAG(int, intra_op_threads, 0,
           "LibTorch intra-op threads (0: LibTorch's default).");
+ABSL_FLAG(int64_t, decode_batch_slots, 16,
+          "On CUDA: KV cache slots whose decode steps run batched across "
+          "concurrent requests, as CUDA graphs (0: each request decodes "
+          "alone).");
+ABSL_FLAG(int64_t, decode_slot_capacity, 1024,
+          "Positions (prompt + generated tokens) of one batched-decode slot; "
+          "longer requests decode alone.");
 ABSL_FLAG(int64_t, max_prompt_tokens, 8192,
           "Longest templated prompt accepted (capped by "
           "max_position_embeddings).");
@@ -151,6 +158,9 @@ int main(int argc, char** argv) {
   config.engine.dtype = absl::GetFlag(FLAGS_dtype);
   config.engine.device = absl::GetFlag(FLAGS_device);
   config.engine.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  config.engine.decode_batch_slots = absl::GetFlag(FLAGS_decode_batch_slots);
+  config.engine.decode_slot_capacity =
+      absl::GetFlag(FLAGS_decode_slot_capacity);
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
 
   config.runner.limits.max_question_bytes =

@@ -114,6 +114,9 @@ struct ReceiverEngineOptions {
   int64_t max_prompt_tokens = 8192;
   // LibTorch intra-op threads (0: LibTorch's default).
   int intra_op_threads = 0;
+  // On CUDA: slots of the batched decode (0: off) and positions per slot.
+  int64_t decode_batch_slots = 16;
+  int64_t decode_slot_capacity = 1024;
 };
 
 // What the engine serves, for logs and validation.

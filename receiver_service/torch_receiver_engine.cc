@@ -313,9 +313,13 @@ absl::StatusOr<std::unique_ptr<TorchReceiverEngine>> TorchReceiverEngine::Load(
   ASSIGN_OR_RETURN(e->decoder_,
                    Decoder::Load(options.model_dir, decoder_options));
 #ifdef KVWIRE_WITH_CUDA
-  // Prompt prefills and batch-1 decode steps replay CUDA graphs
-  // (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0: off).
-  InstallCudaGraphAccelerators(*e->decoder_);
+  // Prompt prefills and decode steps replay CUDA graphs, decode steps
+  // batched across requests (KVWIRE_CUDA_GRAPH_PREFILL=0 /
+  // KVWIRE_CUDA_GRAPH_DECODE=0: off).
+  CudaGraphInstallOptions graphs;
+  graphs.batch_slots = options.decode_batch_slots;
+  graphs.slot_capacity = options.decode_slot_capacity;
+  RETURN_IF_ERROR(InstallCudaGraphAccelerators(*e->decoder_, graphs));
 #endif
   const ModelConfig& rc = e->decoder_->config();
   e->info_.model = DescribeModel(*e->decoder_, options.model_dir);

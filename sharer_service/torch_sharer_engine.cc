@@ -412,7 +412,7 @@ absl::StatusOr<std::unique_ptr<SharerEngine>> LoadSharerEngine(
 #ifdef KVWIRE_WITH_CUDA
   // Batch-1 prefills and Generate's decode steps replay CUDA graphs
   // (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0: off).
-  InstallCudaGraphAccelerators(*decoder);
+  RETURN_IF_ERROR(InstallCudaGraphAccelerators(*decoder));
 #endif
   ASSIGN_OR_RETURN(std::string fingerprint,
                    CheckpointFingerprint(options.model_dir));

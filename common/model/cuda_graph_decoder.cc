@@ -19,8 +19,10 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -148,13 +150,102 @@ bool EnvOff(const char* name) {
           std::strcmp(v, "off") == 0);
 }
 
-// What a graph bakes in: the storage address and layout, and the span.
+// What a decode graph bakes in: the storage address and layout, and the
+// span.
 using GraphKey = std::tuple<const void*, std::vector<int64_t>,
                             std::vector<int64_t>, int64_t>;
 
-struct Graph {
-  std::unique_ptr<at::cuda::CUDAGraph> graph;
-  uint64_t last_use = 0;
+// Captured graphs by key, the least recently used evicted beyond `max`, all
+// sharing one memory pool and one private stream (replays never overlap),
+// ordered after the caller's stream with events. Not synchronized: each
+// owner serializes its calls.
+template <typename Key>
+class GraphCache {
+ public:
+  GraphCache(c10::Device device, int max)
+      : stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/true,
+                                             device.index())),
+        max_(std::max(max, 1)) {}
+  ~GraphCache() {
+    try {
+      stream_.synchronize();
+    } catch (const c10::Error&) {
+    }
+  }
+
+  c10::cuda::CUDAStream& stream() { return stream_; }
+  // Makes the private stream wait for the caller's current stream.
+  void Enter(c10::cuda::CUDAStream caller) {
+    ready_.record(caller);
+    ready_.block(stream_);
+  }
+  // Makes the caller's stream wait for what ran on the private stream.
+  void Leave(c10::cuda::CUDAStream caller) {
+    done_.record(stream_);
+    done_.block(caller);
+  }
+
+  // With the private stream current: the graph of `key`, capturing `step`
+  // first if needed, after a warm-up run (two on the first capture: cuBLAS
+  // handles and workspaces, lazy kernel loading); a step must be safe to
+  // repeat (warm-ups write what the replay writes again). nullptr if the
+  // key's warm-up or capture failed (then and for later calls).
+  at::cuda::CUDAGraph* Get(const Key& key,
+                           const std::function<absl::Status()>& step) {
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      if (failed_.count(key) > 0) return nullptr;
+      for (int i = 0; i < (warmed_ ? 1 : 2); ++i) {
+        if (!step().ok()) {
+          failed_.insert(key);
+          stream_.synchronize();
+          return nullptr;
+        }
+      }
+      warmed_ = true;
+      stream_.synchronize();
+      if (static_cast<int>(graphs_.size()) >= max_) {
+        auto oldest = graphs_.begin();
+        for (auto g = graphs_.begin(); g != graphs_.end(); ++g) {
+          if (g->second.last_use < oldest->second.last_use) oldest = g;
+        }
+        graphs_.erase(oldest);
+      }
+      if (!pool_initialized_) {
+        pool_ = at::cuda::graph_pool_handle();
+        pool_initialized_ = true;
+      }
+      Graph g;
+      g.graph = std::make_unique<at::cuda::CUDAGraph>();
+      if (!CaptureCudaGraph(*g.graph, pool_, stream_.stream(), step).ok()) {
+        failed_.insert(key);
+        return nullptr;
+      }
+      ++captures_;
+      it = graphs_.emplace(key, std::move(g)).first;
+    }
+    it->second.last_use = ++clock_;
+    return it->second.graph.get();
+  }
+  bool failed(const Key& key) const { return failed_.count(key) > 0; }
+  int64_t size() const { return static_cast<int64_t>(graphs_.size()); }
+  int64_t captures() const { return captures_; }
+
+ private:
+  struct Graph {
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    uint64_t last_use = 0;
+  };
+  c10::cuda::CUDAStream stream_;
+  int max_;
+  at::cuda::CUDAEvent ready_, done_;
+  bool warmed_ = false;
+  bool pool_initialized_ = false;
+  decltype(at::cuda::graph_pool_handle()) pool_;
+  std::map<Key, Graph> graphs_;
+  std::set<Key> failed_;
+  uint64_t clock_ = 0;
+  int64_t captures_ = 0;
 };
 
 }  // namespace
@@ -170,18 +261,11 @@ DecodeStepKernels FusedDecodeKernels() {
 struct CudaGraphDecoder::Impl {
   std::mutex mu;
   // Guarded by mu:
-  bool initialized = false;
-  bool warmed = false;
-  decltype(at::cuda::graph_pool_handle()) pool;
-  std::unique_ptr<c10::cuda::CUDAStream> stream;
-  at::cuda::CUDAEvent ready, done;
+  std::unique_ptr<GraphCache<GraphKey>> graphs;  // Created on first use.
   StaticDecodeIo io;
   DecodeStepKernels kernels;
-  std::map<GraphKey, Graph> graphs;
-  std::map<GraphKey, bool> failed;  // Keys whose capture failed: eager.
-  uint64_t clock = 0;
   // Counters, readable without the lock.
-  std::atomic<int64_t> replays{0}, captures{0}, declined{0};
+  std::atomic<int64_t> replays{0}, captures{0}, declined{0}, cached{0};
 };
 
 CudaGraphDecoder::CudaGraphDecoder(const Decoder* decoder,
@@ -192,22 +276,12 @@ CudaGraphDecoder::CudaGraphDecoder(const Decoder* decoder,
   if (options_.fused_kernels) impl_->kernels = FusedDecodeKernels();
 }
 
-CudaGraphDecoder::~CudaGraphDecoder() {
-  if (impl_ != nullptr && impl_->stream != nullptr) {
-    try {
-      impl_->stream->synchronize();
-    } catch (const c10::Error&) {
-    }
-  }
-}
+CudaGraphDecoder::~CudaGraphDecoder() = default;
 
 int64_t CudaGraphDecoder::replays() const { return impl_->replays.load(); }
 int64_t CudaGraphDecoder::captures() const { return impl_->captures.load(); }
 int64_t CudaGraphDecoder::declined() const { return impl_->declined.load(); }
-int64_t CudaGraphDecoder::cached_graphs() const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  return static_cast<int64_t>(impl_->graphs.size());
-}
+int64_t CudaGraphDecoder::cached_graphs() const { return impl_->cached.load(); }
 
 absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
                                                         int64_t token_id,
@@ -230,7 +304,7 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
       std::vector<int64_t>(storage.sizes().begin(), storage.sizes().end()),
       std::vector<int64_t>(storage.strides().begin(), storage.strides().end()),
       span};
-  if (impl.failed.count(key) > 0) {
+  if (impl.graphs != nullptr && impl.graphs->failed(key)) {
     ++impl.declined;
     return at::Tensor();
   }
@@ -239,77 +313,42 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
   try {
     c10::InferenceMode inference;
     c10::cuda::CUDAGuard device_guard(device.index());
-    if (!impl.initialized) {
-      impl.pool = at::cuda::graph_pool_handle();
-      impl.stream =
-          std::make_unique<c10::cuda::CUDAStream>(c10::cuda::getStreamFromPool(
-              /*isHighPriority=*/true, device.index()));
+    if (impl.graphs == nullptr) {
+      impl.graphs =
+          std::make_unique<GraphCache<GraphKey>>(device, options_.max_graphs);
       const auto index = at::TensorOptions().dtype(at::kLong).device(device);
       impl.io.token = at::zeros({1}, index);
       impl.io.position = at::zeros({1}, index);
       impl.io.logits =
           at::zeros({decoder.config().vocab_size}, index.dtype(at::kFloat));
-      impl.initialized = true;
     }
+    GraphCache<GraphKey>& graphs = *impl.graphs;
     c10::cuda::CUDAStream caller =
         c10::cuda::getCurrentCUDAStream(device.index());
-    c10::cuda::CUDAStream& stream = *impl.stream;
     // The output lives on the caller's stream (allocated there, written on
     // ours before the caller waits for us).
     at::Tensor out =
         at::empty({decoder.config().vocab_size},
                   at::TensorOptions().dtype(at::kFloat).device(device));
-    impl.ready.record(caller);
-    impl.ready.block(stream);
+    graphs.Enter(caller);
     {
-      c10::cuda::CUDAStreamGuard stream_guard(stream);
+      c10::cuda::CUDAStreamGuard stream_guard(graphs.stream());
       impl.io.token.fill_(token_id);
       impl.io.position.fill_(position);
-      auto it = impl.graphs.find(key);
-      if (it == impl.graphs.end()) {
-        // Warm up on this stream (cuBLAS handles and workspaces, lazy
-        // kernel loading) with the real inputs: it writes the same K/V the
-        // replay below writes again.
-        for (int i = 0; i < (impl.warmed ? 1 : 2); ++i) {
-          absl::Status st =
-              decoder.StaticDecodeStep(impl.io, storage, span, kernels);
-          if (!st.ok()) {
-            impl.failed.emplace(key, true);
-            ++impl.declined;
-            stream.synchronize();
-            return at::Tensor();
-          }
-        }
-        impl.warmed = true;
-        stream.synchronize();
-        if (static_cast<int>(impl.graphs.size()) >= options_.max_graphs) {
-          auto oldest = impl.graphs.begin();
-          for (auto g = impl.graphs.begin(); g != impl.graphs.end(); ++g) {
-            if (g->second.last_use < oldest->second.last_use) oldest = g;
-          }
-          impl.graphs.erase(oldest);
-        }
-        Graph g;
-        g.graph = std::make_unique<at::cuda::CUDAGraph>();
-        const absl::Status st =
-            CaptureCudaGraph(*g.graph, impl.pool, stream.stream(), [&] {
-              return decoder.StaticDecodeStep(impl.io, storage, span, kernels);
-            });
-        if (!st.ok()) {
-          impl.failed.emplace(key, true);
-          ++impl.declined;
-          return at::Tensor();
-        }
-        ++impl.captures;
-        it = impl.graphs.emplace(key, std::move(g)).first;
+      at::cuda::CUDAGraph* graph = graphs.Get(key, [&] {
+        return decoder.StaticDecodeStep(impl.io, storage, span, kernels);
+      });
+      impl.captures = graphs.captures();
+      impl.cached = graphs.size();
+      if (graph == nullptr) {
+        ++impl.declined;
+        return at::Tensor();
       }
-      it->second.last_use = ++impl.clock;
-      it->second.graph->replay();
+      graph->replay();
       ++impl.replays;
       out.copy_(impl.io.logits);
     }
-    impl.done.record(stream);
-    impl.done.block(caller);
+    graphs.Leave(caller);
     return out;
   } catch (const c10::Error& e) {
     return absl::InternalError(
@@ -320,20 +359,12 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
 struct CudaGraphPrefill::Impl {
   std::mutex mu;
   // Guarded by mu:
-  bool initialized = false;
-  bool warmed = false;
-  decltype(at::cuda::graph_pool_handle()) pool;
-  std::unique_ptr<c10::cuda::CUDAStream> stream;
-  at::cuda::CUDAEvent ready, done;
+  std::unique_ptr<GraphCache<std::pair<int64_t, bool>>> graphs;
   KvCache staging;    // capacity: max_tokens (rounded up to a bucket).
   at::Tensor tokens;  // [capacity] int64; a graph reads its first T.
   at::Tensor zero;    // [1] int64: position 0.
   at::Tensor last;    // [1] int64: the last real token's row.
   at::Tensor logits;  // [vocab] fp32.
-  // Graphs keyed by (bucketed token count, with logits).
-  std::map<std::pair<int64_t, bool>, Graph> graphs;
-  std::map<std::pair<int64_t, bool>, bool> failed;
-  uint64_t clock = 0;
   std::atomic<int64_t> replays{0}, captures{0}, declined{0};
 };
 
@@ -348,14 +379,7 @@ CudaGraphPrefill::CudaGraphPrefill(const Decoder* decoder,
   if (options_.fused_kernels) kernels_ = FusedDecodeKernels();
 }
 
-CudaGraphPrefill::~CudaGraphPrefill() {
-  if (impl_ != nullptr && impl_->stream != nullptr) {
-    try {
-      impl_->stream->synchronize();
-    } catch (const c10::Error&) {
-    }
-  }
-}
+CudaGraphPrefill::~CudaGraphPrefill() = default;
 
 int64_t CudaGraphPrefill::replays() const { return impl_->replays.load(); }
 int64_t CudaGraphPrefill::captures() const { return impl_->captures.load(); }
@@ -381,7 +405,7 @@ absl::StatusOr<AcceleratedPrefill> CudaGraphPrefill::Prefill(
   // Prefills wait for each other rather than fall back: a replay takes a
   // few milliseconds, an eager prefill of a small model ten times that.
   std::lock_guard<std::mutex> lock(impl.mu);
-  if (impl.failed.count(key) > 0) {
+  if (impl.graphs != nullptr && impl.graphs->failed(key)) {
     ++impl.declined;
     return AcceleratedPrefill{};
   }
@@ -390,19 +414,19 @@ absl::StatusOr<AcceleratedPrefill> CudaGraphPrefill::Prefill(
   try {
     c10::InferenceMode inference;
     c10::cuda::CUDAGuard device_guard(device.index());
-    if (!impl.initialized) {
-      ASSIGN_OR_RETURN(impl.staging, decoder.NewCache(options_.max_tokens));
-      impl.pool = at::cuda::graph_pool_handle();
-      impl.stream =
-          std::make_unique<c10::cuda::CUDAStream>(c10::cuda::getStreamFromPool(
-              /*isHighPriority=*/true, device.index()));
+    if (impl.graphs == nullptr) {
+      ASSIGN_OR_RETURN(
+          impl.staging,
+          decoder.NewCache(options_.max_tokens, 1, CacheSource::kOwnStorage));
       const auto index = at::TensorOptions().dtype(at::kLong).device(device);
       impl.tokens = at::zeros({options_.max_tokens}, index);
       impl.zero = at::zeros({1}, index);
       impl.last = at::zeros({1}, index);
       impl.logits = at::zeros({config.vocab_size}, index.dtype(at::kFloat));
-      impl.initialized = true;
+      impl.graphs = std::make_unique<GraphCache<std::pair<int64_t, bool>>>(
+          device, options_.max_graphs);
     }
+    GraphCache<std::pair<int64_t, bool>>& graphs = *impl.graphs;
     StaticDecodeIo io;
     io.token = impl.tokens.narrow(0, 0, bucket);
     io.position = impl.zero;
@@ -419,67 +443,93 @@ absl::StatusOr<AcceleratedPrefill> CudaGraphPrefill::Prefill(
 
     c10::cuda::CUDAStream caller =
         c10::cuda::getCurrentCUDAStream(device.index());
-    c10::cuda::CUDAStream& stream = *impl.stream;
     at::Tensor out;
     if (want_logits) {
       out = at::empty({config.vocab_size},
                       at::TensorOptions().dtype(at::kFloat).device(device));
     }
-    impl.ready.record(caller);
-    impl.ready.block(stream);
+    graphs.Enter(caller);
     {
-      c10::cuda::CUDAStreamGuard stream_guard(stream);
+      c10::cuda::CUDAStreamGuard stream_guard(graphs.stream());
       io.token.copy_(host_tokens);
       impl.last.fill_(n - 1);
       const at::Tensor& storage = impl.staging.storage();
-      auto it = impl.graphs.find(key);
-      if (it == impl.graphs.end()) {
-        for (int i = 0; i < (impl.warmed ? 1 : 2); ++i) {
-          const absl::Status st =
-              decoder.StaticDecodeStep(io, storage, bucket, kernels);
-          if (!st.ok()) {
-            impl.failed.emplace(key, true);
-            ++impl.declined;
-            stream.synchronize();
-            return AcceleratedPrefill{};
-          }
-        }
-        impl.warmed = true;
-        stream.synchronize();
-        if (static_cast<int>(impl.graphs.size()) >= options_.max_graphs) {
-          auto oldest = impl.graphs.begin();
-          for (auto g = impl.graphs.begin(); g != impl.graphs.end(); ++g) {
-            if (g->second.last_use < oldest->second.last_use) oldest = g;
-          }
-          impl.graphs.erase(oldest);
-        }
-        Graph g;
-        g.graph = std::make_unique<at::cuda::CUDAGraph>();
-        const absl::Status st =
-            CaptureCudaGraph(*g.graph, impl.pool, stream.stream(), [&] {
-              return decoder.StaticDecodeStep(io, storage, bucket, kernels);
-            });
-        if (!st.ok()) {
-          impl.failed.emplace(key, true);
-          ++impl.declined;
-          return AcceleratedPrefill{};
-        }
-        ++impl.captures;
-        it = impl.graphs.emplace(key, std::move(g)).first;
+      at::cuda::CUDAGraph* graph = graphs.Get(key, [&] {
+        return decoder.StaticDecodeStep(io, storage, bucket, kernels);
+      });
+      impl.captures = graphs.captures();
+      if (graph == nullptr) {
+        ++impl.declined;
+        return AcceleratedPrefill{};
       }
-      it->second.last_use = ++impl.clock;
-      it->second.graph->replay();
+      graph->replay();
       ++impl.replays;
       RETURN_IF_ERROR(CopyCachePrefix(storage, cache.storage(), n));
       if (want_logits) out.copy_(impl.logits);
     }
-    impl.done.record(stream);
-    impl.done.block(caller);
+    graphs.Leave(caller);
     return AcceleratedPrefill{true, out};
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat("CUDA-graph prefill: ", e.what_without_backtrace()));
   }
+}
+
+BatchedDecodeAccelerator::StepRunner CudaGraphStepRunner(
+    CudaGraphDecoderOptions options) {
+  // Graphs keyed by (storage address, rows, span): the batcher's io
+  // tensors are fixed, so the rows and the span are all that varies.
+  using Key = std::tuple<const void*, int64_t, int64_t>;
+  struct State {
+    std::mutex mu;
+    std::unique_ptr<GraphCache<Key>> graphs;
+    DecodeStepKernels kernels;
+  };
+  auto state = std::make_shared<State>();
+  if (options.fused_kernels) state->kernels = FusedDecodeKernels();
+  return [state, options](const Decoder& decoder, const StaticDecodeIo& io,
+                          const at::Tensor& storage,
+                          int64_t span) -> absl::Status {
+    const c10::Device device = decoder.device();
+    const DecodeStepKernels* kernels =
+        options.fused_kernels ? &state->kernels : nullptr;
+    std::lock_guard<std::mutex> lock(state->mu);
+    if (!device.is_cuda()) {
+      return decoder.StaticDecodeStep(io, storage, span, kernels);
+    }
+    try {
+      c10::InferenceMode inference;
+      c10::cuda::CUDAGuard device_guard(device.index());
+      if (state->graphs == nullptr) {
+        // One graph per (rows, span): powers of two up to the pool's size
+        // and capacity.
+        state->graphs =
+            std::make_unique<GraphCache<Key>>(device, 4 * options.max_graphs);
+      }
+      GraphCache<Key>& graphs = *state->graphs;
+      c10::cuda::CUDAStream caller =
+          c10::cuda::getCurrentCUDAStream(device.index());
+      graphs.Enter(caller);
+      {
+        c10::cuda::CUDAStreamGuard stream_guard(graphs.stream());
+        at::cuda::CUDAGraph* graph =
+            graphs.Get(Key{storage.data_ptr(), storage.size(2), span}, [&] {
+              return decoder.StaticDecodeStep(io, storage, span, kernels);
+            });
+        if (graph == nullptr) {
+          // Capture failed: run this step eagerly (still batched).
+          RETURN_IF_ERROR(decoder.StaticDecodeStep(io, storage, span, kernels));
+        } else {
+          graph->replay();
+        }
+      }
+      graphs.Leave(caller);
+      return absl::OkStatus();
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("CUDA-graph batched decode: ",
+                                              e.what_without_backtrace()));
+    }
+  };
 }
 
 std::shared_ptr<CudaGraphPrefill> InstallCudaGraphPrefill(
@@ -504,9 +554,20 @@ std::shared_ptr<CudaGraphDecoder> InstallCudaGraphDecoder(
   return accelerator;
 }
 
-void InstallCudaGraphAccelerators(Decoder& decoder) {
-  InstallCudaGraphDecoder(decoder);
+absl::Status InstallCudaGraphAccelerators(
+    Decoder& decoder, const CudaGraphInstallOptions& options) {
+  if (!decoder.device().is_cuda()) return absl::OkStatus();
+  std::shared_ptr<CudaGraphDecoder> single = InstallCudaGraphDecoder(decoder);
   InstallCudaGraphPrefill(decoder);
+  if (options.batch_slots <= 0 || single == nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(
+      std::shared_ptr<KvSlotPool> pool,
+      KvSlotPool::Create(decoder, options.batch_slots, options.slot_capacity));
+  decoder.SetSlotPool(pool);
+  decoder.SetDecodeAccelerator(std::make_shared<BatchedDecodeAccelerator>(
+      pool, BatchedDecodeOptions{}, CudaGraphStepRunner(single->options()),
+      single));
+  return absl::OkStatus();
 }
 
 }  // namespace kvwire

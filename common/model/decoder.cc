@@ -30,6 +30,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/model/batched_decode.h"
 #include "common/model/safetensors.h"
 #include "common/status_macros.h"
 
@@ -435,12 +436,20 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(
   return decoder;
 }
 
-absl::StatusOr<KvCache> Decoder::NewCache(int64_t capacity,
-                                          int64_t batch) const {
+absl::StatusOr<KvCache> Decoder::NewCache(int64_t capacity, int64_t batch,
+                                          CacheSource source) const {
   if (capacity <= 0 || batch <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("KV cache capacity and batch must be positive; got ",
                      capacity, " and ", batch));
+  }
+  if (slot_pool_ != nullptr && batch == 1 && source == CacheSource::kAny) {
+    absl::StatusOr<KvCache> pooled = slot_pool_->Acquire(capacity);
+    // A full pool or a large cache: an allocation of its own.
+    if (pooled.ok() || (!absl::IsResourceExhausted(pooled.status()) &&
+                        !absl::IsOutOfRange(pooled.status()))) {
+      return pooled;
+    }
   }
   return Guarded("allocating the KV cache", [&]() -> absl::StatusOr<KvCache> {
     c10::NoGradGuard no_grad;
@@ -740,32 +749,32 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
   const c10::Device device = options_.device;
   if (!storage.defined() || storage.dim() != 6 ||
       storage.size(0) != c.num_hidden_layers || storage.size(1) != 2 ||
-      storage.size(2) != 1 || storage.size(3) != c.num_key_value_heads ||
+      storage.size(3) != c.num_key_value_heads ||
       storage.size(5) != c.head_dim ||
       storage.scalar_type() != options_.dtype || storage.device() != device) {
     return absl::InvalidArgumentError(
-        "static decode needs the storage of a batch-1 KV cache of this model");
+        "static decode needs the storage of a KV cache of this model");
   }
   if (span < 1 || span > storage.size(4)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "static decode span ", span, " outside [1, ", storage.size(4), "]"));
   }
+  const int64_t rows = storage.size(2);
   auto is_index = [&](const at::Tensor& t) {
-    return t.defined() && t.dim() == 1 && t.scalar_type() == at::kLong &&
-           t.device() == device;
+    return t.defined() && t.scalar_type() == at::kLong && t.device() == device;
   };
-  const int64_t count = io.token.defined() ? io.token.numel() : 0;
-  if (!is_index(io.token) || count < 1 || !is_index(io.position) ||
-      io.position.numel() != 1 ||
+  const int64_t count = io.token.defined() ? io.token.numel() / rows : 0;
+  if (!is_index(io.token) || count < 1 || io.token.numel() != rows * count ||
+      !is_index(io.position) || io.position.numel() != rows ||
       (io.logits_row.defined() &&
-       (!is_index(io.logits_row) || io.logits_row.numel() != 1)) ||
-      (io.logits.defined() && (io.logits.numel() != c.vocab_size ||
+       (rows != 1 || !is_index(io.logits_row) || io.logits_row.numel() != 1)) ||
+      (io.logits.defined() && (io.logits.numel() != rows * c.vocab_size ||
                                io.logits.scalar_type() != at::kFloat ||
                                io.logits.device() != device))) {
     return absl::InvalidArgumentError(
-        "static decode needs tokens int64 [T >= 1], position (and "
-        "logits_row, if any) int64 [1] and logits (if any) fp32 [vocab] on "
-        "the model device");
+        "static decode needs tokens int64 [B * T] (T >= 1), positions int64 "
+        "[B], logits_row (if any, B = 1) int64 [1] and logits (if any) fp32 "
+        "[B * vocab] on the model device, B being the storage's batch");
   }
   if (count > span) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -794,43 +803,51 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
       return kernels != nullptr && kernels->rope ? kernels->rope(x, cs, sn)
                                                  : x * cs + RotateHalf(x) * sn;
     };
+    const int64_t b = rows;
     const int64_t n = count;
-    // Positions [T]: position + t, computed on the device.
+    // Positions [B, T]: position[b] + t, computed on the device.
     const at::Tensor pos =
-        n == 1
-            ? io.position.reshape({1})
-            : io.position.reshape({1}) +
-                  at::arange(
-                      n, at::TensorOptions().dtype(at::kLong).device(device));
+        n == 1 ? io.position.reshape({b, 1})
+               : io.position.reshape({b, 1}) +
+                     at::arange(
+                         n, at::TensorOptions().dtype(at::kLong).device(device))
+                         .view({1, n});
 
-    // cos/sin [1, 1, T, D] per distinct RoPE, as Forward computes them.
+    // cos/sin [B, 1, T, D] per distinct RoPE, as Forward computes them.
     std::vector<at::Tensor> cos, sin;
-    RopeCosSin(impl.inv_freq, pos.to(at::kFloat).view({1, n, 1}), dtype, &cos,
+    RopeCosSin(impl.inv_freq, pos.to(at::kFloat).unsqueeze(-1), dtype, &cos,
                &sin);
-    // Masks [1, 1, 1, T, span] per sliding window (0: none): token t sees
-    // keys j <= pos[t] and pos[t] - j < window.
+    // Masks [B, 1, 1, T, span] per sliding window (0: none): token t of row
+    // b sees keys j <= pos[b, t] and pos[b, t] - j < window.
     std::map<int64_t, at::Tensor> masks;
     auto mask_for = [&](int64_t window) -> const at::Tensor& {
       auto it = masks.find(window);
       if (it != masks.end()) return it->second;
       return masks
-          .emplace(window, AllowedKeys(pos.view({n, 1}), span, window)
-                               .view({1, 1, 1, n, span}))
+          .emplace(window, AllowedKeys(pos.unsqueeze(-1), span, window)
+                               .view({b, 1, 1, n, span}))
           .first->second;
     };
+    // Cache writes: one position range for a batch of one, per-row
+    // positions otherwise.
+    at::Tensor scatter_index;
+    if (b > 1) {
+      scatter_index =
+          pos.view({b, 1, n, 1}).expand({b, kv_heads, n, dim}).contiguous();
+    }
 
     std::map<int64_t, at::Tensor> float_masks;  // SDPA: additive masks.
     at::Tensor h =
-        impl.embed.index_select(0, io.token.reshape({n})).view({1, n, -1});
+        impl.embed.index_select(0, io.token.reshape({b * n})).view({b, n, -1});
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const LayerWeights& w = impl.layers[l];
       at::Tensor x = norm(h, w.input_norm);
       const at::Tensor qkv = at::linear(x, w.qkv_w, w.qkv_b);
-      at::Tensor q = qkv.narrow(-1, 0, q_out).reshape({1, n, heads, dim});
+      at::Tensor q = qkv.narrow(-1, 0, q_out).reshape({b, n, heads, dim});
       at::Tensor k =
-          qkv.narrow(-1, q_out, kv_out).reshape({1, n, kv_heads, dim});
+          qkv.narrow(-1, q_out, kv_out).reshape({b, n, kv_heads, dim});
       at::Tensor v =
-          qkv.narrow(-1, q_out + kv_out, kv_out).reshape({1, n, kv_heads, dim});
+          qkv.narrow(-1, q_out + kv_out, kv_out).reshape({b, n, kv_heads, dim});
       if (c.qk_norm) {
         q = norm(q, w.q_norm);
         k = norm(k, w.k_norm);
@@ -839,21 +856,27 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
       k = rope(k.transpose(1, 2), cos[w.rope_index], sin[w.rope_index]);
       v = v.transpose(1, 2);
 
-      const at::Tensor kc = storage.select(0, l).select(0, 0);  // [1,Hkv,C,D]
+      const at::Tensor kc = storage.select(0, l).select(0, 0);  // [B,Hkv,C,D]
       const at::Tensor vc = storage.select(0, l).select(0, 1);
-      kc.index_copy_(2, pos, k);
-      vc.index_copy_(2, pos, v);
+      if (b == 1) {
+        const at::Tensor row_pos = pos.reshape({n});
+        kc.index_copy_(2, row_pos, k);
+        vc.index_copy_(2, row_pos, v);
+      } else {
+        kc.scatter_(2, scatter_index, k);
+        vc.scatter_(2, scatter_index, v);
+      }
       const at::Tensor keys = kc.narrow(2, 0, span);
       const at::Tensor values = vc.narrow(2, 0, span);
       const at::Tensor& allowed = mask_for(
           w.sliding_window > 0 && w.sliding_window < span ? w.sliding_window
                                                           : 0);
-      // Query rows (g, t) of each KV head: [1, Hkv, groups * T, D].
-      const at::Tensor qg = q.reshape({1, kv_heads, groups * n, dim});
-      // Boolean mask per query row: [1, 1, groups * T, span].
-      const at::Tensor row_allowed = allowed.expand({1, 1, groups, n, span})
-                                         .reshape({1, 1, groups * n, span});
-      at::Tensor attn;  // [1, H, T, D]
+      // Query rows (g, t) of each KV head: [B, Hkv, groups * T, D].
+      const at::Tensor qg = q.reshape({b, kv_heads, groups * n, dim});
+      // Boolean mask per query row: [B, 1, groups * T, span].
+      const at::Tensor row_allowed = allowed.expand({b, 1, groups, n, span})
+                                         .reshape({b, 1, groups * n, span});
+      at::Tensor attn;  // [B, H, T, D]
       if (impl.sdpa) {
 #if KVWIRE_HAS_SDPA
         // The additive mask SDPA would derive from the boolean one, built
@@ -866,7 +889,7 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
           it = float_masks
                    .emplace(window_key,
                             at::zeros(
-                                {1, 1, groups * n, span},
+                                {b, 1, groups * n, span},
                                 at::TensorOptions().dtype(dtype).device(device))
                                 .masked_fill_(
                                     row_allowed.logical_not(),
@@ -880,7 +903,7 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
                                                 scale
 #endif
                                                 )
-                   .reshape({1, heads, n, dim});
+                   .reshape({b, heads, n, dim});
 #endif
       } else {
         const at::Tensor scores =
@@ -888,9 +911,9 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
                 .masked_fill(row_allowed.logical_not(),
                              -std::numeric_limits<double>::infinity());
         const at::Tensor probs = scores.softmax(-1, at::kFloat).to(dtype);
-        attn = at::matmul(probs, values).reshape({1, heads, n, dim});
+        attn = at::matmul(probs, values).reshape({b, heads, n, dim});
       }
-      const at::Tensor attn_out = attn.transpose(1, 2).reshape({1, n, q_out});
+      const at::Tensor attn_out = attn.transpose(1, 2).reshape({b, n, q_out});
       h = h + at::linear(attn_out, w.o_w, w.o_b);
 
       x = norm(h, w.post_norm);
@@ -902,11 +925,13 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
       h = h + at::linear(mlp, w.down_w, w.down_b);
     }
     if (!io.logits.defined()) return absl::OkStatus();
-    h = h.reshape({n, c.hidden_size});
-    h = io.logits_row.defined() ? h.index_select(0, io.logits_row.reshape({1}))
-                                : h.narrow(0, n - 1, 1);
+    // One row per batch row: the last token's (or logits_row's).
+    h = io.logits_row.defined()
+            ? h.reshape({n, c.hidden_size})
+                  .index_select(0, io.logits_row.reshape({1}))
+            : h.select(1, n - 1);
     h = norm(h, impl.final_norm);
-    io.logits.view({1, c.vocab_size}).copy_(at::linear(h, impl.lm_head));
+    io.logits.view({b, c.vocab_size}).copy_(at::linear(h, impl.lm_head));
     return absl::OkStatus();
   });
 }
@@ -956,7 +981,8 @@ absl::StatusOr<AcceleratedPrefill> StaticPrefillAccelerator::Prefill(
     const KvCache& cache, bool want_logits) {
   const int64_t n = static_cast<int64_t>(token_ids.size());
   if (cache.batch_size() != 1 || n > capacity_) return AcceleratedPrefill{};
-  ASSIGN_OR_RETURN(KvCache staging, decoder.NewCache(capacity_));
+  ASSIGN_OR_RETURN(KvCache staging,
+                   decoder.NewCache(capacity_, 1, CacheSource::kOwnStorage));
   StaticDecodeIo io;
   RETURN_IF_ERROR(Guarded("static prefill inputs", [&]() -> absl::Status {
     const auto options =

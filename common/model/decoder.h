@@ -62,8 +62,19 @@ struct DecoderOptions {
   AttentionImpl attention = AttentionImpl::kAuto;
 };
 
+class KvSlotPool;
+struct KvSlotLease;
+
+// Where Decoder::NewCache takes a cache's storage from.
+enum class CacheSource {
+  kAny,         // The slot pool when one is installed and the cache fits.
+  kOwnStorage,  // Always an allocation of its own (e.g. staging buffers).
+};
+
 // Per-batch KV cache. Create with Decoder::NewCache. Copies are shallow:
-// they share the storage tensor (but not the lengths).
+// they share the storage tensor (but not the lengths). A batch-1 cache may
+// live in a slot of a KvSlotPool (batched_decode.h); the slot returns to the
+// pool when the last copy is destroyed.
 class KvCache {
  public:
   KvCache() = default;
@@ -105,10 +116,15 @@ class KvCache {
   // [layers, 2, batch, kv_heads, capacity, head_dim].
   const at::Tensor& storage() const { return storage_; }
 
+  // The pool slot holding this cache, or null when it has its own storage.
+  const KvSlotLease* slot_lease() const { return lease_.get(); }
+
  private:
   friend class Decoder;
+  friend class KvSlotPool;
   at::Tensor storage_;
   std::vector<int64_t> lengths_;
+  std::shared_ptr<const KvSlotLease> lease_;
 };
 
 // What a layer callback sees: the K/V that this forward call added to one
@@ -182,14 +198,16 @@ struct DecodeStepKernels {
 // Inputs and outputs of Decoder::StaticDecodeStep: tensors on the model
 // device whose contents change between steps but whose shapes and addresses
 // do not (so the step can be captured once as a CUDA graph and replayed).
+// With a storage of batch B, every row runs T tokens.
 struct StaticDecodeIo {
-  at::Tensor token;     // [T] int64: the tokens fed (T >= 1).
-  at::Tensor position;  // [1] int64: the first token's position (the cache
+  at::Tensor token;     // [B * T] int64: the tokens fed (T >= 1), row-major.
+  at::Tensor position;  // [B] int64: each row's first position (the row
                         // holds [0, position); token t goes to position + t).
-  // [vocab] fp32, written by the step: the logits of token `logits_row`.
-  // Undefined: the LM head is skipped.
+  // [B * vocab] fp32, written by the step: each row's logits of its token
+  // `logits_row`. Undefined: the LM head is skipped.
   at::Tensor logits;
-  // [1] int64: which of the T tokens the logits are of. Undefined: the last.
+  // [1] int64 (B = 1 only): which of the T tokens the logits are of.
+  // Undefined: the last.
   at::Tensor logits_row;
 };
 
@@ -308,7 +326,11 @@ class Decoder {
   bool uses_sdpa() const;
 
   // A zeroed cache for `batch` sequences of up to `capacity` tokens each.
-  absl::StatusOr<KvCache> NewCache(int64_t capacity, int64_t batch = 1) const;
+  // With a slot pool installed and kAny, a batch-1 cache that fits comes
+  // from a free slot of the pool (its own allocation when none is free).
+  absl::StatusOr<KvCache> NewCache(
+      int64_t capacity, int64_t batch = 1,
+      CacheSource source = CacheSource::kAny) const;
 
   // Runs `token_ids` through the model at positions cache.length(0)...,
   // appending their K/V to row 0 of `cache` (capacity permitting).
@@ -357,19 +379,20 @@ class Decoder {
                                               const SamplingOptions& sampling,
                                               int64_t step) const;
 
-  // A forward of T = io.token.numel() tokens (one decode step when T is 1,
-  // a padded prompt chunk otherwise) into a batch-1 cache, whose tensor
-  // shapes do not depend on the position, for CUDA-graph capture: reads
+  // A forward of T tokens per row of `storage` (a KvCache::storage() of
+  // batch B, lengths untouched): one decode step per row when T is 1 (B
+  // rows: batched decode), a padded prompt chunk when B is 1. Its tensor
+  // shapes do not depend on the positions, for CUDA-graph capture: reads
   // io.token and io.position on the device, computes RoPE from the
-  // positions, writes the tokens' K/V at positions [position, position + T)
-  // of `storage` (a batch-1 KvCache::storage(), lengths untouched), attends
-  // keys [0, span) under a mask computed on the device (token t sees keys
-  // j <= position + t, within each layer's sliding window), and writes the
-  // logits of token io.logits_row into io.logits (if defined). Needs
-  // position + T <= span <= capacity; the position is not checked (it is
-  // never read on the host). No host synchronization and no data-dependent
-  // shapes: capturable. Same results as Forward up to the order of
-  // floating-point reductions. `kernels` (optional) replaces some op chains
+  // positions, writes row b's K/V at positions [position[b],
+  // position[b] + T), attends keys [0, span) under a mask computed on the
+  // device (token t of row b sees keys j <= position[b] + t, within each
+  // layer's sliding window), and writes each row's logits into io.logits
+  // (if defined). Needs position + T <= capacity and T <= span <= capacity;
+  // keys a token may see beyond the span are ignored; positions are not
+  // checked (never read on the host). No host synchronization and no
+  // data-dependent shapes: capturable. Same results as Forward up to the order
+  // of floating-point reductions. `kernels` (optional) replaces some op chains
   // with fused kernels.
   absl::Status StaticDecodeStep(
       const StaticDecodeIo& io, const at::Tensor& storage, int64_t span,
@@ -381,6 +404,12 @@ class Decoder {
     accelerator_ = std::move(accelerator);
   }
   DecodeAccelerator* decode_accelerator() const { return accelerator_.get(); }
+  // Installs (or removes) the pool that NewCache draws batch-1 caches from
+  // (batched_decode.h). Not thread-safe: call before sharing the decoder.
+  void SetSlotPool(std::shared_ptr<KvSlotPool> pool) {
+    slot_pool_ = std::move(pool);
+  }
+  KvSlotPool* slot_pool() const { return slot_pool_.get(); }
   // Likewise for prompt prefills (see PrefillAccelerator).
   void SetPrefillAccelerator(std::shared_ptr<PrefillAccelerator> accelerator) {
     prefill_accelerator_ = std::move(accelerator);
@@ -405,6 +434,7 @@ class Decoder {
   std::unique_ptr<Impl> impl_;
   std::shared_ptr<DecodeAccelerator> accelerator_;
   std::shared_ptr<PrefillAccelerator> prefill_accelerator_;
+  std::shared_ptr<KvSlotPool> slot_pool_;
 };
 
 }  // namespace kvwire

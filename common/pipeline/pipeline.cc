@@ -249,13 +249,13 @@ absl::StatusOr<std::unique_ptr<C2cPipeline>> C2cPipeline::Load(
 #ifdef KVWIRE_WITH_CUDA
   // Prompt prefills and batch-1 decode steps replay CUDA graphs
   // (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0: off).
-  InstallCudaGraphAccelerators(*p->receiver_);
+  RETURN_IF_ERROR(InstallCudaGraphAccelerators(*p->receiver_));
 #endif
   if (!options.sharer_dir.empty()) {
     ASSIGN_OR_RETURN(p->sharer_,
                      Decoder::Load(options.sharer_dir, options.sharer));
 #ifdef KVWIRE_WITH_CUDA
-    InstallCudaGraphAccelerators(*p->sharer_);
+    RETURN_IF_ERROR(InstallCudaGraphAccelerators(*p->sharer_));
 #endif
     p->sharer_info_ = DescribeModel(*p->sharer_, options.sharer_dir);
   }

@@ -1,0 +1,235 @@
+#include "common/model/batched_decode.h"
+
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace kvwire {
+namespace {
+
+template <typename F>
+auto Guard(const char* what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat(what, ": ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+  }
+}
+
+c10::Stream CurrentStream(c10::Device device) {
+  return c10::impl::VirtualGuardImpl(device.type()).getStream(device);
+}
+
+}  // namespace
+
+KvSlotLease::~KvSlotLease() {
+  if (pool != nullptr) pool->Release(slot);
+}
+
+KvSlotPool::KvSlotPool(at::Tensor storage, int64_t slots, int64_t capacity)
+    : storage_(std::move(storage)),
+      slots_(slots),
+      capacity_(capacity),
+      busy_(slots, false) {}
+
+KvSlotPool::~KvSlotPool() = default;
+
+absl::StatusOr<std::shared_ptr<KvSlotPool>> KvSlotPool::Create(
+    const Decoder& decoder, int64_t slots, int64_t capacity) {
+  if (slots <= 0 || capacity <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a KV slot pool needs positive slots and capacity; got ",
+                     slots, " and ", capacity));
+  }
+  // One extra position per slot: the scratch position idle rows write.
+  ASSIGN_OR_RETURN(KvCache whole, decoder.NewCache(capacity + 1, slots,
+                                                   CacheSource::kOwnStorage));
+  return std::shared_ptr<KvSlotPool>(
+      new KvSlotPool(whole.storage(), slots, capacity));
+}
+
+int64_t KvSlotPool::in_use() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::count(busy_.begin(), busy_.end(), true);
+}
+
+absl::StatusOr<KvCache> KvSlotPool::Acquire(int64_t capacity) {
+  if (capacity <= 0 || capacity > capacity_) {
+    return absl::OutOfRangeError(
+        absl::StrCat("a KV cache of ", capacity,
+                     " positions does not fit the pool's ", capacity_));
+  }
+  int64_t slot = -1;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto free = std::find(busy_.begin(), busy_.end(), false);
+    if (free == busy_.end()) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("all ", slots_, " KV cache slots are in use"));
+    }
+    *free = true;
+    slot = free - busy_.begin();
+  }
+  auto lease = std::make_shared<KvSlotLease>();
+  lease->pool = shared_from_this();
+  lease->slot = slot;
+  return Guard("acquiring a KV cache slot", [&]() -> absl::StatusOr<KvCache> {
+    c10::InferenceMode inference;
+    const at::Tensor row = storage_.narrow(2, slot, 1);
+    row.zero_();
+    KvCache cache;
+    cache.storage_ = row.narrow(4, 0, capacity);
+    cache.lengths_.assign(1, 0);
+    cache.lease_ = std::move(lease);
+    return cache;
+  });
+}
+
+void KvSlotPool::Release(int64_t slot) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (slot >= 0 && slot < slots_) busy_[slot] = false;
+}
+
+struct BatchedDecodeAccelerator::Pending {
+  int64_t slot = 0;
+  int64_t token = 0;
+  int64_t position = 0;
+  c10::Stream stream;
+  bool done = false;  // Guarded by mu_; the rest is written by the runner.
+  absl::Status status;
+  at::Tensor logits;
+};
+
+BatchedDecodeAccelerator::BatchedDecodeAccelerator(
+    std::shared_ptr<KvSlotPool> pool, BatchedDecodeOptions options,
+    StepRunner runner, std::shared_ptr<DecodeAccelerator> fallback)
+    : pool_(std::move(pool)),
+      options_(options),
+      runner_(std::move(runner)),
+      fallback_(std::move(fallback)) {}
+
+absl::StatusOr<at::Tensor> BatchedDecodeAccelerator::DecodeStep(
+    const Decoder& decoder, int64_t token_id, const KvCache& cache) {
+  const KvSlotLease* lease = cache.slot_lease();
+  if (lease == nullptr || lease->pool != pool_ || cache.batch_size() != 1 ||
+      cache.length(0) >= cache.capacity()) {
+    if (fallback_ != nullptr) {
+      return fallback_->DecodeStep(decoder, token_id, cache);
+    }
+    return at::Tensor();
+  }
+  Pending mine{lease->slot, token_id, cache.length(0),
+               CurrentStream(decoder.device())};
+  std::unique_lock<std::mutex> lock(mu_);
+  queue_.push_back(&mine);
+  changed_.notify_all();
+  while (!mine.done) {
+    if (running_) {
+      changed_.wait(lock);
+      continue;
+    }
+    // Lead: run every queued step of callers on this stream as one forward.
+    running_ = true;
+    if (options_.gather_window > absl::ZeroDuration()) {
+      changed_.wait_for(
+          lock, absl::ToChronoNanoseconds(options_.gather_window), [&] {
+            return static_cast<int64_t>(queue_.size()) >= options_.gather_rows;
+          });
+    }
+    std::vector<Pending*> batch, rest;
+    for (Pending* p : queue_) {
+      (p->stream == mine.stream ? batch : rest).push_back(p);
+    }
+    queue_ = std::move(rest);
+    lock.unlock();
+    RunBatch(decoder, batch);
+    lock.lock();
+    for (Pending* p : batch) p->done = true;
+    running_ = false;
+    changed_.notify_all();
+  }
+  if (!mine.status.ok()) return mine.status;
+  return mine.logits;
+}
+
+void BatchedDecodeAccelerator::RunBatch(const Decoder& decoder,
+                                        const std::vector<Pending*>& batch) {
+  const int64_t slots = pool_->slots();
+  const int64_t capacity = pool_->capacity();
+  int64_t top = 0, last_position = 0;
+  for (const Pending* p : batch) {
+    top = std::max(top, p->slot + 1);
+    last_position = std::max(last_position, p->position);
+  }
+  int64_t rows = 1;
+  while (rows < top) rows *= 2;
+  rows = std::min(rows, slots);
+  const int64_t span =
+      StaticDecodeSpan(last_position, capacity + 1, options_.min_span);
+  // Tokens, then positions; idle rows step token 0 at the scratch position.
+  std::vector<int64_t> host(2 * rows, 0);
+  std::fill(host.begin() + rows, host.end(), capacity);
+  std::vector<int64_t> picked;
+  for (const Pending* p : batch) {
+    host[p->slot] = p->token;
+    host[rows + p->slot] = p->position;
+    picked.push_back(p->slot);
+  }
+  at::Tensor out;
+  const absl::Status status = Guard("batched decode step", [&] {
+    c10::InferenceMode inference;
+    c10::StreamGuard stream_guard(batch.front()->stream);
+    const c10::Device device = decoder.device();
+    const auto index = at::TensorOptions().dtype(at::kLong).device(device);
+    if (!io_.token.defined()) {
+      io_.token = at::zeros({slots}, index);
+      io_.position = at::zeros({slots}, index);
+      io_.logits = at::zeros({slots, decoder.config().vocab_size},
+                             index.dtype(at::kFloat));
+    }
+    const at::Tensor uploaded =
+        at::from_blob(host.data(), {2, rows}, at::kLong).to(device);
+    StaticDecodeIo io;
+    io.token = io_.token.narrow(0, 0, rows);
+    io.position = io_.position.narrow(0, 0, rows);
+    io.logits = io_.logits.narrow(0, 0, rows);
+    io.token.copy_(uploaded.select(0, 0));
+    io.position.copy_(uploaded.select(0, 1));
+    const at::Tensor storage = pool_->storage().narrow(2, 0, rows);
+    RETURN_IF_ERROR(runner_ ? runner_(decoder, io, storage, span)
+                            : decoder.StaticDecodeStep(io, storage, span));
+    out = io_.logits.index_select(
+        0, at::from_blob(picked.data(), {static_cast<int64_t>(picked.size())},
+                         at::kLong)
+               .to(device));
+    return absl::OkStatus();
+  });
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i]->status = status;
+    if (status.ok()) batch[i]->logits = out.select(0, i);
+  }
+  if (status.ok()) {
+    steps_ += static_cast<int64_t>(batch.size());
+    ++batches_;
+    int64_t seen = max_batch_.load();
+    const int64_t size = static_cast<int64_t>(batch.size());
+    while (size > seen && !max_batch_.compare_exchange_weak(seen, size)) {
+    }
+  }
+}
+
+}  // namespace kvwire
