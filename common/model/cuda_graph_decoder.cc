@@ -143,6 +143,68 @@ at::Tensor FusedSiluMul(const at::Tensor& gate_up) {
   return out;
 }
 
+at::Tensor FusedQkvToCache(const at::Tensor& qkv, const at::Tensor& q_norm,
+                           const at::Tensor& k_norm, double eps,
+                           const at::Tensor& cos, const at::Tensor& sin,
+                           const at::Tensor& positions, const at::Tensor& kc,
+                           const at::Tensor& vc) {
+  decode_kernels::Dtype dtype;
+  if (!qkv.is_cuda() || qkv.dim() != 3 || !qkv.is_contiguous() ||
+      kc.dim() != 4 || !KernelDtype(qkv.scalar_type(), &dtype)) {
+    return at::Tensor();
+  }
+  const int64_t batch = qkv.size(0), tokens = qkv.size(1);
+  const int64_t kv_heads = kc.size(1), dim = kc.size(3);
+  const int64_t heads = qkv.size(2) / dim - 2 * kv_heads;
+  auto same = [&](const at::Tensor& t) {
+    return t.device() == qkv.device() && t.scalar_type() == qkv.scalar_type();
+  };
+  auto norm_ok = [&](const at::Tensor& w) {
+    return !w.defined() ||
+           (same(w) && w.dim() == 1 && w.size(0) == dim && w.is_contiguous());
+  };
+  auto table_ok = [&](const at::Tensor& t) {
+    return same(t) && t.is_contiguous() && t.dim() == 4 && t.size(1) == 1 &&
+           t.size(2) == tokens && t.size(3) == dim &&
+           (t.size(0) == 1 || t.size(0) == batch);
+  };
+  if (heads <= 0 || qkv.size(2) != (heads + 2 * kv_heads) * dim ||
+      dim % 2 != 0 || dim > 1024 || !norm_ok(q_norm) || !norm_ok(k_norm) ||
+      !table_ok(cos) || !table_ok(sin) || sin.sizes() != cos.sizes() ||
+      !same(kc) || !same(vc) || kc.sizes() != vc.sizes() ||
+      kc.strides() != vc.strides() || kc.size(0) != batch ||
+      kc.stride(3) != 1 || positions.device() != qkv.device() ||
+      positions.scalar_type() != at::kLong || !positions.is_contiguous() ||
+      positions.numel() != batch * tokens) {
+    return at::Tensor();
+  }
+  at::Tensor q = at::empty({batch, heads, tokens, dim}, qkv.options());
+  decode_kernels::QkvToCacheArgs a;
+  a.qkv = qkv.data_ptr();
+  a.qkv_row_stride = qkv.size(2);
+  a.q_norm = q_norm.defined() ? q_norm.data_ptr() : nullptr;
+  a.k_norm = k_norm.defined() ? k_norm.data_ptr() : nullptr;
+  a.eps = static_cast<float>(eps);
+  a.cos = cos.data_ptr();
+  a.sin = sin.data_ptr();
+  a.cos_per_batch = cos.size(0) == batch && batch > 1;
+  a.positions = positions.data_ptr<int64_t>();
+  a.q_out = q.data_ptr();
+  a.k_cache = kc.data_ptr();
+  a.v_cache = vc.data_ptr();
+  a.cache_batch_stride = kc.stride(0);
+  a.cache_head_stride = kc.stride(1);
+  a.cache_pos_stride = kc.stride(2);
+  a.batch = batch;
+  a.tokens = tokens;
+  a.heads = static_cast<int>(heads);
+  a.kv_heads = static_cast<int>(kv_heads);
+  a.dim = static_cast<int>(dim);
+  CheckLaunch(decode_kernels::QkvToCache(a, dtype, CurrentStream(qkv)),
+              "fused QKV to cache");
+  return q;
+}
+
 bool EnvOff(const char* name) {
   const char* v = std::getenv(name);
   return v != nullptr &&
@@ -255,6 +317,7 @@ DecodeStepKernels FusedDecodeKernels() {
   k.rms_norm = FusedRmsNorm;
   k.rope = FusedRope;
   k.silu_mul = FusedSiluMul;
+  k.qkv_to_cache = FusedQkvToCache;
   return k;
 }
 

@@ -122,6 +122,68 @@ __global__ void SiluMulKernel(const T* __restrict__ gate_up,
   }
 }
 
+// One block per (token row, head slot): slots [0, H) are query heads,
+// [H, H + Hkv) key heads, then value heads, laid out that way in each qkv
+// row. Queries and keys get RMSNorm (when the weight is given; one value per
+// thread, so the same reduction order as RmsNormKernel on a head row) and
+// RoPE with the same roundings as RopeKernel; queries go to q_out
+// [B, H, T, D], keys and values into the cache at the row's position.
+template <typename T>
+__global__ void QkvToCacheKernel(QkvToCacheArgs a) {
+  extern __shared__ float normed[];
+  const int slots = a.heads + 2 * a.kv_heads;
+  const int slot = static_cast<int>(blockIdx.x % slots);
+  const int64_t row = blockIdx.x / slots;  // b * tokens + t
+  const int64_t b = row / a.tokens;
+  const int64_t t = row % a.tokens;
+  const int i = threadIdx.x;
+  const int dim = a.dim;
+  const T* src = static_cast<const T*>(a.qkv) + row * a.qkv_row_stride +
+                 static_cast<int64_t>(slot) * dim;
+  const int64_t pos = a.positions[row];
+  if (slot >= a.heads + a.kv_heads) {  // Value head: copied as is.
+    const int head = slot - a.heads - a.kv_heads;
+    if (i < dim) {
+      static_cast<T*>(
+          a.v_cache)[b * a.cache_batch_stride + head * a.cache_head_stride +
+                     pos * a.cache_pos_stride + i] = src[i];
+    }
+    return;
+  }
+  const bool is_query = slot < a.heads;
+  const int head = is_query ? slot : slot - a.heads;
+  const T* weight = static_cast<const T*>(is_query ? a.q_norm : a.k_norm);
+  const float x = i < dim ? Convert<T>::ToFloat(src[i]) : 0.0f;
+  float value = x;
+  if (weight != nullptr) {
+    const float variance =
+        BlockSum(__fadd_rn(0.0f, __fmul_rn(x, x))) / static_cast<float>(dim);
+    const float inv = rsqrtf(variance + a.eps);
+    value = i < dim ? Round<T>(__fmul_rn(Convert<T>::ToFloat(weight[i]),
+                                         Round<T>(__fmul_rn(x, inv))))
+                    : 0.0f;
+  }
+  if (i < dim) normed[i] = value;
+  __syncthreads();
+  if (i >= dim) return;
+  const int half = dim / 2;
+  const float rot = i < half ? -normed[i + half] : normed[i - half];
+  const int64_t c = ((a.cos_per_batch ? b : 0) * a.tokens + t) * dim + i;
+  const float p = Round<T>(
+      __fmul_rn(value, Convert<T>::ToFloat(static_cast<const T*>(a.cos)[c])));
+  const float q = Round<T>(
+      __fmul_rn(rot, Convert<T>::ToFloat(static_cast<const T*>(a.sin)[c])));
+  const T out = Convert<T>::FromFloat(__fadd_rn(p, q));
+  if (is_query) {
+    static_cast<T*>(a.q_out)[((b * a.heads + head) * a.tokens + t) * dim + i] =
+        out;
+  } else {
+    static_cast<T*>(
+        a.k_cache)[b * a.cache_batch_stride + head * a.cache_head_stride +
+                   pos * a.cache_pos_stride + i] = out;
+  }
+}
+
 int ThreadsFor(int64_t cols) {
   int64_t t = (cols + 31) / 32 * 32;
   if (t > 1024) t = 1024;
@@ -172,7 +234,33 @@ cudaError_t LaunchSiluMul(const void* gate_up, void* out, int64_t rows,
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t LaunchQkvToCache(const QkvToCacheArgs& a, cudaStream_t stream) {
+  const int64_t blocks =
+      a.batch * a.tokens * static_cast<int64_t>(a.heads + 2 * a.kv_heads);
+  if (blocks <= 0) return cudaSuccess;
+  if (blocks > 2147483647LL || a.dim <= 0 || a.dim % 2 != 0 || a.dim > 1024) {
+    return cudaErrorInvalidValue;
+  }
+  QkvToCacheKernel<T><<<static_cast<unsigned>(blocks), ThreadsFor(a.dim),
+                        a.dim * sizeof(float), stream>>>(a);
+  return cudaGetLastError();
+}
+
 }  // namespace
+
+cudaError_t QkvToCache(const QkvToCacheArgs& args, Dtype dtype,
+                       cudaStream_t stream) {
+  switch (dtype) {
+    case Dtype::kFp32:
+      return LaunchQkvToCache<float>(args, stream);
+    case Dtype::kBf16:
+      return LaunchQkvToCache<__nv_bfloat16>(args, stream);
+    case Dtype::kFp16:
+      return LaunchQkvToCache<__half>(args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
 
 cudaError_t RmsNorm(const void* x, const void* weight, void* out, int64_t rows,
                     int64_t cols, float eps, Dtype dtype, cudaStream_t stream) {

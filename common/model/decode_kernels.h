@@ -35,6 +35,36 @@ cudaError_t Rope(const void* x, const void* cos, const void* sin, void* out,
 cudaError_t SiluMul(const void* gate_up, void* out, int64_t rows, int64_t n,
                     Dtype dtype, cudaStream_t stream);
 
+// One layer's step from the QKV projection to the cache, fused (what
+// RmsNorm on query and key heads, Rope on both and two cache writes do, with
+// the same roundings): qkv holds B * T rows of [H query heads | Hkv key
+// heads | Hkv value heads] x dim values, row r at qkv + r * qkv_row_stride.
+struct QkvToCacheArgs {
+  const void* qkv = nullptr;
+  int64_t qkv_row_stride = 0;
+  const void* q_norm = nullptr;  // [dim] or null: no RMSNorm.
+  const void* k_norm = nullptr;
+  float eps = 1e-6f;
+  const void* cos = nullptr;  // [B or 1, T, dim] contiguous.
+  const void* sin = nullptr;
+  bool cos_per_batch = false;          // cos/sin have B rows (else one).
+  const int64_t* positions = nullptr;  // [B, T] device int64.
+  void* q_out = nullptr;               // [B, H, T, dim] contiguous.
+  // Cache views [B, Hkv, capacity, dim] with unit stride in the last dim.
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  int64_t cache_batch_stride = 0;
+  int64_t cache_head_stride = 0;
+  int64_t cache_pos_stride = 0;
+  int64_t batch = 0;
+  int64_t tokens = 0;
+  int heads = 0;
+  int kv_heads = 0;
+  int dim = 0;  // Even, at most 1024.
+};
+cudaError_t QkvToCache(const QkvToCacheArgs& args, Dtype dtype,
+                       cudaStream_t stream);
+
 }  // namespace decode_kernels
 }  // namespace kvwire
 

@@ -843,28 +843,35 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
       const LayerWeights& w = impl.layers[l];
       at::Tensor x = norm(h, w.input_norm);
       const at::Tensor qkv = at::linear(x, w.qkv_w, w.qkv_b);
-      at::Tensor q = qkv.narrow(-1, 0, q_out).reshape({b, n, heads, dim});
-      at::Tensor k =
-          qkv.narrow(-1, q_out, kv_out).reshape({b, n, kv_heads, dim});
-      at::Tensor v =
-          qkv.narrow(-1, q_out + kv_out, kv_out).reshape({b, n, kv_heads, dim});
-      if (c.qk_norm) {
-        q = norm(q, w.q_norm);
-        k = norm(k, w.k_norm);
-      }
-      q = rope(q.transpose(1, 2), cos[w.rope_index], sin[w.rope_index]);
-      k = rope(k.transpose(1, 2), cos[w.rope_index], sin[w.rope_index]);
-      v = v.transpose(1, 2);
-
       const at::Tensor kc = storage.select(0, l).select(0, 0);  // [B,Hkv,C,D]
       const at::Tensor vc = storage.select(0, l).select(0, 1);
-      if (b == 1) {
-        const at::Tensor row_pos = pos.reshape({n});
-        kc.index_copy_(2, row_pos, k);
-        vc.index_copy_(2, row_pos, v);
-      } else {
-        kc.scatter_(2, scatter_index, k);
-        vc.scatter_(2, scatter_index, v);
+      at::Tensor q;  // [B, H, T, D] after norm and RoPE.
+      if (kernels != nullptr && kernels->qkv_to_cache) {
+        q = kernels->qkv_to_cache(qkv, w.q_norm, w.k_norm, eps,
+                                  cos[w.rope_index], sin[w.rope_index], pos, kc,
+                                  vc);
+      }
+      if (!q.defined()) {
+        q = qkv.narrow(-1, 0, q_out).reshape({b, n, heads, dim});
+        at::Tensor k =
+            qkv.narrow(-1, q_out, kv_out).reshape({b, n, kv_heads, dim});
+        at::Tensor v = qkv.narrow(-1, q_out + kv_out, kv_out)
+                           .reshape({b, n, kv_heads, dim});
+        if (c.qk_norm) {
+          q = norm(q, w.q_norm);
+          k = norm(k, w.k_norm);
+        }
+        q = rope(q.transpose(1, 2), cos[w.rope_index], sin[w.rope_index]);
+        k = rope(k.transpose(1, 2), cos[w.rope_index], sin[w.rope_index]);
+        v = v.transpose(1, 2);
+        if (b == 1) {
+          const at::Tensor row_pos = pos.reshape({n});
+          kc.index_copy_(2, row_pos, k);
+          vc.index_copy_(2, row_pos, v);
+        } else {
+          kc.scatter_(2, scatter_index, k);
+          vc.scatter_(2, scatter_index, v);
+        }
       }
       const at::Tensor keys = kc.narrow(2, 0, span);
       const at::Tensor values = vc.narrow(2, 0, span);

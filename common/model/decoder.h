@@ -193,6 +193,17 @@ struct DecodeStepKernels {
       rope;
   // silu(x[..., :n]) * x[..., n:] for x [..., 2n] (each op rounded).
   std::function<at::Tensor(const at::Tensor& gate_up)> silu_mul;
+  // A layer's QKV projection output qkv [B, T, (H + 2 Hkv) * D] to the
+  // cache: q_norm / k_norm (HF RMSNorm; undefined weights: none) and RoPE
+  // (cos/sin [B or 1, 1, T, D]) on queries and keys, keys and values written
+  // into kc / vc ([B, Hkv, C, D] cache views) at positions [B, T]. Returns
+  // the queries [B, H, T, D], or an undefined tensor when it does not
+  // handle the inputs (the step then runs the ATen ops).
+  std::function<at::Tensor(
+      const at::Tensor& qkv, const at::Tensor& q_norm, const at::Tensor& k_norm,
+      double eps, const at::Tensor& cos, const at::Tensor& sin,
+      const at::Tensor& positions, const at::Tensor& kc, const at::Tensor& vc)>
+      qkv_to_cache;
 };
 
 // Inputs and outputs of Decoder::StaticDecodeStep: tensors on the model

@@ -9,14 +9,18 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <unistd.h>
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "common/model/decoder.h"
 #include "gtest/gtest.h"
 #include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
@@ -181,6 +185,46 @@ TEST_P(CudaGraphDecoderTest, FusedKernelsMatchAten) {
   const at::Tensor rott =
       at::cat({qt.narrow(-1, 64, 64).neg(), qt.narrow(-1, 0, 64)}, -1);
   EXPECT_EQ(MaxDiff(fused.rope(qt, cst, snt), qt * cst + rott * snt), 0.0);
+  // QKV to cache (2 rows x 3 tokens, 4 query and 2 KV heads of 128): the
+  // same values as the separate fused RMSNorm and RoPE kernels and the
+  // cache writes they replace, bit for bit.
+  {
+    const int64_t b = 2, t = 3, h = 4, hkv = 2, d = 128, cap = 9;
+    const at::Tensor qkv = at::randn({b, t, (h + 2 * hkv) * d}, options);
+    const at::Tensor qn = at::randn({d}, options) * 0.1 + 1;
+    const at::Tensor kn = at::randn({d}, options) * 0.1 + 1;
+    const at::Tensor cs2 = at::randn({b, 1, t, d}, options);
+    const at::Tensor sn2 = at::randn({b, 1, t, d}, options);
+    const at::Tensor pos = at::tensor(std::vector<int64_t>{0, 1, 2, 5, 6, 7},
+                                      at::TensorOptions().dtype(at::kLong))
+                               .view({b, t})
+                               .to(options.device());
+    const at::Tensor storage = at::zeros({2, b, hkv, cap, d}, options);
+    const at::Tensor got_q =
+        fused.qkv_to_cache(qkv, qn, kn, 1e-6, cs2, sn2, pos,
+                           storage.select(0, 0), storage.select(0, 1));
+    ASSERT_TRUE(got_q.defined());
+    const at::Tensor q = fused.rope(
+        fused.rms_norm(qkv.narrow(-1, 0, h * d).reshape({b, t, h, d}), qn, 1e-6)
+            .transpose(1, 2),
+        cs2, sn2);
+    const at::Tensor k = fused.rope(
+        fused
+            .rms_norm(qkv.narrow(-1, h * d, hkv * d).reshape({b, t, hkv, d}),
+                      kn, 1e-6)
+            .transpose(1, 2),
+        cs2, sn2);
+    const at::Tensor v = qkv.narrow(-1, (h + hkv) * d, hkv * d)
+                             .reshape({b, t, hkv, d})
+                             .transpose(1, 2);
+    EXPECT_EQ(MaxDiff(got_q, q), 0.0);
+    const at::Tensor index =
+        pos.view({b, 1, t, 1}).expand({b, hkv, t, d}).contiguous();
+    EXPECT_EQ(MaxDiff(storage.select(0, 0).gather(2, index), k), 0.0);
+    EXPECT_EQ(MaxDiff(storage.select(0, 1).gather(2, index), v), 0.0);
+    // Positions not written stay zero.
+    EXPECT_EQ(storage.select(3, 3).abs().max().item<double>(), 0.0);
+  }
   // SiLU * up: bitwise equal up to expf's last-place rounding.
   const at::Tensor gu = at::randn({1, 1, 2 * 3072}, options) * 4;
   const at::Tensor ref_mlp =
@@ -250,6 +294,49 @@ TEST_P(CudaGraphDecoderTest, GraphPrefillMatchesEagerAndReusesBuckets) {
     EXPECT_EQ(graphs->declined(), 1);
     decoder->SetPrefillAccelerator(nullptr);
   }
+}
+
+TEST_P(CudaGraphDecoderTest, BatchedGraphDecodeAcrossThreadsMatchesEager) {
+  auto decoder = Load(MakeModel("batched", 5), GetParam());
+  ASSERT_NE(decoder, nullptr);
+  constexpr int kRequests = 5;  // Rows bucket 8: three idle rows.
+  GenerationOptions options;
+  options.max_new_tokens = 20;
+  options.eos_token_ids = std::vector<int64_t>{};
+  std::vector<std::vector<int64_t>> prompts, expected;
+  for (int r = 0; r < kRequests; ++r) {
+    prompts.push_back(Tokens(4 + 3 * r));
+    auto alone = decoder->Generate(prompts.back(), options);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    expected.push_back(alone->tokens);
+  }
+  auto pool = KvSlotPool::Create(*decoder, 8, 64);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  BatchedDecodeOptions batch_options;
+  batch_options.min_span = 16;
+  batch_options.gather_rows = kRequests;
+  batch_options.gather_window = absl::Seconds(20);
+  auto batched = std::make_shared<BatchedDecodeAccelerator>(
+      *pool, batch_options, CudaGraphStepRunner());
+  decoder->SetSlotPool(*pool);
+  decoder->SetDecodeAccelerator(batched);
+  std::vector<std::vector<int64_t>> got(kRequests);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRequests; ++r) {
+    threads.emplace_back([&, r] {
+      auto result = decoder->Generate(prompts[r], options);
+      EXPECT_TRUE(result.ok()) << result.status();
+      if (result.ok()) got[r] = result->tokens;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < kRequests; ++r) {
+    EXPECT_EQ(got[r], expected[r]) << "request " << r;
+  }
+  EXPECT_EQ(batched->max_batch(), kRequests);
+  EXPECT_EQ(batched->batches(), options.max_new_tokens - 1);
+  decoder->SetDecodeAccelerator(nullptr);
+  decoder->SetSlotPool(nullptr);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaGraphDecoderTest,
