@@ -2,6 +2,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/gelu.h>
@@ -11,6 +13,7 @@
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/sigmoid.h>
+#include <ATen/ops/stack.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <torch/version.h>
@@ -51,13 +54,13 @@ absl::Status CheckComputeDtype(at::ScalarType t) {
       "projector dtype must be bf16, fp16 or fp32, got ", c10::toString(t)));
 }
 
-// nn.RMSNorm(h, eps=1e-6) as torch computes it.
-at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
+// nn.RMSNorm(h, eps=1e-6) without its weight, as torch computes it.
+at::Tensor RmsNormUnweighted(const at::Tensor& x) {
 #ifdef KVWIRE_HAVE_RMS_NORM
-  return at::rms_norm(x, {x.size(-1)}, weight, kRmsNormEps);
+  return at::rms_norm(x, {x.size(-1)}, {}, kRmsNormEps);
 #else
-  // torch's composite rms_norm: upcast, normalize, round to the input dtype,
-  // then multiply by the weight; eps is held in the input's scalar type.
+  // torch's composite rms_norm: upcast, normalize, round to the input dtype
+  // (the weight multiply follows); eps is held in the input's scalar type.
   double eps = kRmsNormEps;
   if (x.scalar_type() == at::kBFloat16) {
     eps = static_cast<float>(c10::BFloat16(static_cast<float>(eps)));
@@ -66,8 +69,41 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
   }
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor r = at::rsqrt(xf.pow(2).mean({-1}, /*keepdim=*/true).add_(eps));
-  return xf.mul(r).to(x.scalar_type()).mul(weight);
+  return xf.mul(r).to(x.scalar_type());
 #endif
+}
+
+// nn.RMSNorm(h, eps=1e-6) as torch computes it.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) {
+#ifdef KVWIRE_HAVE_RMS_NORM
+  return at::rms_norm(x, {x.size(-1)}, weight, kRmsNormEps);
+#else
+  return RmsNormUnweighted(x).mul(weight);
+#endif
+}
+
+// RMSNorm of stacked activations [P, n, H] with per-member weights
+// [P, 1, H]: at::rms_norm takes one [H] weight, so the weight multiply is
+// separate (as torch's composite rms_norm does it).
+at::Tensor RmsNormStacked(const at::Tensor& x, const at::Tensor& weight) {
+  return RmsNormUnweighted(x).mul(weight);
+}
+
+// Every weight tensor of a projector path (C2CProjector's or
+// C2CProjectorStack's), in one fixed order.
+template <typename Path>
+std::vector<at::Tensor*> PathWeights(Path& p) {
+  std::vector<at::Tensor*> out = {&p.in_w,          &p.in_b,
+                                  &p.scalar_head_w, &p.scalar_head_b,
+                                  &p.proj_out_w,    &p.proj_out_b};
+  for (auto* blocks : {&p.mlp1, &p.scalar_mlp2, &p.proj_mlp2}) {
+    for (auto& b : *blocks) {
+      out.push_back(&b.norm);
+      out.push_back(&b.w1);
+      out.push_back(&b.w2);
+    }
+  }
+  return out;
 }
 
 std::string Prefixed(const std::string& name, absl::string_view message) {
@@ -447,16 +483,44 @@ C2CProjector::ProjectAndWeight(const at::Tensor& sharer,
   }
 }
 
+absl::Status C2CProjector::CheckFuse(
+    const at::Tensor& sk, const at::Tensor& sv, const at::Tensor& rk,
+    const at::Tensor& rv, int64_t start,
+    std::optional<absl::Span<const uint32_t>> positions) const {
+  RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/false));
+  const int64_t n = sk.size(-2);
+  const int64_t total = rk.size(-2);
+  if (!positions.has_value()) {
+    if (start < 0 || start + n > total) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("positions [", start, ", ", start + n,
+                       ") outside the receiver's ", total, " tokens"));
+    }
+    return absl::OkStatus();
+  }
+  if (static_cast<int64_t>(positions->size()) != n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        positions->size(), " positions for ", n, " sharer tokens"));
+  }
+  if (n == 0) return absl::OkStatus();
+  std::vector<uint32_t> sorted(positions->begin(), positions->end());
+  std::sort(sorted.begin(), sorted.end());
+  if (static_cast<int64_t>(sorted.back()) >= total) {
+    return absl::InvalidArgumentError(absl::StrCat("position ", sorted.back(),
+                                                   " outside the receiver's ",
+                                                   total, " tokens"));
+  }
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    return absl::InvalidArgumentError("positions repeat a token");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status C2CProjector::FuseRange(const at::Tensor& sk, const at::Tensor& sv,
                                      int64_t start, const at::Tensor& rk,
                                      const at::Tensor& rv) const {
-  RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/false));
+  RETURN_IF_ERROR(CheckFuse(sk, sv, rk, rv, start, std::nullopt));
   const int64_t n = sk.size(-2);
-  if (start < 0 || start + n > rk.size(-2)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("positions [", start, ", ", start + n,
-                     ") outside the receiver's ", rk.size(-2), " tokens"));
-  }
   if (n == 0) return absl::OkStatus();
   try {
     c10::InferenceMode guard;
@@ -476,27 +540,10 @@ absl::Status C2CProjector::FuseTokens(const at::Tensor& sk,
                                       absl::Span<const uint32_t> positions,
                                       const at::Tensor& rk,
                                       const at::Tensor& rv) const {
-  RETURN_IF_ERROR(CheckInputs(sk, sv, rk, rv, /*same_tokens=*/false));
+  RETURN_IF_ERROR(CheckFuse(sk, sv, rk, rv, 0, positions));
   const int64_t n = sk.size(-2);
-  if (static_cast<int64_t>(positions.size()) != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(positions.size(), " positions for ", n, " sharer tokens"));
-  }
   if (n == 0) return absl::OkStatus();
-  const int64_t total = rk.size(-2);
   std::vector<int64_t> idx(positions.begin(), positions.end());
-  {
-    std::vector<int64_t> sorted = idx;
-    std::sort(sorted.begin(), sorted.end());
-    if (sorted.back() >= total) {
-      return absl::InvalidArgumentError(absl::StrCat("position ", sorted.back(),
-                                                     " outside the receiver's ",
-                                                     total, " tokens"));
-    }
-    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
-      return absl::InvalidArgumentError("positions repeat a token");
-    }
-  }
   bool contiguous = true;
   for (int64_t i = 1; i < n && contiguous; ++i) {
     contiguous = idx[i] == idx[i - 1] + 1;
@@ -562,6 +609,184 @@ absl::StatusOr<C2CProjector> C2CProjector::To(
   ProjectorOptions o = options;
   if (o.dtype == at::ScalarType::Undefined) o.dtype = dtype_;
   return FromTensors(args_, StateDict(), o, /*strict=*/true, "");
+}
+
+bool C2CProjectorStack::Compatible(const C2CProjector& a,
+                                   const C2CProjector& b) {
+  const C2CProjectorArgs& x = a.args_;
+  const C2CProjectorArgs& y = b.args_;
+  return x.source_dim == y.source_dim && x.target_dim == y.target_dim &&
+         x.source_num_heads == y.source_num_heads &&
+         x.target_num_heads == y.target_num_heads &&
+         x.intermediate_dim == y.intermediate_dim &&
+         x.hidden_dim == y.hidden_dim && x.num_layers == y.num_layers &&
+         a.dtype_ == b.dtype_ && a.device_ == b.device_ &&
+         a.key_.in_w.defined() && b.key_.in_w.defined();
+}
+
+absl::StatusOr<C2CProjectorStack> C2CProjectorStack::Build(
+    absl::Span<C2CProjector* const> members) {
+  if (members.empty()) {
+    return absl::InvalidArgumentError("a projector stack needs a member");
+  }
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (members[i] == nullptr || !Compatible(*members[0], *members[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("projector ", i,
+                       " differs in shape, dtype or device from projector 0 "
+                       "of the stack"));
+    }
+  }
+  C2CProjectorStack s;
+  s.size_ = static_cast<int64_t>(members.size());
+  s.args_ = members[0]->args_;
+  s.dtype_ = members[0]->dtype_;
+  s.device_ = members[0]->device_;
+  try {
+    c10::InferenceMode guard;
+    for (bool value : {false, true}) {
+      Path& sp = value ? s.value_ : s.key_;
+      const C2CProjector::Path& first =
+          value ? members[0]->value_ : members[0]->key_;
+      sp.mlp1.resize(first.mlp1.size());
+      sp.scalar_mlp2.resize(first.scalar_mlp2.size());
+      sp.proj_mlp2.resize(first.proj_mlp2.size());
+      const std::vector<at::Tensor*> stacked = PathWeights(sp);
+      for (size_t k = 0; k < stacked.size(); ++k) {
+        std::vector<at::Tensor> parts;
+        parts.reserve(members.size());
+        for (C2CProjector* m : members) {
+          parts.push_back(*PathWeights(value ? m->value_ : m->key_)[k]);
+        }
+        *stacked[k] = at::stack(parts);
+      }
+      for (C2CProjector* m : members) {
+        sp.gate_open.push_back((value ? m->value_ : m->key_).gate_open);
+      }
+    }
+    // All stacked: the members' weights become views of the stack (same
+    // values, same contiguous layout), freeing their own copies.
+    for (bool value : {false, true}) {
+      const std::vector<at::Tensor*> stacked =
+          PathWeights(value ? s.value_ : s.key_);
+      for (size_t i = 0; i < members.size(); ++i) {
+        const std::vector<at::Tensor*> own =
+            PathWeights(value ? members[i]->value_ : members[i]->key_);
+        for (size_t k = 0; k < stacked.size(); ++k) {
+          *own[k] = stacked[k]->select(0, static_cast<int64_t>(i));
+        }
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("stacking projectors: ", e.what_without_backtrace()));
+  }
+  return s;
+}
+
+absl::Status C2CProjectorStack::CheckRange(int64_t first, int64_t count,
+                                           const at::Tensor& sharer,
+                                           const at::Tensor& receiver) const {
+  if (first < 0 || count <= 0 || first + count > size_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("members [", first, ", ", first + count,
+                     ") outside the stack of ", size_));
+  }
+  if (!sharer.defined() || !receiver.defined() || sharer.dim() != 4 ||
+      receiver.dim() != 4 || sharer.size(0) != count ||
+      receiver.size(0) != count || sharer.size(2) != receiver.size(2) ||
+      sharer.size(1) != args_.source_num_heads ||
+      sharer.size(3) != args_.source_dim ||
+      receiver.size(1) != args_.target_num_heads ||
+      receiver.size(3) != args_.target_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stacked fusion of ", count, " members needs sharer [", count, ", ",
+        args_.source_num_heads, ", n, ", args_.source_dim, "] and receiver [",
+        count, ", ", args_.target_num_heads, ", n, ", args_.target_dim,
+        "], got ", sharer.defined() ? ShapeString(sharer.sizes()) : "undefined",
+        " and ",
+        receiver.defined() ? ShapeString(receiver.sizes()) : "undefined"));
+  }
+  if (!IsFloat(sharer.scalar_type()) || !IsFloat(receiver.scalar_type())) {
+    return absl::InvalidArgumentError("stacked fusion needs float inputs");
+  }
+  return absl::OkStatus();
+}
+
+at::Tensor C2CProjectorStack::Run(const Path& p, int64_t first, int64_t count,
+                                  const at::Tensor& sharer,
+                                  const at::Tensor& receiver) const {
+  const int64_t n = sharer.size(2);
+  auto members = [&](const at::Tensor& w) { return w.narrow(0, first, count); };
+  // [c, H, n, D] -> [c, n, H*D]
+  auto flatten = [&](const at::Tensor& x) {
+    at::Tensor t = x.to(device_, dtype_).transpose(1, 2);
+    return t.reshape({count, n, t.size(2) * t.size(3)});
+  };
+  // x [c, n, in] times each member's Linear (weight [P, out, in]).
+  auto linear = [&](const at::Tensor& x, const at::Tensor& w,
+                    const at::Tensor& b) {
+    const at::Tensor wt = members(w).transpose(1, 2);
+    return b.defined() ? at::baddbmm(members(b).unsqueeze(1), x, wt)
+                       : at::bmm(x, wt);
+  };
+  auto run_blocks = [&](at::Tensor x, const std::vector<Block>& blocks) {
+    for (const Block& b : blocks) {
+      at::Tensor y = RmsNormStacked(x, members(b.norm).unsqueeze(1));
+      y = at::gelu(linear(y, b.w1, at::Tensor()));
+      y = linear(y, b.w2, at::Tensor());
+      x = x + y;
+    }
+    return x;
+  };
+  at::Tensor h =
+      linear(at::cat({flatten(sharer), flatten(receiver)}, -1), p.in_w, p.in_b);
+  h = run_blocks(h, p.mlp1);
+  // Projection: [c, n, Ht*Dt] -> [c, Ht, n, Dt].
+  at::Tensor proj =
+      linear(run_blocks(h, p.proj_mlp2), p.proj_out_w, p.proj_out_b);
+  proj = proj.view({count, n, args_.target_num_heads, args_.target_dim})
+             .transpose(1, 2);
+  // Weight: [c, n, Ht] -> [c, Ht, n, 1], sigmoid in the projector dtype.
+  at::Tensor w =
+      linear(run_blocks(h, p.scalar_mlp2), p.scalar_head_w, p.scalar_head_b);
+  w = at::sigmoid(w.transpose(1, 2).unsqueeze(-1));
+  // w * P and the sum with the receiver in fp32, as C2CProjector::FusePath.
+  at::Tensor delta = w.to(at::kFloat).mul(proj);
+  return receiver.to(device_).add(delta);
+}
+
+absl::StatusOr<at::Tensor> C2CProjectorStack::FusePath(
+    bool value, int64_t first, int64_t count, const at::Tensor& sharer,
+    const at::Tensor& receiver) const {
+  RETURN_IF_ERROR(CheckRange(first, count, sharer, receiver));
+  try {
+    c10::InferenceMode guard;
+    return Run(value ? value_ : key_, first, count, sharer, receiver);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("stacked projector forward: ",
+                                            e.what_without_backtrace()));
+  }
+}
+
+absl::Status C2CProjectorStack::FusePathInto(bool value, int64_t first,
+                                             int64_t count,
+                                             const at::Tensor& sharer,
+                                             const at::Tensor& receiver,
+                                             const at::Tensor& out) const {
+  RETURN_IF_ERROR(CheckRange(first, count, sharer, receiver));
+  if (!out.defined() || out.sizes() != receiver.sizes()) {
+    return absl::InvalidArgumentError(
+        "FusePathInto: the output must have the receiver's shape");
+  }
+  try {
+    c10::InferenceMode guard;
+    out.copy_(Run(value ? value_ : key_, first, count, sharer, receiver));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("stacked projector forward: ",
+                                            e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace kvwire

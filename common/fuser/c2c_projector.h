@@ -26,6 +26,9 @@
 // device for the computation, and the output has the receiver tensor's dtype
 // and device.
 //
+// C2CProjectorStack (below) runs several projectors of one shape as one
+// batched computation (the same formula over a leading member dimension).
+//
 // Threading: const methods may run concurrently. Errors: absl::Status;
 // c10::Error never escapes.
 #ifndef KVWIRE_COMMON_FUSER_C2C_PROJECTOR_H_
@@ -34,6 +37,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -147,6 +151,15 @@ class C2CProjector {
                           const at::Tensor& receiver_keys,
                           const at::Tensor& receiver_values) const;
 
+  // The checks FuseRange (no `positions`: rows [start, start + n)) or
+  // FuseTokens (`positions`) make before touching anything: INVALID_ARGUMENT
+  // for mis-shaped or non-float tensors, rows outside the receiver, or
+  // positions that repeat or do not match the n sharer tokens.
+  absl::Status CheckFuse(
+      const at::Tensor& sharer_keys, const at::Tensor& sharer_values,
+      const at::Tensor& receiver_keys, const at::Tensor& receiver_values,
+      int64_t start, std::optional<absl::Span<const uint32_t>> positions) const;
+
   // The weights as a state dict (names as ProjectorStateDictSpec, including
   // gate_temperature), in the projector's dtype on its device.
   TensorList StateDict() const;
@@ -155,6 +168,8 @@ class C2CProjector {
   absl::StatusOr<C2CProjector> To(const ProjectorOptions& options) const;
 
  private:
+  friend class C2CProjectorStack;  // Stacks (and rebinds) the weights.
+
   struct Block {
     at::Tensor norm, w1, w2;
   };
@@ -186,6 +201,92 @@ class C2CProjector {
   c10::Device device_ = c10::Device(c10::kCPU);
   Path key_, value_;
   at::Tensor gate_temperature_;
+};
+
+// Several projectors with the same shapes (C2CProjectorArgs sizes; dropout
+// and temperature args do not matter at inference), dtype and device, as one
+// batched computation. Fusing L receiver layers one by one launches ~60
+// small kernels per layer; over a stack the same formula runs once on a
+// leading member dimension (at::baddbmm / at::bmm for the linears, RMSNorm,
+// GELU and sigmoid over [P, n, ..]), so the kernel count no longer grows
+// with L.
+//
+// The stack owns each weight as one [P, ..] tensor, and Build() rebinds the
+// members' own weights to views of it, so stacking costs no second copy of
+// the weights (only a transient one while building). Members' results
+// equal C2CProjector's up to the GEMMs' accumulation order (and, on LibTorch
+// builds whose rms_norm fuses the weight multiply, the rounding of that
+// multiply in bf16/fp16).
+//
+// Gates are not applied here: FusePath returns r + w*P for every member in
+// the range; callers write back only the members whose gate is open (the
+// reference's closed-gate r + 0*w*P equals r for finite P; masking also
+// keeps r exactly when P is not finite).
+//
+// Threading: const methods may run concurrently. Errors: absl::Status;
+// c10::Error never escapes.
+class C2CProjectorStack {
+ public:
+  // Whether `a` and `b` can share a stack.
+  static bool Compatible(const C2CProjector& a, const C2CProjector& b);
+
+  // Stacks `members` (at least one, pairwise Compatible: INVALID_ARGUMENT
+  // otherwise) in this order and rebinds their weights to views of the
+  // stack; member i is index i below. INTERNAL if torch fails (the members
+  // are then unchanged).
+  static absl::StatusOr<C2CProjectorStack> Build(
+      absl::Span<C2CProjector* const> members);
+
+  C2CProjectorStack() = default;
+
+  int64_t size() const { return size_; }
+  const C2CProjectorArgs& args() const { return args_; }
+  at::ScalarType dtype() const { return dtype_; }
+  c10::Device device() const { return device_; }
+  // Member i's gate for the key (`value` false) or value path.
+  bool gate_open(int64_t i, bool value) const {
+    return (value ? value_ : key_).gate_open[i];
+  }
+
+  // r + w*P of the key (`value` false) or value path for members
+  // [first, first + count): `sharer` [count, Hs, n, Ds] and `receiver`
+  // [count, Ht, n, Dt] (any float dtype and device; converted as
+  // C2CProjector::Forward converts) give fp32 [count, Ht, n, Dt] on the
+  // stack's device, computed as C2CProjector computes each member. Rows
+  // (tokens) are independent. INVALID_ARGUMENT for a bad range or shape.
+  absl::StatusOr<at::Tensor> FusePath(bool value, int64_t first, int64_t count,
+                                      const at::Tensor& sharer,
+                                      const at::Tensor& receiver) const;
+  // The same, rounded once into `out` (the receiver's shape, any float
+  // dtype, must not alias the inputs). Allocates no output, so it can be
+  // captured in a CUDA graph.
+  absl::Status FusePathInto(bool value, int64_t first, int64_t count,
+                            const at::Tensor& sharer,
+                            const at::Tensor& receiver,
+                            const at::Tensor& out) const;
+
+ private:
+  struct Block {
+    at::Tensor norm, w1, w2;  // [P, H], [P, mid, H], [P, H, mid].
+  };
+  struct Path {
+    at::Tensor in_w, in_b;
+    std::vector<Block> mlp1, scalar_mlp2, proj_mlp2;
+    at::Tensor scalar_head_w, scalar_head_b, proj_out_w, proj_out_b;
+    std::vector<bool> gate_open;
+  };
+
+  absl::Status CheckRange(int64_t first, int64_t count,
+                          const at::Tensor& sharer,
+                          const at::Tensor& receiver) const;
+  at::Tensor Run(const Path& p, int64_t first, int64_t count,
+                 const at::Tensor& sharer, const at::Tensor& receiver) const;
+
+  int64_t size_ = 0;
+  C2CProjectorArgs args_;
+  at::ScalarType dtype_ = at::kFloat;
+  c10::Device device_ = c10::Device(c10::kCPU);
+  Path key_, value_;
 };
 
 }  // namespace kvwire

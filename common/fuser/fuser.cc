@@ -1,7 +1,14 @@
 #include "common/fuser/fuser.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+
 #include <algorithm>
+#include <map>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -87,8 +94,40 @@ absl::StatusOr<std::unique_ptr<C2CFuser>> C2CFuser::Create(
     std::vector<C2CProjector> projectors, FuserLayerMap layer_map) {
   RETURN_IF_ERROR(
       ValidateFuserLayerMap(layer_map, static_cast<int>(projectors.size())));
-  return std::unique_ptr<C2CFuser>(
+  std::unique_ptr<C2CFuser> fuser(
       new C2CFuser(std::move(projectors), std::move(layer_map)));
+  RETURN_IF_ERROR(fuser->BuildStacks());
+  return fuser;
+}
+
+absl::Status C2CFuser::BuildStacks() {
+  slots_.assign(projectors_.size(), StackSlot{-1, 0});
+  std::vector<int> order;  // Used projectors, by first receiver layer.
+  std::vector<bool> used(projectors_.size(), false);
+  for (const auto& e : layer_map_) {
+    if (e && !used[e->projector]) {
+      used[e->projector] = true;
+      order.push_back(e->projector);
+    }
+  }
+  std::vector<std::vector<C2CProjector*>> groups;
+  for (int i : order) {
+    size_t g = 0;
+    while (g < groups.size() &&
+           !C2CProjectorStack::Compatible(*groups[g][0], projectors_[i])) {
+      ++g;
+    }
+    if (g == groups.size()) groups.emplace_back();
+    slots_[i] =
+        StackSlot{static_cast<int>(g), static_cast<int64_t>(groups[g].size())};
+    groups[g].push_back(&projectors_[i]);
+  }
+  for (const auto& members : groups) {
+    ASSIGN_OR_RETURN(C2CProjectorStack stack,
+                     C2CProjectorStack::Build(members));
+    stacks_.push_back(std::move(stack));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status C2CFuser::CheckModels(int receiver_layers,
@@ -201,6 +240,233 @@ absl::Status C2CFuser::FuseLayerTokens(
   return s;
 }
 
+namespace {
+
+// [H, n, D] of an unbatched or batch-1 tensor.
+at::Tensor Unbatched(const at::Tensor& t) {
+  return t.dim() == 4 ? t.select(0, 0) : t;
+}
+
+// The receiver rows input i fuses into, of an unbatched receiver view.
+at::Tensor ReceiverRows(const FusionPlan& plan, int i, const at::Tensor& r,
+                        int64_t n) {
+  const at::Tensor& index = plan.index[i];
+  return index.defined() ? r.index_select(1, index)
+                         : r.narrow(1, plan.start[i], n);
+}
+
+}  // namespace
+
+absl::StatusOr<FusionPlan> C2CFuser::PlanFusion(
+    absl::Span<const LayerFusionInput> inputs) const {
+  const int count = static_cast<int>(inputs.size());
+  std::vector<bool> seen(layer_map_.size(), false);
+  for (const LayerFusionInput& in : inputs) {
+    const int t = in.receiver_layer;
+    const C2CProjector* p = ProjectorFor(t);
+    if (p == nullptr) continue;
+    if (seen[t]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("receiver layer ", t, " is given twice"));
+    }
+    seen[t] = true;
+    absl::Status s =
+        p->CheckFuse(in.sharer_keys, in.sharer_values, in.receiver_keys,
+                     in.receiver_values, in.start, in.positions);
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("fusing receiver layer ", t,
+                                                 ": ", s.message()));
+    }
+  }
+  FusionPlan plan;
+  plan.start.assign(count, 0);
+  plan.index.resize(count);
+  // (stack, value path, tokens, receiver dtype) -> (member, input).
+  std::map<std::tuple<int, bool, int64_t, at::ScalarType>,
+           std::vector<std::pair<int64_t, int>>>
+      groups;
+  try {
+    c10::InferenceMode guard;
+    // Row indices by content, so one token selection shared by every layer
+    // is copied to the device once.
+    std::vector<std::pair<std::vector<int64_t>, at::Tensor>> indices;
+    for (int i = 0; i < count; ++i) {
+      const LayerFusionInput& in = inputs[i];
+      const C2CProjector* p = ProjectorFor(in.receiver_layer);
+      if (p == nullptr) continue;
+      const int64_t n = in.sharer_keys.size(-2);
+      if (n == 0) continue;
+      if (in.sharer_keys.dim() == 4 && in.sharer_keys.size(0) != 1) {
+        plan.one_by_one.push_back(i);
+        continue;
+      }
+      if (!in.positions.has_value()) {
+        plan.start[i] = in.start;
+      } else {
+        std::vector<int64_t> idx(in.positions->begin(), in.positions->end());
+        bool contiguous = true;
+        for (int64_t k = 1; k < n && contiguous; ++k) {
+          contiguous = idx[k] == idx[k - 1] + 1;
+        }
+        if (contiguous) {
+          plan.start[i] = idx[0];
+        } else {
+          const c10::Device device = in.receiver_keys.device();
+          for (const auto& [values, tensor] : indices) {
+            if (values == idx && tensor.device() == device) {
+              plan.index[i] = tensor;
+              break;
+            }
+          }
+          if (!plan.index[i].defined()) {
+            plan.index[i] = at::from_blob(idx.data(), {n},
+                                          at::TensorOptions().dtype(at::kLong))
+                                .to(device, at::kLong, /*non_blocking=*/false,
+                                    /*copy=*/true);
+            indices.emplace_back(std::move(idx), plan.index[i]);
+          }
+        }
+      }
+      const StackSlot slot = slots_[layer_map_[in.receiver_layer]->projector];
+      for (bool value : {false, true}) {
+        if (!(value ? p->value_gate_open() : p->key_gate_open())) continue;
+        const at::ScalarType dtype = value ? in.receiver_values.scalar_type()
+                                           : in.receiver_keys.scalar_type();
+        groups[{slot.stack, value, n, dtype}].emplace_back(slot.member, i);
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("planning fusion: ", e.what_without_backtrace()));
+  }
+  for (auto& [key, items] : groups) {
+    std::stable_sort(
+        items.begin(), items.end(),
+        [](const auto& a, const auto& b) { return a.first < b.first; });
+    // Runs of consecutive members; a member given again (a projector shared
+    // by two receiver layers) waits for a later run.
+    while (!items.empty()) {
+      FusionRun run;
+      run.stack = std::get<0>(key);
+      run.value = std::get<1>(key);
+      run.tokens = std::get<2>(key);
+      run.receiver_dtype = std::get<3>(key);
+      run.first = items[0].first;
+      std::vector<std::pair<int64_t, int>> rest;
+      for (const auto& item : items) {
+        if (item.first == run.first + run.count()) {
+          run.inputs.push_back(item.second);
+        } else {
+          rest.push_back(item);
+        }
+      }
+      plan.runs.push_back(std::move(run));
+      items = std::move(rest);
+    }
+  }
+  return plan;
+}
+
+absl::Status C2CFuser::GatherRun(const FusionPlan& plan, const FusionRun& run,
+                                 absl::Span<const LayerFusionInput> inputs,
+                                 const at::Tensor& sharer,
+                                 const at::Tensor& receiver) const {
+  try {
+    c10::InferenceMode guard;
+    for (int64_t j = 0; j < run.count(); ++j) {
+      const int i = run.inputs[j];
+      const LayerFusionInput& in = inputs[i];
+      const at::Tensor s =
+          Unbatched(run.value ? in.sharer_values : in.sharer_keys);
+      const at::Tensor r =
+          Unbatched(run.value ? in.receiver_values : in.receiver_keys);
+      sharer.select(0, j).narrow(1, 0, run.tokens).copy_(s);
+      receiver.select(0, j)
+          .narrow(1, 0, run.tokens)
+          .copy_(ReceiverRows(plan, i, r, run.tokens));
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("gathering fusion inputs: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status C2CFuser::ScatterRun(const FusionPlan& plan, const FusionRun& run,
+                                  absl::Span<const LayerFusionInput> inputs,
+                                  const at::Tensor& fused) const {
+  const C2CProjectorStack& stack = stacks_[run.stack];
+  try {
+    c10::InferenceMode guard;
+    for (int64_t j = 0; j < run.count(); ++j) {
+      if (!stack.gate_open(run.first + j, run.value)) continue;
+      const int i = run.inputs[j];
+      const LayerFusionInput& in = inputs[i];
+      const at::Tensor r =
+          Unbatched(run.value ? in.receiver_values : in.receiver_keys);
+      const at::Tensor src = fused.select(0, j).narrow(1, 0, run.tokens);
+      if (plan.index[i].defined()) {
+        r.index_copy_(1, plan.index[i], src.to(r.device(), r.scalar_type()));
+      } else {
+        r.narrow(1, plan.start[i], run.tokens).copy_(src);
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("writing fused layers: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> C2CFuser::ComputeRun(
+    const FusionPlan& plan, const FusionRun& run,
+    absl::Span<const LayerFusionInput> inputs) const {
+  const C2CProjectorStack& stack = stacks_[run.stack];
+  const C2CProjectorArgs& a = stack.args();
+  at::Tensor sharer, receiver;
+  try {
+    c10::InferenceMode guard;
+    const auto options = at::TensorOptions().device(stack.device());
+    sharer =
+        at::empty({run.count(), a.source_num_heads, run.tokens, a.source_dim},
+                  options.dtype(stack.dtype()));
+    receiver =
+        at::empty({run.count(), a.target_num_heads, run.tokens, a.target_dim},
+                  options.dtype(run.receiver_dtype));
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat("fusion buffers: ", e.what_without_backtrace()));
+  }
+  RETURN_IF_ERROR(GatherRun(plan, run, inputs, sharer, receiver));
+  return stack.FusePath(run.value, run.first, run.count(), sharer, receiver);
+}
+
+absl::Status C2CFuser::FuseLayers(
+    absl::Span<const LayerFusionInput> inputs) const {
+  ASSIGN_OR_RETURN(FusionPlan plan, PlanFusion(inputs));
+  // Compute everything before writing anything (see the header).
+  std::vector<at::Tensor> fused;
+  fused.reserve(plan.runs.size());
+  for (const FusionRun& run : plan.runs) {
+    ASSIGN_OR_RETURN(at::Tensor f, ComputeRun(plan, run, inputs));
+    fused.push_back(std::move(f));
+  }
+  for (size_t k = 0; k < plan.runs.size(); ++k) {
+    RETURN_IF_ERROR(ScatterRun(plan, plan.runs[k], inputs, fused[k]));
+  }
+  for (int i : plan.one_by_one) {
+    const LayerFusionInput& in = inputs[i];
+    RETURN_IF_ERROR(in.positions.has_value()
+                        ? FuseLayerTokens(in.receiver_layer, in.sharer_keys,
+                                          in.sharer_values, *in.positions,
+                                          in.receiver_keys, in.receiver_values)
+                        : FuseLayer(in.receiver_layer, in.sharer_keys,
+                                    in.sharer_values, in.receiver_keys,
+                                    in.receiver_values, in.start));
+  }
+  return absl::OkStatus();
+}
+
 FusionSession::FusionSession(const C2CFuser* fuser, ReceiverKv receiver)
     : fuser_(fuser),
       receiver_(std::move(receiver)),
@@ -256,6 +522,77 @@ absl::StatusOr<std::vector<int>> FusionSession::Add(
     done.push_back(t);
   }
   sharer_seen_[sharer_layer] = true;
+  return done;
+}
+
+absl::StatusOr<std::vector<int>> FusionSession::AddSharerLayers(
+    absl::Span<const SharerLayerInput> layers) {
+  std::set<int> in_call;
+  for (const SharerLayerInput& l : layers) {
+    if (l.sharer_layer < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sharer layer ", l.sharer_layer));
+    }
+    if (static_cast<size_t>(l.sharer_layer) < sharer_seen_.size() &&
+        sharer_seen_[l.sharer_layer]) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sharer layer ", l.sharer_layer, " was already fused"));
+    }
+    if (!in_call.insert(l.sharer_layer).second) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("sharer layer ", l.sharer_layer, " is given twice"));
+    }
+  }
+  std::vector<LayerFusionInput> inputs;
+  for (const SharerLayerInput& l : layers) {
+    for (int t : fuser_->ReceiverLayersReading(l.sharer_layer)) {
+      if (fused_[t]) continue;
+      if (!receiver_) {
+        return absl::FailedPreconditionError("no receiver cache accessor");
+      }
+      ASSIGN_OR_RETURN(auto kv, receiver_(t));
+      LayerFusionInput in;
+      in.receiver_layer = t;
+      in.sharer_keys = l.keys;
+      in.sharer_values = l.values;
+      in.receiver_keys = std::move(kv.first);
+      in.receiver_values = std::move(kv.second);
+      in.start = l.start;
+      in.positions = l.positions;
+      inputs.push_back(std::move(in));
+    }
+  }
+  FusionAccelerator* fast = fuser_->accelerator();
+  const absl::Status batched =
+      fast != nullptr ? fast->FuseLayers(inputs) : fuser_->FuseLayers(inputs);
+  if (fast != nullptr && batched.code() == absl::StatusCode::kUnimplemented) {
+    // No batched fusion: one layer at a time, as AddSharerLayer does.
+    for (const LayerFusionInput& in : inputs) {
+      RETURN_IF_ERROR(
+          in.positions.has_value()
+              ? fast->FuseLayerTokens(in.receiver_layer, in.sharer_keys,
+                                      in.sharer_values, *in.positions,
+                                      in.receiver_keys, in.receiver_values)
+              : fast->FuseLayer(in.receiver_layer, in.sharer_keys,
+                                in.sharer_values, in.receiver_keys,
+                                in.receiver_values, in.start));
+      fused_[in.receiver_layer] = true;
+    }
+  } else {
+    RETURN_IF_ERROR(batched);
+  }
+  std::vector<int> done;
+  for (const LayerFusionInput& in : inputs) {
+    fused_[in.receiver_layer] = true;
+    done.push_back(in.receiver_layer);
+  }
+  for (const SharerLayerInput& l : layers) {
+    if (static_cast<size_t>(l.sharer_layer) >= sharer_seen_.size()) {
+      sharer_seen_.resize(l.sharer_layer + 1, false);
+    }
+    sharer_seen_[l.sharer_layer] = true;
+  }
+  std::sort(done.begin(), done.end());
   return done;
 }
 

@@ -16,6 +16,12 @@
 //       d.layer, d.token_indices, d.keys, d.values));
 //   // then run the last prompt token on the (fused) receiver cache.
 //
+// When several sharer layers are at hand at once (e.g. held until the
+// receiver's prefill ends), FusionSession::AddSharerLayers fuses all their
+// receiver layers in one batched call (C2CFuser::FuseLayers): projectors of
+// one shape are stacked (C2CProjectorStack) and run as one computation over
+// a leading layer dimension instead of ~60 small kernels per layer.
+//
 // Positions are indices into the receiver's layer views (prompt positions
 // when the views start at position 0). Layers or tokens that never arrive
 // keep the receiver's own KV. Fusion adds a residual, so it is not
@@ -60,13 +66,61 @@ struct FuserOptions {
   int sharer_layers = 0;
 };
 
-// A faster way to run C2CFuser::FuseLayer / FuseLayerTokens with the same
-// results (CudaGraphFuser replays CUDA graphs); FusionSession uses the one a
-// C2CFuser carries. Implementations are thread-safe and fall back to the
-// fuser's eager path for calls they cannot take.
+// One receiver layer's part of a batched C2CFuser::FuseLayers call: what
+// FuseLayer (dense) or FuseLayerTokens (`positions` set) take for it.
+struct LayerFusionInput {
+  int receiver_layer = -1;
+  at::Tensor sharer_keys, sharer_values;  // [Hs, n, Ds] or [B, Hs, n, Ds].
+  // In-place-writable views [Ht, T, Dt] or [B, Ht, T, Dt] of the layer.
+  at::Tensor receiver_keys, receiver_values;
+  int64_t start = 0;  // Dense: the sharer tokens are rows [start, start + n).
+  // Sparse: the sharer tokens are these rows (start is ignored). The span
+  // must stay valid during the call.
+  std::optional<absl::Span<const uint32_t>> positions;
+};
+
+// One batched computation of a FuseLayers call: one path (keys or values)
+// of the stack members [first, first + inputs.size()), i.e. of the inputs
+// whose projectors are those members, in member order, all with `tokens`
+// sharer tokens and a receiver of `receiver_dtype`.
+struct FusionRun {
+  int stack = 0;       // C2CFuser::stack(stack).
+  bool value = false;  // The value path (else the key path).
+  int64_t first = 0;
+  int64_t tokens = 0;
+  at::ScalarType receiver_dtype = at::kFloat;
+  std::vector<int> inputs;  // Indices into the call's inputs.
+  int64_t count() const { return static_cast<int64_t>(inputs.size()); }
+};
+
+// How a FuseLayers call splits (C2CFuser::PlanFusion). Inputs whose gate is
+// closed on a path take no run of that path (their receiver stays as is).
+struct FusionPlan {
+  std::vector<FusionRun> runs;
+  // Inputs with a batch > 1, fused one by one (FuseLayer /
+  // FuseLayerTokens).
+  std::vector<int> one_by_one;
+  // Per input: the receiver rows its tokens go to, as a first row (dense or
+  // a contiguous run of positions) or, when `index[i]` is defined, int64
+  // row indices on the receiver's device.
+  std::vector<int64_t> start;
+  std::vector<at::Tensor> index;
+};
+
+// A faster way to run C2CFuser::FuseLayer / FuseLayerTokens / FuseLayers
+// with the same results (CudaGraphFuser replays CUDA graphs); FusionSession
+// uses the one a C2CFuser carries. Implementations are thread-safe and fall
+// back to the fuser's eager path for calls they cannot take.
 class FusionAccelerator {
  public:
   virtual ~FusionAccelerator() = default;
+  // As C2CFuser::FuseLayers. Optional: the default is UNIMPLEMENTED, on
+  // which FusionSession fuses the layers one by one through FuseLayer /
+  // FuseLayerTokens.
+  virtual absl::Status FuseLayers(absl::Span<const LayerFusionInput> inputs) {
+    (void)inputs;
+    return absl::UnimplementedError("no batched fusion");
+  }
   virtual absl::Status FuseLayer(int receiver_layer,
                                  const at::Tensor& sharer_keys,
                                  const at::Tensor& sharer_values,
@@ -89,6 +143,9 @@ class C2CFuser {
   static absl::StatusOr<std::unique_ptr<C2CFuser>> FromCheckpoint(
       const FuserCheckpoint& checkpoint, const FuserOptions& options = {});
   // From built projectors and a map (entries must name existing projectors).
+  // Stacks the projectors the map uses (C2CProjectorStack), which briefly
+  // needs their weights' memory twice (on a GPU the freed copy stays
+  // in the caching allocator for later tensors).
   static absl::StatusOr<std::unique_ptr<C2CFuser>> Create(
       std::vector<C2CProjector> projectors, FuserLayerMap layer_map);
 
@@ -133,6 +190,54 @@ class C2CFuser {
                                const at::Tensor& receiver_keys,
                                const at::Tensor& receiver_values) const;
 
+  // Fuses several receiver layers in place, as FuseLayer / FuseLayerTokens
+  // would one by one, but batched: inputs whose projectors share a stack
+  // (same shapes, dtype, device), token count and receiver dtype run as one
+  // computation per path (FusionRun); results equal the per-layer path's up
+  // to the GEMMs' accumulation order. Inputs of receiver layers without a
+  // projector are ignored. Every input is checked before anything is
+  // written: INVALID_ARGUMENT (naming the receiver layer) for what
+  // FuseLayer / FuseLayerTokens would reject or a receiver layer given
+  // twice, and then no layer is touched. All results are computed before
+  // any is written back, so an INTERNAL error (torch failed, e.g. out of
+  // memory) also leaves every layer untouched, unless the write-back itself
+  // fails. Inputs with a batch > 1 are fused one by one afterwards.
+  absl::Status FuseLayers(absl::Span<const LayerFusionInput> inputs) const;
+
+  // Building blocks of FuseLayers, for accelerators. PlanFusion checks the
+  // inputs (errors as FuseLayers) and splits them into runs: per stack,
+  // path, token count and receiver dtype, the inputs in member order, cut
+  // where members are not consecutive (a projector used by two receiver
+  // layers in one call gives two runs).
+  absl::StatusOr<FusionPlan> PlanFusion(
+      absl::Span<const LayerFusionInput> inputs) const;
+  // Copies the run's sharer tokens into rows [0, tokens) of `sharer`
+  // ([count, Hs, >= tokens, Ds]) and the receiver's rows they fuse into
+  // rows [0, tokens) of `receiver` ([count, Ht, >= tokens, Dt]); converts
+  // dtype and device as copy_ does. INTERNAL if torch fails.
+  absl::Status GatherRun(const FusionPlan& plan, const FusionRun& run,
+                         absl::Span<const LayerFusionInput> inputs,
+                         const at::Tensor& sharer,
+                         const at::Tensor& receiver) const;
+  // Writes rows [0, tokens) of `fused` ([count, Ht, >= tokens, Dt]) back
+  // into the run's receiver views, rounding once into their dtype, skipping
+  // members whose gate on the run's path is closed. INTERNAL if torch fails.
+  absl::Status ScatterRun(const FusionPlan& plan, const FusionRun& run,
+                          absl::Span<const LayerFusionInput> inputs,
+                          const at::Tensor& fused) const;
+  // Computes a run eagerly: fp32 [count, Ht, tokens, Dt] (r + w*P, gates
+  // not applied) on the projectors' device.
+  absl::StatusOr<at::Tensor> ComputeRun(
+      const FusionPlan& plan, const FusionRun& run,
+      absl::Span<const LayerFusionInput> inputs) const;
+
+  // The projector stacks: the projectors the map uses, grouped by what can
+  // share a stack (same shapes, dtype, device) at Create, each in the order
+  // of the receiver layers first using them (so a call over consecutive
+  // layers is one run); those projectors' weights are views of their stack.
+  int num_stacks() const { return static_cast<int>(stacks_.size()); }
+  const C2CProjectorStack& stack(int i) const { return stacks_[i]; }
+
   // What FusionSession runs instead of the eager calls above (null: none).
   // Set once, after loading and before any session (not synchronized).
   void SetAccelerator(std::shared_ptr<FusionAccelerator> accelerator) {
@@ -144,8 +249,21 @@ class C2CFuser {
   C2CFuser(std::vector<C2CProjector> projectors, FuserLayerMap layer_map)
       : projectors_(std::move(projectors)), layer_map_(std::move(layer_map)) {}
 
+  // Stacks the projectors the layer map uses, in the order of the receiver
+  // layers using them first, grouping those C2CProjectorStack::Compatible.
+  absl::Status BuildStacks();
+
+  // Where projector i sits: stacks_[stack].member `member` (stack -1: used
+  // by no receiver layer, not stacked).
+  struct StackSlot {
+    int stack = 0;
+    int64_t member = 0;
+  };
+
   std::vector<C2CProjector> projectors_;
   FuserLayerMap layer_map_;
+  std::vector<C2CProjectorStack> stacks_;
+  std::vector<StackSlot> slots_;  // Per projector.
   std::shared_ptr<FusionAccelerator> accelerator_;
 };
 
@@ -173,6 +291,27 @@ class FusionSession {
   absl::StatusOr<std::vector<int>> AddSharerLayerRange(
       int sharer_layer, int64_t start, const at::Tensor& keys,
       const at::Tensor& values);
+
+  // One sharer layer of AddSharerLayers.
+  struct SharerLayerInput {
+    int sharer_layer = -1;
+    at::Tensor keys, values;  // [Hs, n, Ds] (or with a leading batch dim).
+    int64_t start = 0;        // Dense: positions [start, start + n).
+    // Sparse: the tokens at these positions (start is ignored); the span
+    // must stay valid during the call.
+    std::optional<absl::Span<const uint32_t>> positions;
+  };
+  // Several sharer layers at once: fuses every receiver layer reading one of
+  // them in one batched call (C2CFuser::FuseLayers, or the accelerator's)
+  // and returns those receiver layers (ascending). All or nothing: nothing
+  // is fused (and no sharer layer marked) on FAILED_PRECONDITION (a sharer
+  // layer already added, or given twice), INVALID_ARGUMENT (a negative
+  // layer; inputs the projectors reject) or an error of the receiver
+  // accessor; the session then stays usable. (An accelerator without
+  // batched fusion fuses one layer at a time; its errors then leave the
+  // layers before the failing one fused and marked, as AddSharerLayer does.)
+  absl::StatusOr<std::vector<int>> AddSharerLayers(
+      absl::Span<const SharerLayerInput> layers);
 
   // Whether receiver layer t has been fused.
   bool fused(int receiver_layer) const;

@@ -178,6 +178,10 @@ class ReceiverSession {
 
   absl::StatusOr<std::vector<int>> FuseLocked(const DecodedLayer& layer)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fuses the layers held until the prefill ended, all in one batched
+  // FusionSession::AddSharerLayers call (one trace event, one fuse timing).
+  absl::Status FuseHeldLocked(const std::vector<DecodedLayer>& held)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<int>> AddLayerLocked(DecodedLayer layer)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -1,8 +1,13 @@
 // kvwire-fuser-bench: loads a C2C fuser checkpoint, checks it against
 // reference fused K/V (written by tools/gen_fuser_goldens.py) and times the
 // fusion of every receiver layer for one prompt, as C2C does after the
-// prefill (one projector call per receiver layer, written in place into the
-// receiver's cache). Prints one JSON object on stdout.
+// prefill, written in place into the receiver's cache: one projector call
+// per receiver layer ("timing"), and all layers in one batched
+// C2CFuser::FuseLayers call ("batched"). kvwire-fuser-graph-bench (CUDA
+// builds, --device=cuda) also times CUDA-graph replay of both
+// ("cuda_graphs", "cuda_graphs_batched", with their capture time). Prints
+// one JSON object on stdout; its "summary" lists each path's median ms and
+// its max |diff| against the eager per-layer result.
 //
 // The io file is a torch.save / pickle_save dict of tensors [1, H, N, D]:
 // sharer_k.<s>, sharer_v.<s>, receiver_k.<t>, receiver_v.<t>, and optionally
@@ -244,13 +249,49 @@ absl::Status Run() {
         WriteTorchStateDict(absl::GetFlag(FLAGS_write_io), written));
   }
 
-  // Timing: fuse every receiver layer in place into a "cache".
+  // Timing: fuse every receiver layer in place into a "cache", one layer at
+  // a time or all in one batched call (C2CFuser::FuseLayers).
+  using Cache = std::map<int, std::pair<at::Tensor, at::Tensor>>;
+  using FuseAllFn = std::function<absl::Status(const Cache& cache)>;
   using FuseFn = std::function<absl::Status(
       int t, const at::Tensor& sk, const at::Tensor& sv, const at::Tensor& rk,
       const at::Tensor& rv)>;
-  auto time_fusion = [&](const FuseFn& fuse, Json* timing) -> absl::Status {
+  using FuseLayersFn =
+      std::function<absl::Status(absl::Span<const LayerFusionInput>)>;
+  auto one_by_one = [&](FuseFn fuse) -> FuseAllFn {
+    return [&, fuse](const Cache& cache) -> absl::Status {
+      for (int t : layers) {
+        const int s = *fuser->SharerLayerFor(t);
+        RETURN_IF_ERROR(fuse(t, in("sharer", "k", s), in("sharer", "v", s),
+                             cache.at(t).first, cache.at(t).second));
+      }
+      return absl::OkStatus();
+    };
+  };
+  auto all_at_once = [&](FuseLayersFn fuse) -> FuseAllFn {
+    return [&, fuse](const Cache& cache) -> absl::Status {
+      std::vector<LayerFusionInput> inputs;
+      for (int t : layers) {
+        const int s = *fuser->SharerLayerFor(t);
+        LayerFusionInput input;
+        input.receiver_layer = t;
+        input.sharer_keys = in("sharer", "k", s);
+        input.sharer_values = in("sharer", "v", s);
+        input.receiver_keys = cache.at(t).first;
+        input.receiver_values = cache.at(t).second;
+        inputs.push_back(std::move(input));
+      }
+      return fuse(inputs);
+    };
+  };
+  // The eager per-layer result of the last timed run: what the other paths
+  // are compared with.
+  Cache eager_result;
+  Json summary = Json::array();
+  auto time_fusion = [&](const std::string& path, const FuseAllFn& fuse,
+                         Json* timing) -> absl::Status {
     const int runs = absl::GetFlag(FLAGS_runs);
-    std::map<int, std::pair<at::Tensor, at::Tensor>> cache;
+    Cache cache;
     for (int t : layers) {
       cache[t] = {in("receiver", "k", t).clone(),
                   in("receiver", "v", t).clone()};
@@ -264,11 +305,7 @@ absl::Status Run() {
       }
       Sync(device);
       auto a = Clock::now();
-      for (int t : layers) {
-        const int s = *fuser->SharerLayerFor(t);
-        RETURN_IF_ERROR(fuse(t, in("sharer", "k", s), in("sharer", "v", s),
-                             cache[t].first, cache[t].second));
-      }
+      RETURN_IF_ERROR(fuse(cache));
       Sync(device);
       if (r >= warmup) {
         ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - a)
@@ -283,6 +320,25 @@ absl::Status Run() {
     (*timing)["fuse_all_layers_min_ms"] = sorted.front();
     (*timing)["fuse_all_layers_max_ms"] = sorted.back();
     (*timing)["layers"] = layers.size();
+    Json row;
+    row["path"] = path;
+    row["median_ms"] = sorted[sorted.size() / 2];
+    if (eager_result.empty()) {
+      eager_result = cache;
+    } else {
+      double diff = 0;
+      for (int t : layers) {
+        diff = std::max(
+            {diff,
+             Compare(cache[t].first, eager_result[t].first)["max_abs_diff"]
+                 .get<double>(),
+             Compare(cache[t].second, eager_result[t].second)["max_abs_diff"]
+                 .get<double>()});
+      }
+      (*timing)["max_abs_diff_vs_eager_per_layer"] = diff;
+      row["max_abs_diff_vs_eager_per_layer"] = diff;
+    }
+    summary.push_back(row);
     // The in-place result of the last run against the reference.
     double worst = 0;
     bool exact = true, checked = false;
@@ -310,42 +366,80 @@ absl::Status Run() {
   if (absl::GetFlag(FLAGS_runs) > 0) {
     Json timing;
     RETURN_IF_ERROR(time_fusion(
-        [&](int t, const at::Tensor& sk, const at::Tensor& sv,
-            const at::Tensor& rk, const at::Tensor& rv) {
+        "eager per-layer",
+        one_by_one([&](int t, const at::Tensor& sk, const at::Tensor& sv,
+                       const at::Tensor& rk, const at::Tensor& rv) {
           return fuser->FuseLayer(t, sk, sv, rk, rv);
-        },
+        }),
         &timing));
     out["timing"] = timing;
+    Json batched;
+    batched["stacks"] = fuser->num_stacks();
+    RETURN_IF_ERROR(
+        time_fusion("eager batched",
+                    all_at_once([&](absl::Span<const LayerFusionInput> inputs) {
+                      return fuser->FuseLayers(inputs);
+                    }),
+                    &batched));
+    out["batched"] = batched;
   }
 #ifdef KVWIRE_FUSER_GRAPHS
   if (absl::GetFlag(FLAGS_runs) > 0 && device.is_cuda()) {
     CudaGraphFuser graphs(fuser.get());
+    const int first = layers[0];
+    const int64_t tokens = in("receiver", "k", first).size(-2);
+    const at::ScalarType receiver_dtype =
+        in("receiver", "k", first).scalar_type();
     Sync(device);
     auto c0 = Clock::now();
-    const int first = layers[0];
     absl::Status prepared = graphs.Prepare(
-        in("receiver", "k", first).size(-2),
-        in("sharer", "k", *fuser->SharerLayerFor(first)).scalar_type(),
-        in("receiver", "k", first).scalar_type());
+        tokens, in("sharer", "k", *fuser->SharerLayerFor(first)).scalar_type(),
+        receiver_dtype);
     Sync(device);
     Json g;
+    g["token_bucket"] = graphs.TokenBucket(tokens);
     g["capture_seconds"] =
         std::chrono::duration<double>(Clock::now() - c0).count();
     if (!prepared.ok()) {
       g["error"] = prepared.ToString();
     } else {
       absl::Status timed = time_fusion(
-          [&](int t, const at::Tensor& sk, const at::Tensor& sv,
-              const at::Tensor& rk, const at::Tensor& rv) {
+          "cuda graphs per-layer",
+          one_by_one([&](int t, const at::Tensor& sk, const at::Tensor& sv,
+                         const at::Tensor& rk, const at::Tensor& rv) {
             return graphs.FuseLayer(t, sk, sv, rk, rv);
-          },
+          }),
           &g);
       if (!timed.ok()) g["error"] = timed.ToString();
       g["replays"] = graphs.replays();
     }
     out["cuda_graphs"] = g;
+
+    Json b;
+    const int64_t replays_before = graphs.replays();
+    Sync(device);
+    c0 = Clock::now();
+    prepared = graphs.PrepareBatched(tokens, receiver_dtype);
+    Sync(device);
+    b["token_bucket"] = graphs.TokenBucket(tokens);
+    b["capture_seconds"] =
+        std::chrono::duration<double>(Clock::now() - c0).count();
+    if (!prepared.ok()) {
+      b["error"] = prepared.ToString();
+    } else {
+      absl::Status timed = time_fusion(
+          "cuda graphs batched",
+          all_at_once([&](absl::Span<const LayerFusionInput> inputs) {
+            return graphs.FuseLayers(inputs);
+          }),
+          &b);
+      if (!timed.ok()) b["error"] = timed.ToString();
+      b["replays"] = graphs.replays() - replays_before;
+    }
+    out["cuda_graphs_batched"] = b;
   }
 #endif
+  if (!summary.empty()) out["summary"] = summary;
   std::cout << out.dump(2) << "\n";
   return absl::OkStatus();
 }
@@ -355,7 +449,8 @@ absl::Status Run() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Checks and times C2C fusion of every receiver layer.");
+      "Checks and times C2C fusion of every receiver layer (per layer and "
+      "batched; with CUDA graphs in kvwire-fuser-graph-bench).");
   kvwire::HelpListsFlagsOf({"tools/fuser/bench_main.cc"});
   absl::ParseCommandLine(argc, argv);
   absl::Status status;

@@ -295,7 +295,11 @@ TEST_F(PipelineTest, LayersInShuffledOrderGiveTheSameResult) {
     for (bool v : {false, true}) {
       const at::Tensor ref = Layer(*in_order, t, v);
       EXPECT_TRUE(at::equal(ref, Layer(*out_of_order, t, v))) << t;
-      EXPECT_TRUE(at::equal(ref, Layer(*early, t, v))) << t;
+      // Held layers are fused in one batched call (C2CFuser::FuseLayers):
+      // equal up to the GEMMs' accumulation order.
+      const at::Tensor batched = Layer(*early, t, v);
+      EXPECT_TRUE(at::allclose(ref, batched, 1e-5, 1e-6))
+          << t << ": max diff " << (ref - batched).abs().max().item<double>();
     }
   }
   const std::vector<int64_t> tokens = Generate(*in_order);
