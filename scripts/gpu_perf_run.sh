@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# The GPU performance run (docs/PERFORMANCE.md §5) on one GPU host, in one
-# command: builds with CUDA (tests and benchmarks on), runs the CUDA parity
-# tests (codec kernels, graph-captured decode), the decoder benchmark (eager
-# vs CUDA-graph decode and the weight-streaming floor), the CUDA codec
-# benchmark, the end-to-end comparison with the Python reference
-# (scripts/gpu_e2e_bench.sh), then a traced answer (the overlap timeline)
-# and answers/s against concurrency 1, 4, 16, 64 (kvwire-load). Usage, from
-# the repository root after `source .gpu/device-env.sh`:
+# The GPU performance run (docs/PERFORMANCE.md §5) on one GPU host: builds
+# with CUDA (tests and benchmarks on), then runs the parts named in
+# KVWIRE_PERF_PARTS (comma-separated; default all, in this order):
+#   tests      CUDA parity tests (codec kernels, graph decode/prefill/batched
+#              decode, graph fusion)
+#   decode     kvwire-model-bench: eager vs CUDA-graph decode and the floor
+#   codec      the CUDA codec kernel benchmark
+#   fusion     28 projectors, 117 tokens: C++ (per layer / batched, eager /
+#              graphs) vs the Python reference
+#   e2e        one C2C answer vs the Python reference (scripts/gpu_e2e_bench.sh)
+#   load       a traced answer (the overlap timeline) and answers/s against
+#              concurrency 1, 4, 16, 64 (kvwire-load)
+#   transport  8K-token bf16 stream vs iperf3 on loopback
+#   metrics    the /metrics (civetweb) diagnosis
+# Usage, from the repository root after `source .gpu/device-env.sh`:
 #   scripts/gpu_perf_run.sh TOKENIZER_DIR [SHARER_DEVICE RECEIVER_DEVICE]
 # Results go to $OUT (default /tmp/kvwire-perf), also packed into
-# $OUT/0perf.tgz. KVWIRE_PERF_QUICK=1 runs only the parity tests, the end-to-end
-# comparison, the timeline and the concurrency table (e.g. for the two-GPU
-# run: SHARER_DEVICE=cuda:0 RECEIVER_DEVICE=cuda:1).
+# $OUT/0perf.tgz. A device command may run 600 s: split the parts over two
+# back-to-back calls (the build is incremental), e.g.
+#   KVWIRE_PERF_PARTS=tests,codec,fusion,decode ... then
+#   KVWIRE_PERF_PARTS=e2e,load ...
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tok=${1:?usage: $0 TOKENIZER_DIR [SHARER_DEVICE RECEIVER_DEVICE]}
@@ -31,27 +39,37 @@ kvwire_gpu_build kvwire_cuda_quantize_test kvwire_model_cuda_test \
   kvwire_fuser_cuda_test kvwire-model-bench kvwire_cuda_codec_benchmark \
   kvwire-load kvwire-fuser-graph-bench || exit 1
 
+parts=",${KVWIRE_PERF_PARTS:-tests,decode,codec,fusion,e2e,load,transport,metrics},"
+want() { [[ "$parts" == *",$1,"* ]]; }
+
+if want tests; then
 step "CUDA parity tests"
 "$build/tests/common/codec/kvwire_cuda_quantize_test" 2>&1 |
   tail -n 3 | tee "$OUT/cuda_quantize_test.txt"
 "$build/tests/common/model/kvwire_model_cuda_test" 2>&1 |
   grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) " | tee "$OUT/model_cuda_test.txt"
 
-quick=${KVWIRE_PERF_QUICK:-0}
+fi
 kvwire_gpu_models "$tok"
+if want tests; then
 "$build/tests/common/fuser/kvwire_fuser_cuda_test" 2>&1 |
   grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) " | tee "$OUT/fuser_cuda_test.txt"
-if ((!quick)); then
+fi
+if want decode; then
 step "decoder: eager vs CUDA-graph decode (Qwen3-0.6B shape, bf16)"
 "$build/tools/model_bench/kvwire-model-bench" --model_dir="$models/receiver" \
   --device="$receiver_device" --dtype=bf16 --prompt_len=118 \
   --decode_tokens=64 --iters=3 | tee "$OUT/model_bench.json"
+fi
 
+if want codec; then
 step "codec: fused CUDA kernels vs ATen on the GPU"
 "$build/benchmarks/kvwire_cuda_codec_benchmark" \
   --benchmark_out="$OUT/codec_bench.json" --benchmark_out_format=json 2>&1 |
   tail -n 40 | tee "$OUT/codec_bench.txt"
+fi
 
+if want fusion; then
 step "fusion: 28 projectors, 117 tokens: C++ (CUDA graphs) vs Python reference"
 python3 "$root/tools/gen_fuser_goldens.py" --real /tmp/kvwire-fuser-real \
   --tokens 117 --runs 30 --warmup 5 --json "$OUT/fuser_python.json" >/dev/null &&
@@ -66,11 +84,11 @@ for f in sys.argv[1:]:
     except Exception as e:
         print(f, "unreadable", e); continue
     d.pop("parity", None)
-    print(f, json.dumps(d.get("real", d))[:600])
+    print(f, json.dumps(d.get("summary", d.get("real", d)))[:1500])
 PY
+fi
 
-fi  # quick
-
+if want e2e; then
 step "end to end vs the Python reference"
 KVWIRE_E2E_RUNS=${KVWIRE_E2E_RUNS:-10} bash "$root/scripts/gpu_e2e_bench.sh" \
   "$tok" "$sharer_device" "$receiver_device" 2>&1 | tee "$OUT/e2e.txt"
@@ -81,11 +99,15 @@ if [[ "$sharer_device" != "$receiver_device" ]]; then
     bash "$root/scripts/gpu_e2e_bench.sh" "$tok" "$receiver_device" \
     "$receiver_device" 2>&1 | tail -n 25 | tee "$OUT/e2e_one_gpu.txt"
 fi
+fi
 
+if want load || want transport; then
 step "timeline and concurrency"
 export KVWIRE_RECEIVER_FLAGS="--workers=16 --queue_size=128 ${KVWIRE_RECEIVER_FLAGS:-}"
 export KVWIRE_SHARER_FLAGS="--workers=4 --max_batch_size=8 --queue_size=128 ${KVWIRE_SHARER_FLAGS:-}"
 kvwire_gpu_start_services "$sharer_device" "$receiver_device"
+fi
+if want load; then
 question=$(cat /tmp/kvwire-e2e/question.txt 2>/dev/null || echo "Which gas do plants release?")
 for i in 1 2 3; do  # warm-up, then the traced answer
   "$cli" ask --target="127.0.0.1:$receiver_port" --plaintext --scheme=int4 \
@@ -97,7 +119,8 @@ cat "$OUT/trace.txt"
   --scenario_file="$root/load_tests/scenarios/gpu_concurrency.yaml" \
   --target="127.0.0.1:$receiver_port" --allow_insecure --progress=false \
   --plots=false --out_dir="$OUT/load" 2>&1 | tail -n 30 | tee "$OUT/load.txt"
-if ((!quick)); then
+fi
+if want transport; then
 step "transport efficiency on loopback: 8K-token bf16 stream vs iperf3"
 "$build/load_tests/kvwire-load" \
   --scenario_file="$root/load_tests/scenarios/transport_8k.yaml" \
@@ -116,21 +139,13 @@ PY
 else
   echo "iperf3 not found (scripts/gpu_kit.sh fetches it)"
 fi
-kvwire_gpu_stop_services
-tail -n 100 "$logs/receiver.log" >"$OUT/receiver_tail.log"
-
-step "metrics endpoint on this host (civetweb diagnosis)"
-timeout 20 "$build/sharer_service/kvwire-sharer" --model_dir="$models/sharer" \
-  --device=cpu --listen_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
-  --allow_insecure >"$OUT/metrics_probe.out" 2>"$OUT/metrics_probe.log" &
-probe=$!
-sleep 8
-kill -TERM "$probe" 2>/dev/null; wait "$probe" 2>/dev/null
-head -c 600 "$OUT/metrics_probe.out"; grep -i -E "metric|civet|exposer|error|bind" "$OUT/metrics_probe.log" | head -n 10
-else
+fi
+if want load || want transport; then
   kvwire_gpu_stop_services
-fi  # quick
+  tail -n 100 "$logs/receiver.log" >"$OUT/receiver_tail.log"
+fi
 
+if want metrics; then
 step "metrics endpoint: what civetweb loads (LD_DEBUG)"
 LD_DEBUG=files timeout 15 "$build/sharer_service/kvwire-sharer" \
   --model_dir="$models/sharer" --device=cpu --listen_address=127.0.0.1:0 \
@@ -141,5 +156,6 @@ sleep 8
 kill -TERM "$probe" 2>/dev/null; wait "$probe" 2>/dev/null
 grep -E "ssl|crypto|civet" "$OUT/metrics_ld_debug.log" | grep -v "^\s*$" | head -n 15
 grep -E "failed to start|ready" "$OUT/metrics_ld_debug.log" | head -n 3
+fi
 tar czf /tmp/kvwire-perf.tgz -C "$OUT" . && mv /tmp/kvwire-perf.tgz "$OUT/0perf.tgz"
 step "done"
