@@ -39,8 +39,13 @@ void ReceiverSession::Trace(const char* track, std::string name,
   if (trace_ == nullptr) return;
   const at::Tensor& storage = cache_.storage();
   if (storage.defined() && storage.is_cuda()) {
-    // A one-element copy to the host waits for the stream's work so far.
-    (void)storage.view(-1).narrow(0, 0, 1).to(at::kCPU);
+    // A one-element copy to the host waits for the stream's work so far (the
+    // storage may be a strided slot of a pool: no view(-1)). Tracing is best
+    // effort: a failure leaves the event unsynchronized.
+    try {
+      (void)storage.as_strided({1}, {1}).to(at::kCPU);
+    } catch (const c10::Error&) {
+    }
   }
   trace_->Add(track, std::move(name), start, Clock::now());
 }

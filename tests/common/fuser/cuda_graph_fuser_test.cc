@@ -8,6 +8,7 @@
 #include <ATen/ops/randn.h>
 #include <ATen/ops/randn_like.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -39,6 +40,15 @@ std::unique_ptr<C2CFuser> MakeFuser(at::ScalarType dtype) {
   auto fuser = C2CFuser::FromCheckpoint(*ckpt, fo);
   EXPECT_TRUE(fuser.ok()) << fuser.status();
   return std::move(*fuser);
+}
+
+// Batched (bmm) against per-layer (mm) fusion: fp32 noise, or in bf16 a
+// couple of units in the last place of the largest output value (GEMMs of
+// different shapes round differently).
+double BatchedTolerance(at::ScalarType dtype, const at::Tensor& reference) {
+  if (dtype == at::kFloat) return 1e-5;
+  const double largest = reference.abs().max().item<double>();
+  return 2e-2 * std::max(1.0, largest);
 }
 
 double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
@@ -222,7 +232,6 @@ TEST_P(CudaGraphFuserTest, BatchedGraphsMatchEagerPerLayer) {
   const int64_t captured = graphs.captures();
   EXPECT_GE(captured, 1);
   auto cuda = at::TensorOptions().device("cuda").dtype(dtype);
-  const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
   int64_t replays = 0;
   // Two token counts of one bucket, dense and sparse (one selection for
   // every layer, non-contiguous).
@@ -262,8 +271,8 @@ TEST_P(CudaGraphFuserTest, BatchedGraphsMatchEagerPerLayer) {
       ASSERT_TRUE(graphs.FuseLayers(inputs).ok());
       replays += plan->runs.size();
       EXPECT_EQ(graphs.replays(), replays);
-      EXPECT_LE(MaxDiff(gk, ek), tol);
-      EXPECT_LE(MaxDiff(gv, ev), tol);
+      EXPECT_LE(MaxDiff(gk, ek), BatchedTolerance(dtype, ek));
+      EXPECT_LE(MaxDiff(gv, ev), BatchedTolerance(dtype, ev));
     }
   }
   EXPECT_EQ(graphs.captures(), captured);  // One bucket, no new capture.
@@ -352,7 +361,6 @@ TEST_P(CudaGraphFuserTest, InstalledGraphsServeBatchedSessions) {
   std::shared_ptr<CudaGraphFuser> graphs = InstallCudaGraphFuser(*fast);
   ASSERT_NE(graphs, nullptr);
   auto cuda = at::TensorOptions().device("cuda").dtype(dtype);
-  const double tol = dtype == at::kFloat ? 1e-5 : 2e-2;
   int64_t captures = 0;
   for (int64_t n : {11, 14}) {  // One bucket: the second call replays.
     SCOPED_TRACE(n);
@@ -388,8 +396,8 @@ TEST_P(CudaGraphFuserTest, InstalledGraphsServeBatchedSessions) {
     EXPECT_FALSE(graphs->prepared(n));         // No per-layer graphs.
     if (captures == 0) captures = graphs->captures();
     EXPECT_EQ(graphs->captures(), captures);
-    EXPECT_LE(MaxDiff(gk, ek), tol);
-    EXPECT_LE(MaxDiff(gv, ev), tol);
+    EXPECT_LE(MaxDiff(gk, ek), BatchedTolerance(dtype, ek));
+    EXPECT_LE(MaxDiff(gv, ev), BatchedTolerance(dtype, ev));
   }
   EXPECT_EQ(graphs->replays(), 2 * captures);
 }

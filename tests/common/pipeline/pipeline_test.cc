@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/codec/token_selection.h"
+#include "common/model/batched_decode.h"
 #include "common/model/model_fingerprint.h"
 #include "common/model/safetensors.h"
 #include "common/pipeline/receiver_session.h"
@@ -305,6 +306,51 @@ TEST_F(PipelineTest, LayersInShuffledOrderGiveTheSameResult) {
   const std::vector<int64_t> tokens = Generate(*in_order);
   EXPECT_EQ(Generate(*out_of_order), tokens);
   EXPECT_EQ(Generate(*early), tokens);
+}
+
+TEST_F(PipelineTest, PooledCachesFuseAndDecodeLikeOwnCaches) {
+  // The receiver's caches as strided slots of a KvSlotPool (what the
+  // services use on CUDA): held layers fused in one batched call into the
+  // slot's views, a traced session, and decode steps through the batcher
+  // give what a cache of its own gives.
+  const std::vector<int64_t> prompt = Prompt();
+  const std::vector<DecodedLayer> layers =
+      DecodedLayers(prompt, Spec(v1::SCHEME_INT8));
+  auto own = Session(prompt);
+  for (const DecodedLayer& l : layers) ASSERT_TRUE(own->AddLayer(l).ok());
+  ASSERT_TRUE(own->Prefill().ok());
+
+  auto pooled_receiver = Decoder::Load(assets_->receiver_dir);
+  ASSERT_TRUE(pooled_receiver.ok()) << pooled_receiver.status();
+  auto pool = KvSlotPool::Create(**pooled_receiver, 3, 256);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  (*pooled_receiver)->SetSlotPool(*pool);
+  auto batched = std::make_shared<BatchedDecodeAccelerator>(*pool);
+  (*pooled_receiver)->SetDecodeAccelerator(batched);
+  auto occupied = (*pooled_receiver)->NewCache(16);  // Slot 0 stays busy.
+  ASSERT_TRUE(occupied.ok());
+  auto created = ReceiverSession::Create(
+      pooled_receiver->get(), pipeline_->fuser(), prompt, kNewTokens);
+  ASSERT_TRUE(created.ok()) << created.status();
+  ReceiverSession& pooled = **created;
+  ASSERT_NE(pooled.cache().slot_lease(), nullptr);
+  EXPECT_EQ(pooled.cache().slot_lease()->slot, 1);
+  RequestTrace trace(std::chrono::steady_clock::now());
+  pooled.set_trace(&trace);
+  for (const DecodedLayer& l : layers) ASSERT_TRUE(pooled.AddLayer(l).ok());
+  ASSERT_TRUE(pooled.Prefill().ok());
+  for (int t = 0; t < 4; ++t) {
+    for (bool v : {false, true}) {
+      const at::Tensor ref = Layer(*own, t, v);
+      const at::Tensor got = Layer(pooled, t, v);
+      EXPECT_TRUE(at::allclose(ref, got, 1e-5, 1e-6))
+          << t << ": max diff " << (ref - got).abs().max().item<double>();
+    }
+  }
+  EXPECT_EQ(Generate(pooled), Generate(*own));
+  // The last prompt token and every generated token but the last.
+  EXPECT_EQ(batched->steps(), kNewTokens);
+  EXPECT_FALSE(trace.Events().empty());
 }
 
 TEST_F(PipelineTest, MissingLayerLeavesItsReceiverLayersUntouched) {
