@@ -1,15 +1,67 @@
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
+#include <cstring>
 
 #include "common/codec/cuda_quantize.h"
+#include "common/codec/exact_quotient.h"
 
-// Every fp32 operation below is written with the correctly rounded
-// intrinsics (__fadd_rn, __fsub_rn, __fmul_rn, __fdiv_rn) in the order
-// cpu_quantize.cc performs them; the file is also compiled with -fmad=false.
-// Integer-valued and exact steps (min, max, comparisons, conversions of
-// small integers) are written plainly.
+// Bit-identical to cpu_quantize.cc. Scales, zero points and every fp32
+// operation that the CPU path performs are written with the correctly
+// rounded intrinsics (__fadd_rn, __fsub_rn, __fmul_rn, __fdiv_rn) in its
+// order, or computed exactly otherwise (below); the file is also compiled
+// with -fmad=false. Integer-valued and exact steps (min, max, comparisons,
+// conversions of small integers) are written plainly.
+//
+// Division-free coding. Every code is a function of q = RN(a / s), a = x (or
+// x - zero, asymmetric INT), s the fp16 scale: INT clamp(rint(q)), NF4 the
+// number of codebook midpoints below q, FP8 EncodeFp8(q). A correctly
+// rounded division per value (MUFU reciprocal, four FMAs, a range check and
+// a slow-path branch) made the kernels instruction-bound. Instead each scale
+// gets r = RN(1 / s) once, and each value one multiply and one FMA
+// (Quotient()): y0 = RN(a r), q = RN(y0 + (a - s y0) r). q is exactly
+// RN(a / s) because s is short (11 significant bits):
+//  * Let 2^e <= a/s < 2^(e+1), and m a midpoint between two floats there,
+//    an odd multiple of 2^(e-24). a/s is never m: a = m s would need 25
+//    significant bits. a - m s is a multiple of 2^(e+es-34) (s a multiple of
+//    2^(es-10), s < 2^(es+1), a a multiple of 2^(ea-23), ea >= e + es), so
+//    |a/s - m| > 2^(e-35).
+//  * |y0 - a/s| <= |a/s| (2^-23 + 2^-48) (r and the product round once
+//    each), so a - s y0 is a multiple of 2^(es+e-34) below 2^(es+e-20) in
+//    magnitude: exact, and the FMA computes it exactly. Then y0 + (a - s y0)
+//    r = a/s + (a/s - y0) (r s - 1) is within 2^(e-46) of a/s: on the same
+//    side of every midpoint, so it rounds to RN(a / s).
+//  * This needs no underflow and no overflow: 2^-90 < |a/s| < 2^126. Valid
+//    blocks have |a/s| <= 2^8 (s >= absmax / qmax, s in [2^-24, 65504]);
+//    below 2^-90 every code is that of 0 (all code boundaries exceed 2^-17),
+//    and a = -0 (for which q is +0) only matters to FP8, which takes the
+//    sign from x.
+//  * Checked on the CPU with the same operations: q == a / s bit for bit for
+//    every positive finite bf16 and every positive finite fp16 numerator
+//    against every positive finite fp16 scale (2 * 10^9 pairs), and for
+//    2 * 10^8 random and near-tie fp32 numerators, except where the quotient
+//    is below 2^-102 or infinite; codes equal the CPU's on 9 * 10^8 random
+//    and near-boundary pairs over all schemes.
+// From q (exact_quotient.h): INT clamps and adds 1.5 * 2^23 + offset, whose
+// low byte is the code (round half to even, like the CPU's magic-number
+// rounding). NF4 looks the cell k = rint(16 q + 16) (one exactly rounded FMA)
+// up in a shared table of the midpoint inside the cell (cells are 1/16 wide,
+// midpoints at least 0.08 apart: one at most) and the number below it. FP8
+// uses a branch-free EncodeFp8. exact_quotient_test checks all of it on the
+// CPU (sampled; the table was also checked on every float below 2 - 1/32,
+// the FP8 encoder on all 2^32 floats). Blocks with NaN or Inf, or a scale that
+// overflows fp16, are rejected by the CPU (the kernels raise the error
+// flag); their codes are never used, but the kernels still compute them with
+// the CPU's formulas verbatim (the exact division), per chunk in the
+// one-pass kernel and per block in the two-pass one.
+//
+// Dequantization multiplies, as Dequantize's ATen path does, with small
+// integers turned into floats exactly through the bits of 2^23 + q, and
+// stores bf16/fp16 through the hardware's round-to-nearest-even pair
+// conversions (equal to c10's for the finite values INT and NF4 produce).
 
 namespace kvwire {
 namespace {
@@ -69,10 +121,6 @@ __device__ __forceinline__ float HalfToFloat(uint16_t h) {
 
 __device__ __forceinline__ bool HalfFinite(uint16_t h) {
   return (h & 0x7C00) != 0x7C00;
-}
-
-__device__ __forceinline__ bool FloatNonFinite(float v) {
-  return (__float_as_uint(v) & 0x7F800000u) == 0x7F800000u;
 }
 
 // c10's fp32 -> bf16 (round to nearest even; NaN -> 0x7FC0), as ATen's CPU
@@ -201,116 +249,323 @@ __device__ __forceinline__ float DecodeFp8(uint32_t code, bool e5m2) {
   return negative ? -magnitude : magnitude;
 }
 
-// The code of one value (cpu_quantize.cc's EncodeIntRow / EncodeFp8 /
-// Nf4CodeOf). `zero` is 0 for symmetric INT.
-template <int kBits>
-__device__ __forceinline__ uint32_t EncodeValue(float x, CudaCode code,
-                                                float scale, float zero) {
-  if (code == CudaCode::kIntSymmetric || code == CudaCode::kIntAsymmetric) {
+// Minimum and maximum that propagate NaN (one instruction on sm_80+).
+__device__ __forceinline__ float MinNaN(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a != a || b != b ? __int_as_float(0x7FFFFFFF) : fminf(a, b);
+#endif
+}
+
+__device__ __forceinline__ float MaxNaN(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a != a || b != b ? __int_as_float(0x7FFFFFFF) : fmaxf(a, b);
+#endif
+}
+
+// Whether neither bound is NaN or infinite.
+__device__ __forceinline__ bool FiniteRange(float lo, float hi) {
+  return fabsf(lo) <= FLT_MAX && fabsf(hi) <= FLT_MAX;
+}
+
+// ------------------------------------------------------------ coding
+
+// The INT codes' bounds and offset.
+template <CudaCode kCode, int kBits>
+struct IntCode {
+  static constexpr bool kAsym = kCode == CudaCode::kIntAsymmetric;
+  static constexpr float kLo =
+      kAsym ? 0.0f : -static_cast<float>((1 << (kBits - 1)) - 1);
+  static constexpr float kHi = kAsym
+                                   ? static_cast<float>((1 << kBits) - 1)
+                                   : static_cast<float>((1 << (kBits - 1)) - 1);
+  static constexpr float kOffset =
+      kAsym ? 0.0f : static_cast<float>(1 << (kBits - 1));
+};
+
+// NF4 midpoints (as number_formats.cc computes them) and the cell table of
+// the division-free path (exact_quotient.h), in shared memory.
+struct Nf4Table {
+  exact_quotient::Nf4Cell cell[64];
+  float mid[16];  // The 15 midpoints, ascending.
+};
+
+__device__ __forceinline__ float Nf4Mid(int i) {
+  return __fmul_rn(__fadd_rn(kNf4Codebook[i], kNf4Codebook[i + 1]), 0.5f);
+}
+
+// Fills `t` (threads 0..63); the caller synchronizes the block afterwards.
+__device__ __forceinline__ void InitNf4Table(Nf4Table* t) {
+  const int k = static_cast<int>(threadIdx.x);
+  if (k < 64) {
+    float mid[15];
+#pragma unroll
+    for (int i = 0; i < 15; ++i) mid[i] = Nf4Mid(i);
+    if (k < 15) t->mid[k] = Nf4Mid(k);
+    t->cell[k] = exact_quotient::MakeNf4Cell(k, mid);
+  }
+}
+
+// Codes of one scale. Fast(): from the division-free quotient, for finite
+// inputs and a finite scale; Exact(): cpu_quantize.cc's formulas verbatim
+// (correctly rounded division), for blocks with NaN or Inf, which the CPU
+// rejects (their codes are never used; they stay equal all the same). Codes
+// are in the low bits (garbage above bit 7 for INT).
+template <CudaCode kCode, int kBits>
+struct Coder {
+  float scale, rcp, zero;
+  const Nf4Table* nf4;
+
+  static constexpr bool kInt =
+      kCode == CudaCode::kIntSymmetric || kCode == CudaCode::kIntAsymmetric;
+
+  __device__ __forceinline__ float Numerator(float x) const {
     // x - 0 is x for every non-NaN x (signed zeros included), so the
     // symmetric case skips the subtraction.
-    const bool asym = code == CudaCode::kIntAsymmetric;
-    float y = __fdiv_rn(asym ? __fsub_rn(x, zero) : x, scale);
-    // Round half to even: rintf equals cpu_quantize's (y + 1.5*2^23) -
-    // 1.5*2^23 for |y| < 2^22, and |y| never exceeds 2^8 here.
-    y = rintf(y);
-    // fmaxf/fminf equal the CPU's compare-and-select clamp up to the sign
-    // of a zero, which the integer conversion drops.
-    int32_t q;
-    if (asym) {
-      q = __float2int_rn(
-          fminf(fmaxf(y, 0.0f), static_cast<float>((1 << kBits) - 1)));
+    return kCode == CudaCode::kIntAsymmetric ? __fsub_rn(x, zero) : x;
+  }
+
+  __device__ __forceinline__ uint32_t Fast(float x) const {
+    const float q = exact_quotient::Quotient(Numerator(x), scale, rcp);
+    if constexpr (kInt) {
+      using K = IntCode<kCode, kBits>;
+      return exact_quotient::IntCodeBits(q, K::kLo, K::kHi, K::kOffset);
+    } else if constexpr (kCode == CudaCode::kNf4) {
+      return exact_quotient::Nf4CodeFromCell(
+          q, nf4->cell[exact_quotient::Nf4CellIndex(q)]);
     } else {
-      const float qmax = static_cast<float>((1 << (kBits - 1)) - 1);
-      q = __float2int_rn(fminf(fmaxf(y, -qmax), qmax)) + (1 << (kBits - 1));
+      // RN(x / s) has x's sign (s > 0), signed zeros included.
+      return exact_quotient::Fp8Code<kCode == CudaCode::kFp8E5M2>(
+          q, (__float_as_uint(x) >> 24) & 0x80);
     }
-    return static_cast<uint32_t>(q) & 0xFFu;
   }
-  const float y = __fdiv_rn(x, scale);
-  if (code == CudaCode::kNf4) {
-    uint32_t c = 0;
+
+  __device__ __forceinline__ uint32_t Exact(float x) const {
+    const float q = __fdiv_rn(Numerator(x), scale);
+    if constexpr (kInt) {
+      // rint then clamp, as the CPU does, equals clamp then rint (integer
+      // bounds); fmaxf first maps NaN to the low bound, as rintf + fmaxf
+      // would.
+      using K = IntCode<kCode, kBits>;
+      return exact_quotient::IntCodeBits(q, K::kLo, K::kHi, K::kOffset);
+    } else if constexpr (kCode == CudaCode::kNf4) {
+      uint32_t c = 0;
 #pragma unroll
-    for (int i = 0; i < 15; ++i) {
-      const float mid =
-          __fmul_rn(__fadd_rn(kNf4Codebook[i], kNf4Codebook[i + 1]), 0.5f);
-      c += mid < y;
+      for (int i = 0; i < 15; ++i) c += nf4->mid[i] < q ? 1u : 0u;
+      return c;
+    } else {
+      return EncodeFp8(q, kCode == CudaCode::kFp8E5M2);
     }
-    return c;
   }
-  return EncodeFp8(y, code == CudaCode::kFp8E5M2);
+};
+
+template <CudaCode kCode, int kBits>
+__device__ __forceinline__ Coder<kCode, kBits> MakeCoder(float scale, float rcp,
+                                                         float zero,
+                                                         const Nf4Table* nf4) {
+  Coder<kCode, kBits> c;
+  c.scale = scale;
+  c.rcp = rcp;
+  c.zero = zero;
+  c.nf4 = nf4;
+  return c;
 }
 
 // ------------------------------------------------------------ memory
 
 template <CudaDtype kIn>
-struct InputTraits;
-template <>
-struct InputTraits<CudaDtype::kBf16> {
-  using T = uint16_t;
-  static __device__ __forceinline__ float ToFloat(uint32_t b) {
-    return __uint_as_float(b << 16);
-  }
-};
-template <>
-struct InputTraits<CudaDtype::kFp16> {
-  using T = uint16_t;
-  static __device__ __forceinline__ float ToFloat(uint32_t b) {
-    return HalfToFloat(static_cast<uint16_t>(b));
-  }
-};
-template <>
-struct InputTraits<CudaDtype::kFp32> {
-  using T = float;
-  static __device__ __forceinline__ float ToFloat(uint32_t b) {
-    return __uint_as_float(b);
-  }
-};
+constexpr int kElementBytes = kIn == CudaDtype::kFp32 ? 4 : 2;
 
-// Loads `n` (<= kMaxChunk) consecutive values at element `offset` of `data`
-// into x[0..n). `vec`: the address and n values are 16-byte aligned.
+// 32-bit words holding kN input values.
+template <CudaDtype kIn, int kN>
+constexpr int kRawWords = (kN * kElementBytes<kIn>) / 4;
+
+// Value j of a chunk of raw input words.
+template <CudaDtype kIn, int kW>
+__device__ __forceinline__ float RawValue(const uint32_t (&raw)[kW], int j) {
+  if constexpr (kIn == CudaDtype::kFp32) {
+    return __uint_as_float(raw[j]);
+  } else {
+    const uint32_t w = raw[j / 2];
+    if constexpr (kIn == CudaDtype::kBf16) {
+      return __uint_as_float(j % 2 == 0 ? w << 16 : w & 0xFFFF0000u);
+    } else {
+      return HalfToFloat(static_cast<uint16_t>(j % 2 == 0 ? w : w >> 16));
+    }
+  }
+}
+
+// Loads `n` (<= kN) consecutive values at element `offset` of `data` as raw
+// words; values past n repeat value 0 (so that minima, maxima and codes need
+// no bounds). `vec`: the address and n values are 16-byte aligned.
 template <CudaDtype kIn, int kN>
 __device__ __forceinline__ void LoadChunk(const void* data, int64_t offset,
-                                          int n, bool vec, float (&x)[kN]) {
-  using Tr = InputTraits<kIn>;
-  using T = typename Tr::T;
-  const T* p = static_cast<const T*>(data) + offset;
+                                          int n, bool vec,
+                                          uint32_t (&raw)[kRawWords<kIn, kN>]) {
+  constexpr int kW = kRawWords<kIn, kN>;
+  constexpr int kEs = kElementBytes<kIn>;
+  const char* p = static_cast<const char*>(data) + offset * kEs;
   if (vec) {
-    constexpr int kPer = 16 / sizeof(T);
     const uint4* v = reinterpret_cast<const uint4*>(p);
 #pragma unroll
-    for (int i = 0; i < kN / kPer; ++i) {
-      if (i * kPer < n) {
+    for (int i = 0; i < kW / 4; ++i) {
+      if (i == 0 || i * 16 < n * kEs) {
         const uint4 q = __ldg(v + i);
-        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+        raw[4 * i] = q.x;
+        raw[4 * i + 1] = q.y;
+        raw[4 * i + 2] = q.z;
+        raw[4 * i + 3] = q.w;
+      } else {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if (sizeof(T) == 2) {
-            x[i * kPer + 2 * j] = Tr::ToFloat(w[j] & 0xFFFFu);
-            x[i * kPer + 2 * j + 1] = Tr::ToFloat(w[j] >> 16);
-          } else {
-            x[i * kPer + j] = Tr::ToFloat(w[j]);
-          }
-        }
+        for (int k = 0; k < 4; ++k) raw[4 * i + k] = raw[k];
       }
     }
   } else {
 #pragma unroll
     for (int j = 0; j < kN; ++j) {
-      if (j < n) {
-        if (sizeof(T) == 2) {
-          x[j] = Tr::ToFloat(
-              __ldg(reinterpret_cast<const unsigned short*>(p) + j));
-        } else {
-          x[j] = __ldg(reinterpret_cast<const float*>(p) + j);
+      const int e = j < n ? j : 0;
+      if constexpr (kEs == 2) {
+        const uint32_t b =
+            __ldg(reinterpret_cast<const unsigned short*>(p) + e);
+        raw[j / 2] = j % 2 == 0 ? b : raw[j / 2] | (b << 16);
+      } else {
+        raw[j] = __ldg(reinterpret_cast<const unsigned int*>(p) + e);
+      }
+    }
+  }
+}
+
+__host__ __device__ constexpr int Log2(int n) {
+  return n <= 1 ? 0 : 1 + Log2(n / 2);
+}
+
+template <CudaDtype kIn>
+struct Pair;
+template <>
+struct Pair<CudaDtype::kBf16> {
+  using T = __nv_bfloat162;
+};
+template <>
+struct Pair<CudaDtype::kFp16> {
+  using T = __half2;
+};
+
+template <typename T>
+__device__ __forceinline__ T BitCast(uint32_t u) {
+  T t;
+  memcpy(&t, &u, sizeof(t));
+  return t;
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t BitsOf(T t) {
+  uint32_t u;
+  memcpy(&u, &t, sizeof(u));
+  return u;
+}
+
+// Minimum and maximum of the raw words (NaN propagates, so !FiniteRange
+// flags NaN and Inf). 16-bit values are compared in pairs: equal to
+// comparing their exact fp32 values.
+template <CudaDtype kIn, int kW>
+__device__ __forceinline__ void MinMaxRaw(const uint32_t (&raw)[kW], float* lo,
+                                          float* hi) {
+  if constexpr (kIn == CudaDtype::kFp32) {
+    float l[kW], h[kW];
+#pragma unroll
+    for (int i = 0; i < kW; ++i) l[i] = h[i] = __uint_as_float(raw[i]);
+#pragma unroll
+    for (int step = 1; step <= Log2(kW); ++step) {
+      const int s = kW >> step;
+#pragma unroll
+      for (int i = 0; i < kW / 2; ++i) {
+        if (i < s) {
+          l[i] = MinNaN(l[i], l[i + s]);
+          h[i] = MaxNaN(h[i], h[i + s]);
         }
       }
     }
+    *lo = l[0];
+    *hi = h[0];
+  } else {
+    using P = typename Pair<kIn>::T;
+    P l[kW], h[kW];
+#pragma unroll
+    for (int i = 0; i < kW; ++i) l[i] = h[i] = BitCast<P>(raw[i]);
+#pragma unroll
+    for (int step = 1; step <= Log2(kW); ++step) {
+      const int s = kW >> step;
+#pragma unroll
+      for (int i = 0; i < kW / 2; ++i) {
+        if (i < s) {
+          l[i] = __hmin2_nan(l[i], l[i + s]);
+          h[i] = __hmax2_nan(h[i], h[i + s]);
+        }
+      }
+    }
+    const uint32_t lw = BitsOf(l[0]), hw = BitsOf(h[0]);
+    uint32_t lb[1] = {lw}, hb[1] = {hw};
+    *lo = MinNaN(RawValue<kIn>(lb, 0), RawValue<kIn>(lb, 1));
+    *hi = MaxNaN(RawValue<kIn>(hb, 0), RawValue<kIn>(hb, 1));
   }
 }
 
 // 32-bit words holding the codes of n values.
 __host__ __device__ constexpr int Words(int n, int bits) {
   return (n * bits + 31) / 32;
+}
+
+// Packs codes (each in the low kBits bits of c[j]; higher bits are ignored)
+// into little-endian words: bytes by shifts and adds, words by byte
+// permutes.
+template <int kBits, int kN>
+__device__ __forceinline__ void PackCodes(const uint32_t (&c)[kN],
+                                          uint32_t (&w)[Words(kN, kBits)]) {
+  constexpr int kWords = Words(kN, kBits);
+  constexpr int kPer = 8 / kBits;  // Codes per byte.
+  constexpr int kBytes = (kN * kBits + 7) / 8;
+  uint32_t b[4 * kWords];  // Byte i in the low 8 bits of b[i].
+#pragma unroll
+  for (int i = 0; i < 4 * kWords; ++i) {
+    b[i] = 0;
+    if (i < kBytes) {
+#pragma unroll
+      for (int t = 0; t < kPer; ++t) {
+        if (i * kPer + t < kN) b[i] += c[i * kPer + t] << (t * kBits);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+    w[i] = __byte_perm(__byte_perm(b[4 * i], b[4 * i + 1], 0x0040),
+                       __byte_perm(b[4 * i + 2], b[4 * i + 3], 0x0040), 0x5410);
+  }
+}
+
+// Codes of a chunk, packed. `coder_of(j)` gives value j's Coder; `exact`:
+// the chunk (or block) holds NaN or Inf, or its scale overflowed.
+template <CudaDtype kIn, CudaCode kCode, int kBits, int kN, typename CoderOf>
+__device__ __forceinline__ void EncodeChunk(
+    const uint32_t (&raw)[kRawWords<kIn, kN>], CoderOf coder_of, bool exact,
+    uint32_t (&w)[Words(kN, kBits)]) {
+  uint32_t c[kN];
+  if (!exact) {
+#pragma unroll
+    for (int j = 0; j < kN; ++j) c[j] = coder_of(j).Fast(RawValue<kIn>(raw, j));
+  } else {
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      c[j] = coder_of(j).Exact(RawValue<kIn>(raw, j));
+    }
+  }
+  PackCodes<kBits, kN>(c, w);
 }
 
 // Stores the first `n` bytes of `w` at `dst`, as wide as alignment allows.
@@ -364,6 +619,15 @@ __device__ __forceinline__ void LoadBytes(const uint8_t* src,
         w[4 * i + 3] = q.w;
       }
     }
+  } else if (kWords >= 2 && (n & 7) == 0 && (a & 7) == 0) {
+#pragma unroll
+    for (int i = 0; i < kWords / 2; ++i) {
+      if (i * 8 < n) {
+        const uint2 q = __ldg(reinterpret_cast<const uint2*>(src) + i);
+        w[2 * i] = q.x;
+        w[2 * i + 1] = q.y;
+      }
+    }
   } else if ((n & 3) == 0 && (a & 3) == 0) {
 #pragma unroll
     for (int i = 0; i < kWords; ++i) {
@@ -375,40 +639,6 @@ __device__ __forceinline__ void LoadBytes(const uint8_t* src,
       if (b < n) w[b / 4] |= static_cast<uint32_t>(src[b]) << (8 * (b % 4));
     }
   }
-}
-
-// Codes of x[0..n) with one scale, packed and stored at `dst`.
-template <int kBits, int kN>
-__device__ __forceinline__ void EncodeStore(const float (&x)[kN], int n,
-                                            CudaCode code, float scale,
-                                            float zero, uint8_t* dst) {
-  uint32_t w[Words(kN, kBits)];
-#pragma unroll
-  for (int i = 0; i < Words(kN, kBits); ++i) w[i] = 0;
-#pragma unroll
-  for (int j = 0; j < kN; ++j) {
-    if (j < n) {
-      w[(j * kBits) / 32] |= EncodeValue<kBits>(x[j], code, scale, zero)
-                             << ((j * kBits) % 32);
-    }
-  }
-  StoreBytes(dst, w, n * kBits / 8);
-}
-
-template <int kN>
-__device__ __forceinline__ void MinMaxChunk(const float (&x)[kN], int n,
-                                            float* lo, float* hi, bool* bad) {
-  bool b = false;
-#pragma unroll
-  for (int j = 0; j < kN; ++j) {
-    if (j < n) {
-      const float v = x[j];
-      b |= FloatNonFinite(v);
-      *lo = v < *lo ? v : *lo;
-      *hi = v > *hi ? v : *hi;
-    }
-  }
-  *bad |= b;
 }
 
 // Float min/max through integer atomics (-0 orders below +0).
@@ -446,51 +676,58 @@ __device__ __forceinline__ int64_t SourceOffset(const CudaBlockView& in,
 
 // PER_TOKEN / PER_GROUP in one pass: `1 << lanes_log2` neighbouring lanes
 // share one scale of `chunk << lanes_log2` values.
-// kC: the chunk size when known at compile time (32 here, 8 in the chunked
-// kernels below: what measured fastest on an H200), else 0 (runtime
-// `chunk` <= kMaxChunk). The same holds for the kernels below.
-template <CudaDtype kIn, int kBits, int kC>
+// kC: the chunk size when known at compile time (32 here, 16 in the chunked
+// kernels below, 8 in the PER_CHANNEL reduction), else 0 (runtime `chunk`
+// <= kMaxChunk). The same holds for the kernels below.
+template <CudaDtype kIn, CudaCode kCode, int kBits, int kC>
 __global__ void __launch_bounds__(kThreads)
-    RowQuantizeKernel(CudaBlockView in, CudaCode code, int runtime_chunk,
-                      int lanes_log2, uint32_t units, FastDiv units_per_row,
-                      FastDiv tokens, bool vec, CudaQuantizeOutput out,
-                      int32_t* flag) {
+    RowQuantizeKernel(CudaBlockView in, int runtime_chunk, int lanes_log2,
+                      uint32_t units, FastDiv units_per_row, FastDiv tokens,
+                      bool vec, CudaQuantizeOutput out, int32_t* flag) {
   constexpr int kN = kC > 0 ? kC : kMaxChunk;
   const int chunk = kC > 0 ? kC : runtime_chunk;
+  __shared__ Nf4Table nf4;
+  if (kCode == CudaCode::kNf4) {
+    InitNf4Table(&nf4);
+    __syncthreads();
+  }
   const uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
   const int lanes = 1 << lanes_log2;
   const uint32_t unit = g >> lanes_log2;
   const int k = static_cast<int>(g & (lanes - 1));
   const bool active = unit < units;
-  float x[kN];
+  uint32_t raw[kRawWords<kIn, kN>];
   float lo = kInf, hi = -kInf;
-  bool bad = false;
   int64_t first = 0;
   if (active) {
     const uint32_t row = Div(unit, units_per_row);
     const int d0 =
         static_cast<int>(unit - row * units_per_row.d) * (chunk << lanes_log2) +
         k * chunk;
-    LoadChunk<kIn>(in.data, SourceOffset(in, tokens, row) + d0, chunk, vec, x);
-    MinMaxChunk(x, chunk, &lo, &hi, &bad);
+    LoadChunk<kIn, kN>(in.data, SourceOffset(in, tokens, row) + d0, chunk, vec,
+                       raw);
+    MinMaxRaw<kIn>(raw, &lo, &hi);
     first = static_cast<int64_t>(row) * in.head_dim + d0;
   }
+  const bool bad = active && !FiniteRange(lo, hi);
   for (int off = 1; off < lanes; off <<= 1) {
-    const float olo = __shfl_xor_sync(0xFFFFFFFFu, lo, off);
-    const float ohi = __shfl_xor_sync(0xFFFFFFFFu, hi, off);
-    lo = olo < lo ? olo : lo;
-    hi = ohi > hi ? ohi : hi;
+    lo = MinNaN(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, off));
+    hi = MaxNaN(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, off));
   }
   if (!active) return;
   if (bad) atomicOr(flag, 1);
-  const Scale s = ComputeScale(lo, hi, code, kBits);
+  const Scale s = ComputeScale(lo, hi, kCode, kBits);
   if (k == 0) {
     out.scales[unit] = s.scale_h;
-    if (code == CudaCode::kIntAsymmetric) out.zero_points[unit] = s.zero_h;
+    if (kCode == CudaCode::kIntAsymmetric) out.zero_points[unit] = s.zero_h;
     if (!s.ok) atomicOr(flag, 2);
   }
-  EncodeStore<kBits, kN>(x, chunk, code, s.scale, s.zero,
-                         out.packed + first * kBits / 8);
+  const Coder<kCode, kBits> coder =
+      MakeCoder<kCode, kBits>(s.scale, __frcp_rn(s.scale), s.zero, &nf4);
+  uint32_t w[Words(kN, kBits)];
+  EncodeChunk<kIn, kCode, kBits, kN>(
+      raw, [&](int) { return coder; }, bad || !s.ok, w);
+  StoreBytes(out.packed + first * kBits / 8, w, chunk * kBits / 8);
 }
 
 __global__ void InitMinMaxKernel(float* mn, float* mx, int64_t n, float init) {
@@ -537,14 +774,18 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t row0 = blockIdx.y * rows_per_span;
   float lo = kInf, hi = -kInf;
   bool bad = false;
-  float x[kN];
+  uint32_t raw[kRawWords<kIn, kN>];
   for (uint32_t c = blockIdx.x * blockDim.x + threadIdx.x; c < chunks;
        c += gridDim.x * blockDim.x) {
     const uint32_t r = Div(c, chunks_per_row);
     const int64_t d0 = static_cast<int64_t>(c - r * chunks_per_row.d) * chunk;
-    LoadChunk<kIn>(in.data, SourceOffset(in, tokens, row0 + r) + d0, chunk, vec,
-                   x);
-    MinMaxChunk(x, chunk, &lo, &hi, &bad);
+    LoadChunk<kIn, kN>(in.data, SourceOffset(in, tokens, row0 + r) + d0, chunk,
+                       vec, raw);
+    float l, h;
+    MinMaxRaw<kIn>(raw, &l, &h);
+    bad |= !FiniteRange(l, h);
+    lo = MinNaN(lo, l);
+    hi = MaxNaN(hi, h);
   }
   if (bad) atomicOr(flag, 1);
   BlockMinMax(&lo, &hi);
@@ -560,6 +801,7 @@ __global__ void __launch_bounds__(kThreads)
     ChannelReduceKernel(CudaBlockView in, int runtime_chunk, bool vec,
                         float* mn, float* mx, int32_t* flag) {
   constexpr int kN = kC > 0 ? kC : kMaxChunk;
+  constexpr int kW = kRawWords<kIn, kN>;
   const int chunk = kC > 0 ? kC : runtime_chunk;
   __shared__ float s_lo[kThreads], s_hi[kThreads];
   const int cols = static_cast<int>(in.head_dim / chunk);
@@ -567,40 +809,53 @@ __global__ void __launch_bounds__(kThreads)
   const int cx = threadIdx.x % cols;
   const int ry = threadIdx.x / cols;
   const uint32_t h = blockIdx.y;
-  float lo[kN], hi[kN];
-#pragma unroll
-  for (int j = 0; j < kN; ++j) {
-    lo[j] = kInf;
-    hi[j] = -kInf;
-  }
-  bool bad = false;
-  float x[kN];
+  // Running minima and maxima of each column, as raw words (pairs of
+  // 16-bit values, or fp32).
+  uint32_t lo_raw[kW], hi_raw[kW];
+  bool touched = false;
+  uint32_t raw[kW];
   if (ry < slots) {
     for (uint32_t t = blockIdx.x * slots + ry; t < in.tokens;
          t += gridDim.x * slots) {
-      LoadChunk<kIn>(
+      LoadChunk<kIn, kN>(
           in.data, SourceOffsetHT(in, h, t) + static_cast<int64_t>(cx) * chunk,
-          chunk, vec, x);
+          chunk, vec, raw);
 #pragma unroll
-      for (int j = 0; j < kN; ++j) {
-        if (j < chunk) {
-          const float v = x[j];
-          bad |= FloatNonFinite(v);
-          lo[j] = v < lo[j] ? v : lo[j];
-          hi[j] = v > hi[j] ? v : hi[j];
+      for (int i = 0; i < kW; ++i) {
+        if (!touched) {
+          lo_raw[i] = hi_raw[i] = raw[i];
+        } else if constexpr (kIn == CudaDtype::kFp32) {
+          lo_raw[i] = __float_as_uint(
+              MinNaN(__uint_as_float(lo_raw[i]), __uint_as_float(raw[i])));
+          hi_raw[i] = __float_as_uint(
+              MaxNaN(__uint_as_float(hi_raw[i]), __uint_as_float(raw[i])));
+        } else {
+          using P = typename Pair<kIn>::T;
+          lo_raw[i] =
+              BitsOf(__hmin2_nan(BitCast<P>(lo_raw[i]), BitCast<P>(raw[i])));
+          hi_raw[i] =
+              BitsOf(__hmax2_nan(BitCast<P>(hi_raw[i]), BitCast<P>(raw[i])));
         }
       }
+      touched = true;
+    }
+  }
+  bool bad = false;
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+    if (touched && j < chunk) {
+      bad |= !FiniteRange(RawValue<kIn>(lo_raw, j), RawValue<kIn>(hi_raw, j));
     }
   }
   if (bad) atomicOr(flag, 1);
 #pragma unroll
   for (int j = 0; j < kN; ++j) {
     if (j < chunk) {
-      s_lo[threadIdx.x] = lo[j];
-      s_hi[threadIdx.x] = hi[j];
+      s_lo[threadIdx.x] = touched ? RawValue<kIn>(lo_raw, j) : kInf;
+      s_hi[threadIdx.x] = touched ? RawValue<kIn>(hi_raw, j) : -kInf;
       __syncthreads();
       if (ry == 0) {
-        float a = lo[j], b = hi[j];
+        float a = s_lo[cx], b = s_hi[cx];
         for (int r = 1; r < slots; ++r) {
           const float u = s_lo[r * cols + cx], w = s_hi[r * cols + cx];
           a = u < a ? u : a;
@@ -618,10 +873,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Minima and maxima (in place) -> fp32 scale and zero, and the fp16 outputs.
-__global__ void FinalizeScalesKernel(float* mn_scale, float* mx_zero, int64_t n,
-                                     CudaCode code, int bits,
-                                     CudaQuantizeOutput out, int32_t* flag) {
+// Minima and maxima (in place) -> fp32 scale and zero, the reciprocal of the
+// scale, and the fp16 outputs.
+__global__ void FinalizeScalesKernel(float* mn_scale, float* mx_zero,
+                                     float* rcp, int64_t n, CudaCode code,
+                                     int bits, CudaQuantizeOutput out,
+                                     int32_t* flag) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const Scale s = ComputeScale(mn_scale[i], mx_zero[i], code, bits);
@@ -630,48 +887,127 @@ __global__ void FinalizeScalesKernel(float* mn_scale, float* mx_zero, int64_t n,
   if (code == CudaCode::kIntAsymmetric) out.zero_points[i] = s.zero_h;
   mn_scale[i] = s.scale;
   mx_zero[i] = s.zero;
+  rcp[i] = __frcp_rn(s.scale);
 }
 
 // Second pass of PER_LAYER / PER_HEAD / PER_CHANNEL: codes of one chunk.
-template <CudaDtype kIn, int kBits, int kC>
+template <CudaDtype kIn, CudaCode kCode, int kBits, int kC>
 __global__ void __launch_bounds__(kThreads)
-    EncodeKernel(CudaBlockView in, CudaCode code, CudaGranularity granularity,
+    EncodeKernel(CudaBlockView in, CudaGranularity granularity,
                  int runtime_chunk, bool vec, uint32_t chunks,
                  FastDiv chunks_per_row, FastDiv tokens, const float* scale,
-                 const float* zero, CudaQuantizeOutput out) {
+                 const float* zero, const float* rcp, CudaQuantizeOutput out,
+                 const int32_t* flag) {
   constexpr int kN = kC > 0 ? kC : kMaxChunk;
   const int chunk = kC > 0 ? kC : runtime_chunk;
+  __shared__ Nf4Table nf4;
+  if (kCode == CudaCode::kNf4) {
+    InitNf4Table(&nf4);
+    __syncthreads();
+  }
   const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= chunks) return;
   const uint32_t row = Div(c, chunks_per_row);
   const int64_t d0 = static_cast<int64_t>(c - row * chunks_per_row.d) * chunk;
   const uint32_t h = Div(row, tokens);
-  float x[kN];
-  LoadChunk<kIn>(in.data, SourceOffsetHT(in, h, row - h * tokens.d) + d0, chunk,
-                 vec, x);
+  uint32_t raw[kRawWords<kIn, kN>];
+  LoadChunk<kIn, kN>(in.data, SourceOffsetHT(in, h, row - h * tokens.d) + d0,
+                     chunk, vec, raw);
   uint8_t* dst =
       out.packed + (static_cast<int64_t>(row) * in.head_dim + d0) * kBits / 8;
+  // The first pass flagged NaN/Inf inputs (and Finalize overflowed scales).
+  const bool exact = *flag != 0;
+  uint32_t w[Words(kN, kBits)];
   if (granularity != CudaGranularity::kChannel) {
     const int64_t s = granularity == CudaGranularity::kHead ? h : 0;
-    EncodeStore<kBits, kN>(x, chunk, code, scale[s], zero[s], dst);
-    return;
-  }
-  uint32_t w[Words(kN, kBits)];
-#pragma unroll
-  for (int i = 0; i < Words(kN, kBits); ++i) w[i] = 0;
-  const int64_t s0 = static_cast<int64_t>(h) * in.head_dim + d0;
-#pragma unroll
-  for (int j = 0; j < kN; ++j) {
-    if (j < chunk) {
-      w[(j * kBits) / 32] |=
-          EncodeValue<kBits>(x[j], code, scale[s0 + j], zero[s0 + j])
-          << ((j * kBits) % 32);
-    }
+    const Coder<kCode, kBits> coder =
+        MakeCoder<kCode, kBits>(scale[s], rcp[s], zero[s], &nf4);
+    EncodeChunk<kIn, kCode, kBits, kN>(
+        raw, [&](int) { return coder; }, exact, w);
+  } else {
+    const int64_t s0 = static_cast<int64_t>(h) * in.head_dim + d0;
+    EncodeChunk<kIn, kCode, kBits, kN>(
+        raw,
+        [&](int j) {
+          const int64_t s = s0 + (j < chunk ? j : 0);
+          return MakeCoder<kCode, kBits>(scale[s], rcp[s], zero[s], &nf4);
+        },
+        exact, w);
   }
   StoreBytes(dst, w, chunk * kBits / 8);
 }
 
-template <CudaDtype kOut, int kN>
+// Value of code q (Dequantize's formulas). `cb`: the NF4 codebook, or the
+// 256 FP8 values (DecodeFp8), in shared memory.
+template <CudaCode kCode, int kBits>
+__device__ __forceinline__ float DecodeValue(uint32_t q, float scale,
+                                             float zero, const float* cb) {
+  if constexpr (kCode == CudaCode::kIntSymmetric) {
+    return __fmul_rn(
+        __fsub_rn(static_cast<float>(q), static_cast<float>(1 << (kBits - 1))),
+        scale);
+  } else if constexpr (kCode == CudaCode::kIntAsymmetric) {
+    return __fadd_rn(__fmul_rn(static_cast<float>(q), scale), zero);
+  } else if constexpr (kCode == CudaCode::kNf4) {
+    return __fmul_rn(cb[q & 15], scale);
+  } else {
+    return __fmul_rn(cb[q & 0xFF], scale);
+  }
+}
+
+// Values of a chunk of codes with one scale. INT: the code field of bits
+// [p, p + kBits) (p < 16, within a 16-bit half) or'ed into 2^23's bits is
+// exactly 2^23 + q 2^p; subtracting 2^23 + offset 2^p is exact, and
+// multiplying by scale 2^-p (exact: |scale| >= 2^-24 or 0) rounds the same
+// real product as (q - offset) * scale.
+template <CudaCode kCode, int kBits, int kN>
+__device__ __forceinline__ void DecodeUniform(
+    const uint32_t (&w)[Words(kN, kBits)], float scale, float zero,
+    const float* cb, float (&v)[kN]) {
+  constexpr bool kInt =
+      kCode == CudaCode::kIntSymmetric || kCode == CudaCode::kIntAsymmetric;
+  constexpr bool kAsym = kCode == CudaCode::kIntAsymmetric;
+  constexpr uint32_t kMask = (1u << kBits) - 1;
+  constexpr float kTwo23 = 8388608.0f;
+  if constexpr (kInt && kBits == 8) {
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      const float f =
+          __uint_as_float(__byte_perm(w[j / 4], 0x4B000000u, 0x7440 + j % 4));
+      v[j] = kAsym ? __fadd_rn(__fmul_rn(__fsub_rn(f, kTwo23), scale), zero)
+                   : __fmul_rn(__fsub_rn(f, kTwo23 + 128.0f), scale);
+    }
+  } else if constexpr (kInt) {
+    constexpr int kFields = 16 / kBits;  // Per 16-bit half.
+    float sc[kFields];
+#pragma unroll
+    for (int t = 0; t < kFields; ++t) {
+      sc[t] = __fmul_rn(scale, __uint_as_float((127u - t * kBits) << 23));
+    }
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      const int bit = (j * kBits) % 32;
+      const uint32_t half =
+          bit >= 16 ? w[j * kBits / 32] >> 16 : w[j * kBits / 32];
+      const int t = (bit % 16) / kBits;
+      const int p = t * kBits;
+      const float f = __uint_as_float(0x4B000000u | (half & (kMask << p)));
+      v[j] =
+          kAsym ? __fadd_rn(__fmul_rn(__fsub_rn(f, kTwo23), sc[t]), zero)
+                : __fmul_rn(__fsub_rn(f, kTwo23 + static_cast<float>(
+                                                      (1 << (kBits - 1)) << p)),
+                            sc[t]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      const uint32_t q = (w[(j * kBits) / 32] >> ((j * kBits) % 32)) & kMask;
+      v[j] = DecodeValue<kCode, kBits>(q, scale, zero, cb);
+    }
+  }
+}
+
+template <CudaDtype kOut, CudaCode kCode, int kN>
 __device__ __forceinline__ void StoreChunk(void* data, int64_t offset,
                                            const float (&v)[kN], int n) {
   if constexpr (kOut == CudaDtype::kFp32) {
@@ -692,14 +1028,25 @@ __device__ __forceinline__ void StoreChunk(void* data, int64_t offset,
       }
     }
   } else {
+    // FP8 codes can decode to NaN, which c10 turns into 0x7FC0 (bf16); the
+    // other codes decode to finite values, where the hardware's pair
+    // conversions round to nearest even exactly as c10 and ATen do.
+    constexpr bool kMayBeNaN =
+        kCode == CudaCode::kFp8E4M3 || kCode == CudaCode::kFp8E5M2;
     uint32_t w[kN / 2];
 #pragma unroll
     for (int i = 0; i < kN / 2; ++i) {
-      const uint32_t a = kOut == CudaDtype::kBf16 ? FloatToBf16(v[2 * i])
-                                                  : FloatToHalf(v[2 * i]);
-      const uint32_t b = kOut == CudaDtype::kBf16 ? FloatToBf16(v[2 * i + 1])
-                                                  : FloatToHalf(v[2 * i + 1]);
-      w[i] = a | (b << 16);
+      if constexpr (kMayBeNaN) {
+        const uint32_t a = kOut == CudaDtype::kBf16 ? FloatToBf16(v[2 * i])
+                                                    : FloatToHalf(v[2 * i]);
+        const uint32_t b = kOut == CudaDtype::kBf16 ? FloatToBf16(v[2 * i + 1])
+                                                    : FloatToHalf(v[2 * i + 1]);
+        w[i] = a | (b << 16);
+      } else if constexpr (kOut == CudaDtype::kBf16) {
+        w[i] = BitsOf(__floats2bfloat162_rn(v[2 * i], v[2 * i + 1]));
+      } else {
+        w[i] = BitsOf(__floats2half2_rn(v[2 * i], v[2 * i + 1]));
+      }
     }
     StoreBytes(
         reinterpret_cast<uint8_t*>(static_cast<uint16_t*>(data) + offset), w,
@@ -708,24 +1055,35 @@ __device__ __forceinline__ void StoreChunk(void* data, int64_t offset,
 }
 
 // Unpacks and dequantizes one chunk of `chunk` values of a row.
-template <CudaDtype kOut, int kBits, int kC>
+template <CudaDtype kOut, CudaCode kCode, int kBits, int kC>
 __global__ void __launch_bounds__(kThreads)
-    DequantizeKernel(CudaDequantizeInput in, CudaCode code,
-                     CudaGranularity granularity, FastDiv group, FastDiv tokens,
+    DequantizeKernel(CudaDequantizeInput in, CudaGranularity granularity,
+                     FastDiv group, uint32_t groups_per_row, FastDiv tokens,
                      int64_t head_dim, int runtime_chunk, uint32_t chunks,
                      FastDiv chunks_per_row, void* out) {
   constexpr int kN = kC > 0 ? kC : kMaxChunk;
   const int chunk = kC > 0 ? kC : runtime_chunk;
+  // Code values (NF4 codebook, FP8 decode table): per-thread indices.
+  constexpr bool kFp8 =
+      kCode == CudaCode::kFp8E4M3 || kCode == CudaCode::kFp8E5M2;
+  __shared__ float cb[kFp8 ? 256 : 16];
+  if (kCode == CudaCode::kNf4) {
+    if (threadIdx.x < 16) cb[threadIdx.x] = kNf4Codebook[threadIdx.x];
+    __syncthreads();
+  } else if (kFp8) {
+    static_assert(kThreads == 256, "one FP8 code per thread");
+    cb[threadIdx.x] = DecodeFp8(threadIdx.x, kCode == CudaCode::kFp8E5M2);
+    __syncthreads();
+  }
   const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= chunks) return;
   const uint32_t row = Div(c, chunks_per_row);
   const uint32_t d0 = (c - row * chunks_per_row.d) * chunk;
   const uint32_t h = Div(row, tokens);
   const int64_t first = static_cast<int64_t>(row) * head_dim + d0;
-  // The scale of value j is s0 + (per_value ? j : 0), except for groups
-  // that a chunk straddles (s0 < 0: computed per value).
-  int64_t s0;
-  bool per_value = false;
+  // One scale for the whole chunk (s0), except PER_CHANNEL and groups that
+  // the chunk straddles.
+  int64_t s0 = -1;
   switch (granularity) {
     case CudaGranularity::kLayer:
       s0 = 0;
@@ -737,56 +1095,51 @@ __global__ void __launch_bounds__(kThreads)
       s0 = row;
       break;
     case CudaGranularity::kChannel:
-      s0 = static_cast<int64_t>(h) * head_dim + d0;
-      per_value = true;
       break;
     default: {
       const uint32_t g0 = Div(d0, group);
-      s0 = Div(d0 + chunk - 1, group) == g0
-               ? static_cast<int64_t>(row) * (head_dim / group.d) + g0
-               : -1;
+      if (Div(d0 + chunk - 1, group) == g0) {
+        s0 = static_cast<int64_t>(row) * groups_per_row + g0;
+      }
       break;
     }
   }
   uint32_t w[Words(kN, kBits)];
   LoadBytes(in.packed + first * kBits / 8, w, chunk * kBits / 8);
   float v[kN];
+  if (s0 >= 0) {
+    const float zero = kCode == CudaCode::kIntAsymmetric
+                           ? HalfToFloat(in.zero_points[s0])
+                           : 0.0f;
+    DecodeUniform<kCode, kBits, kN>(w, HalfToFloat(in.scales[s0]), zero, cb, v);
+  } else {
 #pragma unroll
-  for (int j = 0; j < kN; ++j) {
-    v[j] = 0.0f;
-    if (j < chunk) {
+    for (int j = 0; j < kN; ++j) {
+      const uint32_t dj = d0 + (j < chunk ? j : 0);
+      const int64_t s =
+          granularity == CudaGranularity::kChannel
+              ? static_cast<int64_t>(h) * head_dim + dj
+              : static_cast<int64_t>(row) * groups_per_row + Div(dj, group);
       const uint32_t q =
           (w[(j * kBits) / 32] >> ((j * kBits) % 32)) & ((1u << kBits) - 1);
-      const int64_t s = s0 >= 0
-                            ? s0 + (per_value ? j : 0)
-                            : static_cast<int64_t>(row) * (head_dim / group.d) +
-                                  Div(d0 + j, group);
-      const float scale = HalfToFloat(in.scales[s]);
-      float value;
-      if (code == CudaCode::kIntSymmetric) {
-        value = __fmul_rn(__fsub_rn(static_cast<float>(q),
-                                    static_cast<float>(1 << (kBits - 1))),
-                          scale);
-      } else if (code == CudaCode::kIntAsymmetric) {
-        value = __fadd_rn(__fmul_rn(static_cast<float>(q), scale),
-                          HalfToFloat(in.zero_points[s]));
-      } else if (code == CudaCode::kNf4) {
-        value = __fmul_rn(kNf4Codebook[q & 15], scale);
-      } else {
-        value = __fmul_rn(DecodeFp8(q, code == CudaCode::kFp8E5M2), scale);
-      }
-      v[j] = value;
+      v[j] = DecodeValue<kCode, kBits>(q, HalfToFloat(in.scales[s]),
+                                       kCode == CudaCode::kIntAsymmetric
+                                           ? HalfToFloat(in.zero_points[s])
+                                           : 0.0f,
+                                       cb);
     }
   }
-  StoreChunk<kOut, kN>(out, first, v, chunk);
+  StoreChunk<kOut, kCode, kN>(out, first, v, chunk);
 }
 
 // ------------------------------------------------------------ host side
 
 // Values per thread along head_dim for the chunked kernels: divides `len`,
-// at most kMaxChunk, whole bytes of codes; 8 preferred. 0 if none.
-int ChooseChunk(int64_t len, int bits) {
-  for (int c : {8, 16, 32, 4}) {
+// at most kMaxChunk, whole bytes of codes; `preferred` first (the kernels
+// are specialized for it): 16, or 8 for the PER_CHANNEL reduction (whose
+// epilogue is serial in the chunk). 0 if none.
+int ChooseChunk(int64_t len, int bits, int preferred = 16) {
+  for (int c : {preferred, 16, 8, 32, 4}) {
     if (len % c == 0 && (c * bits) % 8 == 0) return c;
   }
   for (int c = kMaxChunk; c >= 1; --c) {
@@ -827,7 +1180,45 @@ unsigned int Blocks(int64_t threads) {
   return static_cast<unsigned int>((threads + kThreads - 1) / kThreads);
 }
 
-template <int kBits>
+template <CudaCode C, int B>
+struct CodeTag {
+  static constexpr CudaCode kCode = C;
+  static constexpr int kBits = B;
+};
+
+// Calls fn(CodeTag<code, bits>()) for the valid (code, bits) pairs of `p`.
+template <typename Fn>
+cudaError_t WithCode(const CudaQuantParams& p, Fn&& fn) {
+  using C = CudaCode;
+  switch (p.code) {
+    case C::kIntSymmetric:
+      if (p.bits == 8) return fn(CodeTag<C::kIntSymmetric, 8>());
+      if (p.bits == 4) return fn(CodeTag<C::kIntSymmetric, 4>());
+      if (p.bits == 2) return fn(CodeTag<C::kIntSymmetric, 2>());
+      break;
+    case C::kIntAsymmetric:
+      if (p.bits == 8) return fn(CodeTag<C::kIntAsymmetric, 8>());
+      if (p.bits == 4) return fn(CodeTag<C::kIntAsymmetric, 4>());
+      if (p.bits == 2) return fn(CodeTag<C::kIntAsymmetric, 2>());
+      break;
+    case C::kNf4:
+      if (p.bits == 4) return fn(CodeTag<C::kNf4, 4>());
+      break;
+    case C::kFp8E4M3:
+      if (p.bits == 8) return fn(CodeTag<C::kFp8E4M3, 8>());
+      break;
+    case C::kFp8E5M2:
+      if (p.bits == 8) return fn(CodeTag<C::kFp8E5M2, 8>());
+      break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Workspace of the two-pass granularities: minima (then scales), maxima
+// (then zero points) and reciprocals of the scales, n floats each.
+int64_t WorkspaceFloats(int64_t n_scales) { return 3 * n_scales; }
+
+template <CudaCode kCode, int kBits>
 cudaError_t LaunchQuantize(const CudaBlockView& in, const CudaQuantParams& p,
                            const CudaQuantizeOutput& out, void* workspace,
                            int32_t* flag, cudaStream_t stream) {
@@ -849,12 +1240,12 @@ cudaError_t LaunchQuantize(const CudaBlockView& in, const CudaQuantParams& p,
     const FastDiv units_per_row =
         MakeFastDiv(static_cast<uint32_t>(in.head_dim / unit));
     const FastDiv tokens = MakeFastDiv(static_cast<uint32_t>(in.tokens));
-#define KVWIRE_ROW(D)                                                        \
-  (plan.chunk == 32                                                          \
-       ? RowQuantizeKernel<D, kBits, 32>                                     \
-       : RowQuantizeKernel<D, kBits,                                         \
-                           0>)<<<Blocks(threads), kThreads, 0, stream>>>(    \
-      in, p.code, plan.chunk, plan.lanes_log2, static_cast<uint32_t>(units), \
+#define KVWIRE_ROW(D)                                                     \
+  (plan.chunk == 32                                                       \
+       ? RowQuantizeKernel<D, kCode, kBits, 32>                           \
+       : RowQuantizeKernel<D, kCode, kBits,                               \
+                           0>)<<<Blocks(threads), kThreads, 0, stream>>>( \
+      in, plan.chunk, plan.lanes_log2, static_cast<uint32_t>(units),      \
       units_per_row, tokens, vec, out, flag)
     switch (in.dtype) {
       case CudaDtype::kBf16:
@@ -874,6 +1265,7 @@ cudaError_t LaunchQuantize(const CudaBlockView& in, const CudaQuantParams& p,
   const int64_t n_scales = CudaScaleCount(p, in.heads, in.tokens, in.head_dim);
   float* mn = static_cast<float*>(workspace);
   float* mx = mn + n_scales;
+  float* rcp = mx + n_scales;
   InitMinMaxKernel<<<Blocks(n_scales), kThreads, 0, stream>>>(
       mn, mx, n_scales, rows == 0 ? 0.0f : kInf);
   const int chunk = ChooseChunk(in.head_dim, kBits);
@@ -884,17 +1276,19 @@ cudaError_t LaunchQuantize(const CudaBlockView& in, const CudaQuantParams& p,
       MakeFastDiv(static_cast<uint32_t>(in.tokens > 0 ? in.tokens : 1));
   if (rows > 0) {
     if (p.granularity == CudaGranularity::kChannel) {
-      const int slots = kThreads / static_cast<int>(in.head_dim / chunk);
+      const int rchunk = ChooseChunk(in.head_dim, kBits, 8);
+      const bool rvec = aligned(rchunk);
+      const int slots = kThreads / static_cast<int>(in.head_dim / rchunk);
       // About 4 blocks per SM in total over the heads.
       int64_t gx = (1024 + in.heads - 1) / in.heads;
       const int64_t need = (in.tokens + slots - 1) / slots;
       if (gx > need) gx = need;
       const dim3 grid(static_cast<unsigned int>(gx),
                       static_cast<unsigned int>(in.heads));
-#define KVWIRE_CHANNEL(D)                                                  \
-  (chunk == 8 ? ChannelReduceKernel<D, 8>                                  \
-              : ChannelReduceKernel<D, 0>)<<<grid, kThreads, 0, stream>>>( \
-      in, chunk, vec, mn, mx, flag)
+#define KVWIRE_CHANNEL(D)                                                   \
+  (rchunk == 8 ? ChannelReduceKernel<D, 8>                                  \
+               : ChannelReduceKernel<D, 0>)<<<grid, kThreads, 0, stream>>>( \
+      in, rchunk, rvec, mn, mx, flag)
       switch (in.dtype) {
         case CudaDtype::kBf16:
           KVWIRE_CHANNEL(CudaDtype::kBf16);
@@ -918,8 +1312,8 @@ cudaError_t LaunchQuantize(const CudaBlockView& in, const CudaQuantParams& p,
       const dim3 grid(static_cast<unsigned int>(gx),
                       static_cast<unsigned int>(spans));
 #define KVWIRE_SPAN(D)                                                      \
-  (chunk == 8 ? SpanReduceKernel<D, 8>                                      \
-              : SpanReduceKernel<D, 0>)<<<grid, kThreads, 0, stream>>>(     \
+  (chunk == 16 ? SpanReduceKernel<D, 16>                                    \
+               : SpanReduceKernel<D, 0>)<<<grid, kThreads, 0, stream>>>(    \
       in, chunk, vec, static_cast<uint32_t>(rows_per_span), chunks_per_row, \
       tokens, mn, mx, flag)
       switch (in.dtype) {
@@ -937,15 +1331,15 @@ cudaError_t LaunchQuantize(const CudaBlockView& in, const CudaQuantParams& p,
     }
   }
   FinalizeScalesKernel<<<Blocks(n_scales), kThreads, 0, stream>>>(
-      mn, mx, n_scales, p.code, kBits, out, flag);
+      mn, mx, rcp, n_scales, kCode, kBits, out, flag);
   if (rows > 0) {
     const int64_t chunks = rows * (in.head_dim / chunk);
-#define KVWIRE_ENCODE(D)                                                      \
-  (chunk == 8                                                                 \
-       ? EncodeKernel<D, kBits, 8>                                            \
-       : EncodeKernel<D, kBits, 0>)<<<Blocks(chunks), kThreads, 0, stream>>>( \
-      in, p.code, p.granularity, chunk, vec, static_cast<uint32_t>(chunks),   \
-      chunks_per_row, tokens, mn, mx, out)
+#define KVWIRE_ENCODE(D)                                                    \
+  (chunk == 16 ? EncodeKernel<D, kCode, kBits, 16>                          \
+               : EncodeKernel<D, kCode, kBits,                              \
+                              0>)<<<Blocks(chunks), kThreads, 0, stream>>>( \
+      in, p.granularity, chunk, vec, static_cast<uint32_t>(chunks),         \
+      chunks_per_row, tokens, mn, mx, rcp, out, flag)
     switch (in.dtype) {
       case CudaDtype::kBf16:
         KVWIRE_ENCODE(CudaDtype::kBf16);
@@ -962,7 +1356,7 @@ cudaError_t LaunchQuantize(const CudaBlockView& in, const CudaQuantParams& p,
   return cudaGetLastError();
 }
 
-template <int kBits>
+template <CudaCode kCode, int kBits>
 cudaError_t LaunchDequantize(const CudaDequantizeInput& in,
                              const CudaQuantParams& p, int64_t heads,
                              int64_t tokens, int64_t head_dim,
@@ -971,15 +1365,17 @@ cudaError_t LaunchDequantize(const CudaDequantizeInput& in,
   const int chunk = ChooseChunk(head_dim, kBits);
   const int64_t chunks = heads * tokens * (head_dim / chunk);
   if (chunks == 0) return cudaSuccess;
-#define KVWIRE_DEQUANT(D)                                                      \
-  (chunk == 8 ? DequantizeKernel<D, kBits, 8>                                  \
-              : DequantizeKernel<D, kBits,                                     \
-                                 0>)<<<Blocks(chunks), kThreads, 0, stream>>>( \
-      in, p.code, p.granularity,                                               \
-      MakeFastDiv(p.granularity == CudaGranularity::kGroup ? p.group_size      \
-                                                           : 1),               \
-      MakeFastDiv(static_cast<uint32_t>(tokens)), head_dim, chunk,             \
-      static_cast<uint32_t>(chunks),                                           \
+  const int64_t group =
+      p.granularity == CudaGranularity::kGroup ? p.group_size : 1;
+#define KVWIRE_DEQUANT(D)                                               \
+  (chunk == 16                                                          \
+       ? DequantizeKernel<D, kCode, kBits, 16>                          \
+       : DequantizeKernel<D, kCode, kBits,                              \
+                          0>)<<<Blocks(chunks), kThreads, 0, stream>>>( \
+      in, p.granularity, MakeFastDiv(static_cast<uint32_t>(group)),     \
+      static_cast<uint32_t>(head_dim / group),                          \
+      MakeFastDiv(static_cast<uint32_t>(tokens)), head_dim, chunk,      \
+      static_cast<uint32_t>(chunks),                                    \
       MakeFastDiv(static_cast<uint32_t>(head_dim / chunk)), out)
   switch (out_dtype) {
     case CudaDtype::kBf16:
@@ -1042,7 +1438,7 @@ bool CudaQuantizeSupports(const CudaQuantParams& params, int64_t head_dim) {
       return params.group_size > 0 && head_dim % params.group_size == 0 &&
              ChooseRowPlan(params.group_size, params.bits).chunk > 0;
     case CudaGranularity::kChannel:
-      return head_dim / chunk <= kThreads;
+      return head_dim / ChooseChunk(head_dim, params.bits, 8) <= kThreads;
     case CudaGranularity::kLayer:
     case CudaGranularity::kHead:
       return true;
@@ -1053,7 +1449,8 @@ bool CudaQuantizeSupports(const CudaQuantParams& params, int64_t head_dim) {
 int64_t CudaQuantizeWorkspaceBytes(const CudaQuantParams& params, int64_t heads,
                                    int64_t tokens, int64_t head_dim) {
   if (IsRowGranularity(params.granularity)) return 0;
-  return 2 * sizeof(float) * CudaScaleCount(params, heads, tokens, head_dim);
+  return sizeof(float) *
+         WorkspaceFloats(CudaScaleCount(params, heads, tokens, head_dim));
 }
 
 cudaError_t CudaQuantize(const CudaBlockView& input,
@@ -1067,17 +1464,11 @@ cudaError_t CudaQuantize(const CudaBlockView& input,
   }
   cudaError_t e = cudaMemsetAsync(error_flag, 0, sizeof(int32_t), stream);
   if (e != cudaSuccess) return e;
-  switch (params.bits) {
-    case 8:
-      return LaunchQuantize<8>(input, params, out, workspace, error_flag,
-                               stream);
-    case 4:
-      return LaunchQuantize<4>(input, params, out, workspace, error_flag,
-                               stream);
-    default:
-      return LaunchQuantize<2>(input, params, out, workspace, error_flag,
-                               stream);
-  }
+  return WithCode(params, [&](auto tag) {
+    using Tag = decltype(tag);
+    return LaunchQuantize<Tag::kCode, Tag::kBits>(input, params, out, workspace,
+                                                  error_flag, stream);
+  });
 }
 
 cudaError_t CudaDequantize(const CudaDequantizeInput& input,
@@ -1091,17 +1482,11 @@ cudaError_t CudaDequantize(const CudaDequantizeInput& input,
        (params.group_size <= 0 || head_dim % params.group_size != 0))) {
     return cudaErrorInvalidValue;
   }
-  switch (params.bits) {
-    case 8:
-      return LaunchDequantize<8>(input, params, heads, tokens, head_dim,
-                                 out_dtype, out, stream);
-    case 4:
-      return LaunchDequantize<4>(input, params, heads, tokens, head_dim,
-                                 out_dtype, out, stream);
-    default:
-      return LaunchDequantize<2>(input, params, heads, tokens, head_dim,
-                                 out_dtype, out, stream);
-  }
+  return WithCode(params, [&](auto tag) {
+    using Tag = decltype(tag);
+    return LaunchDequantize<Tag::kCode, Tag::kBits>(
+        input, params, heads, tokens, head_dim, out_dtype, out, stream);
+  });
 }
 
 }  // namespace kvwire

@@ -1,11 +1,13 @@
 // Fused CUDA encoder and decoder for KV blocks: token gather, per-scale
 // minimum and maximum, fp16 scales rounded exactly as the CPU kernel
 // (cpu_quantize.h) and the ATen reference round them, codes and bit packing,
-// and the inverse. Bit-identical to the CPU path (this file's kernels are
-// compiled with -fmad=false and use only correctly rounded fp32 operations in
-// the CPU kernel's order). Pure CUDA runtime: no Torch, no protobuf; only
-// built with KVWIRE_WITH_CUDA. cuda_codec.h wires it behind Quantize,
-// Dequantize and the stream encoder/decoder.
+// and the inverse. Bit-identical to the CPU path (the kernels are compiled
+// with -fmad=false and use correctly rounded fp32 operations in the CPU
+// kernel's order, except that each value's division by its scale is an
+// exactly equivalent multiply and FMA: cuda_quantize.cu says why). Pure CUDA
+// runtime: no Torch, no protobuf; only built with KVWIRE_WITH_CUDA.
+// cuda_codec.h wires it behind Quantize, Dequantize and the stream
+// encoder/decoder.
 //
 // Passes over the data:
 //  * PER_TOKEN and PER_GROUP: one fused kernel; each scale's values are read

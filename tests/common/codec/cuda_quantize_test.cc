@@ -7,13 +7,19 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "common/codec/cpu_quantize.h"
 #include "common/codec/cuda_codec.h"
 #include "common/codec/kv_codec.h"
+#include "common/codec/number_formats.h"
 #include "common/codec/quantizer.h"
 #include "common/codec/synthetic_kv.h"
 
@@ -176,6 +182,170 @@ TEST_F(CudaQuantizeTest, EncodeAndDecodeMatchTheCpuBitForBit) {
   EXPECT_GT(checked, 1000);
 }
 
+// Rounding boundaries of a scheme's codes as quotients x / scale (INT
+// half-integers, NF4 midpoints, midpoints of consecutive FP8 values), and
+// the largest quotient (the scale's divisor).
+std::vector<double> CodeBoundaries(v1::Scheme scheme, bool asym, double* qmax) {
+  std::vector<double> b;
+  const int bits = BitsPerValue(scheme);
+  if (IsIntScheme(scheme)) {
+    const int hi = asym ? (1 << bits) - 1 : (1 << (bits - 1)) - 1;
+    const int lo = asym ? 0 : -hi;
+    for (int k = lo; k < hi; ++k) b.push_back(k + 0.5);
+    *qmax = hi;
+  } else if (scheme == v1::SCHEME_NF4) {
+    for (float m : Nf4Midpoints()) b.push_back(m);
+    *qmax = 1;
+  } else {
+    std::vector<double> v;
+    for (int c = 0; c < 0x80; ++c) {
+      const float f = DecodeFp8(static_cast<uint8_t>(c), scheme);
+      if (std::isfinite(f) && f <= Fp8MaxFinite(scheme)) v.push_back(f);
+    }
+    std::sort(v.begin(), v.end());
+    for (size_t i = 0; i + 1 < v.size(); ++i) {
+      b.push_back((v[i] + v[i + 1]) / 2);
+      b.push_back(-(v[i] + v[i + 1]) / 2);
+    }
+    *qmax = Fp8MaxFinite(scheme);
+  }
+  return b;
+}
+
+// fp32 -> fp16 rounded up, as the scales are.
+float RoundUpToHalf(float v) {
+  uint16_t h = FloatToHalfBits(v);
+  if (HalfBitsToFloat(h) < v) ++h;
+  return HalfBitsToFloat(h);
+}
+
+// The kernels code without dividing (cuda_quantize.cu): quotients a few
+// ulps either side of every rounding boundary (and exactly on it), with
+// random fp16 scales, plus signed zeros and subnormals, in every input dtype
+// and granularity, give the CPU's bytes. Every scale unit (token, group of 8,
+// head, layer, channel) holds the anchor A = qmax * s, so that all scales
+// are s, and, asymmetric, a 0, so that all zero points are 0.
+TEST_F(CudaQuantizeTest, NearBoundaryQuotientsMatchTheCpu) {
+  std::mt19937 rng(20240611);
+  at::manual_seed(11);
+  const int64_t heads = 2, tokens = 24, dim = 64, group = 8;
+  // Scale units' anchors: every 8th channel of every token, every channel
+  // of token 0 (and, for the zero minimum, the next ones).
+  const at::Tensor d_idx = at::arange(dim).view({1, 1, dim});
+  const at::Tensor t_idx = at::arange(tokens).view({1, tokens, 1});
+  const at::Tensor max_at =
+      d_idx.remainder(group).eq(0).logical_or(t_idx.eq(0));
+  const at::Tensor min_at = d_idx.remainder(group)
+                                .eq(1)
+                                .logical_or(t_idx.eq(1))
+                                .logical_and(max_at.logical_not());
+  int checked = 0;
+  for (v1::Scheme scheme : kSchemes) {
+    for (bool asym : {false, true}) {
+      if (asym && !IsIntScheme(scheme)) continue;
+      double qmax;
+      const std::vector<double> bounds = CodeBoundaries(scheme, asym, &qmax);
+      for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+        for (int trial = 0; trial < 6; ++trial) {
+          // A representable in the dtype (and below fp16's maximum); s as
+          // the CPU computes it.
+          const float target = std::min(
+              std::ldexp(
+                  1.0f + std::uniform_real_distribution<float>(0, 1)(rng),
+                  std::uniform_int_distribution<int>(-12, 2)(rng)),
+              static_cast<float>(30000 / qmax));
+          const float anchor = at::tensor({static_cast<float>(qmax * target)})
+                                   .to(dtype)
+                                   .to(at::kFloat)
+                                   .item<float>();
+          const int bits = BitsPerValue(scheme);
+          const float divisor = asym ? static_cast<float>((1 << bits) - 1)
+                                     : static_cast<float>(qmax);
+          const float s = RoundUpToHalf(
+              std::max(anchor / divisor, static_cast<float>(kScaleEpsilon)));
+          std::vector<float> x(heads * tokens * dim);
+          for (float& v : x) {
+            const double b = bounds[std::uniform_int_distribution<size_t>(
+                0, bounds.size() - 1)(rng)];
+            v = static_cast<float>(b * s);
+          }
+          at::Tensor xt =
+              at::from_blob(x.data(), {heads, tokens, dim}, at::kFloat)
+                  .to(dtype);
+          // A few ulps either side: a random step of the raw bits of the
+          // normal values (the sign never flips).
+          {
+            at::Tensor bits_view =
+                dtype == at::kFloat ? xt.view(at::kInt) : xt.view(at::kShort);
+            const at::Tensor step =
+                at::randint(-3, 4, xt.sizes(),
+                            at::TensorOptions().dtype(bits_view.scalar_type()));
+            const double min_normal = dtype == at::kHalf ? 6.2e-5 : 1.2e-38;
+            const at::Tensor normal = xt.abs().to(at::kFloat).ge(min_normal);
+            bits_view.add_(step.mul(normal.to(step.scalar_type())));
+          }
+          const at::Tensor a = at::full({}, anchor).to(dtype);
+          xt = at::minimum(at::maximum(xt, asym ? at::zeros_like(a) : -a), a);
+          // Signed zeros and subnormals (no -0 asymmetric: the sign of a
+          // zero minimum is order-dependent, on the CPU too).
+          const float tiny = dtype == at::kFloat  ? 1e-44f
+                             : dtype == at::kHalf ? 6e-8f
+                                                  : 1e-39f;
+          const std::vector<float> specials = {0.0f, -0.0f, tiny, -tiny,
+                                               3 * tiny};
+          at::Tensor flat = xt.view({-1});
+          for (int i = 0; i < 24; ++i) {
+            float v = specials[rng() % specials.size()];
+            if (asym) v = std::fabs(v);
+            flat[rng() % flat.numel()] = v;
+          }
+          // Anchors: A (and 0) in every scale unit.
+          xt = at::where(max_at, a, xt);
+          if (asym) xt = at::where(min_at, at::zeros_like(a), xt);
+          for (v1::Granularity g : kGranularities) {
+            QuantParams p;
+            p.scheme = scheme;
+            p.granularity = g;
+            p.group_size = group;
+            p.asymmetric = asym;
+            const std::string what =
+                Describe(p, heads, tokens, dim, dtype, "near-boundary") +
+                " s=" + std::to_string(s);
+            auto cpu = Quantize(xt, p);
+            ASSERT_TRUE(cpu.ok()) << what << cpu.status();
+            // Every scale is s: the quotients sit where they were put.
+            const at::Tensor want_scales =
+                at::full(cpu->scales.sizes(),
+                         static_cast<int64_t>(FloatToHalfBits(s)), at::kShort);
+            ASSERT_TRUE(cpu->scales.view(at::kShort).equal(want_scales))
+                << what;
+            QuantizedTensor gpu;
+            auto done = CudaQuantizeTensor(xt.cuda(), at::Tensor(), p, &gpu);
+            ASSERT_TRUE(done.ok() && *done) << what;
+            EXPECT_EQ(Bytes(gpu.packed), Bytes(cpu->packed)) << what;
+            EXPECT_EQ(Bytes(gpu.scales), Bytes(cpu->scales)) << what;
+            EXPECT_EQ(Bytes(gpu.zero_points), Bytes(cpu->zero_points)) << what;
+            for (at::ScalarType out : {at::kFloat, at::kBFloat16, at::kHalf}) {
+              auto want = Dequantize(*cpu, p, heads, tokens, dim, out);
+              ASSERT_TRUE(want.ok()) << what;
+              QuantizedTensor on_gpu = *cpu;
+              on_gpu.packed = cpu->packed.cuda();
+              at::Tensor got;
+              auto d = CudaDequantizeTensor(on_gpu, p, heads, tokens, dim, out,
+                                            &got);
+              ASSERT_TRUE(d.ok() && *d) << what;
+              EXPECT_EQ(Bytes(got), Bytes(*want))
+                  << what << " decode to " << c10::toString(out);
+            }
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 9 * 3 * 6 * 5);
+}
+
 // Non-contiguous views (a slice of a larger preallocated cache) are read in
 // place and give the same bytes.
 TEST_F(CudaQuantizeTest, StridedViewsMatch) {
@@ -207,26 +377,38 @@ TEST_F(CudaQuantizeTest, StridedViewsMatch) {
 // NaN/Inf and fp16 overflow: the kernels decline and Quantize reports the
 // CPU path's error.
 TEST_F(CudaQuantizeTest, NonFiniteInputFallsBackToTheSameError) {
-  QuantParams p;
-  p.scheme = v1::SCHEME_INT8;
-  for (v1::Granularity g : kGranularities) {
-    p.granularity = g;
-    at::Tensor x = at::randn({2, 9, 64});
-    x[1][4][7] = std::numeric_limits<float>::quiet_NaN();
-    QuantizedTensor q;
-    auto done = CudaQuantizeTensor(x.cuda(), at::Tensor(), p, &q);
-    ASSERT_TRUE(done.ok());
-    EXPECT_FALSE(*done);
-    auto cpu = Quantize(x, p);
-    auto gpu = Quantize(x.cuda(), p);
-    ASSERT_FALSE(gpu.ok());
-    EXPECT_EQ(gpu.status().code(), cpu.status().code());
-    EXPECT_EQ(gpu.status().message(), cpu.status().message());
-    at::Tensor big = at::full({1, 4, 64}, 1e30f);
-    auto big_gpu = Quantize(big.cuda(), p);
-    auto big_cpu = Quantize(big, p);
-    ASSERT_FALSE(big_gpu.ok());
-    EXPECT_EQ(big_gpu.status().message(), big_cpu.status().message());
+  for (v1::Scheme scheme : kSchemes) {
+    for (bool asym : {false, true}) {
+      if (asym && !IsIntScheme(scheme)) continue;
+      QuantParams p;
+      p.scheme = scheme;
+      p.asymmetric = asym;
+      for (v1::Granularity g : kGranularities) {
+        p.granularity = g;
+        for (float bad : {std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()}) {
+          const std::string what =
+              Describe(p, 2, 9, 64, at::kFloat, "") + std::to_string(bad);
+          at::Tensor x = at::randn({2, 9, 64});
+          x[1][4][7] = bad;
+          QuantizedTensor q;
+          auto done = CudaQuantizeTensor(x.cuda(), at::Tensor(), p, &q);
+          ASSERT_TRUE(done.ok()) << what;
+          EXPECT_FALSE(*done) << what;
+          auto cpu = Quantize(x, p);
+          auto gpu = Quantize(x.cuda(), p);
+          ASSERT_FALSE(gpu.ok()) << what;
+          EXPECT_EQ(gpu.status().code(), cpu.status().code()) << what;
+          EXPECT_EQ(gpu.status().message(), cpu.status().message()) << what;
+        }
+        at::Tensor big = at::full({1, 4, 64}, 1e30f);
+        auto big_gpu = Quantize(big.cuda(), p);
+        auto big_cpu = Quantize(big, p);
+        ASSERT_FALSE(big_gpu.ok());
+        EXPECT_EQ(big_gpu.status().message(), big_cpu.status().message());
+      }
+    }
   }
 }
 
