@@ -104,7 +104,9 @@ fi
 if want load || want transport; then
 step "timeline and concurrency"
 export KVWIRE_RECEIVER_FLAGS="--workers=16 --queue_size=128 ${KVWIRE_RECEIVER_FLAGS:-}"
-export KVWIRE_SHARER_FLAGS="--workers=4 --max_batch_size=8 --queue_size=128 ${KVWIRE_SHARER_FLAGS:-}"
+# Batch-1 graph prefills (~1.6 ms each) beat the sharer's eager batched
+# prefill of several requests, so the sharer does not batch here.
+export KVWIRE_SHARER_FLAGS="--workers=8 --max_batch_size=1 --queue_size=128 ${KVWIRE_SHARER_FLAGS:-}"
 kvwire_gpu_start_services "$sharer_device" "$receiver_device"
 fi
 if want load; then
