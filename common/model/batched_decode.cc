@@ -14,21 +14,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 namespace kvwire {
 namespace {
-
-template <typename F>
-auto Guard(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat(what, ": ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-  }
-}
 
 c10::Stream CurrentStream(c10::Device device) {
   return c10::impl::VirtualGuardImpl(device.type()).getStream(device);
@@ -87,7 +76,7 @@ absl::StatusOr<KvCache> KvSlotPool::Acquire(int64_t capacity) {
   auto lease = std::make_shared<KvSlotLease>();
   lease->pool = shared_from_this();
   lease->slot = slot;
-  return Guard("acquiring a KV cache slot", [&]() -> absl::StatusOr<KvCache> {
+  return Guarded("acquiring a KV cache slot", [&]() -> absl::StatusOr<KvCache> {
     c10::InferenceMode inference;
     const at::Tensor row = storage_.narrow(2, slot, 1);
     row.zero_();
@@ -190,7 +179,7 @@ void BatchedDecodeAccelerator::RunBatch(const Decoder& decoder,
     picked.push_back(p->slot);
   }
   at::Tensor out;
-  const absl::Status status = Guard("batched decode step", [&] {
+  const absl::Status status = Guarded("batched decode step", [&] {
     c10::InferenceMode inference;
     c10::StreamGuard stream_guard(batch.front()->stream);
     const c10::Device device = decoder.device();

@@ -33,6 +33,7 @@
 #include "common/model/batched_decode.h"
 #include "common/model/safetensors.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 #if TORCH_VERSION_MAJOR >= 2
 #include <ATen/ops/scaled_dot_product_attention.h>
@@ -43,19 +44,6 @@
 
 namespace kvwire {
 namespace {
-
-// Runs `f`, turning escaping Torch/standard exceptions into a status.
-template <typename F>
-auto Guarded(absl::string_view what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat(what, ": ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-  }
-}
 
 std::string ShapeString(at::IntArrayRef shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");

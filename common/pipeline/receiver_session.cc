@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/codec/token_selection.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 namespace kvwire {
 namespace {
@@ -19,17 +20,6 @@ using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Runs `fn`, turning a c10::Error into an INTERNAL status.
-template <typename Fn>
-auto Guarded(absl::string_view what, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat(what, ": ", e.what_without_backtrace()));
-  }
 }
 
 }  // namespace
