@@ -28,6 +28,12 @@
 # benchmarking range); kvwire-load is told the sharer's namespace with
 # --netns and refuses anything else.
 set -euo pipefail
+# glibc hands large freed blocks (the 4 MiB stream messages) back to the
+# kernel and faults fresh zeroed pages in for the next message: on the
+# transport stream that page churn was ~25 % of the CPU per byte (perf,
+# docs/PERFORMANCE.md). Keep such blocks in the heap for every process here.
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-268435456}
+export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-1073741824}
 KVWIRE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 links="unshaped,10gbit:0.1ms,1gbit:1ms,100mbit:10ms"
