@@ -30,7 +30,7 @@
 set -euo pipefail
 # glibc hands large freed blocks (the 4 MiB stream messages) back to the
 # kernel and faults fresh zeroed pages in for the next message: on the
-# transport stream that page churn was ~25 % of the CPU per byte (perf,
+# transport stream that page churn was 21-25 % of the busy CPU (perf,
 # docs/PERFORMANCE.md). Keep such blocks in the heap for every process here.
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-268435456}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-1073741824}

@@ -94,9 +94,11 @@ void KvSlotPool::Release(int64_t slot) {
 }
 
 struct BatchedDecodeAccelerator::Pending {
-  int64_t slot = 0;
-  int64_t token = 0;
-  int64_t position = 0;
+  Pending(int64_t slot, int64_t token, int64_t position, c10::Stream stream)
+      : slot(slot), token(token), position(position), stream(stream) {}
+  int64_t slot;
+  int64_t token;
+  int64_t position;
   c10::Stream stream;
   bool done = false;  // Guarded by mu_; the rest is written by the runner.
   absl::Status status;
@@ -121,8 +123,8 @@ absl::StatusOr<at::Tensor> BatchedDecodeAccelerator::DecodeStep(
     }
     return at::Tensor();
   }
-  Pending mine{lease->slot, token_id, cache.length(0),
-               CurrentStream(decoder.device())};
+  Pending mine(lease->slot, token_id, cache.length(0),
+               CurrentStream(decoder.device()));
   std::unique_lock<std::mutex> lock(mu_);
   queue_.push_back(&mine);
   changed_.notify_all();
@@ -169,14 +171,16 @@ void BatchedDecodeAccelerator::RunBatch(const Decoder& decoder,
   rows = std::min(rows, slots);
   const int64_t span =
       StaticDecodeSpan(last_position, capacity + 1, options_.min_span);
-  // Tokens, then positions; idle rows step token 0 at the scratch position.
-  std::vector<int64_t> host(2 * rows, 0);
-  std::fill(host.begin() + rows, host.end(), capacity);
-  std::vector<int64_t> picked;
-  for (const Pending* p : batch) {
+  // One upload per step: tokens, positions (idle rows step token 0 at the
+  // scratch position), then the busy slots whose logits are handed out.
+  const int64_t busy = static_cast<int64_t>(batch.size());
+  std::vector<int64_t> host(2 * rows + busy, 0);
+  std::fill(host.begin() + rows, host.begin() + 2 * rows, capacity);
+  for (int64_t i = 0; i < busy; ++i) {
+    const Pending* p = batch[i];
     host[p->slot] = p->token;
     host[rows + p->slot] = p->position;
-    picked.push_back(p->slot);
+    host[2 * rows + i] = p->slot;
   }
   at::Tensor out;
   const absl::Status status = Guarded("batched decode step", [&] {
@@ -191,20 +195,19 @@ void BatchedDecodeAccelerator::RunBatch(const Decoder& decoder,
                              index.dtype(at::kFloat));
     }
     const at::Tensor uploaded =
-        at::from_blob(host.data(), {2, rows}, at::kLong).to(device);
+        at::from_blob(host.data(), {static_cast<int64_t>(host.size())},
+                      at::kLong)
+            .to(device);
     StaticDecodeIo io;
     io.token = io_.token.narrow(0, 0, rows);
     io.position = io_.position.narrow(0, 0, rows);
     io.logits = io_.logits.narrow(0, 0, rows);
-    io.token.copy_(uploaded.select(0, 0));
-    io.position.copy_(uploaded.select(0, 1));
+    io.token.copy_(uploaded.narrow(0, 0, rows));
+    io.position.copy_(uploaded.narrow(0, rows, rows));
     const at::Tensor storage = pool_->storage().narrow(2, 0, rows);
     RETURN_IF_ERROR(runner_ ? runner_(decoder, io, storage, span)
                             : decoder.StaticDecodeStep(io, storage, span));
-    out = io_.logits.index_select(
-        0, at::from_blob(picked.data(), {static_cast<int64_t>(picked.size())},
-                         at::kLong)
-               .to(device));
+    out = io_.logits.index_select(0, uploaded.narrow(0, 2 * rows, busy));
     return absl::OkStatus();
   });
   for (size_t i = 0; i < batch.size(); ++i) {
