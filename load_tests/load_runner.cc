@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/protocol/wire_framing.h"
 #include "common/service/grpc_status.h"
 #include "common/service/security.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
@@ -30,7 +31,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // gRPC's length-prefixed message framing: 1 flag byte + 4 length bytes.
-constexpr int64_t kGrpcMessagePrefixBytes = 5;
 
 // What one call produced. Times are seconds since the point's start.
 struct Outcome {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/codec/scheme_table.h"
 #include "nlohmann/json.hpp"
 
 namespace kvwire {
@@ -76,8 +77,13 @@ std::string ExpandEnum(absl::string_view key, const std::string& value) {
   const std::string prefix = EnumPrefix(key);
   std::string upper = absl::AsciiStrToUpper(value);
   if (prefix.empty() || absl::StartsWith(upper, prefix)) return upper;
-  // The codec's short names.
-  if (prefix == "SCHEME_" && (upper == "FP8")) upper = "FP8_E4M3";
+  // The codec's short names and aliases (the scheme table's; a row's name is
+  // its enumerator's without the prefix).
+  if (prefix == "SCHEME_") {
+    if (const SchemeInfo* row = FindSchemeByName(value)) {
+      upper = absl::AsciiStrToUpper(row->name);
+    }
+  }
   if (prefix == "GRANULARITY_" &&
       (upper == "LAYER" || upper == "HEAD" || upper == "TOKEN" ||
        upper == "CHANNEL" || upper == "GROUP")) {

@@ -12,17 +12,13 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "common/clock.h"
+#include "common/protocol/request_validation.h"
 #include "common/service/grpc_status.h"
 #include "common/status_macros.h"
 
 namespace kvwire {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // U+FFFD, what a decode of an incomplete UTF-8 sequence ends with.
 constexpr absl::string_view kReplacementChar = "\xEF\xBF\xBD";
@@ -66,7 +62,7 @@ void CallControl::ClearCancelHook() {
 // ------------------------------------------------------------ AnswerRunner
 
 struct AnswerRunner::Attempt {
-  std::unique_ptr<AnswerSession> session;
+  std::unique_ptr<ReceiverSession> session;
   ShareOutcome outcome;
   bool transferred = false;  // A complete stream was received.
   ReceivedStream received;
@@ -99,7 +95,7 @@ absl::Status AnswerRunner::Validate(const v1::AnswerRequest& request) const {
 }
 
 absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
-                                  const std::vector<uint32_t>& prompt,
+                                  const std::vector<int64_t>& prompt,
                                   const v1::GenerationParams& generation,
                                   CallControl& control,
                                   Attempt& attempt) const {
@@ -118,14 +114,16 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
   }
   ASSIGN_OR_RETURN(attempt.session,
                    engine_->NewSession(prompt, max_new, /*fuse=*/true));
-  AnswerSession* session = attempt.session.get();
+  ReceiverSession* session = attempt.session.get();
   session->set_trace(control.trace());
   if (session->fused_length() == 0)
     return absl::OkStatus();  // Nothing to fuse.
 
   v1::ShareRequest share;
   share.set_request_id(request.request_id());
-  for (uint32_t id : session->share_token_ids()) share.add_token_ids(id);
+  for (int64_t id : session->share_token_ids()) {
+    share.add_token_ids(static_cast<uint32_t>(id));
+  }
   *share.mutable_spec() = request.spec();
   if (!options_.expected_sharer_fingerprint.empty()) {
     share.set_expected_model_fingerprint(options_.expected_sharer_fingerprint);
@@ -209,7 +207,7 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
 
 absl::Status AnswerRunner::RunTextToText(
     const std::vector<ChatMessage>& messages, const v1::AnswerRequest& request,
-    CallControl& control, Attempt& attempt, std::vector<uint32_t>& prompt,
+    CallControl& control, Attempt& attempt, std::vector<int64_t>& prompt,
     v1::AnswerResponse& response) const {
   if (sharer_ == nullptr) {
     attempt.sharer_failure = true;
@@ -229,11 +227,13 @@ absl::Status AnswerRunner::RunTextToText(
       options_.text_to_text_prompt, {{"{question}", question}});
   const std::vector<ChatMessage> sharer_messages = {
       ChatMessage{"user", background_prompt, std::nullopt}};
-  ASSIGN_OR_RETURN(std::vector<uint32_t> sharer_prompt,
+  ASSIGN_OR_RETURN(std::vector<int64_t> sharer_prompt,
                    engine_->RenderSharerPrompt(sharer_messages));
   v1::GenerateRequest generate;
   generate.set_request_id(request.request_id());
-  generate.mutable_token_ids()->Add(sharer_prompt.begin(), sharer_prompt.end());
+  for (int64_t id : sharer_prompt) {
+    generate.add_token_ids(static_cast<uint32_t>(id));
+  }
   generate.mutable_generation()->set_max_new_tokens(
       options_.text_to_text_max_new_tokens);
   if (!options_.expected_sharer_fingerprint.empty()) {
@@ -287,7 +287,7 @@ absl::Status AnswerRunner::RunTextToText(
   return absl::OkStatus();
 }
 
-absl::Status AnswerRunner::Generate(AnswerSession& session,
+absl::Status AnswerRunner::Generate(ReceiverSession& session,
                                     const v1::GenerationParams& generation,
                                     CallControl& control,
                                     Clock::time_point start,
@@ -297,7 +297,7 @@ absl::Status AnswerRunner::Generate(AnswerSession& session,
   double ttft = 0;
   std::vector<int64_t> ids;
   std::string emitted;
-  TokenSink sink = [&](int64_t index, int64_t token) {
+  TokenCallback sink = [&](int64_t index, int64_t token) {
     if (index == 0) ttft = SecondsSince(start);
     ids.push_back(token);
     if (!on_token) return;
@@ -321,7 +321,7 @@ absl::Status AnswerRunner::Generate(AnswerSession& session,
                                     [&control] { return control.Check(); }));
   response.set_text(engine_->DecodeText(tokens, /*strip_newlines=*/true));
   for (int64_t t : tokens) response.add_token_ids(static_cast<uint32_t>(t));
-  const AnswerSessionTimings t = session.timings();
+  const ReceiverTimings t = session.timings();
   v1::StageTimings* timings = response.mutable_timings();
   timings->set_time_to_first_token_seconds(ttft);
   timings->set_generation_seconds(t.generation_seconds);
@@ -350,7 +350,7 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
       messages.push_back(ChatMessage{m.role(), m.content(), std::nullopt});
     }
   }
-  ASSIGN_OR_RETURN(std::vector<uint32_t> prompt,
+  ASSIGN_OR_RETURN(std::vector<int64_t> prompt,
                    engine_->RenderPrompt(messages));
   const ReceiverModelInfo& info = engine_->info();
   if (prompt.empty()) {
@@ -385,7 +385,7 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
           ? options_.default_fallback
           : request.fallback();
 
-  auto answer_alone = [&](const std::vector<uint32_t>& ids,
+  auto answer_alone = [&](const std::vector<int64_t>& ids,
                           v1::AnswerMode answered_mode) -> absl::Status {
     ASSIGN_OR_RETURN(auto session,
                      engine_->NewSession(ids, generation.max_new_tokens(),
@@ -426,7 +426,7 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
     RETURN_IF_ERROR(answer_alone(prompt, v1::ANSWER_MODE_RECEIVER_ONLY));
   } else if (mode == v1::ANSWER_MODE_TEXT_TO_TEXT) {
     Attempt attempt;
-    std::vector<uint32_t> conversation;
+    std::vector<int64_t> conversation;
     const absl::Status st = RunTextToText(messages, request, control, attempt,
                                           conversation, response);
     if (st.ok()) {
@@ -440,8 +440,8 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
         RunC2C(request, prompt, generation, control, attempt);
     timings->set_transfer_seconds(attempt.outcome.seconds);
     if (st.ok()) {
-      AnswerSession& session = *attempt.session;
-      const AnswerSessionTimings t = session.timings();
+      ReceiverSession& session = *attempt.session;
+      const ReceiverTimings t = session.timings();
       timings->set_receiver_prefill_seconds(t.prefill_seconds);
       timings->set_decode_seconds(t.decode_seconds);
       timings->set_fuse_seconds(t.fuse_seconds);
@@ -465,7 +465,7 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
         r->set_tokens_sent(stats.selected_tokens());
         r->set_layers_sent(static_cast<uint32_t>(header.layers_size()));
         TransferRecord record;
-        record.scheme = HeaderSchemeLabel(header);
+        record.scheme = SchemeLabel(header);
         record.raw_bytes = static_cast<int64_t>(stats.raw_bytes());
         record.payload_bytes = static_cast<int64_t>(stats.payload_bytes());
         record.serialized_bytes = attempt.outcome.serialized_bytes;

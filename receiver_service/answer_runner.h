@@ -29,11 +29,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/engine/receiver_engine.h"
+#include "common/protocol/answer_validation.h"
+#include "common/protocol/generation_params.h"
 #include "common/service/metrics.h"
 #include "common/trace.h"
 #include "kvwire/v1/kvwire.pb.h"
-#include "receiver_service/answer_validation.h"
-#include "receiver_service/receiver_engine.h"
 #include "receiver_service/sharer_client.h"
 
 namespace kvwire {
@@ -44,7 +45,7 @@ struct AnswerRunnerOptions {
   v1::FallbackPolicy default_fallback = v1::FALLBACK_POLICY_RECEIVER_ONLY;
   // A Share call that takes longer is abandoned (a sharer-path failure).
   absl::Duration sharer_timeout = absl::Seconds(60);
-  GuidedSignal guided_signal = GuidedSignal::kAttention;
+  ReceiverSignal guided_signal = ReceiverSignal::kAttention;
   // Sent as ShareRequest / GenerateRequest.expected_model_fingerprint when
   // not empty.
   std::string expected_sharer_fingerprint;
@@ -114,7 +115,7 @@ class AnswerRunner {
  private:
   struct Attempt;
   absl::Status RunC2C(const v1::AnswerRequest& request,
-                      const std::vector<uint32_t>& prompt,
+                      const std::vector<int64_t>& prompt,
                       const v1::GenerationParams& generation,
                       CallControl& control, Attempt& attempt) const;
   // Text-to-text: the sharer writes background (Sharer.Generate) for the
@@ -124,9 +125,9 @@ class AnswerRunner {
   absl::Status RunTextToText(const std::vector<ChatMessage>& messages,
                              const v1::AnswerRequest& request,
                              CallControl& control, Attempt& attempt,
-                             std::vector<uint32_t>& prompt,
+                             std::vector<int64_t>& prompt,
                              v1::AnswerResponse& response) const;
-  absl::Status Generate(AnswerSession& session,
+  absl::Status Generate(ReceiverSession& session,
                         const v1::GenerationParams& generation,
                         CallControl& control,
                         std::chrono::steady_clock::time_point start,

@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/codec/scheme.h"
+#include "common/protocol/answer_validation.h"
 #include "common/service/grpc_status.h"
-#include "receiver_service/answer_validation.h"
 
 namespace kvwire {
 namespace {

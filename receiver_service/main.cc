@@ -11,11 +11,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/protocol/answer_validation.h"
 #include "common/service/process.h"
 #include "common/service/security.h"
 #include "common/service/server_flags.h"
 #include "glog/logging.h"
-#include "receiver_service/answer_validation.h"
 #include "receiver_service/receiver_server.h"
 
 ABSL_FLAG(std::string, model_dir, "",
@@ -149,17 +149,18 @@ int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
 
   kvwire::ReceiverConfig config;
-  config.engine.model_dir = absl::GetFlag(FLAGS_model_dir);
+  config.engine.model.dir = absl::GetFlag(FLAGS_model_dir);
   config.engine.tokenizer_dir = absl::GetFlag(FLAGS_tokenizer_dir);
   config.engine.sharer_tokenizer_dir =
       absl::GetFlag(FLAGS_sharer_tokenizer_dir);
   config.engine.fuser_dir = absl::GetFlag(FLAGS_fuser_dir);
   config.engine.sharer_layers = absl::GetFlag(FLAGS_sharer_layers);
-  config.engine.dtype = absl::GetFlag(FLAGS_dtype);
-  config.engine.device = absl::GetFlag(FLAGS_device);
-  config.engine.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
-  config.engine.decode_batch_slots = absl::GetFlag(FLAGS_decode_batch_slots);
-  config.engine.decode_slot_capacity =
+  config.engine.model.dtype = absl::GetFlag(FLAGS_dtype);
+  config.engine.model.device = absl::GetFlag(FLAGS_device);
+  config.engine.model.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  config.engine.model.decode_batch_slots =
+      absl::GetFlag(FLAGS_decode_batch_slots);
+  config.engine.model.decode_slot_capacity =
       absl::GetFlag(FLAGS_decode_slot_capacity);
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
 
@@ -181,7 +182,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto signal =
-      kvwire::ParseGuidedSignal(absl::GetFlag(FLAGS_guided_selection_signal));
+      kvwire::ParseReceiverSignal(absl::GetFlag(FLAGS_guided_selection_signal));
   if (!signal.ok()) {
     LOG(ERROR) << "--guided_selection_signal: " << signal.status().message();
     return 1;
@@ -223,7 +224,7 @@ int main(int argc, char** argv) {
   config.workers = absl::GetFlag(FLAGS_workers);
   config.queue_size = absl::GetFlag(FLAGS_queue_size);
 
-  if (config.engine.model_dir.empty()) {
+  if (config.engine.model.dir.empty()) {
     LOG(ERROR) << "--model_dir is required (see --help)";
     return 1;
   }

@@ -32,11 +32,11 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
     s->sharer_ = *std::move(client);
   }
   const auto load_start = std::chrono::steady_clock::now();
-  auto engine = LoadReceiverEngine(config.engine);
+  auto engine = ReceiverEngine::Load(config.engine);
   if (!engine.ok()) return engine.status();
   s->engine_ = *std::move(engine);
   const ReceiverModelInfo& info = s->engine_->info();
-  LOG(INFO) << "loaded receiver dir=" << config.engine.model_dir
+  LOG(INFO) << "loaded receiver dir=" << config.engine.model.dir
             << " architecture=" << info.model.architecture()
             << " layers=" << info.model.num_layers()
             << " kv_heads=" << info.model.num_kv_heads()

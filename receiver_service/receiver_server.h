@@ -10,12 +10,12 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/engine/receiver_engine.h"
 #include "common/service/metrics.h"
 #include "common/service/security.h"
 #include "common/service/server.h"
 #include "common/service/work_queue.h"
 #include "receiver_service/answer_runner.h"
-#include "receiver_service/receiver_engine.h"
 #include "receiver_service/receiver_service.h"
 #include "receiver_service/sharer_client.h"
 

@@ -7,18 +7,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/clock.h"
 #include "common/service/grpc_status.h"
 #include "common/service/security.h"
 
 namespace kvwire {
-namespace {
-
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-      .count();
-}
-
-}  // namespace
 
 ShareStream::~ShareStream() {
   Cancel();

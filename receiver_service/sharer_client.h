@@ -20,14 +20,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/protocol/wire_framing.h"
 #include "common/service/channel.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
 
 namespace kvwire {
-
-// gRPC's length-prefixed message framing: 1 compression flag + 4 length
-// bytes in front of every message.
-inline constexpr int64_t kGrpcMessagePrefixBytes = 5;
 
 struct SharerClientOptions {
   // "host:port", "ipv4:10.0.0.1:50051,10.0.0.2:50051", "dns:///host:port".

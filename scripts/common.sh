@@ -3,6 +3,9 @@
 set -euo pipefail
 KVWIRE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KVWIRE_JOBS=${KVWIRE_JOBS:-$(nproc)}
+# Paths relative to the checkout in ccache's keys, so that the several build
+# directories (build, build-engine, build-asan) share cached objects.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$KVWIRE_ROOT}
 
 kvwire_install_deps() {
   # Offline hosts that bring their own dependencies (the GPU kit) skip this.

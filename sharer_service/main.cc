@@ -92,12 +92,12 @@ int main(int argc, char** argv) {
   FLAGS_logtostderr = true;
 
   kvwire::SharerConfig config;
-  config.engine.model_dir = absl::GetFlag(FLAGS_model_dir);
-  config.engine.dtype = absl::GetFlag(FLAGS_dtype);
-  config.engine.device = absl::GetFlag(FLAGS_device);
+  config.engine.model.dir = absl::GetFlag(FLAGS_model_dir);
+  config.engine.model.dtype = absl::GetFlag(FLAGS_dtype);
+  config.engine.model.device = absl::GetFlag(FLAGS_device);
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   config.engine.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
-  config.engine.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  config.engine.model.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
   config.engine.encode_on_cpu = absl::GetFlag(FLAGS_encode_on_cpu);
   config.engine.testing_layer_delay =
       absl::Milliseconds(absl::GetFlag(FLAGS_testing_layer_delay_ms));
@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
   config.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);
   config.batch_max_padding = absl::GetFlag(FLAGS_batch_max_padding);
 
-  if (config.engine.model_dir.empty()) {
+  if (config.engine.model.dir.empty()) {
     LOG(ERROR) << "--model_dir is required (see --help)";
     return 1;
   }

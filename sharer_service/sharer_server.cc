@@ -22,11 +22,11 @@ absl::StatusOr<std::unique_ptr<SharerServer>> SharerServer::Start(
     return creds.status();
   }
   const auto load_start = std::chrono::steady_clock::now();
-  auto engine = LoadSharerEngine(config.engine);
+  auto engine = SharerEngine::Load(config.engine);
   if (!engine.ok()) return engine.status();
   s->engine_ = *std::move(engine);
   const v1::ModelInfo& model = s->engine_->info().model();
-  LOG(INFO) << "loaded model dir=" << config.engine.model_dir
+  LOG(INFO) << "loaded model dir=" << config.engine.model.dir
             << " architecture=" << model.architecture()
             << " layers=" << model.num_layers()
             << " kv_heads=" << model.num_kv_heads()

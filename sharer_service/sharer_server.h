@@ -9,12 +9,12 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/engine/sharer_engine.h"
 #include "common/service/metrics.h"
 #include "common/service/security.h"
 #include "common/service/server.h"
 #include "common/service/work_queue.h"
 #include "kvwire/v1/kvwire.pb.h"
-#include "sharer_service/sharer_engine.h"
 #include "sharer_service/sharer_service.h"
 
 namespace kvwire {

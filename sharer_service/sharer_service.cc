@@ -18,9 +18,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/protocol/request_validation.h"
+#include "common/protocol/wire_framing.h"
 #include "common/service/grpc_status.h"
 #include "glog/logging.h"
-#include "sharer_service/request_validation.h"
 
 namespace kvwire {
 namespace {
@@ -34,7 +35,6 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 }
 
 // gRPC's length prefix in front of every message.
-constexpr int64_t kGrpcMessagePrefixBytes = 5;
 
 }  // namespace
 

@@ -9,11 +9,11 @@
 #include <atomic>
 #include <cstdint>
 
+#include "common/engine/sharer_engine.h"
 #include "common/service/metrics.h"
 #include "common/service/security.h"
 #include "common/service/work_queue.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
-#include "sharer_service/sharer_engine.h"
 
 namespace kvwire {
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Reference run of C2C's inference flow for kvwire's in-process pipeline
-(common/pipeline/), written on the GPU host (torch 2.x, transformers 5.x; no
+(common/engine/), written on the GPU host (torch 2.x, transformers 5.x; no
 network needed; runs on the CPU in fp32):
 
     python3 tools/gen_pipeline_goldens.py --out tests/data/pipeline --json report.json
@@ -35,7 +35,7 @@ logits and every fused receiver layer:
 Plus the receiver alone and the sharer alone on the whole prompt (greedy).
 
 Output: OUT/{receiver,sharer,fuser}/ and OUT/goldens.safetensors (fp32 /
-int64 tensors, names listed in the C++ test tests/common/pipeline/
+int64 tensors, names listed in the C++ test tests/common/engine/
 golden_test.cc), and a JSON report (stdout and --json).
 
 Seeds are searched until every greedy path has a top-1/top-2 logit margin of

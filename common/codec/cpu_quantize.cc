@@ -264,16 +264,19 @@ bool CpuAllFinite(const void* data, CpuInput input, int64_t count) {
 }
 
 bool CpuQuantizeSupports(const QuantParams& params) {
-  return HasScales(params.scheme);
+  const SchemeInfo* info = FindScheme(params.scheme);
+  return info != nullptr && info->cpu_fused;
 }
 
 bool CpuQuantize(const void* data, CpuInput input, int64_t heads,
                  int64_t tokens, int64_t head_dim, const QuantParams& params,
                  const CpuQuantizeOutput& out) {
+  // The scheme's table row ("row" below is one (head, token) of the block).
+  const SchemeInfo& info = *FindScheme(params.scheme);  // Supported.
   const ScaleMap map{params.granularity, tokens, head_dim, params.group_size};
   const int64_t rows = heads * tokens;
   const int64_t n_scales = ScaleCount(params, heads, tokens, head_dim);
-  const int bits = BitsPerValue(params.scheme);
+  const int bits = info.bits;
   // Every granularity but PER_CHANNEL gives each scale one contiguous span
   // of elements (PER_GROUP: group_size values along head_dim).
   const bool row_constant = params.granularity != v1::GRANULARITY_PER_CHANNEL &&
@@ -319,14 +322,7 @@ bool CpuQuantize(const void* data, CpuInput input, int64_t heads,
       const float levels = static_cast<float>((1 << bits) - 1);
       scale_h = RoundUpToHalfBits(std::max((mx[s] - zero[s]) / levels, eps));
     } else {
-      float qmax;
-      if (IsFp8Scheme(params.scheme)) {
-        qmax = Fp8MaxFinite(params.scheme);
-      } else if (params.scheme == v1::SCHEME_NF4) {
-        qmax = 1.0f;
-      } else {
-        qmax = static_cast<float>((1 << (bits - 1)) - 1);
-      }
+      const float qmax = info.code_max;
       const float absmax = std::max(mx[s], -mn[s]);
       scale_h = RoundUpToHalfBits(std::max(absmax / qmax, eps));
     }
@@ -352,7 +348,8 @@ bool CpuQuantize(const void* data, CpuInput input, int64_t heads,
     hi = static_cast<float>(qmax);
     offset = static_cast<float>(1 << (bits - 1));
   }
-  if (span > 0 && IsIntScheme(params.scheme) && (span * bits) % 8 == 0) {
+  const bool is_int = info.kind == SchemeKind::kInt;
+  if (span > 0 && is_int && (span * bits) % 8 == 0) {
     constexpr int64_t kChunk = 4096;  // Multiple of 4: whole packed bytes.
     std::vector<uint8_t> chunk_codes(kChunk);
     for (int64_t s = 0; s < n_scales; ++s) {
@@ -372,6 +369,7 @@ bool CpuQuantize(const void* data, CpuInput input, int64_t heads,
     }
     return true;
   }
+  const std::vector<float> midpoints = CodebookMidpoints(info);
   int64_t last_base = -1;
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t base = map.Base(row);
@@ -386,7 +384,7 @@ bool CpuQuantize(const void* data, CpuInput input, int64_t heads,
     uint8_t* row_codes =
         whole_bytes ? codes.data() : all_codes.data() + row * head_dim;
     const int64_t first = row * head_dim;
-    if (IsIntScheme(params.scheme)) {
+    if (is_int) {
       if (input == CpuInput::kBf16) {
         EncodeIntRow<CpuInput::kBf16>(data, first, head_dim, row_scale.data(),
                                       row_zero.data(), lo, hi, offset,
@@ -402,8 +400,11 @@ bool CpuQuantize(const void* data, CpuInput input, int64_t heads,
                             ? Load<CpuInput::kBf16>(data, first + d)
                             : Load<CpuInput::kFp32>(data, first + d);
         const float y = x / row_scale[d];
-        row_codes[d] = IsFp8Scheme(params.scheme) ? EncodeFp8(y, params.scheme)
-                                                  : Nf4CodeOf(y);
+        // kFp8 or kCodebook (kPassthrough has no fused encoder).
+        row_codes[d] = info.kind == SchemeKind::kFp8
+                           ? EncodeFp8(y, params.scheme)
+                           : CodebookCodeOf(y, midpoints.data(),
+                                            static_cast<int>(midpoints.size()));
       }
     }
     if (whole_bytes) {

@@ -28,20 +28,33 @@ absl::Status CudaError(cudaError_t e, absl::string_view what) {
 }  // namespace
 
 std::optional<CudaQuantParams> ToCudaQuantParams(const QuantParams& params) {
+  const SchemeInfo* row = FindScheme(params.scheme);
+  // Passthrough, unknown, or no kernel for the row: ATen.
+  if (row == nullptr || !row->cuda_fused) return std::nullopt;
   CudaQuantParams p;
-  p.bits = BitsPerValue(params.scheme);
+  p.bits = row->bits;
   p.group_size = params.group_size;
-  if (IsIntScheme(params.scheme)) {
-    p.code = HasZeroPoints(params) ? CudaCode::kIntAsymmetric
-                                   : CudaCode::kIntSymmetric;
-  } else if (params.scheme == v1::SCHEME_FP8_E4M3) {
-    p.code = CudaCode::kFp8E4M3;
-  } else if (params.scheme == v1::SCHEME_FP8_E5M2) {
-    p.code = CudaCode::kFp8E5M2;
-  } else if (params.scheme == v1::SCHEME_NF4) {
-    p.code = CudaCode::kNf4;
-  } else {
-    return std::nullopt;  // Passthrough (or unknown): ATen.
+  switch (row->kind) {
+    case SchemeKind::kInt:
+      p.code = HasZeroPoints(params) ? CudaCode::kIntAsymmetric
+                                     : CudaCode::kIntSymmetric;
+      break;
+    case SchemeKind::kFp8:
+      if (row->format == FloatFormat::kFp8E4M3) {
+        p.code = CudaCode::kFp8E4M3;
+      } else if (row->format == FloatFormat::kFp8E5M2) {
+        p.code = CudaCode::kFp8E5M2;
+      } else {
+        return std::nullopt;
+      }
+      break;
+    case SchemeKind::kCodebook:
+      // The kernels hold one codebook, NF4's (cuda_quantize.cu).
+      if (row->codebook != kNf4Codebook.data()) return std::nullopt;
+      p.code = CudaCode::kNf4;
+      break;
+    default:
+      return std::nullopt;
   }
   switch (params.granularity) {
     case v1::GRANULARITY_PER_LAYER:

@@ -11,10 +11,12 @@
 #ifdef KVWIRE_WITH_CUDA
 #include "common/codec/cuda_codec.h"
 #endif
+#include "common/clock.h"
 #include "common/codec/quantizer.h"
 #include "common/codec/scheme.h"
 #include "common/codec/token_selection.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "kvwire's wire format is little-endian; so must the host be");
@@ -25,11 +27,6 @@ namespace {
 // A decoded block may not expand beyond this many bytes (defends memory
 // against hostile metadata; real blocks are far smaller).
 constexpr int64_t kMaxRawBlockBytes = int64_t{1} << 30;
-
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-      .count();
-}
 
 std::string TensorBytes(const at::Tensor& t) {
   if (!t.defined() || t.numel() == 0) return std::string();
@@ -75,13 +72,9 @@ absl::StatusOr<v1::KvBlock> EncodeSelectedBlock(
 #ifdef KVWIRE_WITH_CUDA
   if (x.defined() && x.is_cuda()) {
     HostQuantizedBlock host;
-    absl::StatusOr<bool> done;
-    try {
-      done = CudaQuantizeToHost(x, token_index, params, &host);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("encoding ", layer, ": ", e.what_without_backtrace()));
-    }
+    const absl::StatusOr<bool> done = Guarded(
+        absl::StrCat("encoding ", layer),
+        [&] { return CudaQuantizeToHost(x, token_index, params, &host); });
     if (!done.ok()) return done.status();
     if (*done) {
       values = std::move(host.values);
@@ -99,52 +92,48 @@ absl::StatusOr<v1::KvBlock> EncodeSelectedBlock(
   } else {
     at::Tensor selected = x;
     if (token_index.defined()) {
-      try {
+      RETURN_IF_ERROR(Guarded("gathering tokens", [&] {
         selected = x.index_select(1, token_index);
-      } catch (const c10::Error& e) {
-        return absl::InternalError(
-            absl::StrCat("gathering tokens: ", e.what_without_backtrace()));
-      }
+        return absl::OkStatus();
+      }));
     }
     ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(selected, params));
-    try {
+    RETURN_IF_ERROR(Guarded(absl::StrCat("encoding ", layer), [&] {
       values = TensorBytes(q.packed);
       scales = TensorBytes(q.scales);
       if (HasZeroPoints(params)) zero_points = TensorBytes(q.zero_points);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("encoding ", layer, ": ", e.what_without_backtrace()));
-    }
+      return absl::OkStatus();
+    }));
     heads = selected.size(0);
     tokens = selected.size(1);
     head_dim = selected.size(2);
   }
   v1::KvBlock block;
-  try {
-    block = BlockMetadata(layer, part, params, static_cast<uint32_t>(heads),
-                          static_cast<uint32_t>(head_dim),
-                          static_cast<uint32_t>(tokens), indices.encoding);
-    if (indices.encoding == v1::INDEX_ENCODING_BITMAP ||
-        indices.encoding == v1::INDEX_ENCODING_DELTA_VARINT) {
-      block.set_token_indices(indices.bytes);
-    }
-    block.set_scales(std::move(scales));
-    if (HasZeroPoints(params)) block.set_zero_points(std::move(zero_points));
-    block.set_values_raw_size(static_cast<uint32_t>(values.size()));
-    block.set_entropy(v1::ENTROPY_CODER_NONE);
-    if (entropy.coder() == v1::ENTROPY_CODER_ZSTD) {
-      ASSIGN_OR_RETURN(std::string packed,
-                       ZstdCompress(values, entropy.level()));
-      if (packed.size() < values.size()) {
-        values = std::move(packed);
-        block.set_entropy(v1::ENTROPY_CODER_ZSTD);
-      }
-    }
-    block.set_values(std::move(values));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("encoding ", layer, ": ", e.what_without_backtrace()));
-  }
+  RETURN_IF_ERROR(
+      Guarded(absl::StrCat("encoding ", layer), [&]() -> absl::Status {
+        block = BlockMetadata(layer, part, params, static_cast<uint32_t>(heads),
+                              static_cast<uint32_t>(head_dim),
+                              static_cast<uint32_t>(tokens), indices.encoding);
+        if (indices.encoding == v1::INDEX_ENCODING_BITMAP ||
+            indices.encoding == v1::INDEX_ENCODING_DELTA_VARINT) {
+          block.set_token_indices(indices.bytes);
+        }
+        block.set_scales(std::move(scales));
+        if (HasZeroPoints(params))
+          block.set_zero_points(std::move(zero_points));
+        block.set_values_raw_size(static_cast<uint32_t>(values.size()));
+        block.set_entropy(v1::ENTROPY_CODER_NONE);
+        if (entropy.coder() == v1::ENTROPY_CODER_ZSTD) {
+          ASSIGN_OR_RETURN(std::string packed,
+                           ZstdCompress(values, entropy.level()));
+          if (packed.size() < values.size()) {
+            values = std::move(packed);
+            block.set_entropy(v1::ENTROPY_CODER_ZSTD);
+          }
+        }
+        block.set_values(std::move(values));
+        return absl::OkStatus();
+      }));
   block.set_crc32c(BlockChecksum(block));
   return block;
 }
@@ -174,7 +163,7 @@ absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
       !s.ok()) {
     return absl::DataLossError(absl::StrCat("block metadata: ", s.message()));
   }
-  if (params.asymmetric && !IsIntScheme(params.scheme)) {
+  if (params.asymmetric && !HasZeroPoints(params)) {
     return absl::DataLossError("block marks a non-INT scheme asymmetric");
   }
   const int64_t raw_size =
@@ -216,20 +205,16 @@ absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
 #ifdef KVWIRE_WITH_CUDA
   if (device.is_cuda()) {
     at::Tensor out;
-    absl::StatusOr<bool> done;
-    try {
-      done = CudaDequantizeFromHost(*values, block.scales(),
+    const absl::StatusOr<bool> done = Guarded("decoding block", [&] {
+      return CudaDequantizeFromHost(*values, block.scales(),
                                     block.zero_points(), params, heads, tokens,
                                     dim, dtype, device, &out);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("decoding block: ", e.what_without_backtrace()));
-    }
+    });
     if (!done.ok()) return done.status();
     if (*done) return out;
   }
 #endif
-  try {
+  return Guarded("decoding block", [&]() -> absl::StatusOr<at::Tensor> {
     QuantizedTensor q;
     q.packed = BytesTensor(*values, at::kByte, {raw_size}, device);
     if (scale_bytes > 0) {
@@ -245,10 +230,7 @@ absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
     // On the CPU the inputs are views of `block`'s strings; Dequantize's
     // output never aliases them.
     return out;
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("decoding block: ", e.what_without_backtrace()));
-  }
+  });
 }
 
 // ------------------------------------------------------------ encoder
@@ -335,15 +317,13 @@ absl::Status KvStreamEncoder::EncodeLayer(const LayerTransfer& lt,
   // The gather happens inside EncodeSelectedBlock: fused into the CUDA
   // kernels, index_select elsewhere.
   at::Tensor idx;
-  try {
-    if (selected != nullptr) {
+  if (selected != nullptr) {
+    RETURN_IF_ERROR(Guarded("gathering tokens", [&] {
       idx = at::tensor(std::vector<int64_t>(selected->begin(), selected->end()),
                        at::TensorOptions().dtype(at::kLong))
                 .to(keys.device());
-    }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("gathering tokens: ", e.what_without_backtrace()));
+      return absl::OkStatus();
+    }));
   }
   ASSIGN_OR_RETURN(
       v1::KvBlock kb,
@@ -359,7 +339,7 @@ absl::Status KvStreamEncoder::EncodeLayer(const LayerTransfer& lt,
 
 absl::Status KvStreamEncoder::EmitBufferedLayers(
     std::vector<v1::KvChunk>* out) {
-  try {
+  RETURN_IF_ERROR(Guarded("scoring tokens", [&]() -> absl::Status {
     // Shared norm selection: average each layer's per-token scores.
     at::Tensor sum;
     for (const auto& [layer, kv] : buffered_) {
@@ -373,10 +353,8 @@ absl::Status KvStreamEncoder::EmitBufferedLayers(
     ASSIGN_OR_RETURN(
         shared_indices_,
         SelectTokensByScores(plan_.spec.selection(), plan_.total_tokens, sum));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("scoring tokens: ", e.what_without_backtrace()));
-  }
+    return absl::OkStatus();
+  }));
   RETURN_IF_ERROR(EmitHeader(&shared_indices_, out));
   for (const LayerTransfer& lt : plan_.layers) {
     const auto& kv = buffered_.at(lt.layer);

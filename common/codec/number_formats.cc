@@ -1,5 +1,6 @@
 #include "common/codec/number_formats.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -93,50 +94,40 @@ uint8_t EncodeFp8(float value, v1::Scheme fp8_scheme) {
 }
 
 float Fp8MaxFinite(v1::Scheme fp8_scheme) {
-  return fp8_scheme == v1::SCHEME_FP8_E5M2 ? 57344.0f : 448.0f;
-}
-
-const std::array<float, 16>& Nf4Codebook() {
-  static const std::array<float, 16> kCodebook = {
-      -1.0f,
-      -0.6961928009986877f,
-      -0.5250730514526367f,
-      -0.39491748809814453f,
-      -0.28444138169288635f,
-      -0.18477343022823334f,
-      -0.09105003625154495f,
-      0.0f,
-      0.07958029955625534f,
-      0.16093020141124725f,
-      0.24611230194568634f,
-      0.33791524171829224f,
-      0.44070982933044434f,
-      0.5626170039176941f,
-      0.7229568362236023f,
-      1.0f,
-  };
-  return kCodebook;
+  return DecodeFp8(Fp8MaxFiniteCode(fp8_scheme), fp8_scheme);
 }
 
 uint8_t Fp8MaxFiniteCode(v1::Scheme fp8_scheme) {
   return FormatOf(fp8_scheme).max_finite_code;
 }
 
+const std::array<float, 16>& Nf4Codebook() { return kNf4Codebook; }
+
+std::vector<float> CodebookMidpoints(const SchemeInfo& row) {
+  std::vector<float> mid;
+  if (row.codebook == nullptr) return mid;
+  const int size = 1 << row.bits;
+  mid.reserve(size - 1);
+  for (int i = 0; i + 1 < size; ++i) {
+    mid.push_back((row.codebook[i] + row.codebook[i + 1]) * 0.5f);
+  }
+  return mid;
+}
+
 const std::array<float, 15>& Nf4Midpoints() {
   static const std::array<float, 15> kMidpoints = [] {
-    const std::array<float, 16>& cb = Nf4Codebook();
-    std::array<float, 15> mid;
-    for (int i = 0; i < 15; ++i) mid[i] = (cb[i] + cb[i + 1]) * 0.5f;
-    return mid;
+    const std::vector<float> mid =
+        CodebookMidpoints(*FindScheme(v1::SCHEME_NF4));
+    std::array<float, 15> out;
+    std::copy(mid.begin(), mid.end(), out.begin());
+    return out;
   }();
   return kMidpoints;
 }
 
 uint8_t Nf4CodeOf(float y) {
   const std::array<float, 15>& mid = Nf4Midpoints();
-  uint8_t code = 0;
-  for (float m : mid) code += m < y;
-  return code;
+  return CodebookCodeOf(y, mid.data(), static_cast<int>(mid.size()));
 }
 
 }  // namespace kvwire

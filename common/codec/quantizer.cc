@@ -7,6 +7,7 @@
 #include <cstring>
 #include <exception>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "common/codec/cuda_codec.h"
 #endif
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 namespace kvwire {
 namespace {
@@ -125,25 +127,22 @@ at::Tensor FloatTensor(const std::vector<float>& values,
   return t.to(device);
 }
 
-// All 256 decoded values of an FP8 format, indexed by code.
+// All 256 decoded values of an FP8 row's format, indexed by code; one
+// table per kFp8 row, built on first use.
 const std::vector<float>& Fp8DecodeTable(v1::Scheme scheme) {
-  static const std::vector<float>* const kTables[2] = {
-      [] {
-        auto* t = new std::vector<float>(256);
-        for (int c = 0; c < 256; ++c) {
-          (*t)[c] = DecodeFp8(static_cast<uint8_t>(c), v1::SCHEME_FP8_E4M3);
-        }
-        return t;
-      }(),
-      [] {
-        auto* t = new std::vector<float>(256);
-        for (int c = 0; c < 256; ++c) {
-          (*t)[c] = DecodeFp8(static_cast<uint8_t>(c), v1::SCHEME_FP8_E5M2);
-        }
-        return t;
-      }(),
-  };
-  return *kTables[scheme == v1::SCHEME_FP8_E5M2 ? 1 : 0];
+  static const auto* const kTables = [] {
+    auto* tables = new std::map<v1::Scheme, std::vector<float>>;
+    for (const SchemeInfo& row : kSchemeTable) {
+      if (row.kind != SchemeKind::kFp8) continue;
+      std::vector<float>& t = (*tables)[row.scheme];
+      t.resize(256);
+      for (int c = 0; c < 256; ++c) {
+        t[c] = DecodeFp8(static_cast<uint8_t>(c), row.scheme);
+      }
+    }
+    return tables;
+  }();
+  return kTables->at(scheme);
 }
 
 // Non-negative finite values, ascending; entry i is the value of code i.
@@ -153,9 +152,14 @@ std::vector<float> Fp8PositiveTable(v1::Scheme scheme) {
                             all.begin() + Fp8MaxFiniteCode(scheme) + 1);
 }
 
-std::vector<float> Nf4MidpointVector() {
-  const std::array<float, 15>& mid = Nf4Midpoints();
-  return std::vector<float>(mid.begin(), mid.end());
+// The values of a kCodebook row's codes, indexed by code.
+std::vector<float> CodebookValues(const SchemeInfo& row) {
+  return std::vector<float>(row.codebook, row.codebook + (1 << row.bits));
+}
+
+// The wire dtype of a passthrough row.
+at::ScalarType PassthroughDtype(const SchemeInfo& row) {
+  return row.format == FloatFormat::kBf16 ? at::kBFloat16 : at::kHalf;
 }
 
 // ------------------------------------------------------------ encoders
@@ -218,8 +222,9 @@ at::Tensor EncodeFp8Tensor(const at::Tensor& w, const at::Tensor& scale,
       at::signbit(y).to(at::kByte).mul_(128));
 }
 
-at::Tensor EncodeNf4Tensor(const at::Tensor& w, const at::Tensor& scale) {
-  const at::Tensor mid = FloatTensor(Nf4MidpointVector(), w.device());
+at::Tensor EncodeCodebookTensor(const at::Tensor& w, const at::Tensor& scale,
+                                const SchemeInfo& row) {
+  const at::Tensor mid = FloatTensor(CodebookMidpoints(row), w.device());
   // Number of midpoints strictly below y: ties go to the lower index.
   return at::bucketize(FloatCopy(w).div_(scale), mid, /*out_int32=*/true,
                        /*right=*/false)
@@ -228,14 +233,6 @@ at::Tensor EncodeNf4Tensor(const at::Tensor& w, const at::Tensor& scale) {
 }
 
 // ------------------------------------------------------------ helpers
-
-absl::Status FromException(const std::exception& e, absl::string_view what) {
-  std::string msg = e.what();
-  // c10::Error messages carry a backtrace after the first line.
-  const size_t nl = msg.find('\n');
-  if (nl != std::string::npos) msg.resize(nl);
-  return absl::InternalError(absl::StrCat(what, ": ", msg));
-}
 
 std::string ShapeString(at::IntArrayRef sizes) {
   std::string s = "[";
@@ -279,12 +276,13 @@ absl::StatusOr<QuantizedTensor> QuantizeImpl(const at::Tensor& x,
   }
   const int64_t heads = x.size(0), tokens = x.size(1), head_dim = x.size(2);
   RETURN_IF_ERROR(CheckedValueCount(params, heads, tokens, head_dim).status());
+  // Valid params have a row.
+  const SchemeInfo& row = *FindScheme(params.scheme);
   const at::Tensor xc = x.contiguous();
   QuantizedTensor out;
 
-  if (IsPassthrough(params.scheme)) {
-    const at::ScalarType wire =
-        params.scheme == v1::SCHEME_BF16 ? at::kBFloat16 : at::kHalf;
+  if (row.kind == SchemeKind::kPassthrough) {
+    const at::ScalarType wire = PassthroughDtype(row);
     // Always a copy: the packed bytes must not alias the caller's tensor.
     const at::Tensor converted =
         xc.to(wire, /*non_blocking=*/false, /*copy=*/true);
@@ -307,7 +305,7 @@ absl::StatusOr<QuantizedTensor> QuantizeImpl(const at::Tensor& x,
     return out;
   }
 
-  const int bits = BitsPerValue(params.scheme);
+  const int bits = row.bits;
   const bool asymmetric = HasZeroPoints(params);
   const Layout layout = MakeLayout(params, heads, tokens, head_dim);
 
@@ -373,14 +371,7 @@ absl::StatusOr<QuantizedTensor> QuantizeImpl(const at::Tensor& x,
                                 .div_(DeviceScalar(levels, mx))
                                 .clamp_min_(kScaleEpsilon));
   } else {
-    double qmax;
-    if (IsFp8Scheme(params.scheme)) {
-      qmax = Fp8MaxFinite(params.scheme);
-    } else if (params.scheme == v1::SCHEME_NF4) {
-      qmax = 1.0;
-    } else {
-      qmax = (1 << (bits - 1)) - 1;
-    }
+    const double qmax = row.code_max;
     const at::Tensor absmax = at::maximum(mx, mn.neg());
     scale_h = RoundUpToHalf(
         absmax.div(DeviceScalar(qmax, absmax)).clamp_min_(kScaleEpsilon));
@@ -404,13 +395,19 @@ absl::StatusOr<QuantizedTensor> QuantizeImpl(const at::Tensor& x,
 
   const at::Tensor scale = scale_h.to(at::kFloat);
   at::Tensor codes;
-  if (IsIntScheme(params.scheme)) {
-    codes = EncodeInt(w, scale, asymmetric ? zero_h.to(at::kFloat) : scale,
-                      bits, asymmetric);
-  } else if (IsFp8Scheme(params.scheme)) {
-    codes = EncodeFp8Tensor(w, scale, params.scheme);
-  } else {
-    codes = EncodeNf4Tensor(w, scale);
+  switch (row.kind) {
+    case SchemeKind::kInt:
+      codes = EncodeInt(w, scale, asymmetric ? zero_h.to(at::kFloat) : scale,
+                        bits, asymmetric);
+      break;
+    case SchemeKind::kFp8:
+      codes = EncodeFp8Tensor(w, scale, params.scheme);
+      break;
+    case SchemeKind::kCodebook:
+      codes = EncodeCodebookTensor(w, scale, row);
+      break;
+    case SchemeKind::kPassthrough:  // Returned above.
+      return absl::InternalError("passthrough has no codes");
   }
   out.packed = PackCodes(codes.reshape({-1}), bits);
   if (!out.packed.defined()) return absl::InternalError("packing failed");
@@ -471,12 +468,12 @@ absl::StatusOr<at::Tensor> DequantizeImpl(const QuantizedTensor& q,
         tokens, ", ", head_dim, "]"));
   }
   const at::Device device = q.packed.device();
+  const SchemeInfo& row = *FindScheme(params.scheme);  // Validated above.
 
-  if (IsPassthrough(params.scheme)) {
+  if (row.kind == SchemeKind::kPassthrough) {
     RETURN_IF_ERROR(CheckSide(q.scales, "scales", false, {}));
     RETURN_IF_ERROR(CheckSide(q.zero_points, "zero points", false, {}));
-    const at::ScalarType wire =
-        params.scheme == v1::SCHEME_BF16 ? at::kBFloat16 : at::kHalf;
+    const at::ScalarType wire = PassthroughDtype(row);
     at::Tensor bytes = q.packed.contiguous();
     if (bytes.storage_offset() % 2 != 0) bytes = bytes.clone();
     return bytes.view(wire)
@@ -509,13 +506,13 @@ absl::StatusOr<at::Tensor> DequantizeImpl(const QuantizedTensor& q,
     if (done) return fast;
   }
 #endif
-  const int bits = BitsPerValue(params.scheme);
+  const int bits = row.bits;
   const at::Tensor codes = UnpackCodes(q.packed, bits, count);
   if (!codes.defined()) return absl::InternalError("unpacking failed");
   const at::Tensor c = codes.view(layout.work);
   const at::Tensor scale = scale_h.to(at::kFloat).view(layout.keep);
   at::Tensor values;
-  if (IsIntScheme(params.scheme)) {
+  if (row.kind == SchemeKind::kInt) {
     values = c.to(at::kFloat);
     if (asymmetric) {
       // Separate multiply and add (no fused multiply-add) so CPU and CUDA
@@ -525,12 +522,11 @@ absl::StatusOr<at::Tensor> DequantizeImpl(const QuantizedTensor& q,
       values.sub_(1 << (bits - 1)).mul_(scale);
     }
   } else {
+    // kFp8 and kCodebook: a lookup of each code's value, times the scale.
     const at::Tensor table =
-        IsFp8Scheme(params.scheme)
+        row.kind == SchemeKind::kFp8
             ? FloatTensor(Fp8DecodeTable(params.scheme), device)
-            : FloatTensor(std::vector<float>(Nf4Codebook().begin(),
-                                             Nf4Codebook().end()),
-                          device);
+            : FloatTensor(CodebookValues(row), device);
     values = table.index_select(0, c.reshape({-1}).to(at::kInt))
                  .view(layout.work)
                  .mul_(scale);
@@ -544,40 +540,28 @@ absl::StatusOr<at::Tensor> DequantizeImpl(const QuantizedTensor& q,
 
 absl::StatusOr<QuantizedTensor> Quantize(const at::Tensor& x,
                                          const QuantParams& params) {
-  try {
+  return Guarded("Quantize", [&] {
     at::NoGradGuard no_grad;
     return QuantizeImpl(x, params, /*allow_fused=*/true);
-  } catch (const c10::Error& e) {
-    return FromException(e, "Quantize");
-  } catch (const std::exception& e) {
-    return FromException(e, "Quantize");
-  }
+  });
 }
 
 absl::StatusOr<QuantizedTensor> QuantizeReference(const at::Tensor& x,
                                                   const QuantParams& params) {
-  try {
+  return Guarded("QuantizeReference", [&] {
     at::NoGradGuard no_grad;
     return QuantizeImpl(x, params, /*allow_fused=*/false);
-  } catch (const c10::Error& e) {
-    return FromException(e, "QuantizeReference");
-  } catch (const std::exception& e) {
-    return FromException(e, "QuantizeReference");
-  }
+  });
 }
 
 absl::StatusOr<at::Tensor> Dequantize(const QuantizedTensor& q,
                                       const QuantParams& params, int64_t heads,
                                       int64_t tokens, int64_t head_dim,
                                       at::ScalarType dtype) {
-  try {
+  return Guarded("Dequantize", [&] {
     at::NoGradGuard no_grad;
     return DequantizeImpl(q, params, heads, tokens, head_dim, dtype);
-  } catch (const c10::Error& e) {
-    return FromException(e, "Dequantize");
-  } catch (const std::exception& e) {
-    return FromException(e, "Dequantize");
-  }
+  });
 }
 
 at::Tensor PackCodes(const at::Tensor& codes, int bits) {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace kvwire {
 namespace {
@@ -12,6 +13,13 @@ namespace {
 // Dimensions beyond this are rejected: no real KV block comes close, and it
 // keeps every size computation far from integer overflow.
 constexpr int64_t kMaxDimension = int64_t{1} << 24;
+
+absl::Status UnknownName(absl::string_view what, absl::string_view name,
+                         const std::vector<absl::string_view>& known) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown ", what, " '", name,
+                   "' (known: ", absl::StrJoin(known, ", "), ")"));
+}
 
 template <typename Enum, size_t N>
 absl::StatusOr<Enum> ParseName(
@@ -21,29 +29,10 @@ absl::StatusOr<Enum> ParseName(
   for (const auto& [key, value] : table) {
     if (lower == key) return value;
   }
-  std::string known;
-  for (const auto& [key, value] : table)
-    absl::StrAppend(&known, known.empty() ? "" : ", ", key);
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown ", what, " '", name, "' (known: ", known, ")"));
+  std::vector<absl::string_view> known;
+  for (const auto& [key, value] : table) known.push_back(key);
+  return UnknownName(what, name, known);
 }
-
-constexpr std::array<std::pair<const char*, v1::Scheme>, 14> kSchemeNames = {{
-    {"bf16", v1::SCHEME_BF16},
-    {"fp16", v1::SCHEME_FP16},
-    {"fp8_e4m3", v1::SCHEME_FP8_E4M3},
-    {"fp8_e5m2", v1::SCHEME_FP8_E5M2},
-    {"int8", v1::SCHEME_INT8},
-    {"int4", v1::SCHEME_INT4},
-    {"int2", v1::SCHEME_INT2},
-    {"nf4", v1::SCHEME_NF4},
-    {"fp8", v1::SCHEME_FP8_E4M3},
-    {"bfloat16", v1::SCHEME_BF16},
-    {"float16", v1::SCHEME_FP16},
-    {"none", v1::SCHEME_BF16},
-    {"fp32", v1::SCHEME_BF16},
-    {"float32", v1::SCHEME_BF16},
-}};
 
 constexpr std::array<std::pair<const char*, v1::Granularity>, 6>
     kGranularityNames = {{
@@ -78,43 +67,33 @@ std::string NameOf(Enum value,
 }  // namespace
 
 int BitsPerValue(v1::Scheme scheme) {
-  switch (scheme) {
-    case v1::SCHEME_BF16:
-    case v1::SCHEME_FP16:
-      return 16;
-    case v1::SCHEME_FP8_E4M3:
-    case v1::SCHEME_FP8_E5M2:
-    case v1::SCHEME_INT8:
-      return 8;
-    case v1::SCHEME_INT4:
-    case v1::SCHEME_NF4:
-      return 4;
-    case v1::SCHEME_INT2:
-      return 2;
-    default:
-      return 0;
-  }
+  const SchemeInfo* row = FindScheme(scheme);
+  return row != nullptr ? row->bits : 0;
 }
 
 bool IsPassthrough(v1::Scheme scheme) {
-  return scheme == v1::SCHEME_BF16 || scheme == v1::SCHEME_FP16;
+  const SchemeInfo* row = FindScheme(scheme);
+  return row != nullptr && row->kind == SchemeKind::kPassthrough;
 }
 
 bool IsIntScheme(v1::Scheme scheme) {
-  return scheme == v1::SCHEME_INT8 || scheme == v1::SCHEME_INT4 ||
-         scheme == v1::SCHEME_INT2;
+  const SchemeInfo* row = FindScheme(scheme);
+  return row != nullptr && row->kind == SchemeKind::kInt;
 }
 
 bool IsFp8Scheme(v1::Scheme scheme) {
-  return scheme == v1::SCHEME_FP8_E4M3 || scheme == v1::SCHEME_FP8_E5M2;
+  const SchemeInfo* row = FindScheme(scheme);
+  return row != nullptr && row->kind == SchemeKind::kFp8;
 }
 
 bool HasScales(v1::Scheme scheme) {
-  return BitsPerValue(scheme) != 0 && !IsPassthrough(scheme);
+  const SchemeInfo* row = FindScheme(scheme);
+  return row != nullptr && row->has_scales;
 }
 
 bool HasZeroPoints(const QuantParams& params) {
-  return params.asymmetric && IsIntScheme(params.scheme);
+  const SchemeInfo* row = FindScheme(params.scheme);
+  return params.asymmetric && row != nullptr && row->zero_points;
 }
 
 v1::Granularity ResolveGranularity(v1::Granularity granularity,
@@ -131,9 +110,14 @@ v1::Granularity ResolveGranularity(v1::Granularity granularity,
 
 absl::Status ValidateQuantParams(const QuantParams& params, int64_t heads,
                                  int64_t tokens, int64_t head_dim) {
-  if (BitsPerValue(params.scheme) == 0) {
+  const SchemeInfo* row = FindScheme(params.scheme);
+  if (row == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown or unspecified scheme ", static_cast<int>(params.scheme)));
+  }
+  if (!row->cpu) {
+    return absl::UnimplementedError(
+        absl::StrCat("scheme ", row->name, " is not implemented"));
   }
   for (int64_t dim : {heads, tokens, head_dim}) {
     if (dim < 0 || dim > kMaxDimension) {
@@ -144,7 +128,7 @@ absl::Status ValidateQuantParams(const QuantParams& params, int64_t heads,
   if (heads == 0 || head_dim == 0) {
     return absl::InvalidArgumentError("block has no heads or no channels");
   }
-  if (IsPassthrough(params.scheme)) return absl::OkStatus();
+  if (!row->has_scales) return absl::OkStatus();
   switch (params.granularity) {
     case v1::GRANULARITY_PER_LAYER:
     case v1::GRANULARITY_PER_HEAD:
@@ -208,7 +192,10 @@ int64_t PackedValueBytes(v1::Scheme scheme, int64_t num_values) {
 }
 
 std::string SchemeName(v1::Scheme scheme) {
-  return NameOf(scheme, kSchemeNames);
+  const SchemeInfo* row = FindScheme(scheme);
+  return row != nullptr
+             ? row->name
+             : absl::StrCat("unknown(", static_cast<int>(scheme), ")");
 }
 std::string GranularityName(v1::Granularity granularity) {
   return NameOf(granularity, kGranularityNames);
@@ -218,7 +205,17 @@ std::string SelectionModeName(v1::SelectionMode mode) {
 }
 
 absl::StatusOr<v1::Scheme> ParseScheme(absl::string_view name) {
-  return ParseName("scheme", name, kSchemeNames);
+  const SchemeInfo* row = FindSchemeByName(name);
+  if (row != nullptr) return row->scheme;
+  // Canonical names first, then the aliases.
+  std::vector<absl::string_view> known;
+  for (const SchemeInfo& r : kSchemeTable) known.push_back(r.name);
+  for (const SchemeInfo& r : kSchemeTable) {
+    for (const char* alias : r.aliases) {
+      if (alias != nullptr) known.push_back(alias);
+    }
+  }
+  return UnknownName("scheme", name, known);
 }
 absl::StatusOr<v1::Granularity> ParseGranularity(absl::string_view name) {
   return ParseName("granularity", name, kGranularityNames);

@@ -14,6 +14,7 @@
 #include "common/codec/index_coding.h"
 #include "common/codec/scheme.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 namespace kvwire {
 namespace {
@@ -180,31 +181,31 @@ absl::StatusOr<std::vector<uint32_t>> SelectTokens(
   RETURN_IF_ERROR(CheckCommon(selection, total_tokens));
   const auto k = static_cast<uint32_t>(SelectedTokenCount(
       total_tokens, selection.proportion(), selection.min_tokens()));
-  try {
-    switch (selection.mode()) {
-      case v1::SELECTION_UNSPECIFIED:
-      case v1::SELECTION_ALL:
-        return Iota(0, total_tokens);
-      case v1::SELECTION_FRONT:
-        return Iota(0, k);
-      case v1::SELECTION_BACK:
-        return Iota(total_tokens - k, k);
-      case v1::SELECTION_RANDOM:
-        return RandomTokens(selection.seed(), total_tokens, k);
-      case v1::SELECTION_KNORM_TOPK:
-        return NormTopK(selection, total_tokens, keys, "keys");
-      case v1::SELECTION_VNORM_TOPK:
-        return NormTopK(selection, total_tokens, values, "values");
-      case v1::SELECTION_EXPLICIT:
-        return ExplicitTokens(selection, total_tokens);
-      default:
-        return absl::InvalidArgumentError(absl::StrCat(
-            "unknown selection mode ", static_cast<int>(selection.mode())));
-    }
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("token selection failed: ", e.what_without_backtrace()));
-  }
+  // A Torch failure here comes from the caller's tensors (shape, device).
+  return GuardedAs(
+      absl::StatusCode::kInvalidArgument, "token selection failed",
+      [&]() -> absl::StatusOr<std::vector<uint32_t>> {
+        switch (selection.mode()) {
+          case v1::SELECTION_UNSPECIFIED:
+          case v1::SELECTION_ALL:
+            return Iota(0, total_tokens);
+          case v1::SELECTION_FRONT:
+            return Iota(0, k);
+          case v1::SELECTION_BACK:
+            return Iota(total_tokens - k, k);
+          case v1::SELECTION_RANDOM:
+            return RandomTokens(selection.seed(), total_tokens, k);
+          case v1::SELECTION_KNORM_TOPK:
+            return NormTopK(selection, total_tokens, keys, "keys");
+          case v1::SELECTION_VNORM_TOPK:
+            return NormTopK(selection, total_tokens, values, "values");
+          case v1::SELECTION_EXPLICIT:
+            return ExplicitTokens(selection, total_tokens);
+          default:
+            return absl::InvalidArgumentError(absl::StrCat(
+                "unknown selection mode ", static_cast<int>(selection.mode())));
+        }
+      });
 }
 
 absl::StatusOr<std::vector<uint32_t>> SelectTokensByScores(
@@ -216,12 +217,10 @@ absl::StatusOr<std::vector<uint32_t>> SelectTokensByScores(
     return absl::InvalidArgumentError(
         "token scores must be a defined 1-D floating tensor");
   }
-  try {
-    return TopKChecked(selection, total_tokens, ScoresToVector(scores));
-  } catch (const c10::Error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("token selection failed: ", e.what_without_backtrace()));
-  }
+  return GuardedAs(
+      absl::StatusCode::kInvalidArgument, "token selection failed", [&] {
+        return TopKChecked(selection, total_tokens, ScoresToVector(scores));
+      });
 }
 
 at::Tensor TokenNormScores(const at::Tensor& x) {

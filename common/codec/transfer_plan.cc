@@ -217,7 +217,10 @@ absl::StatusOr<TransferPlan> ResolveTransferPlan(const v1::ModelInfo& model,
       params->scheme = lt.scheme;
       params->granularity = ResolveGranularity(spec.granularity(), part);
       params->group_size = static_cast<int>(spec.group_size());
-      params->asymmetric = spec.asymmetric() && IsIntScheme(lt.scheme);
+      params->asymmetric = spec.asymmetric();
+      // Only schemes with zero points encode asymmetrically (the block
+      // header must not claim it otherwise).
+      params->asymmetric = HasZeroPoints(*params);
       RETURN_IF_ERROR(ValidateQuantParams(*params, model.num_kv_heads(),
                                           plan.selected_tokens,
                                           model.head_dim()));

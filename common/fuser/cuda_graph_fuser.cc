@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/cuda_graph_capture.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 namespace kvwire {
 namespace {
@@ -259,7 +260,7 @@ absl::Status CudaGraphFuser::PrepareLocked(int64_t bucket,
   }
   const int64_t max_rows = TokenBucket(options_.max_tokens);
   std::map<int, LayerGraph> captured;
-  try {
+  RETURN_IF_ERROR(Guarded("CUDA graph capture", [&]() -> absl::Status {
     c10::InferenceMode inference;
     c10::cuda::CUDAGuard device_guard(device.index());
     for (int t : layers) {
@@ -303,10 +304,8 @@ absl::Status CudaGraphFuser::PrepareLocked(int64_t bucket,
       ++impl_->captures;
     }
     stream.synchronize();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("CUDA graph capture: ", e.what_without_backtrace()));
-  }
+    return absl::OkStatus();
+  }));
   impl_->graphs.emplace(key, std::move(captured));
   return absl::OkStatus();
 }
@@ -328,7 +327,7 @@ absl::Status CudaGraphFuser::PrepareBatched(int64_t tokens,
   }
   // The runs of a call fusing every layer with `tokens` tokens.
   std::vector<LayerFusionInput> inputs;
-  try {
+  RETURN_IF_ERROR(Guarded("CUDA graph capture", [&]() -> absl::Status {
     c10::InferenceMode inference;
     for (int t : layers) {
       const C2CProjector* p = fuser_->ProjectorFor(t);
@@ -344,10 +343,8 @@ absl::Status CudaGraphFuser::PrepareBatched(int64_t tokens,
       in.receiver_values = in.receiver_keys;
       inputs.push_back(std::move(in));
     }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("CUDA graph capture: ", e.what_without_backtrace()));
-  }
+    return absl::OkStatus();
+  }));
   ASSIGN_OR_RETURN(FusionPlan plan, fuser_->PlanFusion(inputs));
   std::lock_guard<std::mutex> lock(impl_->mu);
   for (const FusionRun& run : plan.runs) {
@@ -367,7 +364,7 @@ absl::Status CudaGraphFuser::CaptureRunLocked(const FusionRun& run,
   }
   const C2CProjectorArgs& a = stack.args();
   const int64_t count = run.count();
-  try {
+  return Guarded("CUDA graph capture", [&]() -> absl::Status {
     c10::InferenceMode inference;
     c10::cuda::CUDAGuard device_guard(device.index());
     const std::vector<at::Tensor> v =
@@ -403,11 +400,8 @@ absl::Status CudaGraphFuser::CaptureRunLocked(const FusionRun& run,
     stream.synchronize();
     ++impl_->captures;
     impl_->run_graphs.emplace(RunGraphKey{ShapeOf(run), bucket}, std::move(g));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("CUDA graph capture: ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::Status CudaGraphFuser::FuseLayer(int receiver_layer, const at::Tensor& sk,
@@ -439,27 +433,25 @@ absl::Status CudaGraphFuser::FuseLayerLocked(
   if (g == nullptr || start < 0 || start + n > rk.size(-2)) {
     return fuser_->FuseLayer(receiver_layer, sk, sv, rk, rv, start);
   }
-  try {
-    c10::InferenceMode inference;
-    c10::cuda::CUDAGuard device_guard(p->device().index());
-    impl_->BeginGraphCall(p->device().index());
-    at::Tensor k = Unbatched(rk).narrow(1, start, n);
-    at::Tensor v = Unbatched(rv).narrow(1, start, n);
-    g->sk.narrow(1, 0, n).copy_(Unbatched(sk));
-    g->sv.narrow(1, 0, n).copy_(Unbatched(sv));
-    g->rk.narrow(1, 0, n).copy_(k);
-    g->rv.narrow(1, 0, n).copy_(v);
-    g->graph->replay();
-    ++impl_->replays;
-    if (p->key_gate_open()) k.copy_(g->out_k.narrow(1, 0, n));
-    if (p->value_gate_open()) v.copy_(g->out_v.narrow(1, 0, n));
-    impl_->EndGraphCall(p->device().index());
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("fusing receiver layer ", receiver_layer,
-                     " (graph): ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
+  return Guarded(
+      absl::StrCat("fusing receiver layer ", receiver_layer, " (graph)"),
+      [&]() -> absl::Status {
+        c10::InferenceMode inference;
+        c10::cuda::CUDAGuard device_guard(p->device().index());
+        impl_->BeginGraphCall(p->device().index());
+        at::Tensor k = Unbatched(rk).narrow(1, start, n);
+        at::Tensor v = Unbatched(rv).narrow(1, start, n);
+        g->sk.narrow(1, 0, n).copy_(Unbatched(sk));
+        g->sv.narrow(1, 0, n).copy_(Unbatched(sv));
+        g->rk.narrow(1, 0, n).copy_(k);
+        g->rv.narrow(1, 0, n).copy_(v);
+        g->graph->replay();
+        ++impl_->replays;
+        if (p->key_gate_open()) k.copy_(g->out_k.narrow(1, 0, n));
+        if (p->value_gate_open()) v.copy_(g->out_v.narrow(1, 0, n));
+        impl_->EndGraphCall(p->device().index());
+        return absl::OkStatus();
+      });
 }
 
 absl::Status CudaGraphFuser::FuseLayerTokensLocked(
@@ -484,31 +476,31 @@ absl::Status CudaGraphFuser::FuseLayerTokensLocked(
   if (!valid) {
     return fuser_->FuseLayerTokens(receiver_layer, sk, sv, positions, rk, rv);
   }
-  try {
-    c10::InferenceMode inference;
-    c10::cuda::CUDAGuard device_guard(p->device().index());
-    impl_->BeginGraphCall(p->device().index());
-    at::Tensor index =
-        at::from_blob(idx.data(), {n}, at::TensorOptions().dtype(at::kLong))
-            .to(rk.device());
-    at::Tensor k = Unbatched(rk), v = Unbatched(rv);
-    g->sk.narrow(1, 0, n).copy_(Unbatched(sk));
-    g->sv.narrow(1, 0, n).copy_(Unbatched(sv));
-    g->rk.narrow(1, 0, n).copy_(k.index_select(1, index));
-    g->rv.narrow(1, 0, n).copy_(v.index_select(1, index));
-    g->graph->replay();
-    ++impl_->replays;
-    if (p->key_gate_open()) k.index_copy_(1, index, g->out_k.narrow(1, 0, n));
-    if (p->value_gate_open()) {
-      v.index_copy_(1, index, g->out_v.narrow(1, 0, n));
-    }
-    impl_->EndGraphCall(p->device().index());
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("fusing receiver layer ", receiver_layer,
-                     " (graph): ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
+  return Guarded(
+      absl::StrCat("fusing receiver layer ", receiver_layer, " (graph)"),
+      [&]() -> absl::Status {
+        c10::InferenceMode inference;
+        c10::cuda::CUDAGuard device_guard(p->device().index());
+        impl_->BeginGraphCall(p->device().index());
+        at::Tensor index =
+            at::from_blob(idx.data(), {n}, at::TensorOptions().dtype(at::kLong))
+                .to(rk.device());
+        at::Tensor k = Unbatched(rk), v = Unbatched(rv);
+        g->sk.narrow(1, 0, n).copy_(Unbatched(sk));
+        g->sv.narrow(1, 0, n).copy_(Unbatched(sv));
+        g->rk.narrow(1, 0, n).copy_(k.index_select(1, index));
+        g->rv.narrow(1, 0, n).copy_(v.index_select(1, index));
+        g->graph->replay();
+        ++impl_->replays;
+        if (p->key_gate_open()) {
+          k.index_copy_(1, index, g->out_k.narrow(1, 0, n));
+        }
+        if (p->value_gate_open()) {
+          v.index_copy_(1, index, g->out_v.narrow(1, 0, n));
+        }
+        impl_->EndGraphCall(p->device().index());
+        return absl::OkStatus();
+      });
 }
 
 absl::Status CudaGraphFuser::FuseLayers(
@@ -539,7 +531,7 @@ absl::Status CudaGraphFuser::FuseLayers(
       continue;
     }
     const c10::DeviceIndex device = stack.device().index();
-    try {
+    RETURN_IF_ERROR(Guarded("batched fusion (graph)", [&]() -> absl::Status {
       c10::InferenceMode inference;
       c10::cuda::CUDAGuard device_guard(device);
       if (!graph_device.has_value()) {
@@ -551,19 +543,15 @@ absl::Status CudaGraphFuser::FuseLayers(
       g->graph->replay();
       ++impl_->replays;
       RETURN_IF_ERROR(fuser_->ScatterRun(plan, run, inputs, g->out));
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("batched fusion (graph): ", e.what_without_backtrace()));
-    }
+      return absl::OkStatus();
+    }));
   }
   if (graph_device.has_value()) {
-    try {
+    RETURN_IF_ERROR(Guarded("batched fusion (graph)", [&]() -> absl::Status {
       c10::cuda::CUDAGuard device_guard(*graph_device);
       impl_->EndGraphCall(*graph_device);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("batched fusion (graph): ", e.what_without_backtrace()));
-    }
+      return absl::OkStatus();
+    }));
   }
   for (const auto& [run, fused] : eager) {
     RETURN_IF_ERROR(fuser_->ScatterRun(plan, *run, inputs, fused));

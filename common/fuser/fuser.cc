@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 namespace kvwire {
 
@@ -285,7 +286,7 @@ absl::StatusOr<FusionPlan> C2CFuser::PlanFusion(
   std::map<std::tuple<int, bool, int64_t, at::ScalarType>,
            std::vector<std::pair<int64_t, int>>>
       groups;
-  try {
+  RETURN_IF_ERROR(Guarded("planning fusion", [&]() -> absl::Status {
     c10::InferenceMode guard;
     // Row indices by content, so one token selection shared by every layer
     // is copied to the device once.
@@ -335,10 +336,8 @@ absl::StatusOr<FusionPlan> C2CFuser::PlanFusion(
         groups[{slot.stack, value, n, dtype}].emplace_back(slot.member, i);
       }
     }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("planning fusion: ", e.what_without_backtrace()));
-  }
+    return absl::OkStatus();
+  }));
   for (auto& [key, items] : groups) {
     std::stable_sort(
         items.begin(), items.end(),
@@ -371,7 +370,7 @@ absl::Status C2CFuser::GatherRun(const FusionPlan& plan, const FusionRun& run,
                                  absl::Span<const LayerFusionInput> inputs,
                                  const at::Tensor& sharer,
                                  const at::Tensor& receiver) const {
-  try {
+  return Guarded("gathering fusion inputs", [&]() -> absl::Status {
     c10::InferenceMode guard;
     for (int64_t j = 0; j < run.count(); ++j) {
       const int i = run.inputs[j];
@@ -385,18 +384,15 @@ absl::Status C2CFuser::GatherRun(const FusionPlan& plan, const FusionRun& run,
           .narrow(1, 0, run.tokens)
           .copy_(ReceiverRows(plan, i, r, run.tokens));
     }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("gathering fusion inputs: ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::Status C2CFuser::ScatterRun(const FusionPlan& plan, const FusionRun& run,
                                   absl::Span<const LayerFusionInput> inputs,
                                   const at::Tensor& fused) const {
   const C2CProjectorStack& stack = stacks_[run.stack];
-  try {
+  return Guarded("writing fused layers", [&]() -> absl::Status {
     c10::InferenceMode guard;
     for (int64_t j = 0; j < run.count(); ++j) {
       if (!stack.gate_open(run.first + j, run.value)) continue;
@@ -411,11 +407,8 @@ absl::Status C2CFuser::ScatterRun(const FusionPlan& plan, const FusionRun& run,
         r.narrow(1, plan.start[i], run.tokens).copy_(src);
       }
     }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("writing fused layers: ", e.what_without_backtrace()));
-  }
-  return absl::OkStatus();
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<at::Tensor> C2CFuser::ComputeRun(
@@ -424,7 +417,7 @@ absl::StatusOr<at::Tensor> C2CFuser::ComputeRun(
   const C2CProjectorStack& stack = stacks_[run.stack];
   const C2CProjectorArgs& a = stack.args();
   at::Tensor sharer, receiver;
-  try {
+  RETURN_IF_ERROR(Guarded("fusion buffers", [&]() -> absl::Status {
     c10::InferenceMode guard;
     const auto options = at::TensorOptions().device(stack.device());
     sharer =
@@ -433,10 +426,8 @@ absl::StatusOr<at::Tensor> C2CFuser::ComputeRun(
     receiver =
         at::empty({run.count(), a.target_num_heads, run.tokens, a.target_dim},
                   options.dtype(run.receiver_dtype));
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("fusion buffers: ", e.what_without_backtrace()));
-  }
+    return absl::OkStatus();
+  }));
   RETURN_IF_ERROR(GatherRun(plan, run, inputs, sharer, receiver));
   return stack.FusePath(run.value, run.first, run.count(), sharer, receiver);
 }

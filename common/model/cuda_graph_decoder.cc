@@ -3,11 +3,9 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/from_blob.h>
-#include <ATen/ops/silu.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -31,7 +29,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/cuda_graph_capture.h"
 #include "common/model/decode_kernels.h"
+#include "common/model/layers.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 
 namespace kvwire {
 namespace {
@@ -60,13 +60,6 @@ cudaStream_t CurrentStream(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 
-at::Tensor ReferenceRmsNorm(const at::Tensor& x, const at::Tensor& weight,
-                            double eps) {
-  const at::Tensor xf = x.to(at::kFloat);
-  const at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return weight * (xf * (variance + eps).rsqrt()).to(x.scalar_type());
-}
-
 at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& weight,
                         double eps) {
   decode_kernels::Dtype dtype;
@@ -74,7 +67,7 @@ at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& weight,
       weight.scalar_type() != x.scalar_type() || weight.dim() != 1 ||
       x.dim() < 1 || x.size(-1) != weight.size(0) ||
       !KernelDtype(x.scalar_type(), &dtype)) {
-    return ReferenceRmsNorm(x, weight, eps);
+    return RmsNorm(x, weight, eps);
   }
   const at::Tensor xc = x.contiguous();
   const at::Tensor wc = weight.contiguous();
@@ -86,14 +79,6 @@ at::Tensor FusedRmsNorm(const at::Tensor& x, const at::Tensor& weight,
                               dtype, CurrentStream(x)),
       "fused RMSNorm");
   return out;
-}
-
-at::Tensor ReferenceRope(const at::Tensor& x, const at::Tensor& cos,
-                         const at::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  const at::Tensor rot =
-      at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
-  return x * cos + rot * sin;
 }
 
 at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos,
@@ -112,7 +97,7 @@ at::Tensor FusedRope(const at::Tensor& x, const at::Tensor& cos,
       sin.device() != x.device() || cos.scalar_type() != x.scalar_type() ||
       sin.scalar_type() != x.scalar_type() || dim % 2 != 0 || positions == 0 ||
       sin.sizes() != cos.sizes() || !KernelDtype(x.scalar_type(), &dtype)) {
-    return ReferenceRope(x, cos, sin);
+    return ApplyRope(x, cos, sin);
   }
   const at::Tensor xc = x.contiguous();
   const at::Tensor cc = cos.contiguous();
@@ -130,7 +115,7 @@ at::Tensor FusedSiluMul(const at::Tensor& gate_up) {
   const int64_t n = gate_up.dim() >= 1 ? gate_up.size(-1) / 2 : 0;
   if (!gate_up.is_cuda() || gate_up.size(-1) % 2 != 0 || n == 0 ||
       !KernelDtype(gate_up.scalar_type(), &dtype)) {
-    return at::silu(gate_up.narrow(-1, 0, n)) * gate_up.narrow(-1, n, n);
+    return SiluMul(gate_up, n);
   }
   const at::Tensor gc = gate_up.contiguous();
   std::vector<int64_t> shape(gc.sizes().begin(), gc.sizes().end());
@@ -373,7 +358,7 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
   }
   const DecodeStepKernels* kernels =
       options_.fused_kernels ? &impl.kernels : nullptr;
-  try {
+  return Guarded("CUDA-graph decode step", [&]() -> absl::StatusOr<at::Tensor> {
     c10::InferenceMode inference;
     c10::cuda::CUDAGuard device_guard(device.index());
     if (impl.graphs == nullptr) {
@@ -413,10 +398,7 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
     }
     graphs.Leave(caller);
     return out;
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("CUDA-graph decode step: ", e.what_without_backtrace()));
-  }
+  });
 }
 
 struct CudaGraphPrefill::Impl {
@@ -474,68 +456,67 @@ absl::StatusOr<AcceleratedPrefill> CudaGraphPrefill::Prefill(
   }
   const DecodeStepKernels* kernels =
       options_.fused_kernels ? &kernels_ : nullptr;
-  try {
-    c10::InferenceMode inference;
-    c10::cuda::CUDAGuard device_guard(device.index());
-    if (impl.graphs == nullptr) {
-      ASSIGN_OR_RETURN(
-          impl.staging,
-          decoder.NewCache(options_.max_tokens, 1, CacheSource::kOwnStorage));
-      const auto index = at::TensorOptions().dtype(at::kLong).device(device);
-      impl.tokens = at::zeros({options_.max_tokens}, index);
-      impl.zero = at::zeros({1}, index);
-      impl.last = at::zeros({1}, index);
-      impl.logits = at::zeros({config.vocab_size}, index.dtype(at::kFloat));
-      impl.graphs = std::make_unique<GraphCache<std::pair<int64_t, bool>>>(
-          device, options_.max_graphs);
-    }
-    GraphCache<std::pair<int64_t, bool>>& graphs = *impl.graphs;
-    StaticDecodeIo io;
-    io.token = impl.tokens.narrow(0, 0, bucket);
-    io.position = impl.zero;
-    if (want_logits) {
-      io.logits = impl.logits;
-      io.logits_row = impl.last;
-    }
-    // Padding repeats the last token; causal attention keeps the real
-    // tokens' K/V and logits independent of it.
-    std::vector<int64_t> padded(token_ids.begin(), token_ids.end());
-    padded.resize(bucket, token_ids.back());
-    const at::Tensor host_tokens =
-        at::from_blob(padded.data(), {bucket}, at::kLong);
+  return Guarded(
+      "CUDA-graph prefill", [&]() -> absl::StatusOr<AcceleratedPrefill> {
+        c10::InferenceMode inference;
+        c10::cuda::CUDAGuard device_guard(device.index());
+        if (impl.graphs == nullptr) {
+          ASSIGN_OR_RETURN(impl.staging,
+                           decoder.NewCache(options_.max_tokens, 1,
+                                            CacheSource::kOwnStorage));
+          const auto index =
+              at::TensorOptions().dtype(at::kLong).device(device);
+          impl.tokens = at::zeros({options_.max_tokens}, index);
+          impl.zero = at::zeros({1}, index);
+          impl.last = at::zeros({1}, index);
+          impl.logits = at::zeros({config.vocab_size}, index.dtype(at::kFloat));
+          impl.graphs = std::make_unique<GraphCache<std::pair<int64_t, bool>>>(
+              device, options_.max_graphs);
+        }
+        GraphCache<std::pair<int64_t, bool>>& graphs = *impl.graphs;
+        StaticDecodeIo io;
+        io.token = impl.tokens.narrow(0, 0, bucket);
+        io.position = impl.zero;
+        if (want_logits) {
+          io.logits = impl.logits;
+          io.logits_row = impl.last;
+        }
+        // Padding repeats the last token; causal attention keeps the real
+        // tokens' K/V and logits independent of it.
+        std::vector<int64_t> padded(token_ids.begin(), token_ids.end());
+        padded.resize(bucket, token_ids.back());
+        const at::Tensor host_tokens =
+            at::from_blob(padded.data(), {bucket}, at::kLong);
 
-    c10::cuda::CUDAStream caller =
-        c10::cuda::getCurrentCUDAStream(device.index());
-    at::Tensor out;
-    if (want_logits) {
-      out = at::empty({config.vocab_size},
-                      at::TensorOptions().dtype(at::kFloat).device(device));
-    }
-    graphs.Enter(caller);
-    {
-      c10::cuda::CUDAStreamGuard stream_guard(graphs.stream());
-      io.token.copy_(host_tokens);
-      impl.last.fill_(n - 1);
-      const at::Tensor& storage = impl.staging.storage();
-      at::cuda::CUDAGraph* graph = graphs.Get(key, [&] {
-        return decoder.StaticDecodeStep(io, storage, bucket, kernels);
+        c10::cuda::CUDAStream caller =
+            c10::cuda::getCurrentCUDAStream(device.index());
+        at::Tensor out;
+        if (want_logits) {
+          out = at::empty({config.vocab_size},
+                          at::TensorOptions().dtype(at::kFloat).device(device));
+        }
+        graphs.Enter(caller);
+        {
+          c10::cuda::CUDAStreamGuard stream_guard(graphs.stream());
+          io.token.copy_(host_tokens);
+          impl.last.fill_(n - 1);
+          const at::Tensor& storage = impl.staging.storage();
+          at::cuda::CUDAGraph* graph = graphs.Get(key, [&] {
+            return decoder.StaticDecodeStep(io, storage, bucket, kernels);
+          });
+          impl.captures = graphs.captures();
+          if (graph == nullptr) {
+            ++impl.declined;
+            return AcceleratedPrefill{};
+          }
+          graph->replay();
+          ++impl.replays;
+          RETURN_IF_ERROR(CopyCachePrefix(storage, cache.storage(), n));
+          if (want_logits) out.copy_(impl.logits);
+        }
+        graphs.Leave(caller);
+        return AcceleratedPrefill{true, out};
       });
-      impl.captures = graphs.captures();
-      if (graph == nullptr) {
-        ++impl.declined;
-        return AcceleratedPrefill{};
-      }
-      graph->replay();
-      ++impl.replays;
-      RETURN_IF_ERROR(CopyCachePrefix(storage, cache.storage(), n));
-      if (want_logits) out.copy_(impl.logits);
-    }
-    graphs.Leave(caller);
-    return AcceleratedPrefill{true, out};
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("CUDA-graph prefill: ", e.what_without_backtrace()));
-  }
 }
 
 BatchedDecodeAccelerator::StepRunner CudaGraphStepRunner(
@@ -560,7 +541,7 @@ BatchedDecodeAccelerator::StepRunner CudaGraphStepRunner(
     if (!device.is_cuda()) {
       return decoder.StaticDecodeStep(io, storage, span, kernels);
     }
-    try {
+    return Guarded("CUDA-graph batched decode", [&]() -> absl::Status {
       c10::InferenceMode inference;
       c10::cuda::CUDAGuard device_guard(device.index());
       if (state->graphs == nullptr) {
@@ -588,10 +569,7 @@ BatchedDecodeAccelerator::StepRunner CudaGraphStepRunner(
       }
       graphs.Leave(caller);
       return absl::OkStatus();
-    } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat("CUDA-graph batched decode: ",
-                                              e.what_without_backtrace()));
-    }
+    });
   };
 }
 

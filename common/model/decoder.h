@@ -177,10 +177,11 @@ struct GenerationResult {
   FinishReason finish_reason = FinishReason::kLength;
 };
 
-// Optional replacements for a few ATen op chains of Decoder::StaticDecodeStep
-// (e.g. fused CUDA kernels in kvwire_model_cuda). Each must compute what the
-// ATen reference computes, rounding included, up to the order of fp32
-// reductions. An empty function: the ATen ops.
+// Optional implementations of single steps of the decoder layer that
+// Decoder::StaticDecodeStep runs (layers.h: the norm, RoPE, QKV-to-cache and
+// MLP-activation steps), e.g. fused CUDA kernels in kvwire_model_cuda. Each
+// must compute what the ATen reference computes, rounding included, up to
+// the order of fp32 reductions. An empty function: the ATen ops.
 struct DecodeStepKernels {
   // HF RMSNorm over the last dim: fp32 statistics, cast back, weight * x.
   std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight,

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
+#include "common/model/model_family.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -28,12 +29,19 @@ absl::Status FieldError(absl::string_view source, absl::string_view field,
       absl::StrCat(source, ": field '", field, "' ", what));
 }
 
+// The field's value; null when absent or null (both mean "use the
+// default" in HF configs).
+const Json* FindField(const Json& j, const char* field) {
+  auto it = j.find(field);
+  return it == j.end() || it->is_null() ? nullptr : &*it;
+}
+
 // Integer field; `fallback` when absent or null (nullopt: required).
 absl::StatusOr<int64_t> GetInt(const Json& j, absl::string_view source,
                                const char* field,
                                std::optional<int64_t> fallback) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) {
+  const Json* it = FindField(j, field);
+  if (it == nullptr) {
     if (fallback.has_value()) return *fallback;
     return FieldError(source, field, "is missing");
   }
@@ -48,8 +56,8 @@ absl::StatusOr<int64_t> GetInt(const Json& j, absl::string_view source,
 absl::StatusOr<double> GetDouble(const Json& j, absl::string_view source,
                                  const char* field,
                                  std::optional<double> fallback) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) {
+  const Json* it = FindField(j, field);
+  if (it == nullptr) {
     if (fallback.has_value()) return *fallback;
     return FieldError(source, field, "is missing");
   }
@@ -59,8 +67,8 @@ absl::StatusOr<double> GetDouble(const Json& j, absl::string_view source,
 
 absl::StatusOr<bool> GetBool(const Json& j, absl::string_view source,
                              const char* field, bool fallback) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) return fallback;
+  const Json* it = FindField(j, field);
+  if (it == nullptr) return fallback;
   if (it->is_boolean()) return it->get<bool>();
   return FieldError(source, field, "is not a boolean");
 }
@@ -68,8 +76,8 @@ absl::StatusOr<bool> GetBool(const Json& j, absl::string_view source,
 absl::StatusOr<std::string> GetString(const Json& j, absl::string_view source,
                                       const char* field,
                                       const std::string& fallback) {
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) return fallback;
+  const Json* it = FindField(j, field);
+  if (it == nullptr) return fallback;
   if (it->is_string()) return it->get<std::string>();
   return FieldError(source, field, "is not a string");
 }
@@ -79,8 +87,8 @@ absl::StatusOr<std::vector<int64_t>> GetIdList(const Json& j,
                                                absl::string_view source,
                                                const char* field) {
   std::vector<int64_t> ids;
-  auto it = j.find(field);
-  if (it == j.end() || it->is_null()) return ids;
+  const Json* it = FindField(j, field);
+  if (it == nullptr) return ids;
   if (it->is_number_integer()) {
     ids.push_back(it->get<int64_t>());
     return ids;
@@ -182,37 +190,46 @@ bool RopeConfig::operator==(const RopeConfig& o) const {
 }
 
 absl::StatusOr<ModelArch> ParseModelArch(absl::string_view name) {
-  const std::string lower = absl::AsciiStrToLower(name);
-  if (lower == "qwen2forcausallm" || lower == "qwen2") return ModelArch::kQwen2;
-  if (lower == "qwen3forcausallm" || lower == "qwen3") return ModelArch::kQwen3;
-  if (lower == "llamaforcausallm" || lower == "llama") return ModelArch::kLlama;
-  return absl::UnimplementedError(absl::StrCat(
-      "unsupported architecture '", name,
-      "' (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM)"));
+  ASSIGN_OR_RETURN(const ModelFamily* family, FindModelFamily(name));
+  return family->arch;
 }
 
 std::string ArchitectureName(ModelArch arch) {
-  switch (arch) {
-    case ModelArch::kQwen2:
-      return "Qwen2ForCausalLM";
-    case ModelArch::kQwen3:
-      return "Qwen3ForCausalLM";
-    case ModelArch::kLlama:
-      return "LlamaForCausalLM";
-  }
-  return "";
+  return GetModelFamily(arch).architecture;
 }
 
 std::string ModelTypeName(ModelArch arch) {
-  switch (arch) {
-    case ModelArch::kQwen2:
-      return "qwen2";
-    case ModelArch::kQwen3:
-      return "qwen3";
-    case ModelArch::kLlama:
-      return "llama";
+  return GetModelFamily(arch).model_type;
+}
+
+absl::StatusOr<bool> ReadConfigBool(const Json& j, absl::string_view source,
+                                    const char* field, bool fallback) {
+  return GetBool(j, source, field, fallback);
+}
+
+absl::Status ReadAttentionBias(const Json& j, absl::string_view source,
+                               ModelConfig& c) {
+  ASSIGN_OR_RETURN(const bool bias,
+                   GetBool(j, source, "attention_bias", false));
+  c.qkv_bias = c.o_bias = bias;
+  return absl::OkStatus();
+}
+
+void WriteSlidingWindowConfig(const ModelConfig& c, Json& j) {
+  bool any_sliding = false;
+  int64_t window = 0;
+  Json layer_types = Json::array();
+  for (const LayerConfig& layer : c.layers) {
+    layer_types.push_back(layer.attention_type);
+    if (layer.sliding_window > 0) {
+      any_sliding = true;
+      window = layer.sliding_window;
+    }
   }
-  return "";
+  j["use_sliding_window"] = any_sliding;
+  j["sliding_window"] = any_sliding ? Json(window) : Json();
+  j["max_window_layers"] = c.num_hidden_layers;
+  j["layer_types"] = layer_types;
 }
 
 void SetUniformLayers(ModelConfig& config) {
@@ -322,11 +339,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(
   ASSIGN_OR_RETURN(
       c.num_key_value_heads,
       GetInt(j, source, "num_key_value_heads", c.num_attention_heads));
-  // Qwen3Config defaults head_dim to 128; the others derive it.
-  const int64_t default_head_dim = c.arch == ModelArch::kQwen3 ? 128
-                                   : c.num_attention_heads > 0
-                                       ? c.hidden_size / c.num_attention_heads
-                                       : 0;
+  const ModelFamily& family = GetModelFamily(c.arch);
+  const int64_t default_head_dim =
+      family.default_head_dim > 0 ? family.default_head_dim
+      : c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads
+                                  : 0;
   ASSIGN_OR_RETURN(c.head_dim, GetInt(j, source, "head_dim", default_head_dim));
   ASSIGN_OR_RETURN(c.rms_norm_eps, GetDouble(j, source, "rms_norm_eps", 1e-6));
   ASSIGN_OR_RETURN(c.max_position_embeddings,
@@ -339,22 +356,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(
     ASSIGN_OR_RETURN(c.torch_dtype, GetString(j, source, "dtype", ""));
   }
 
-  ASSIGN_OR_RETURN(bool attention_bias,
-                   GetBool(j, source, "attention_bias", false));
-  switch (c.arch) {
-    case ModelArch::kQwen2:
-      c.qkv_bias = true;  // Hard-coded in HF's Qwen2Attention.
-      c.o_bias = false;
-      break;
-    case ModelArch::kQwen3:
-      c.qkv_bias = c.o_bias = attention_bias;
-      c.qk_norm = true;
-      break;
-    case ModelArch::kLlama:
-      c.qkv_bias = c.o_bias = attention_bias;
-      ASSIGN_OR_RETURN(c.mlp_bias, GetBool(j, source, "mlp_bias", false));
-      break;
-  }
+  RETURN_IF_ERROR(family.parse_config(j, source, c));
 
   // RoPE: 5.x "rope_parameters" (flat, or keyed by layer type), else 4.x
   // "rope_theta" + "rope_scaling".
@@ -472,8 +474,6 @@ absl::StatusOr<ModelConfig> ParseModelConfig(
   return c;
 }
 
-namespace {}  // namespace
-
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
   const std::string config_path = model_dir + "/config.json";
   ASSIGN_OR_RETURN(std::string config_text, ReadFileToString(config_path));
@@ -501,22 +501,7 @@ ModelConfig MakeModelConfig(ModelArch arch, int64_t vocab_size,
       head_dim > 0 ? head_dim : (num_heads > 0 ? hidden_size / num_heads : 0);
   c.max_position_embeddings = 32768;
   c.torch_dtype = "bfloat16";
-  switch (arch) {
-    case ModelArch::kQwen2:
-      c.qkv_bias = true;
-      c.rope.theta = 1000000.0;
-      c.rms_norm_eps = 1e-6;
-      break;
-    case ModelArch::kQwen3:
-      c.qk_norm = true;
-      c.rope.theta = 1000000.0;
-      c.rms_norm_eps = 1e-6;
-      break;
-    case ModelArch::kLlama:
-      c.rope.theta = 500000.0;
-      c.rms_norm_eps = 1e-5;
-      break;
-  }
+  GetModelFamily(arch).set_defaults(c);
   SetUniformLayers(c);
   return c;
 }
@@ -574,24 +559,7 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   j["initializer_range"] = 0.02;
   j["use_cache"] = true;
   j["attention_dropout"] = 0.0;
-  if (c.arch != ModelArch::kQwen2) j["attention_bias"] = c.qkv_bias;
-  if (c.arch == ModelArch::kLlama) j["mlp_bias"] = c.mlp_bias;
-  bool any_sliding = false;
-  int64_t window = 0;
-  Json layer_types = Json::array();
-  for (const LayerConfig& layer : c.layers) {
-    layer_types.push_back(layer.attention_type);
-    if (layer.sliding_window > 0) {
-      any_sliding = true;
-      window = layer.sliding_window;
-    }
-  }
-  if (c.arch != ModelArch::kLlama) {
-    j["use_sliding_window"] = any_sliding;
-    j["sliding_window"] = any_sliding ? Json(window) : Json();
-    j["max_window_layers"] = c.num_hidden_layers;
-    j["layer_types"] = layer_types;
-  }
+  GetModelFamily(c.arch).write_config(c, j);
   if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
   if (c.eos_token_ids.size() == 1) {
     j["eos_token_id"] = c.eos_token_ids[0];
@@ -613,55 +581,6 @@ std::string GenerationConfigToJson(const ModelConfig& c) {
   if (c.pad_token_id >= 0) j["pad_token_id"] = c.pad_token_id;
   j["do_sample"] = false;
   return j.dump(2) + "\n";
-}
-
-std::vector<WeightSpec> ExpectedWeights(const ModelConfig& c) {
-  using Kind = WeightSpec::Kind;
-  std::vector<WeightSpec> specs;
-  const int64_t h = c.hidden_size;
-  const int64_t q_out = c.num_attention_heads * c.head_dim;
-  const int64_t kv_out = c.num_key_value_heads * c.head_dim;
-  const int64_t inter = c.intermediate_size;
-  specs.push_back(
-      {"model.embed_tokens.weight", {c.vocab_size, h}, Kind::kEmbedding});
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = absl::StrCat("model.layers.", i, ".");
-    specs.push_back({p + "input_layernorm.weight", {h}, Kind::kNorm});
-    specs.push_back({p + "self_attn.q_proj.weight", {q_out, h}, Kind::kLinear});
-    specs.push_back(
-        {p + "self_attn.k_proj.weight", {kv_out, h}, Kind::kLinear});
-    specs.push_back(
-        {p + "self_attn.v_proj.weight", {kv_out, h}, Kind::kLinear});
-    if (c.qkv_bias) {
-      specs.push_back({p + "self_attn.q_proj.bias", {q_out}, Kind::kBias});
-      specs.push_back({p + "self_attn.k_proj.bias", {kv_out}, Kind::kBias});
-      specs.push_back({p + "self_attn.v_proj.bias", {kv_out}, Kind::kBias});
-    }
-    specs.push_back({p + "self_attn.o_proj.weight", {h, q_out}, Kind::kLinear});
-    if (c.o_bias) {
-      specs.push_back({p + "self_attn.o_proj.bias", {h}, Kind::kBias});
-    }
-    if (c.qk_norm) {
-      specs.push_back(
-          {p + "self_attn.q_norm.weight", {c.head_dim}, Kind::kNorm});
-      specs.push_back(
-          {p + "self_attn.k_norm.weight", {c.head_dim}, Kind::kNorm});
-    }
-    specs.push_back({p + "post_attention_layernorm.weight", {h}, Kind::kNorm});
-    specs.push_back({p + "mlp.gate_proj.weight", {inter, h}, Kind::kLinear});
-    specs.push_back({p + "mlp.up_proj.weight", {inter, h}, Kind::kLinear});
-    specs.push_back({p + "mlp.down_proj.weight", {h, inter}, Kind::kLinear});
-    if (c.mlp_bias) {
-      specs.push_back({p + "mlp.gate_proj.bias", {inter}, Kind::kBias});
-      specs.push_back({p + "mlp.up_proj.bias", {inter}, Kind::kBias});
-      specs.push_back({p + "mlp.down_proj.bias", {h}, Kind::kBias});
-    }
-  }
-  specs.push_back({"model.norm.weight", {h}, Kind::kNorm});
-  if (!c.tie_word_embeddings) {
-    specs.push_back({"lm_head.weight", {c.vocab_size, h}, Kind::kLinear});
-  }
-  return specs;
 }
 
 }  // namespace kvwire

@@ -4,7 +4,8 @@
 //
 // Supported architectures: Qwen2ForCausalLM (q/k/v bias), Qwen3ForCausalLM
 // (per-head q/k RMSNorm before RoPE, explicit head_dim), LlamaForCausalLM
-// (optional "llama3" RoPE scaling, attention_bias, mlp_bias). Both the
+// (optional "llama3" RoPE scaling, attention_bias, mlp_bias); each family's
+// quirks live in models/<family>.cc (model_family.h). Both the
 // transformers 4.x layout ("rope_theta" + "rope_scaling") and the 5.x layout
 // ("rope_parameters", possibly keyed by layer type) are read.
 //
@@ -12,9 +13,10 @@
 // sliding-window layers and a different RoPE per layer type (Gemma3) fit
 // without changing the decoder's structure: the decoder already builds one
 // RoPE table per distinct RopeConfig and one mask per sliding window. Gemma3
-// would add a ModelArch plus flags for its remaining differences (RMSNorm
-// scaled by 1 + weight, embeddings scaled by sqrt(hidden), pre/post
-// feed-forward norms, gelu_pytorch_tanh, query_pre_attn_scalar).
+// would add a ModelArch, a family file and flags for its remaining
+// differences (RMSNorm scaled by 1 + weight, embeddings scaled by
+// sqrt(hidden), pre/post feed-forward norms, gelu_pytorch_tanh,
+// query_pre_attn_scalar).
 #ifndef KVWIRE_COMMON_MODEL_MODEL_CONFIG_H_
 #define KVWIRE_COMMON_MODEL_MODEL_CONFIG_H_
 
@@ -143,13 +145,36 @@ std::string ModelTypeName(ModelArch arch);     // "qwen2", ...
 // One weight the decoder expects in the checkpoint.
 struct WeightSpec {
   enum class Kind { kEmbedding, kLinear, kBias, kNorm };
+  // Where the decoder keeps the tensor. Consecutive specs of one layer and
+  // slot are concatenated along dim 0 in list order (q|k|v, gate|up), so the
+  // decoder runs one projection where the checkpoint has several.
+  enum class Slot {
+    kEmbedding,
+    kFinalNorm,
+    kLmHead,
+    kInputNorm,
+    kPostNorm,
+    kQkv,
+    kQkvBias,
+    kOut,
+    kOutBias,
+    kQNorm,
+    kKNorm,
+    kGateUp,
+    kGateUpBias,
+    kDown,
+    kDownBias,
+  };
   std::string name;  // HF name, e.g. "model.layers.0.self_attn.q_proj.weight".
   std::vector<int64_t> shape;
   Kind kind;
+  Slot slot = Slot::kEmbedding;
+  int64_t layer = -1;  // -1: not a decoder layer's.
 };
 
 // Every tensor a checkpoint of `config` must hold (lm_head.weight only when
-// embeddings are not tied), in a stable order.
+// embeddings are not tied), in a stable order (the family's weight list,
+// model_family.h).
 std::vector<WeightSpec> ExpectedWeights(const ModelConfig& config);
 
 }  // namespace kvwire

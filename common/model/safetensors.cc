@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 #include "nlohmann/json.hpp"
 
 namespace kvwire {
@@ -337,25 +338,25 @@ absl::StatusOr<at::Tensor> SafetensorsFile::GetTensor(
     return absl::NotFoundError(
         absl::StrCat("tensor '", name, "' not found in ", path_));
   }
-  try {
-    const auto options =
-        at::TensorOptions().dtype(ToScalarType(info->dtype)).device(at::kCPU);
-    const uint8_t* p = base_ + data_offset_ + info->begin;
-    const int64_t itemsize = SafetensorsDtypeSize(info->dtype);
-    if (info->nbytes() > 0 &&
-        reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(itemsize) ==
-            0) {
-      std::shared_ptr<const SafetensorsFile> self = shared_from_this();
-      return at::from_blob(
-          const_cast<uint8_t*>(p), info->shape, [self](void*) {}, options);
-    }
-    at::Tensor t = at::empty(info->shape, options);
-    if (info->nbytes() > 0) std::memcpy(t.data_ptr(), p, info->nbytes());
-    return t;
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(path_, ": tensor '", name,
-                                            "': ", e.what_without_backtrace()));
-  }
+  return Guarded(
+      absl::StrCat(path_, ": tensor '", name, "'"),
+      [&]() -> absl::StatusOr<at::Tensor> {
+        const auto options = at::TensorOptions()
+                                 .dtype(ToScalarType(info->dtype))
+                                 .device(at::kCPU);
+        const uint8_t* p = base_ + data_offset_ + info->begin;
+        const int64_t itemsize = SafetensorsDtypeSize(info->dtype);
+        if (info->nbytes() > 0 &&
+            reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(itemsize) ==
+                0) {
+          std::shared_ptr<const SafetensorsFile> self = shared_from_this();
+          return at::from_blob(
+              const_cast<uint8_t*>(p), info->shape, [self](void*) {}, options);
+        }
+        at::Tensor t = at::empty(info->shape, options);
+        if (info->nbytes() > 0) std::memcpy(t.data_ptr(), p, info->nbytes());
+        return t;
+      });
 }
 
 // ---------------------------------------------------------------------------
@@ -415,7 +416,7 @@ absl::Status WriteSafetensors(
     const std::string& path,
     const std::vector<std::pair<std::string, at::Tensor>>& tensors,
     const std::map<std::string, std::string>& metadata) {
-  try {
+  return Guarded(absl::StrCat("writing ", path), [&]() -> absl::Status {
     std::vector<at::Tensor> cpu;
     std::vector<SafetensorsEntry> entries;
     cpu.reserve(tensors.size());
@@ -433,10 +434,7 @@ absl::Status WriteSafetensors(
                                     c.nbytes())});
     }
     return WriteSafetensors(path, entries, metadata);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("writing ", path, ": ", e.what_without_backtrace()));
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/codec/scheme_table.h"
 #include "common/service/grpc_status.h"
 
 namespace kvwire {
@@ -114,9 +115,15 @@ absl::string_view RoleName(ServiceRole role) {
 }
 
 const std::vector<std::string>& TransferSchemeLabels() {
-  static const auto* const labels = new std::vector<std::string>{
-      "bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "int8",
-      "int4", "int2", "nf4",      "mixed",    "other"};
+  static const auto* const labels = [] {
+    // One label per scheme table row, so a new scheme is counted under its
+    // own name rather than "other".
+    auto* out = new std::vector<std::string>;
+    for (const SchemeInfo& row : kSchemeTable) out->push_back(row.name);
+    out->push_back("mixed");
+    out->push_back("other");
+    return out;
+  }();
   return *labels;
 }
 

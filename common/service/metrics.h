@@ -103,9 +103,9 @@ class QueueMetrics {
 
 // One completed KV transfer, as the sharer sent it or the receiver got it.
 struct TransferRecord {
-  // Scheme label: the lower-case scheme name ("bf16", "int8", "int4", ...)
-  // when every sent layer used it, "mixed" otherwise. Unknown names are
-  // recorded as "other".
+  // Scheme label: the scheme table row's name ("bf16", "int8", "int4", ...;
+  // common/codec/scheme_table.h) when every sent layer used it, "mixed"
+  // otherwise. Unknown names are recorded as "other".
   std::string scheme;
   int64_t raw_bytes = 0;         // Sent layers x T tokens x K,V at 16 bits.
   int64_t payload_bytes = 0;     // Sum of KvBlock.values sizes.
@@ -140,7 +140,8 @@ class TransferMetrics {
   prometheus::Histogram* selected_ratio_ = nullptr;
 };
 
-// The scheme label values TransferMetrics pre-creates.
+// The scheme label values TransferMetrics pre-creates: every scheme table
+// row's name, in table order, then "mixed" and "other".
 const std::vector<std::string>& TransferSchemeLabels();
 
 class Metrics {

@@ -9,11 +9,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/engine/pipeline.h"
+#include "common/engine/receiver_session.h"
 #include "common/model/model_config.h"
-#include "common/pipeline/pipeline.h"
-#include "common/pipeline/receiver_session.h"
 #include "common/status_macros.h"
-#include "tests/common/pipeline/test_assets.h"
+#include "tests/common/engine/test_assets.h"
 #include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
 
 namespace kvwire {
@@ -28,9 +28,9 @@ absl::StatusOr<const C2cPipeline*> PipelineFor(const ReferenceAssets& assets) {
   if (it != cache->end()) return it->second.get();
   at::set_num_threads(1);  // As the services under test.
   PipelineOptions options;
-  options.receiver_dir = assets.receiver_dir;
-  options.sharer_dir = assets.sharer_dir;
-  options.fuser_dir = assets.fuser_dir;
+  options.receiver.model.dir = assets.receiver_dir;
+  options.sharer.model.dir = assets.sharer_dir;
+  options.receiver.fuser_dir = assets.fuser_dir;
   ASSIGN_OR_RETURN(std::unique_ptr<C2cPipeline> p, C2cPipeline::Load(options));
   const C2cPipeline* raw = p.get();
   cache->emplace(assets.receiver_dir, std::move(p));
@@ -118,14 +118,20 @@ absl::StatusOr<StreamSize> ExpectedStream(const ReferenceAssets& assets,
                    pipeline->ReceiverPrompt(messages));
   if (ids.size() < 2) return absl::InvalidArgumentError("prompt too short");
   StreamSize size;
-  ChunkSink sink = [&](v1::KvChunk chunk) -> absl::Status {
+  auto sink = [&](v1::KvChunk chunk) -> absl::Status {
     size.serialized_bytes += chunk.ByteSizeLong();
     ++size.chunks;
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(ShareKv(*pipeline->sharer(), sharer_model,
-                          absl::MakeConstSpan(ids.data(), ids.size() - 1), spec,
-                          request_id, sink)
+  // The pipeline's sharer engine describes the same checkpoint as the
+  // service (`sharer_model`), fingerprint included.
+  if (pipeline->sharer_info().fingerprint() != sharer_model.fingerprint()) {
+    return absl::FailedPreconditionError(
+        "the reference's sharer is not the service's");
+  }
+  RETURN_IF_ERROR(pipeline
+                      ->Share(absl::MakeConstSpan(ids.data(), ids.size() - 1),
+                              spec, request_id, sink)
                       .status());
   return size;
 }

@@ -18,11 +18,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/codec/scheme.h"
+#include "common/protocol/answer_validation.h"
 #include "common/service/grpc_status.h"
 #include "common/service/security.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
 #include "nlohmann/json.hpp"
-#include "receiver_service/answer_validation.h"
 
 namespace kvwire {
 namespace {

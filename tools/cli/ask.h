@@ -64,6 +64,10 @@ std::string ChromeTraceJson(const v1::AnswerResponse& response);
 // The same as a text table, in start order.
 std::string FormatTrace(const v1::AnswerResponse& response);
 
+// `kvwire-cli ask`: reads the ask flags (ask_command.cc), asks, prints
+// (`json`: JSON). Returns the process exit code (2 for bad flags).
+int RunAskCommand(bool json);
+
 }  // namespace kvwire
 
 #endif  // KVWIRE_TOOLS_CLI_ASK_H_

@@ -35,26 +35,61 @@ v1::TransferSpec Spec(v1::Scheme scheme, v1::Granularity granularity,
   return spec;
 }
 
+// The granularity of a scheme's single report entry, by kind: per token
+// for FP8's wide range, per group for a 16-value codebook, per head else.
+v1::Granularity DefaultReportGranularity(SchemeKind kind) {
+  switch (kind) {
+    case SchemeKind::kFp8:
+      return v1::GRANULARITY_PER_TOKEN;
+    case SchemeKind::kCodebook:
+      return v1::GRANULARITY_PER_GROUP;
+    default:
+      return v1::GRANULARITY_PER_HEAD;
+  }
+}
+
+// The INT schemes' trade-offs depend most on granularity and zero points:
+// they get several entries each.
+struct ReportVariant {
+  v1::Scheme scheme;
+  const char* suffix;  // Appended to the row's name for the label.
+  v1::Granularity granularity;
+  bool asymmetric = false;
+  uint32_t group_size = 32;
+};
+const ReportVariant kReportVariants[] = {
+    {v1::SCHEME_INT8, "", v1::GRANULARITY_PER_LAYER},
+    {v1::SCHEME_INT8, "", v1::GRANULARITY_PER_HEAD},
+    {v1::SCHEME_INT8, "", v1::GRANULARITY_KIVI},
+    {v1::SCHEME_INT8, " asym", v1::GRANULARITY_PER_TOKEN, true},
+    {v1::SCHEME_INT4, "", v1::GRANULARITY_PER_HEAD},
+    {v1::SCHEME_INT4, "", v1::GRANULARITY_PER_CHANNEL},
+    {v1::SCHEME_INT4, "", v1::GRANULARITY_KIVI},
+    {v1::SCHEME_INT4, "", v1::GRANULARITY_PER_GROUP},
+    {v1::SCHEME_INT4, " asym", v1::GRANULARITY_PER_GROUP, true},
+    {v1::SCHEME_INT2, " asym", v1::GRANULARITY_PER_GROUP, true, 16},
+};
+
 }  // namespace
 
 std::vector<std::pair<std::string, v1::TransferSpec>> DefaultReportSpecs() {
-  std::vector<std::pair<std::string, v1::TransferSpec>> specs = {
-      {"bf16", Spec(v1::SCHEME_BF16, v1::GRANULARITY_PER_HEAD)},
-      {"fp16", Spec(v1::SCHEME_FP16, v1::GRANULARITY_PER_HEAD)},
-      {"fp8_e4m3", Spec(v1::SCHEME_FP8_E4M3, v1::GRANULARITY_PER_TOKEN)},
-      {"fp8_e5m2", Spec(v1::SCHEME_FP8_E5M2, v1::GRANULARITY_PER_TOKEN)},
-      {"int8", Spec(v1::SCHEME_INT8, v1::GRANULARITY_PER_LAYER)},
-      {"int8", Spec(v1::SCHEME_INT8, v1::GRANULARITY_PER_HEAD)},
-      {"int8", Spec(v1::SCHEME_INT8, v1::GRANULARITY_KIVI)},
-      {"int8 asym", Spec(v1::SCHEME_INT8, v1::GRANULARITY_PER_TOKEN, true)},
-      {"int4", Spec(v1::SCHEME_INT4, v1::GRANULARITY_PER_HEAD)},
-      {"int4", Spec(v1::SCHEME_INT4, v1::GRANULARITY_PER_CHANNEL)},
-      {"int4", Spec(v1::SCHEME_INT4, v1::GRANULARITY_KIVI)},
-      {"int4", Spec(v1::SCHEME_INT4, v1::GRANULARITY_PER_GROUP)},
-      {"int4 asym", Spec(v1::SCHEME_INT4, v1::GRANULARITY_PER_GROUP, true)},
-      {"nf4", Spec(v1::SCHEME_NF4, v1::GRANULARITY_PER_GROUP)},
-      {"int2 asym", Spec(v1::SCHEME_INT2, v1::GRANULARITY_PER_GROUP, true, 16)},
-  };
+  std::vector<std::pair<std::string, v1::TransferSpec>> specs;
+  // Every scheme table row, in table order (bf16 first: the compression
+  // baseline): its curated variants, or one entry at its kind's granularity.
+  for (const SchemeInfo& row : kSchemeTable) {
+    bool curated = false;
+    for (const ReportVariant& v : kReportVariants) {
+      if (v.scheme != row.scheme) continue;
+      specs.emplace_back(
+          absl::StrCat(row.name, v.suffix),
+          Spec(row.scheme, v.granularity, v.asymmetric, v.group_size));
+      curated = true;
+    }
+    if (!curated) {
+      specs.emplace_back(row.name,
+                         Spec(row.scheme, DefaultReportGranularity(row.kind)));
+    }
+  }
   v1::TransferSpec zstd = Spec(v1::SCHEME_INT4, v1::GRANULARITY_PER_HEAD);
   zstd.mutable_entropy()->set_coder(v1::ENTROPY_CODER_ZSTD);
   specs.emplace_back("int4 +zstd", zstd);

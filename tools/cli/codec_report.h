@@ -27,7 +27,8 @@ struct CodecReportRow {
   double decode_ms = 0;
 };
 
-// The specs the report covers, labelled.
+// The specs the report covers, labelled: every scheme table row (at least
+// one entry each, bf16 first), then entropy coding and token selection.
 std::vector<std::pair<std::string, v1::TransferSpec>> DefaultReportSpecs();
 
 // Runs each spec `repetitions` times over one synthetic cache.

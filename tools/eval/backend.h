@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/protocol/wire_framing.h"
 #include "common/tokenizer/chat_template.h"
 #include "kvwire/v1/kvwire.pb.h"
 
@@ -29,7 +30,7 @@ const char* EvalMethodName(EvalMethod method);
 absl::StatusOr<EvalMethod> ParseEvalMethod(absl::string_view name);
 
 // Token selections the sharer cannot compute alone: they exist only in the
-// in-process pipeline (common/pipeline/selection.h) and end up as explicit
+// in-process pipeline (common/engine/selection.h) and end up as explicit
 // indices on the wire.
 bool IsInProcessSelectionStrategy(absl::string_view name);
 
@@ -92,9 +93,6 @@ class AnswerBackend {
   virtual absl::StatusOr<BackendAnswer> Answer(
       const BackendRequest& request) = 0;
 };
-
-// gRPC carries each message with a 5-byte prefix (compressed flag, length).
-constexpr uint64_t kGrpcMessagePrefixBytes = 5;
 
 }  // namespace eval
 }  // namespace kvwire

@@ -8,9 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/codec/layer_schedule.h"
+#include "common/engine/pipeline.h"
+#include "common/engine/selection.h"
 #include "common/model/decoder.h"
-#include "common/pipeline/pipeline.h"
-#include "common/pipeline/selection.h"
 #include "common/status_macros.h"
 
 namespace kvwire {
@@ -118,17 +118,14 @@ absl::StatusOr<std::unique_ptr<AnswerBackend>> CreateInProcessBackend(
   if (dtype_name.empty() || dtype_name == "auto") {
     dtype_name = device.is_cuda() ? "bf16" : "fp32";
   }
-  ASSIGN_OR_RETURN(at::ScalarType dtype, ParseModelDtype(dtype_name));
   PipelineOptions po;
-  po.receiver_dir = options.receiver_dir;
-  po.sharer_dir = options.sharer_dir;
-  po.fuser_dir = options.fuser_dir;
-  po.tokenizer_dir = options.tokenizer_dir;
-  po.sharer_tokenizer_dir = options.sharer_tokenizer_dir;
-  po.receiver.device = device;
-  po.receiver.dtype = dtype;
-  po.sharer.device = device;
-  po.sharer.dtype = dtype;
+  po.receiver.model.dir = options.receiver_dir;
+  po.receiver.fuser_dir = options.fuser_dir;
+  po.receiver.tokenizer_dir = options.tokenizer_dir;
+  po.receiver.sharer_tokenizer_dir = options.sharer_tokenizer_dir;
+  po.sharer.model.dir = options.sharer_dir;
+  po.receiver.model.device = po.sharer.model.device = options.device;
+  po.receiver.model.dtype = po.sharer.model.dtype = dtype_name;
   po.text_to_text_max_new_tokens = options.text_to_text_max_new_tokens;
   ASSIGN_OR_RETURN(std::unique_ptr<C2cPipeline> pipeline,
                    C2cPipeline::Load(po));

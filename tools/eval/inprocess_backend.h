@@ -1,4 +1,4 @@
-// AnswerBackend over the in-process C2cPipeline (common/pipeline): sharer,
+// AnswerBackend over the in-process C2cPipeline (common/engine): sharer,
 // codec, fuser and receiver in one process, no network. The only translation
 // unit of kvwire-eval that sees Torch is inprocess_backend.cc.
 //

@@ -46,6 +46,7 @@
 #include "common/fuser/fuser.h"
 #include "common/fuser/torch_pickle.h"
 #include "common/status_macros.h"
+#include "common/torch_guard.h"
 #include "nlohmann/json.hpp"
 
 #ifdef KVWIRE_WITH_CUDA
@@ -453,12 +454,7 @@ int main(int argc, char** argv) {
       "batched; with CUDA graphs in kvwire-fuser-graph-bench).");
   kvwire::HelpListsFlagsOf({"tools/fuser/bench_main.cc"});
   absl::ParseCommandLine(argc, argv);
-  absl::Status status;
-  try {
-    status = kvwire::Run();
-  } catch (const c10::Error& e) {
-    status = absl::InternalError(e.what_without_backtrace());
-  }
+  const absl::Status status = kvwire::Guarded("fusion bench", kvwire::Run);
   if (!status.ok()) {
     std::cerr << "kvwire-fuser-bench: " << status << "\n";
     return 1;

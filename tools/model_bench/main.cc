@@ -145,21 +145,22 @@ absl::Status Parity(const Decoder& decoder, const std::string& path,
 
 // Bytes of weights one decode step reads (every layer's matrices, norms and
 // biases, the final norm and the LM head; one embedding row), for the
-// weight-streaming floor: bytes / HBM bandwidth.
+// weight-streaming floor: bytes / HBM bandwidth. From the model family's
+// weight list, so every architecture counts what it loads.
 int64_t WeightBytesPerToken(const Decoder& decoder) {
   const ModelConfig& c = decoder.config();
-  const int64_t h = c.hidden_size;
-  const int64_t q_out = c.num_attention_heads * c.head_dim;
-  const int64_t kv_out = c.num_key_value_heads * c.head_dim;
-  const int64_t inter = c.intermediate_size;
-  int64_t per_layer =
-      (q_out + 2 * kv_out) * h + h * q_out + 2 * inter * h + inter * h + 2 * h;
-  if (c.qkv_bias) per_layer += q_out + 2 * kv_out;
-  if (c.o_bias) per_layer += h;
-  if (c.mlp_bias) per_layer += 2 * inter + h;
-  if (c.qk_norm) per_layer += 2 * c.head_dim;
-  const int64_t elements =
-      c.num_hidden_layers * per_layer + h + c.vocab_size * h + h;
+  int64_t elements = 0;
+  for (const WeightSpec& spec : ExpectedWeights(c)) {
+    if (spec.slot == WeightSpec::Slot::kEmbedding) {
+      elements += c.hidden_size;  // One row per token.
+      // A tied LM head reads the whole matrix.
+      if (c.tie_word_embeddings) elements += c.vocab_size * c.hidden_size;
+      continue;
+    }
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    elements += n;
+  }
   return elements * static_cast<int64_t>(c10::elementSize(decoder.dtype()));
 }
 

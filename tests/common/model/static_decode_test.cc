@@ -2,11 +2,14 @@
 // CUDA-graph decoder captures) against the eager DecodeStep, on random
 // checkpoints: same logits, same cache contents, same greedy tokens, across
 // span buckets and sliding windows, for one token and for chunks of tokens;
-// and the DecodeAccelerator and PrefillAccelerator hooks.
+// the DecodeAccelerator and PrefillAccelerator hooks; and DecodeStepKernels
+// as replacements of single steps of the layer.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/silu.h>
 #include <ATen/ops/tensor.h>
 #include <unistd.h>
 
@@ -221,6 +224,69 @@ TEST_P(StaticDecodeTest, MultiTokenStepMatchesEagerPrefillAfterAPrefix) {
   EXPECT_LT(MaxDiff(io.logits, expected->select(0, 2)), 1e-5);
   // More tokens than the span: refused.
   EXPECT_FALSE(decoder_->StaticDecodeStep(io, fixed->storage(), 4).ok());
+}
+
+TEST_P(StaticDecodeTest, StepKernelsReplaceSingleStepsOfTheLayer) {
+  // DecodeStepKernels that compute the ATen reference and count their calls:
+  // each replaces one step of every layer (the norms, RoPE of queries and
+  // keys, the MLP activation; qkv_to_cache here declines, so the step runs
+  // its ATen ops through the other kernels), and the results are the plain
+  // step's bit for bit.
+  int64_t norms = 0, ropes = 0, activations = 0, qkv = 0;
+  DecodeStepKernels kernels;
+  kernels.rms_norm = [&](const at::Tensor& x, const at::Tensor& weight,
+                         double eps) {
+    ++norms;
+    const at::Tensor xf = x.to(at::kFloat);
+    const at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+    return weight * (xf * (variance + eps).rsqrt()).to(x.scalar_type());
+  };
+  kernels.rope = [&](const at::Tensor& x, const at::Tensor& cos,
+                     const at::Tensor& sin) {
+    ++ropes;
+    const int64_t half = x.size(-1) / 2;
+    return x * cos +
+           at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)},
+                   -1) *
+               sin;
+  };
+  kernels.silu_mul = [&](const at::Tensor& gate_up) {
+    ++activations;
+    const int64_t n = gate_up.size(-1) / 2;
+    return at::silu(gate_up.narrow(-1, 0, n)) * gate_up.narrow(-1, n, n);
+  };
+  kernels.qkv_to_cache = [&](const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, double, const at::Tensor&,
+                             const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, const at::Tensor&) {
+    ++qkv;
+    return at::Tensor();
+  };
+  constexpr int64_t kCapacity = 16;
+  const std::vector<int64_t> prompt = Tokens(6);
+  auto plain = decoder_->NewCache(kCapacity, 2);
+  auto fused = decoder_->NewCache(kCapacity, 2);
+  ASSERT_TRUE(plain.ok() && fused.ok());
+  const auto index =
+      at::TensorOptions().dtype(at::kLong).device(decoder_->device());
+  StaticDecodeIo io;
+  io.token = at::tensor(prompt, at::kLong).to(decoder_->device());
+  io.position =
+      at::tensor(std::vector<int64_t>{0, 5}, at::kLong).to(decoder_->device());
+  io.logits = at::empty({2 * kVocab}, index.dtype(at::kFloat));
+  ASSERT_TRUE(decoder_->StaticDecodeStep(io, plain->storage(), 8).ok());
+  const at::Tensor expected = io.logits.clone();
+  ASSERT_TRUE(
+      decoder_->StaticDecodeStep(io, fused->storage(), 8, &kernels).ok());
+  EXPECT_TRUE(io.logits.equal(expected));
+  EXPECT_TRUE(fused->storage().equal(plain->storage()));
+
+  const int64_t layers = decoder_->config().num_hidden_layers;
+  const bool qk_norm = decoder_->config().qk_norm;
+  EXPECT_EQ(qkv, layers);
+  EXPECT_EQ(norms, layers * (qk_norm ? 4 : 2) + 1);
+  EXPECT_EQ(ropes, 2 * layers);
+  EXPECT_EQ(activations, layers);
 }
 
 TEST_P(StaticDecodeTest, PrefillAcceleratorServesPromptPrefills) {

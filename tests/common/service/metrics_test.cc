@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "common/codec/scheme_table.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/common/service/testing_util.h"
@@ -115,6 +116,28 @@ TEST(MetricsTest, TransferRecordFillsBytesByScheme) {
   EXPECT_EQ(MetricValue(text, "kvwire_kv_tokens_selected_ratio_sum",
                         {{"role", "sharer"}}),
             1.0);
+}
+
+// The label set comes from the scheme table (common/codec/scheme_table.h):
+// every row is counted under its own name, never as "other".
+TEST(MetricsTest, EverySchemeTableRowHasItsOwnLabel) {
+  Metrics metrics;
+  TransferMetrics& t = metrics.Transfer(ServiceRole::kReceiver);
+  for (const SchemeInfo& row : kSchemeTable) {
+    TransferRecord r;
+    r.scheme = row.name;
+    t.Record(r);
+  }
+  const std::string text = metrics.SerializeText();
+  for (const SchemeInfo& row : kSchemeTable) {
+    EXPECT_EQ(MetricValue(text, "kvwire_transfers_total",
+                          {{"role", "receiver"}, {"scheme", row.name}}),
+              1)
+        << row.name;
+  }
+  EXPECT_EQ(MetricValue(text, "kvwire_transfers_total",
+                        {{"role", "receiver"}, {"scheme", "other"}}),
+            0);
 }
 
 TEST(MetricsTest, QueueAndReceiverHandles) {

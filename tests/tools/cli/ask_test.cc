@@ -1,9 +1,9 @@
 // Unit tests of kvwire-cli ask's request building and formatting.
 #include "tools/cli/ask.h"
 
+#include "common/protocol/answer_validation.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "receiver_service/answer_validation.h"
 
 namespace kvwire {
 namespace {

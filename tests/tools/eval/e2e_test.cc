@@ -1,6 +1,6 @@
 // End to end through the in-process pipeline: the fixture grid on the
 // fixture datasets with tiny random models made by the project's generators
-// (tests/common/pipeline/test_assets.h: a Qwen3-style receiver, a
+// (tests/common/engine/test_assets.h: a Qwen3-style receiver, a
 // Qwen2-style sharer, a C2C fuser, a byte-level tokenizer carrying the real
 // Qwen3 / Qwen2.5 chat templates). Checks the machinery, not accuracy: every
 // file is written, the byte columns equal what the pipeline reported, prompt
@@ -17,7 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/common/pipeline/test_assets.h"
+#include "tests/common/engine/test_assets.h"
 #include "tests/tools/eval/test_util.h"
 #include "tools/eval/inprocess_backend.h"
 #include "tools/eval/prompt.h"

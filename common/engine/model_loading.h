@@ -1,0 +1,66 @@
+// Loading a model for serving, written once for the sharer engine, the
+// receiver engine and the in-process pipeline: dtype and device names, the
+// intra-op thread count, Decoder::Load, the CUDA-graph accelerators, and
+// the wire's description of the loaded model (ModelInfo with its
+// fingerprint). Torch-free: the engines' option structs embed
+// ModelLoadOptions; the model types are only forward-declared.
+#ifndef KVWIRE_COMMON_ENGINE_MODEL_LOADING_H_
+#define KVWIRE_COMMON_ENGINE_MODEL_LOADING_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "kvwire/v1/kvwire.pb.h"
+
+namespace kvwire {
+
+class Decoder;
+struct DecoderOptions;
+
+// Where a model comes from and how it runs.
+struct ModelLoadOptions {
+  // Hugging Face model directory (config.json + safetensors).
+  std::string dir;
+  // "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" or "fp32".
+  std::string dtype = "auto";
+  // "cpu", "cuda", "cuda:N".
+  std::string device = "cpu";
+  // LibTorch intra-op threads (0: LibTorch's default).
+  int intra_op_threads = 0;
+  // On CUDA: slots of the batched decode across requests (0: off) and
+  // positions per slot (CudaGraphInstallOptions).
+  int64_t decode_batch_slots = 0;
+  int64_t decode_slot_capacity = 1024;
+};
+
+// The dtype and device `dtype` / `device` name ("auto": bf16 on CUDA, fp32
+// on CPU). INVALID_ARGUMENT for unknown names.
+absl::StatusOr<DecoderOptions> ParseDecoderOptions(absl::string_view dtype,
+                                                   absl::string_view device);
+
+// Decoder::Load of options.dir, then (CUDA builds) the CUDA-graph
+// prefill, decode and batched-decode accelerators
+// (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0 turn them off).
+// Errors: INVALID_ARGUMENT for an empty directory or bad names; the
+// loader's (NOT_FOUND, INVALID_ARGUMENT, UNIMPLEMENTED) naming the
+// directory; the accelerators' allocation errors.
+absl::StatusOr<std::unique_ptr<Decoder>> LoadModel(
+    const ModelLoadOptions& options);
+// The same with already-parsed decoder options.
+absl::StatusOr<std::unique_ptr<Decoder>> LoadModel(
+    const std::string& model_dir, const DecoderOptions& decoder_options,
+    const ModelLoadOptions& accelerators = {});
+
+// The codec's and the wire's description of a loaded model: architecture,
+// shapes, dtype, and CheckpointFingerprint(model_dir) (without a readable
+// directory, the fingerprint of the config alone); name: the directory's
+// base name.
+v1::ModelInfo DescribeModel(const Decoder& decoder,
+                            const std::string& model_dir);
+
+}  // namespace kvwire
+
+#endif  // KVWIRE_COMMON_ENGINE_MODEL_LOADING_H_

@@ -1,0 +1,279 @@
+// ReceiverEngine: a Decoder, the tokenizer and chat template of the
+// receiver's directory, and a C2CFuser; each request is a ReceiverSession.
+// The service and the in-process pipeline both load and answer through it,
+// so their answers match bit for bit.
+#include "common/engine/receiver_engine.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/engine/model_loading.h"
+#include "common/file_util.h"
+#include "common/fuser/fuser.h"
+#include "common/model/decoder.h"
+#include "common/status_macros.h"
+
+#ifdef KVWIRE_WITH_CUDA
+#include "common/fuser/cuda_graph_fuser.h"
+#endif
+
+namespace kvwire {
+namespace {
+
+std::string StripNewlines(const std::string& s) {
+  const size_t b = s.find_first_not_of('\n');
+  if (b == std::string::npos) return "";
+  const size_t e = s.find_last_not_of('\n');
+  return s.substr(b, e - b + 1);
+}
+
+}  // namespace
+
+ReceiverEngine::ReceiverEngine() = default;
+ReceiverEngine::~ReceiverEngine() = default;
+
+absl::StatusOr<std::unique_ptr<ReceiverEngine>> ReceiverEngine::Load(
+    const ReceiverEngineOptions& options) {
+  std::unique_ptr<ReceiverEngine> e(new ReceiverEngine());
+  ASSIGN_OR_RETURN(e->decoder_, LoadModel(options.model));
+  e->info_.model = DescribeModel(*e->decoder_, options.model.dir);
+  RETURN_IF_ERROR(e->LoadText(options));
+  RETURN_IF_ERROR(e->LoadSharerText(options.sharer_tokenizer_dir));
+  RETURN_IF_ERROR(e->LoadFuser(options));
+  const ModelConfig& rc = e->decoder_->config();
+  int64_t max_tokens = options.max_prompt_tokens;
+  if (rc.max_position_embeddings > 0) {
+    max_tokens = std::min<int64_t>(max_tokens, rc.max_position_embeddings);
+  }
+  e->info_.max_prompt_tokens = std::max<int64_t>(max_tokens, 1);
+  return e;
+}
+
+absl::Status ReceiverEngine::LoadText(const ReceiverEngineOptions& options) {
+  const ModelConfig& rc = decoder_->config();
+  const std::string dir =
+      options.tokenizer_dir.empty() ? options.model.dir : options.tokenizer_dir;
+  if (!IsRegularFile(dir + "/tokenizer.json")) {
+    if (!options.require_tokenizer && options.tokenizer_dir.empty()) {
+      return absl::OkStatus();
+    }
+    return absl::NotFoundError(absl::StrCat(
+        "no tokenizer.json in ", dir,
+        " (copy the model's tokenizer.json and tokenizer_config.json there, "
+        "or pass --tokenizer_dir)"));
+  }
+  ASSIGN_OR_RETURN(tokenizer_, Tokenizer::FromDirectory(dir));
+  if (tokenizer_->vocab_size() > rc.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the tokenizer in ", dir, " has ids up to ",
+                     tokenizer_->vocab_size() - 1,
+                     " but the model's vocabulary is ", rc.vocab_size));
+  }
+  receiver_text_.tokenizer = tokenizer_.get();
+  info_.tokenizer_vocab_size = tokenizer_->vocab_size();
+  if (tokenizer_->chat_template().empty()) {
+    if (!options.require_tokenizer) return absl::OkStatus();
+    return absl::NotFoundError(
+        absl::StrCat("no chat_template in ", dir, "/tokenizer_config.json"));
+  }
+  ASSIGN_OR_RETURN(ChatTemplate t, ChatTemplate::FromTokenizer(*tokenizer_));
+  info_.chat_template_family = ChatTemplateFamilyName(t.family());
+  receiver_text_.chat_template = std::move(t);
+  return absl::OkStatus();
+}
+
+// The sharer's text model from `dir`: its tokenizer.json (and template), or
+// only the template of its tokenizer_config.json over the receiver's
+// vocabulary (C2C's pairs share it); empty: the receiver's.
+absl::Status ReceiverEngine::LoadSharerText(const std::string& dir) {
+  sharer_text_ = receiver_text_;
+  if (dir.empty()) return absl::OkStatus();
+  if (IsRegularFile(dir + "/tokenizer.json")) {
+    ASSIGN_OR_RETURN(sharer_tokenizer_, Tokenizer::FromDirectory(dir));
+    if (tokenizer_ != nullptr &&
+        sharer_tokenizer_->vocab_size() > tokenizer_->vocab_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the sharer tokenizer in ", dir, " has ids up to ",
+          sharer_tokenizer_->vocab_size() - 1,
+          " beyond the receiver tokenizer's ", tokenizer_->vocab_size()));
+    }
+    sharer_text_.tokenizer = sharer_tokenizer_.get();
+    if (!sharer_tokenizer_->chat_template().empty()) {
+      ASSIGN_OR_RETURN(sharer_text_.chat_template,
+                       ChatTemplate::FromTokenizer(*sharer_tokenizer_));
+    }
+    return absl::OkStatus();
+  }
+  if (IsRegularFile(dir + "/tokenizer_config.json")) {
+    ASSIGN_OR_RETURN(
+        sharer_text_.chat_template,
+        ChatTemplate::FromTokenizerConfigFile(dir + "/tokenizer_config.json"));
+    return absl::OkStatus();
+  }
+  return absl::NotFoundError(
+      absl::StrCat("no tokenizer.json or tokenizer_config.json in ", dir,
+                   " (--sharer_tokenizer_dir)"));
+}
+
+absl::Status ReceiverEngine::LoadFuser(const ReceiverEngineOptions& options) {
+  if (options.fuser_dir.empty()) return absl::OkStatus();
+  FuserOptions fo;
+  fo.projector.dtype = decoder_->dtype();
+  if (options.fuser_dtype != "auto") {
+    ASSIGN_OR_RETURN(fo.projector.dtype, ParseModelDtype(options.fuser_dtype));
+  }
+  fo.projector.device = decoder_->device();
+  fo.receiver_layers = static_cast<int>(decoder_->config().num_hidden_layers);
+  fo.sharer_layers = options.sharer_layers;
+  auto fuser = C2CFuser::Load(options.fuser_dir, fo);
+  if (!fuser.ok()) {
+    return absl::Status(
+        fuser.status().code(),
+        absl::StrCat("fuser ", options.fuser_dir, ": ",
+                     fuser.status().message(),
+                     options.sharer_layers == 0
+                         ? " (a checkpoint without projector_config.json "
+                           "needs --sharer_layers)"
+                         : ""));
+  }
+  fuser_ = *std::move(fuser);
+#ifdef KVWIRE_WITH_CUDA
+  // Fusion replays CUDA graphs (KVWIRE_CUDA_GRAPH_FUSE=0: off).
+  InstallCudaGraphFuser(*fuser_);
+#endif
+  sharer_layers_ = options.sharer_layers;
+  const std::vector<int> fused = fuser_->FusedReceiverLayers();
+  if (fused.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fuser ", options.fuser_dir, " fuses no layer"));
+  }
+  absl::Status fits = CheckFuserFitsReceiver(*fuser_, *decoder_);
+  if (!fits.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.fuser_dir, ": ", fits.message()));
+  }
+  const C2CProjectorArgs& first = fuser_->ProjectorFor(fused.front())->args();
+  info_.has_fuser = true;
+  info_.fused_receiver_layers = static_cast<int>(fused.size());
+  info_.sharer_kv_heads = first.source_num_heads;
+  info_.sharer_head_dim = first.source_dim;
+  const std::vector<int> needed = fuser_->SharerLayersNeeded();
+  info_.sharer_layers_needed = needed.empty() ? 0 : needed.back() + 1;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int64_t>> ReceiverEngine::Render(
+    const TextModel& text_model, absl::Span<const ChatMessage> messages) {
+  if (text_model.tokenizer == nullptr ||
+      !text_model.chat_template.has_value()) {
+    return absl::FailedPreconditionError(
+        "no tokenizer with a chat template is loaded: give prompt ids");
+  }
+  for (const ChatMessage& m : messages) {
+    if (m.role != "system" && m.role != "user" && m.role != "assistant") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown chat role '", m.role, "' (system, user, assistant)"));
+    }
+  }
+  ChatTemplateOptions o;
+  o.add_generation_prompt = true;
+  o.enable_thinking = false;
+  auto text = text_model.chat_template->Apply(messages, o);
+  if (!text.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chat template: ", text.status().message()));
+  }
+  // The template carries any BOS itself.
+  const std::vector<uint32_t> ids =
+      text_model.tokenizer->Encode(*text, /*add_special_tokens=*/false);
+  return std::vector<int64_t>(ids.begin(), ids.end());
+}
+
+std::string ReceiverEngine::Decode(const TextModel& text_model,
+                                   absl::Span<const int64_t> ids,
+                                   bool strip_newlines) {
+  if (text_model.tokenizer == nullptr) return "";
+  std::vector<uint32_t> u;
+  u.reserve(ids.size());
+  for (int64_t id : ids) {
+    if (id >= 0) u.push_back(static_cast<uint32_t>(id));
+  }
+  std::string text =
+      text_model.tokenizer->Decode(u, /*skip_special_tokens=*/true);
+  return strip_newlines ? StripNewlines(text) : text;
+}
+
+absl::StatusOr<std::vector<int64_t>> ReceiverEngine::RenderPrompt(
+    absl::Span<const ChatMessage> messages) const {
+  return Render(receiver_text_, messages);
+}
+
+std::string ReceiverEngine::DecodeText(absl::Span<const int64_t> ids,
+                                       bool strip_newlines) const {
+  return Decode(receiver_text_, ids, strip_newlines);
+}
+
+absl::StatusOr<std::vector<int64_t>> ReceiverEngine::RenderSharerPrompt(
+    absl::Span<const ChatMessage> messages) const {
+  return Render(sharer_text_, messages);
+}
+
+std::string ReceiverEngine::DecodeSharerText(
+    absl::Span<const int64_t> ids) const {
+  return Decode(sharer_text_, ids, /*strip_newlines=*/true);
+}
+
+absl::Status ReceiverEngine::CheckSharerModel(
+    const v1::ModelInfo& sharer) const {
+  if (fuser_ == nullptr) return absl::OkStatus();
+  const ModelConfig& rc = decoder_->config();
+  absl::Status st;
+  if (sharer_layers_ > 0 &&
+      static_cast<int>(sharer.num_layers()) != sharer_layers_) {
+    st = absl::InvalidArgumentError(
+        absl::StrCat("the fuser's layer map was built for ", sharer_layers_,
+                     " sharer layers"));
+  } else {
+    st = fuser_->CheckModels(static_cast<int>(rc.num_hidden_layers),
+                             rc.num_key_value_heads, rc.head_dim,
+                             static_cast<int>(sharer.num_layers()),
+                             sharer.num_kv_heads(), sharer.head_dim());
+  }
+  if (st.ok()) return st;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "the sharer's model (", sharer.architecture(), ", ", sharer.num_layers(),
+      " layers of ", sharer.num_kv_heads(), "x", sharer.head_dim(),
+      " KV) does not fit the receiver's fuser (reads ",
+      info_.sharer_layers_needed, "+ layers of ", info_.sharer_kv_heads, "x",
+      info_.sharer_head_dim, "): ", st.message()));
+}
+
+absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverEngine::NewSession(
+    absl::Span<const int64_t> prompt_ids, int64_t max_new_tokens,
+    bool fuse) const {
+  if (fuse && fuser_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "no C2C fuser is loaded (--fuser_dir)");
+  }
+  const int64_t vocab = decoder_->config().vocab_size;
+  for (size_t i = 0; i < prompt_ids.size(); ++i) {
+    if (prompt_ids[i] < 0 || prompt_ids[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "prompt token ", i, " = ", prompt_ids[i],
+          " is outside the receiver's vocabulary [0, ", vocab, ")"));
+    }
+  }
+  SharerModelCheck check;
+  if (fuse) {
+    check = [this](const v1::ModelInfo& m) { return CheckSharerModel(m); };
+  }
+  return ReceiverSession::Create(
+      decoder_.get(), fuse ? fuser_.get() : nullptr,
+      std::vector<int64_t>(prompt_ids.begin(), prompt_ids.end()),
+      max_new_tokens, std::move(check));
+}
+
+}  // namespace kvwire

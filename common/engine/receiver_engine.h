@@ -1,0 +1,156 @@
+// ReceiverEngine: the receiver's whole model side, used by the receiver
+// service and by the in-process pipeline alike. It owns the receiver model
+// (loaded once, with its CUDA-graph accelerators), its tokenizer and chat
+// template, the sharer's chat template for the text-to-text prompt, and the
+// C2C fuser (checked against the receiver's shapes), and opens one
+// ReceiverSession per request. The header is Torch-free (the model types
+// are only forward-declared), so the gRPC handlers and the request
+// orchestration never include Torch.
+#ifndef KVWIRE_COMMON_ENGINE_RECEIVER_ENGINE_H_
+#define KVWIRE_COMMON_ENGINE_RECEIVER_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/engine/model_loading.h"
+#include "common/engine/receiver_session.h"
+#include "common/tokenizer/chat_template.h"
+#include "common/tokenizer/tokenizer.h"
+#include "kvwire/v1/kvwire.pb.h"
+
+namespace kvwire {
+
+class C2CFuser;
+class Decoder;
+
+struct ReceiverEngineOptions {
+  ReceiverEngineOptions() { model.decode_batch_slots = 16; }
+
+  // The model (dir, dtype, device, intra-op threads, and on CUDA the slot
+  // pool of the batched decode across requests: 16 slots by default).
+  ModelLoadOptions model;
+  // tokenizer.json (+ tokenizer_config.json with the chat template); empty:
+  // the model's directory.
+  std::string tokenizer_dir;
+  // The sharer's tokenizer and chat template for the text-to-text prompt
+  // (tokenizer.json, or tokenizer_config.json alone over the receiver's
+  // vocabulary); empty: the receiver's.
+  std::string sharer_tokenizer_dir;
+  // C2C fuser checkpoint; empty: receiver-only answers (C2C requests fail
+  // or fall back).
+  std::string fuser_dir;
+  // The projectors' compute dtype ("auto": the receiver's dtype); they live
+  // on the receiver's device.
+  std::string fuser_dtype = "auto";
+  // Whether the model directory (or tokenizer_dir) must hold tokenizer.json
+  // with a chat template. Without one, RenderPrompt fails and DecodeText
+  // returns "" (the in-process pipeline then takes prompt ids).
+  bool require_tokenizer = true;
+  // The sharer's layer count, needed only for a fuser checkpoint without
+  // projector_config.json (last-aligned map); 0: from the checkpoint.
+  int sharer_layers = 0;
+  // Longest templated prompt accepted (capped by max_position_embeddings
+  // minus the generated tokens).
+  int64_t max_prompt_tokens = 8192;
+};
+
+// What the engine serves, for logs and validation.
+struct ReceiverModelInfo {
+  v1::ModelInfo model;
+  bool has_fuser = false;
+  int fused_receiver_layers = 0;
+  // The sharer shapes the fuser reads (0 when no fuser).
+  int64_t sharer_kv_heads = 0;
+  int64_t sharer_head_dim = 0;
+  // One past the largest sharer layer the fuser reads.
+  int sharer_layers_needed = 0;
+  int64_t max_prompt_tokens = 0;
+  uint32_t tokenizer_vocab_size = 0;
+  std::string chat_template_family;
+};
+
+class ReceiverEngine {
+ public:
+  // Loads the model (LoadModel), the tokenizer and chat templates, and the
+  // fuser (checked against the receiver's shapes). Errors from the loaders
+  // naming the directory; INVALID_ARGUMENT for bad dtype/device names, a
+  // tokenizer whose ids exceed the model's vocabulary, or a fuser that does
+  // not fit the receiver; NOT_FOUND for a missing tokenizer when one is
+  // required.
+  static absl::StatusOr<std::unique_ptr<ReceiverEngine>> Load(
+      const ReceiverEngineOptions& options);
+  ~ReceiverEngine();
+  ReceiverEngine(const ReceiverEngine&) = delete;
+  ReceiverEngine& operator=(const ReceiverEngine&) = delete;
+
+  const ReceiverModelInfo& info() const { return info_; }
+  const Decoder& model() const { return *decoder_; }
+  // Null without a fuser / tokenizer.
+  const C2CFuser* fuser() const { return fuser_.get(); }
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+
+  // The prompt ids of `messages` (roles "system" / "user" / "assistant"):
+  // the receiver's chat template (add_generation_prompt,
+  // enable_thinking=false), tokenized. INVALID_ARGUMENT for an unknown role
+  // or a template error; FAILED_PRECONDITION without a chat template.
+  absl::StatusOr<std::vector<int64_t>> RenderPrompt(
+      absl::Span<const ChatMessage> messages) const;
+  // Text of `ids`, special tokens skipped; `strip_newlines` removes leading
+  // and trailing '\n' (the final answer text). "" without a tokenizer.
+  std::string DecodeText(absl::Span<const int64_t> ids,
+                         bool strip_newlines) const;
+
+  // The same with the sharer's chat template and tokenizer (the
+  // text-to-text background prompt, sharer-only answers), and the sharer's
+  // ids as text (special tokens skipped, '\n' stripped).
+  absl::StatusOr<std::vector<int64_t>> RenderSharerPrompt(
+      absl::Span<const ChatMessage> messages) const;
+  std::string DecodeSharerText(absl::Span<const int64_t> ids) const;
+
+  // Checks that a sharer model fits the fuser (layers, KV heads, head_dim).
+  // FAILED_PRECONDITION naming the mismatch; OK without a fuser.
+  absl::Status CheckSharerModel(const v1::ModelInfo& sharer) const;
+
+  // A session over `prompt_ids` with room for `max_new_tokens`; `fuse`
+  // attaches the fuser (C2C; the stream's model is vetted with
+  // CheckSharerModel), else the receiver answers alone.
+  // FAILED_PRECONDITION for `fuse` without a fuser; INVALID_ARGUMENT for
+  // ids outside the receiver's vocabulary.
+  absl::StatusOr<std::unique_ptr<ReceiverSession>> NewSession(
+      absl::Span<const int64_t> prompt_ids, int64_t max_new_tokens,
+      bool fuse) const;
+
+ private:
+  // A tokenizer and its chat template: the receiver's, or the sharer's.
+  struct TextModel {
+    const Tokenizer* tokenizer = nullptr;
+    std::optional<ChatTemplate> chat_template;
+  };
+  ReceiverEngine();
+  static absl::StatusOr<std::vector<int64_t>> Render(
+      const TextModel& text_model, absl::Span<const ChatMessage> messages);
+  static std::string Decode(const TextModel& text_model,
+                            absl::Span<const int64_t> ids, bool strip_newlines);
+  absl::Status LoadText(const ReceiverEngineOptions& options);
+  absl::Status LoadSharerText(const std::string& dir);
+  absl::Status LoadFuser(const ReceiverEngineOptions& options);
+
+  std::unique_ptr<Decoder> decoder_;
+  std::unique_ptr<C2CFuser> fuser_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Tokenizer> sharer_tokenizer_;
+  TextModel receiver_text_;
+  TextModel sharer_text_;
+  int sharer_layers_ = 0;
+  ReceiverModelInfo info_;
+};
+
+}  // namespace kvwire
+
+#endif  // KVWIRE_COMMON_ENGINE_RECEIVER_ENGINE_H_

@@ -1,0 +1,468 @@
+#include "common/engine/receiver_session.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <cmath>
+#include <set>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/codec/kv_codec.h"
+#include "common/codec/token_selection.h"
+#include "common/engine/selection.h"
+#include "common/fuser/fuser.h"
+#include "common/model/decoder.h"
+#include "common/protocol/generation_params.h"
+#include "common/status_macros.h"
+#include "common/torch_guard.h"
+
+namespace kvwire {
+
+const char* ReceiverSignalName(ReceiverSignal signal) {
+  return signal == ReceiverSignal::kAttention ? "attention" : "vnorm";
+}
+
+absl::StatusOr<ReceiverSignal> ParseReceiverSignal(absl::string_view name) {
+  const std::string n = absl::AsciiStrToLower(name);
+  if (n == "attention") return ReceiverSignal::kAttention;
+  if (n == "vnorm" || n == "value_norm") return ReceiverSignal::kValueNorm;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown receiver signal '", name, "' (attention, vnorm)"));
+}
+
+absl::Status CheckFuserFitsReceiver(const C2CFuser& fuser,
+                                    const Decoder& receiver) {
+  const ModelConfig& c = receiver.config();
+  for (int t : fuser.FusedReceiverLayers()) {
+    const C2CProjectorArgs& a = fuser.ProjectorFor(t)->args();
+    if (t >= c.num_hidden_layers ||
+        a.target_num_heads != c.num_key_value_heads ||
+        a.target_dim != c.head_dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "fuser: receiver layer ", t, " writes ", a.target_num_heads, "x",
+          a.target_dim, " but the receiver has ", c.num_hidden_layers,
+          " layers of ", c.num_key_value_heads, "x", c.head_dim));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void ReceiverSession::Trace(const char* track, std::string name,
+                            Clock::time_point start) const {
+  if (trace_ == nullptr) return;
+  const at::Tensor& storage = cache_->storage();
+  if (storage.defined() && storage.is_cuda()) {
+    // A one-element copy to the host waits for the stream's work so far (the
+    // storage may be a strided slot of a pool: no view(-1)). Tracing is best
+    // effort: a failure leaves the event unsynchronized.
+    (void)Guarded("trace sync", [&]() -> absl::Status {
+      (void)storage.as_strided({1}, {1}).to(at::kCPU);
+      return absl::OkStatus();
+    });
+  }
+  trace_->Add(track, std::move(name), start, Clock::now());
+}
+
+ReceiverSession::ReceiverSession(const Decoder* receiver, const C2CFuser* fuser,
+                                 std::vector<int64_t> prompt_ids,
+                                 std::unique_ptr<KvCache> cache,
+                                 SharerModelCheck check_sharer)
+    : receiver_(receiver),
+      fuser_(fuser),
+      prompt_ids_(std::move(prompt_ids)),
+      fused_length_(static_cast<int64_t>(prompt_ids_.size()) - 1),
+      cache_(std::move(cache)),
+      check_sharer_(std::move(check_sharer)),
+      stream_(std::make_unique<KvStreamDecoder>(receiver->dtype(),
+                                                receiver->device())) {}
+
+ReceiverSession::~ReceiverSession() = default;
+
+absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverSession::Create(
+    const Decoder* receiver, const C2CFuser* fuser,
+    std::vector<int64_t> prompt_ids, int64_t max_new_tokens,
+    SharerModelCheck check_sharer) {
+  if (receiver == nullptr) {
+    return absl::InvalidArgumentError("ReceiverSession needs a receiver");
+  }
+  if (prompt_ids.empty()) {
+    return absl::InvalidArgumentError("empty prompt");
+  }
+  if (max_new_tokens < 0) {
+    return absl::InvalidArgumentError("max_new_tokens must be >= 0");
+  }
+  if (fuser != nullptr)
+    RETURN_IF_ERROR(CheckFuserFitsReceiver(*fuser, *receiver));
+  int64_t capacity = static_cast<int64_t>(prompt_ids.size()) +
+                     std::max<int64_t>(max_new_tokens, 1);
+  if (receiver->device().is_cuda()) {
+    // CUDA-graph decode steps bake in the cache's address and shape: caches
+    // of a few shared capacities let the allocator hand the same storage to
+    // later requests, so their steps replay graphs instead of capturing.
+    constexpr int64_t kCapacityBucket = 256;
+    capacity =
+        (capacity + kCapacityBucket - 1) / kCapacityBucket * kCapacityBucket;
+  }
+  ASSIGN_OR_RETURN(KvCache cache, receiver->NewCache(capacity));
+  return std::unique_ptr<ReceiverSession>(new ReceiverSession(
+      receiver, fuser, std::move(prompt_ids),
+      std::make_unique<KvCache>(std::move(cache)), std::move(check_sharer)));
+}
+
+absl::Status ReceiverSession::Prefill() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (prefill_started_) {
+      return absl::FailedPreconditionError("Prefill called twice");
+    }
+    prefill_started_ = true;
+  }
+  const auto start = Clock::now();
+  if (fused_length_ > 0) {
+    auto logits = receiver_->Prefill(share_token_ids(), *cache_, nullptr,
+                                     LogitsMode::kNone);
+    if (!logits.ok()) return logits.status();
+  }
+  Trace("receiver model", absl::StrCat("prefill (", fused_length_, " tokens)"),
+        start);
+  absl::MutexLock lock(&mu_);
+  timings_.prefill_seconds = SecondsSince(start);
+  if (fuser_ != nullptr) {
+    fusion_ = std::make_unique<FusionSession>(
+        fuser_,
+        [this](int t) -> absl::StatusOr<std::pair<at::Tensor, at::Tensor>> {
+          const at::Tensor k = cache_->Keys(t), v = cache_->Values(t);
+          if (!k.defined()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("receiver has no layer ", t));
+          }
+          return std::make_pair(k, v);
+        });
+  }
+  prefilled_ = true;
+  std::vector<DecodedLayer> held = std::move(held_);
+  held_.clear();
+  return FuseHeldLocked(held);
+}
+
+absl::StatusOr<at::Tensor> ReceiverSession::GuidedScores(
+    ReceiverSignal signal) {
+  absl::MutexLock lock(&mu_);
+  if (!prefilled_) {
+    return absl::FailedPreconditionError("GuidedScores needs Prefill first");
+  }
+  if ((fusion_ != nullptr && fusion_->num_fused() > 0) || generating_) {
+    return absl::FailedPreconditionError(
+        "GuidedScores must come before any fusion or generation");
+  }
+  if (fused_length_ <= 0) {
+    return at::Tensor();
+  }
+  const auto start = Clock::now();
+  const int64_t layers = receiver_->config().num_hidden_layers;
+  const int64_t positions = fused_length_;
+  at::Tensor sum;
+  if (signal == ReceiverSignal::kValueNorm) {
+    RETURN_IF_ERROR(Guarded("value-norm scores", [&]() -> absl::Status {
+      c10::InferenceMode guard;
+      for (int64_t l = 0; l < layers; ++l) {
+        const at::Tensor s = TokenNormScores(cache_->Values(l));
+        sum = sum.defined() ? sum + s : s;
+      }
+      return absl::OkStatus();
+    }));
+  } else {
+    // The last prompt token's queries, layer by layer; its own K/V are
+    // discarded afterwards (the cache goes back to L-1 positions).
+    const int64_t groups = receiver_->config().num_query_groups();
+    const double scale =
+        1.0 / std::sqrt(static_cast<double>(receiver_->config().head_dim));
+    const KvCache& cache = *cache_;
+    LayerCallback on_layer = [&](const LayerKv& kv) -> absl::Status {
+      return Guarded("attention scores", [&]() -> absl::Status {
+        if (!kv.queries.defined()) {
+          return absl::InternalError("decoder did not report queries");
+        }
+        const at::Tensor q = kv.queries.to(at::kFloat);  // [H, 1, D]
+        const at::Tensor keys =
+            at::cat({cache.Keys(kv.layer), kv.keys}, 1).to(at::kFloat);
+        const int64_t heads = q.size(0);
+        const at::Tensor k = keys.repeat_interleave(groups, 0);  // [H, L, D]
+        const at::Tensor probs =
+            (at::matmul(q, k.transpose(1, 2)) * scale).softmax(-1);  // [H,1,L]
+        const at::Tensor s =
+            probs.narrow(2, 0, positions).reshape({heads, positions}).mean(0);
+        sum = sum.defined() ? sum + s : s;
+        return absl::OkStatus();
+      });
+    };
+    const std::vector<int64_t> last = {prompt_ids_.back()};
+    auto logits =
+        receiver_->Prefill(last, *cache_, on_layer, LogitsMode::kNone);
+    if (!logits.ok()) return logits.status();
+    RETURN_IF_ERROR(cache_->SetLength(0, fused_length_));
+  }
+  at::Tensor scores;
+  RETURN_IF_ERROR(Guarded("scores", [&]() -> absl::Status {
+    scores = (sum / static_cast<double>(layers)).to(at::kCPU).contiguous();
+    return absl::OkStatus();
+  }));
+  timings_.scores_seconds += SecondsSince(start);
+  return scores;
+}
+
+absl::Status ReceiverSession::AddChunk(const v1::KvChunk& chunk) {
+  absl::MutexLock lock(&mu_);
+  if (generating_) {
+    return absl::FailedPreconditionError("chunk after Generate started");
+  }
+  if (chunk.has_header() && check_sharer_ && !stream_->has_header()) {
+    // Before anything of the stream is used: a sharer whose shapes the
+    // fuser cannot read is refused here, not half-way through a cache.
+    RETURN_IF_ERROR(check_sharer_(chunk.header().model()));
+  }
+  const bool had_header = stream_->has_header();
+  const auto start = Clock::now();
+  auto decoded = stream_->Consume(chunk);
+  timings_.decode_seconds += SecondsSince(start);
+  if (!decoded.ok()) return decoded.status();
+  if (trace_ != nullptr) {
+    std::string what = chunk.has_header()    ? "header"
+                       : chunk.has_trailer() ? "trailer"
+                                             : "chunk";
+    if (chunk.has_block()) {
+      absl::StrAppend(&what, " (layer ", chunk.block().layer(), ")");
+    }
+    Trace("receiver stream", absl::StrCat("decode ", what), start);
+  }
+  if (!had_header && stream_->has_header() &&
+      static_cast<int64_t>(stream_->header().token_count()) != fused_length_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the sharer's stream covers ", stream_->header().token_count(),
+        " tokens; C2C fuses the first ", fused_length_,
+        " (prompt length - 1)"));
+  }
+  if (decoded->has_value()) {
+    RETURN_IF_ERROR(AddLayerLocked(std::move(**decoded)).status());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ReceivedStream> ReceiverSession::FinishStream() const {
+  ReceivedStream r;
+  {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(stream_->Finish());
+    r.header = stream_->header();
+    if (stream_->stats().has_value()) r.trailer = *stream_->stats();
+  }
+  r.fused_receiver_layers = FusedLayers();
+  return r;
+}
+
+absl::StatusOr<v1::TokenSelection> ReceiverSession::GuidedSelection(
+    const v1::TokenSelection& requested, ReceiverSignal signal) {
+  ASSIGN_OR_RETURN(at::Tensor scores, GuidedScores(signal));
+  // Only the size of the request counts: the scores decide which tokens.
+  v1::TokenSelection size;
+  size.set_proportion(requested.proportion());
+  size.set_min_tokens(requested.min_tokens());
+  return ExplicitSelectionFromScores(size, static_cast<uint32_t>(fused_length_),
+                                     scores);
+}
+
+absl::StatusOr<std::vector<int>> ReceiverSession::AddLayer(DecodedLayer layer) {
+  absl::MutexLock lock(&mu_);
+  return AddLayerLocked(std::move(layer));
+}
+
+absl::StatusOr<std::vector<int>> ReceiverSession::AddLayerLocked(
+    DecodedLayer layer) {
+  if (generating_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sharer layer ", layer.layer, " arrived after Generate started"));
+  }
+  if (received_.count(layer.layer) > 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("sharer layer ", layer.layer, " added twice"));
+  }
+  std::set<uint32_t> seen;
+  for (uint32_t p : layer.token_indices) {
+    if (static_cast<int64_t>(p) >= fused_length_ || !seen.insert(p).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sharer layer ", layer.layer, ": position ", p,
+          " is repeated or outside the fused prompt [0, ", fused_length_, ")"));
+    }
+  }
+  const int64_t n = static_cast<int64_t>(layer.token_indices.size());
+  if (!layer.keys.defined() || !layer.values.defined() ||
+      layer.keys.dim() != 3 || layer.values.dim() != 3 ||
+      layer.keys.size(1) != n || layer.values.size(1) != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sharer layer ", layer.layer,
+                     ": keys/values must be [heads, ", n, ", head_dim]"));
+  }
+  received_[layer.layer] = layer.token_indices;
+  if (!prefilled_) {
+    held_.push_back(std::move(layer));
+    return std::vector<int>();
+  }
+  return FuseLocked(layer);
+}
+
+absl::StatusOr<std::vector<int>> ReceiverSession::FuseLocked(
+    const DecodedLayer& layer) {
+  if (fusion_ == nullptr || layer.token_indices.empty()) {
+    return std::vector<int>();
+  }
+  const auto start = Clock::now();
+  auto fused =
+      fusion_->AddSharerLayer(static_cast<int>(layer.layer),
+                              layer.token_indices, layer.keys, layer.values);
+  timings_.fuse_seconds += SecondsSince(start);
+  Trace("receiver fusion", absl::StrCat("fuse sharer layer ", layer.layer),
+        start);
+  return fused;
+}
+
+absl::Status ReceiverSession::FuseHeldLocked(
+    const std::vector<DecodedLayer>& held) {
+  std::vector<const DecodedLayer*> pending;  // As FuseLocked: tokens only.
+  for (const DecodedLayer& layer : held) {
+    if (!layer.token_indices.empty()) pending.push_back(&layer);
+  }
+  if (fusion_ == nullptr || pending.empty()) return absl::OkStatus();
+  if (pending.size() == 1) return FuseLocked(*pending[0]).status();
+  // Every held layer's receiver layers in one batched call: one stacked
+  // projector computation instead of one per receiver layer.
+  std::vector<FusionSession::SharerLayerInput> layers;
+  for (const DecodedLayer* layer : pending) {
+    FusionSession::SharerLayerInput in;
+    in.sharer_layer = static_cast<int>(layer->layer);
+    in.keys = layer->keys;
+    in.values = layer->values;
+    in.positions = absl::MakeConstSpan(layer->token_indices);
+    layers.push_back(std::move(in));
+  }
+  const auto start = Clock::now();
+  auto fused = fusion_->AddSharerLayers(layers);
+  timings_.fuse_seconds += SecondsSince(start);
+  Trace("receiver fusion",
+        absl::StrCat("fuse ", layers.size(), " sharer layers (batched)"),
+        start);
+  return fused.status();
+}
+
+GenerationOptions ToGenerationOptions(const v1::GenerationParams& params) {
+  GenerationOptions o;
+  o.max_new_tokens = params.max_new_tokens() == 0 ? kDefaultMaxNewTokens
+                                                  : params.max_new_tokens();
+  o.sampling.temperature = params.temperature();
+  o.sampling.top_k = params.top_k();
+  o.sampling.top_p = params.top_p() == 0 ? 1.0 : params.top_p();
+  o.sampling.seed = params.seed();
+  return o;
+}
+
+absl::StatusOr<GenerationResult> ReceiverSession::Generate(
+    const GenerationOptions& options, const TokenCallback& on_token,
+    const StopCheck& should_stop) {
+  bool need_prefill = false;
+  {
+    absl::MutexLock lock(&mu_);
+    need_prefill = !prefill_started_;
+  }
+  // Generate alone (receiver-only) prefills first.
+  if (need_prefill) RETURN_IF_ERROR(Prefill());
+  absl::MutexLock lock(&mu_);
+  if (generating_) {
+    return absl::FailedPreconditionError("Generate called twice");
+  }
+  if (!prefilled_) {
+    return absl::FailedPreconditionError("Generate while Prefill runs");
+  }
+  generating_ = true;
+  if (options.max_new_tokens < 0) {
+    return absl::InvalidArgumentError("max_new_tokens must be >= 0");
+  }
+  GenerationResult result;
+  if (options.max_new_tokens == 0) return result;
+  if (cache_->length() + options.max_new_tokens > cache_->capacity()) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "the session's cache holds ", cache_->capacity(), " positions; ",
+        cache_->length(), " + ", options.max_new_tokens, " needed"));
+  }
+  const std::vector<int64_t>& eos = options.eos_token_ids.has_value()
+                                        ? *options.eos_token_ids
+                                        : receiver_->config().eos_token_ids;
+  const std::set<int64_t> stop(eos.begin(), eos.end());
+  const auto start = Clock::now();
+  const std::vector<int64_t> last = {prompt_ids_.back()};
+  ASSIGN_OR_RETURN(at::Tensor logits, receiver_->Prefill(last, *cache_, nullptr,
+                                                         LogitsMode::kLast));
+  Clock::time_point first;
+  Clock::time_point step_start = start;
+  for (int64_t step = 0; step < options.max_new_tokens; ++step) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> next,
+                     receiver_->Sample(logits, options.sampling, step));
+    const int64_t token = next[0];
+    // Sampling reads the logits on the host: the step is complete here.
+    if (trace_ != nullptr) {
+      trace_->Add("receiver model",
+                  step == 0 ? "last prompt token + token 0"
+                            : absl::StrCat("token ", step),
+                  step_start, Clock::now());
+    }
+    result.tokens.push_back(token);
+    if (step == 0) {
+      first = Clock::now();
+      timings_.ttft_seconds = SecondsSince(start);
+    }
+    if (on_token) on_token(step, token);
+    if (stop.count(token) > 0) {
+      result.finish_reason = FinishReason::kEos;
+      break;
+    }
+    if (step + 1 == options.max_new_tokens) break;
+    if (should_stop) RETURN_IF_ERROR(should_stop());
+    step_start = Clock::now();
+    ASSIGN_OR_RETURN(logits, receiver_->DecodeStep(token, *cache_));
+  }
+  timings_.generation_seconds = SecondsSince(first);
+  return result;
+}
+
+absl::StatusOr<std::vector<int64_t>> ReceiverSession::Generate(
+    const v1::GenerationParams& params, const TokenCallback& on_token,
+    const StopCheck& should_stop) {
+  ASSIGN_OR_RETURN(
+      GenerationResult result,
+      Generate(ToGenerationOptions(params), on_token, should_stop));
+  return std::move(result.tokens);
+}
+
+bool ReceiverSession::prefilled() const {
+  absl::MutexLock lock(&mu_);
+  return prefilled_;
+}
+
+bool ReceiverSession::fused(int receiver_layer) const {
+  absl::MutexLock lock(&mu_);
+  return fusion_ != nullptr && fusion_->fused(receiver_layer);
+}
+
+std::vector<int> ReceiverSession::FusedLayers() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<int> out;
+  if (fusion_ == nullptr) return out;
+  for (int64_t t = 0; t < receiver_->config().num_hidden_layers; ++t) {
+    if (fusion_->fused(static_cast<int>(t))) out.push_back(static_cast<int>(t));
+  }
+  return out;
+}
+
+}  // namespace kvwire
