@@ -6,13 +6,12 @@
 #define KVWIRE_COMMON_CUDA_GRAPH_CAPTURE_H_
 
 #include <ATen/cuda/CUDAGraph.h>
-#include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
 
 #include <utility>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
+#include "common/torch_guard.h"
 
 namespace kvwire {
 
@@ -28,14 +27,11 @@ absl::Status CaptureCudaGraph(at::cuda::CUDAGraph& graph,
                               cudaStream_t stream, Record&& record) {
   graph.capture_begin(pool, cudaStreamCaptureModeThreadLocal);
   absl::Status st = std::forward<Record>(record)();
-  try {
+  const absl::Status ended = Guarded("capture_end", [&]() -> absl::Status {
     graph.capture_end();
-  } catch (const c10::Error& e) {
-    if (st.ok()) {
-      st = absl::InternalError(
-          absl::StrCat("capture_end: ", e.what_without_backtrace()));
-    }
-  }
+    return absl::OkStatus();
+  });
+  if (st.ok()) st = ended;
   if (!st.ok()) {
     cudaStreamCaptureStatus status;
     if (cudaStreamIsCapturing(stream, &status) == cudaSuccess &&

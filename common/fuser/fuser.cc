@@ -207,6 +207,18 @@ std::vector<int> C2CFuser::FusedReceiverLayers() const {
   return out;
 }
 
+namespace {
+
+// `status` naming the receiver layer it is about.
+absl::Status InReceiverLayer(int receiver_layer, absl::Status status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(),
+                      absl::StrCat("fusing receiver layer ", receiver_layer,
+                                   ": ", status.message()));
+}
+
+}  // namespace
+
 absl::Status C2CFuser::FuseLayer(int receiver_layer,
                                  const at::Tensor& sharer_keys,
                                  const at::Tensor& sharer_values,
@@ -215,14 +227,9 @@ absl::Status C2CFuser::FuseLayer(int receiver_layer,
                                  int64_t start) const {
   const C2CProjector* p = ProjectorFor(receiver_layer);
   if (p == nullptr) return absl::OkStatus();
-  absl::Status s = p->FuseRange(sharer_keys, sharer_values, start,
-                                receiver_keys, receiver_values);
-  if (!s.ok()) {
-    return absl::Status(
-        s.code(), absl::StrCat("fusing receiver layer ", receiver_layer, ": ",
-                               s.message()));
-  }
-  return s;
+  return InReceiverLayer(receiver_layer,
+                         p->FuseRange(sharer_keys, sharer_values, start,
+                                      receiver_keys, receiver_values));
 }
 
 absl::Status C2CFuser::FuseLayerTokens(
@@ -231,14 +238,9 @@ absl::Status C2CFuser::FuseLayerTokens(
     const at::Tensor& receiver_keys, const at::Tensor& receiver_values) const {
   const C2CProjector* p = ProjectorFor(receiver_layer);
   if (p == nullptr) return absl::OkStatus();
-  absl::Status s = p->FuseTokens(sharer_keys, sharer_values, positions,
-                                 receiver_keys, receiver_values);
-  if (!s.ok()) {
-    return absl::Status(
-        s.code(), absl::StrCat("fusing receiver layer ", receiver_layer, ": ",
-                               s.message()));
-  }
-  return s;
+  return InReceiverLayer(receiver_layer,
+                         p->FuseTokens(sharer_keys, sharer_values, positions,
+                                       receiver_keys, receiver_values));
 }
 
 namespace {

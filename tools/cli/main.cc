@@ -39,11 +39,16 @@ int main(int argc, char** argv) {
       "  ask           ask a question (or --choices) through a running\n"
       "                kvwire-receiver with a chosen transfer spec; prints\n"
       "                the answer, bytes and stage times (--json, --compare)\n"
-#endif
       "\nexample:\n"
       "  kvwire-cli ask --target=127.0.0.1:50052 --plaintext \\\n"
       "      --question='Why is the sky blue?' --scheme=int4 "
-      "--selection=back --proportion=0.5");
+      "--selection=back --proportion=0.5\n"
+#else
+      "\n(built without the services: no `ask`)\n"
+      "\nexample:\n"
+      "  kvwire-cli codec-report --json\n"
+#endif
+  );
   kvwire::HelpListsFlagsOf({"tools/cli/main.cc", "tools/cli/ask_command.cc"});
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   google::InitGoogleLogging(argv[0]);
