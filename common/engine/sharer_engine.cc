@@ -7,7 +7,6 @@
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
-#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <chrono>
@@ -18,7 +17,6 @@
 #include <thread>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/clock.h"
 #include "common/codec/kv_codec.h"
@@ -83,16 +81,23 @@ class LayerPipe {
 }  // namespace
 
 absl::Status CallbackChunkSink::Send(std::vector<v1::KvChunk> chunks) {
-  std::lock_guard<std::mutex> lock(mu_);
+  // In order, one call at a time; Alive() does not wait for a send in
+  // progress (the prefill polls it between layers).
+  std::lock_guard<std::mutex> send_lock(send_mu_);
   for (v1::KvChunk& chunk : chunks) {
-    if (!error_.ok()) break;
-    error_ = send_(std::move(chunk));
+    RETURN_IF_ERROR(Alive());
+    absl::Status status = send_(std::move(chunk));
+    if (!status.ok()) {
+      std::lock_guard<std::mutex> lock(error_mu_);
+      error_ = status;
+      return status;
+    }
   }
-  return error_;
+  return absl::OkStatus();
 }
 
 absl::Status CallbackChunkSink::Alive() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> lock(error_mu_);
   return error_;
 }
 

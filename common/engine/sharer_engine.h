@@ -71,7 +71,8 @@ class CallbackChunkSink final : public ChunkSink {
 
  private:
   std::function<absl::Status(v1::KvChunk)> send_;
-  mutable std::mutex mu_;
+  std::mutex send_mu_;
+  mutable std::mutex error_mu_;
   absl::Status error_;
 };
 
