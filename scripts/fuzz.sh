@@ -11,7 +11,7 @@ fi
 BUILD=${KVWIRE_FUZZ_BUILD_DIR:-$KVWIRE_ROOT/build-fuzz}
 CC=clang CXX=clang++ cmake -S "$KVWIRE_ROOT" -B "$BUILD" -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVWIRE_BUILD_TESTS=OFF \
-  -DKVWIRE_BUILD_BENCHMARKS=OFF -DKVWIRE_BUILD_FUZZERS=ON
+  -DKVWIRE_BUILD_BENCHMARKS=OFF -DKVWIRE_BUILD_FUZZERS=ON -DKVWIRE_BUILD_SERVICES=OFF
 cmake --build "$BUILD" -j "$KVWIRE_JOBS" --target kvwire_chunk_decoder_fuzzer \
   kvwire_make_fuzz_corpus
 corpus=$(mktemp -d)
