@@ -1,3 +1,7 @@
+// Over 700 lines on purpose: the fused quantize (+gather) + pack and unpack +
+// dequantize kernels of every scheme kind share the scalar coding, memory
+// and reduction helpers of one translation unit, so nvcc inlines them;
+// sections: scalars, coding, memory, kernels, host side.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

@@ -50,14 +50,21 @@ absl::StatusOr<std::vector<int64_t>> Decoder::Sample(
     const int64_t batch = rows.size(0);
     const int64_t vocab = rows.size(1);
     std::vector<int64_t> out(batch);
-    if (sampling.temperature <= 0.0) {
+    // Below fp32's smallest normal number a temperature would divide by a
+    // denormal or by zero: sampling is then greedy, its limit.
+    if (sampling.temperature < std::numeric_limits<float>::min()) {
       const at::Tensor best = rows.argmax(-1).to(at::kCPU).contiguous();
       std::copy(best.data_ptr<int64_t>(), best.data_ptr<int64_t>() + batch,
                 out.begin());
       return out;
     }
     const double neg_inf = -std::numeric_limits<double>::infinity();
-    at::Tensor scores = rows.to(at::kFloat) / sampling.temperature;
+    // Shifted by each row's maximum first (softmax is shift-invariant), so
+    // a tiny temperature sends the others to -inf instead of overflowing to
+    // +inf (whose softmax is NaN).
+    const at::Tensor x = rows.to(at::kFloat);
+    at::Tensor scores =
+        (x - std::get<0>(x.max(-1, /*keepdim=*/true))) / sampling.temperature;
     if (sampling.top_k > 0 && sampling.top_k < vocab) {
       const at::Tensor kth = std::get<0>(scores.topk(sampling.top_k, -1))
                                  .narrow(-1, sampling.top_k - 1, 1);

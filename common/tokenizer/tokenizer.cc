@@ -1,3 +1,7 @@
+// Over 700 lines on purpose: tokenizer.json's pipeline (normalizers,
+// pre-tokenizers with their PCRE2 regexes, byte-level BPE, added and special
+// tokens, decoders) is one format read by one loader; its sections (marked
+// below) share private helpers that a split would have to export.
 #include "common/tokenizer/tokenizer.h"
 
 #include "common/file_util.h"

@@ -6,6 +6,8 @@
 // /metrics scraped over HTTP. Faults: a sharer that is down, killed
 // mid-stream, too slow, of the wrong shape, refusing the receiver's token,
 // and a proxy sharer in this process that corrupts or truncates a stream.
+// Over 700 lines on purpose: the cases share one fixture that starts the
+// real binaries once per suite (a split would start them again per file).
 #include <grpcpp/client_context.h>
 #include <grpcpp/server_context.h>
 #include <signal.h>

@@ -1,3 +1,6 @@
+// Over 700 lines on purpose: every quantizer path (FP8 and NF4 scalars, bit
+// packing, each scheme x granularity, scales, errors) against its scalar
+// reference, in one suite with shared fixtures and helpers.
 #include "common/codec/quantizer.h"
 
 #include <ATen/ATen.h>

@@ -343,6 +343,16 @@ TEST_P(DecoderArchTest, SamplingOptions) {
   }
   EXPECT_TRUE(differs);
 
+  // Tiny positive temperatures are greedy in the limit: no overflow into
+  // NaN probabilities (which used to pick the last id of the vocabulary).
+  for (double t : {1e-6, 1e-30, 1e-38, 1e-39, 1e-300}) {
+    GenerationOptions cold = greedy;
+    cold.sampling.temperature = t;
+    auto c = decoder_->Generate(prompt, cold);
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ(c->tokens, g->tokens) << "temperature " << t;
+  }
+
   GenerationOptions bad = greedy;
   bad.sampling.temperature = 1.0;
   bad.sampling.top_p = 0.0;
