@@ -43,6 +43,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
       k.min_recv_ping_interval_ms);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // gRPC sets SO_REUSEPORT by default: a second copy of a service on the
+  // same port would start and take half the connections. One listener per
+  // port: the second start fails instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   for (grpc::Service* service : services) builder.RegisterService(service);
 
   server->server_ = builder.BuildAndStart();

@@ -71,6 +71,20 @@ TEST(GrpcServerTest, ReportsUnusableAddress) {
             absl::StatusCode::kUnavailable);
 }
 
+TEST(GrpcServerTest, RefusesAPortAnotherServerListensOn) {
+  auto first = GrpcServer::Start(LocalOptions(), {}, {});
+  ASSERT_TRUE(first.ok()) << first.status();
+  ServerOptions same_port = LocalOptions();
+  same_port.listen_address = absl::StrCat("127.0.0.1:", (*first)->port());
+  auto second = GrpcServer::Start(same_port, {}, {});
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(second.status().message(),
+              ::testing::HasSubstr("cannot listen on"));
+  // The first one keeps serving.
+  auto channel = Channel((*first)->port(), Plaintext());
+  EXPECT_EQ(HealthCheck(channel, "").value_or(-1), kServing);
+}
+
 TEST(GrpcServerTest, MutualTlsAcceptsTrustedClientsOnly) {
   auto pki = test_util::MakeTestPki(test_util::MakeTempDir("pki"));
   ASSERT_TRUE(pki.ok()) << pki.status();
