@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log_text.h"
 #include "common/service/grpc_status.h"
 #include "glog/logging.h"
 #include "receiver_service/live_record.h"
@@ -70,8 +71,8 @@ class AnswerCall final : public WorkItem {
       status = service_->queue_->Submit(std::move(self), control_.deadline());
     }
     VLOG(1) << "answer call=" << call_id_
-            << " request_id=" << request_.request_id() << " peer=" << peer_
-            << " admitted=" << status.ok();
+            << " request_id=" << ForLog(request_.request_id())
+            << " peer=" << peer_ << " admitted=" << status.ok();
     if (!status.ok()) Complete(std::move(status), v1::AnswerResponse());
   }
 
@@ -115,11 +116,13 @@ class AnswerCall final : public WorkItem {
     const v1::TransferReport& t = summary_.transfer();
     LOG(INFO) << "answer call=" << call_id_
               << " method=" << (streaming_ ? "AnswerStream" : "Answer")
-              << " request_id=" << request_.request_id() << " peer=" << peer_
+              << " request_id=" << ForLog(request_.request_id())
+              << " peer=" << peer_
               << " status=" << StatusCodeName(final_status_.code())
               << (final_status_.ok()
                       ? ""
-                      : absl::StrCat(" message=\"", final_status_.message(),
+                      : absl::StrCat(" message=\"",
+                                     ForLog(final_status_.message(), 512),
                                      "\""))
               << " mode=" << AnswerModeName(summary_.mode())
               << " fell_back=" << summary_.fell_back()
@@ -133,7 +136,7 @@ class AnswerCall final : public WorkItem {
     if (summary_.fell_back()) {
       LOG(WARNING) << "answer call=" << call_id_
                    << " fell back to receiver-only: "
-                   << summary_.fallback_reason();
+                   << ForLog(summary_.fallback_reason(), 512);
     }
   }
 

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log_text.h"
 #include "common/protocol/request_validation.h"
 #include "common/protocol/wire_framing.h"
 #include "common/service/grpc_status.h"
@@ -66,8 +67,8 @@ class ShareCall final : public WorkItem, public ChunkSink {
       status = service_->queue_->Submit(std::move(self), deadline_);
     }
     VLOG(1) << "share call=" << call_id_
-            << " request_id=" << request_.request_id() << " peer=" << peer_
-            << " tokens=" << request_.token_ids_size()
+            << " request_id=" << ForLog(request_.request_id())
+            << " peer=" << peer_ << " tokens=" << request_.token_ids_size()
             << " admitted=" << status.ok();
     if (!status.ok()) Complete(std::move(status));
   }
@@ -204,7 +205,8 @@ class ShareCall final : public WorkItem, public ChunkSink {
       service_->first_layer_stage_.Observe(report_.first_layer_seconds);
       service_->stream_stage_.Observe(seconds);
       LOG(INFO) << "share call=" << call_id_
-                << " request_id=" << request_.request_id() << " peer=" << peer_
+                << " request_id=" << ForLog(request_.request_id())
+                << " peer=" << peer_
                 << " status=OK tokens=" << report_.prompt_tokens
                 << " selected=" << report_.selected_tokens
                 << " layers=" << report_.layers
@@ -219,9 +221,10 @@ class ShareCall final : public WorkItem, public ChunkSink {
                 << " total_s=" << seconds;
     } else {
       LOG(INFO) << "share call=" << call_id_
-                << " request_id=" << request_.request_id() << " peer=" << peer_
+                << " request_id=" << ForLog(request_.request_id())
+                << " peer=" << peer_
                 << " status=" << StatusCodeName(final_status.code())
-                << " message=\"" << final_status.message()
+                << " message=\"" << ForLog(final_status.message(), 512)
                 << "\" total_s=" << seconds;
     }
   }
@@ -407,7 +410,7 @@ class GenerateCall final : public WorkItem {
       service_->generation_stage_.Observe(response.generation_seconds());
       service_->generated_tokens_.Increment(
           static_cast<double>(response.token_ids_size()));
-      LOG(INFO) << "generate request_id=" << request_.request_id()
+      LOG(INFO) << "generate request_id=" << ForLog(request_.request_id())
                 << " peer=" << peer_
                 << " status=OK prompt_tokens=" << request_.token_ids_size()
                 << " new_tokens=" << response.token_ids_size()
@@ -417,10 +420,10 @@ class GenerateCall final : public WorkItem {
                 << " total_s=" << seconds;
       *response_ = std::move(response);
     } else {
-      LOG(INFO) << "generate request_id=" << request_.request_id()
+      LOG(INFO) << "generate request_id=" << ForLog(request_.request_id())
                 << " peer=" << peer_
                 << " status=" << StatusCodeName(status.code()) << " message=\""
-                << status.message() << "\" total_s=" << seconds;
+                << ForLog(status.message(), 512) << "\" total_s=" << seconds;
     }
     // The reactor (and response_) may go away once Finish is called.
     reactor_->Finish(ToGrpcStatus(status));

@@ -43,6 +43,7 @@ using test_util::ChildProcess;
 using test_util::MetricValue;
 using test_util::WaitFor;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 constexpr absl::Duration kExitTimeout = absl::Seconds(30);
@@ -436,6 +437,30 @@ TEST_F(ReceiverE2eTest, AnswersEqualTheInProcessPipelineBitForBit) {
       MetricValue(shr, "kvwire_requests_total",
                   {{"role", "sharer"}, {"method", "Share"}, {"code", "OK"}}),
       cases.size());
+}
+
+TEST_F(ReceiverE2eTest, ClientTextCannotForgeLogLines) {
+  ASSERT_NO_FATAL_FAILURE(StartReceiver({}));
+  auto stub = Stub();
+  const std::string forged = "\nE1207 00:00:00.000000 1 forged.cc:1] ";
+  v1::AnswerRequest r = Request(v1::TransferSpec(), "x" + forged + "id\x1b[31m",
+                                v1::ANSWER_MODE_RECEIVER_ONLY);
+  r.clear_question();
+  v1::ChatMessage* m = r.add_messages();
+  m->set_role(forged + "role");  // Refused, and quoted in the message.
+  m->set_content("hi");
+  EXPECT_EQ(Answer(*stub, r).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // The call's line is written when the reactor is done, after the status.
+  std::string log;
+  for (int i = 0; i < 200; ++i) {
+    log = receiver_.process->Stderr();
+    if (log.find("request_id=x\\nE1207") != std::string::npos) break;
+    absl::SleepFor(absl::Milliseconds(25));
+  }
+  EXPECT_THAT(log, HasSubstr("request_id=x\\nE1207"));
+  EXPECT_THAT(log, Not(HasSubstr(forged)));
+  EXPECT_THAT(log, Not(HasSubstr("\x1b[31m")));
 }
 
 TEST_F(ReceiverE2eTest, TextToTextOverTheNetworkEqualsTheInProcessPipeline) {

@@ -33,6 +33,7 @@ using test_util::ChildProcess;
 using test_util::MetricValue;
 using test_util::WaitFor;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 constexpr absl::Duration kExitTimeout = absl::Seconds(30);
@@ -373,6 +374,33 @@ TEST_F(SharerE2eTest, InvalidRequestsGetPreciseCodes) {
   // The server survived all of it.
   EXPECT_TRUE(
       Share(*stub, Request(RandomTokens(10, 11), v1::SCHEME_INT8)).status.ok());
+}
+
+TEST_F(SharerE2eTest, ClientTextCannotForgeOrFloodLogLines) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer({}));
+  auto stub = Stub();
+  // Refused requests (no tokens) are logged with their request ids.
+  v1::ShareRequest forged = Request({}, v1::SCHEME_INT8);
+  forged.set_request_id("x\nE1207 00:00:00.000000 1 forged.cc:1] hi\x1b[31m");
+  EXPECT_EQ(Share(*stub, forged).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  const size_t before = sharer_->Stderr().size();
+  v1::ShareRequest flood = Request({}, v1::SCHEME_INT8);
+  flood.set_request_id(std::string(1 << 20, 'A'));
+  EXPECT_EQ(Share(*stub, flood).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // The call's line is written when the reactor is done, after the status.
+  std::string log;
+  for (int i = 0; i < 200; ++i) {
+    log = sharer_->Stderr();
+    if (log.find("(1048576 bytes)") != std::string::npos) break;
+    absl::SleepFor(absl::Milliseconds(25));
+  }
+  EXPECT_THAT(log, HasSubstr("request_id=x\\nE1207"));
+  EXPECT_THAT(log, Not(HasSubstr("\nE1207 00:00:00.000000 1 forged")));
+  EXPECT_THAT(log, Not(HasSubstr("\x1b[31m")));
+  EXPECT_THAT(log, HasSubstr("...(1048576 bytes)"));
+  EXPECT_LT(log.size() - before, 4096u);
 }
 
 TEST_F(SharerE2eTest, GenerateWritesTokensAndValidatesItsRequest) {
