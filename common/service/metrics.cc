@@ -419,9 +419,17 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   // civetweb copies the callbacks when it starts.
   CivetCallbacks callbacks;
   callbacks.begin_request = ServeLivePage;
+  // civetweb gives each connection a thread until its request arrives or
+  // request_timeout_ms passes (default 30 s): with few threads, a couple of
+  // idle TCP connections starved every scrape. More threads and a short
+  // request timeout bound what idle connections can hold.
+  std::vector<std::string> options = {
+      "listening_ports",    address,
+      "num_threads",        std::to_string(kMetricsServerThreads),
+      "request_timeout_ms", std::to_string(kMetricsRequestTimeoutMs)};
   try {
     server->exposer_ = std::make_unique<prometheus::Exposer>(
-        address, 2, live != nullptr ? &callbacks : nullptr);
+        std::move(options), live != nullptr ? &callbacks : nullptr);
   } catch (const std::exception& e) {
     // civetweb reports a busy port and a failed dlopen of libssl.so /
     // libcrypto.so (unversioned names: shipped by libssl-dev) alike.

@@ -221,6 +221,11 @@ class Metrics {
   std::map<ServiceRole, std::unique_ptr<TransferMetrics>> transfers_by_role_;
 };
 
+// The metrics/live HTTP server's worker threads and how long a connection
+// may hold one before sending its request.
+inline constexpr int kMetricsServerThreads = 16;
+inline constexpr int kMetricsRequestTimeoutMs = 2000;
+
 // Serves a registry over HTTP at /metrics (prometheus-cpp's civetweb
 // Exposer) and, when given a LiveStats, the live bandwidth page on the same
 // port: /live (self-contained HTML + JS, no external assets) and

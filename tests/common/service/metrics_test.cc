@@ -1,7 +1,14 @@
 // The metrics registry, its handles and the HTTP exposer.
 #include "common/service/metrics.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <string>
+#include <vector>
 
 #include "common/codec/scheme_table.h"
 #include "gmock/gmock.h"
@@ -181,6 +188,48 @@ TEST(MetricsTest, ExposerServesTextOverHttp) {
   EXPECT_EQ(MetricValue(*body, "kvwire_requests_in_flight",
                         {{"role", "sharer"}, {"method", "GetInfo"}}),
             1);
+}
+
+// A TCP connection to 127.0.0.1:port that never sends a byte; -1 on error.
+int IdleConnection(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST(MetricsTest, IdleConnectionsDoNotStarveScrapes) {
+  Metrics metrics;
+  auto server = MetricsServer::Start("127.0.0.1:0", metrics.registry());
+  ASSERT_TRUE(server.ok()) << server.status();
+  // A few idle connections (they used to take both server threads for 30 s)
+  // leave threads to scrape with at once.
+  std::vector<int> idle;
+  for (int i = 0; i < 4; ++i) idle.push_back(IdleConnection((*server)->port()));
+  auto body = test_util::HttpGet("127.0.0.1", (*server)->port(), "/metrics",
+                                 absl::Seconds(1));
+  EXPECT_TRUE(body.ok()) << body.status();
+  // More idle connections than threads are timed out, so a scrape still
+  // gets through within the request timeout.
+  for (int i = 0; i < kMetricsServerThreads + 4; ++i) {
+    idle.push_back(IdleConnection((*server)->port()));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  body = test_util::HttpGet("127.0.0.1", (*server)->port(), "/metrics",
+                            absl::Seconds(10));
+  EXPECT_TRUE(body.ok()) << body.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - start,
+            std::chrono::milliseconds(2 * kMetricsRequestTimeoutMs + 1000));
+  for (int fd : idle) {
+    if (fd >= 0) ::close(fd);
+  }
 }
 
 TEST(MetricsTest, ExposerReportsBadAddress) {
