@@ -75,10 +75,6 @@ absl::StatusOr<PipelineMode> ParsePipelineMode(absl::string_view name);
 // ---------------------------------------------------------------- pipeline
 
 struct PipelineOptions {
-  // In process, each Answer decodes alone: no slot pool for batched decode
-  // across requests unless asked for.
-  PipelineOptions() { receiver.model.decode_batch_slots = 0; }
-
   // The receiver: model.dir is required. Its tokenizer is optional here
   // (without tokenizer.json, requests must give prompt_ids and answers carry
   // no text); fuser_dir enables C2C and needs a sharer. sharer_tokenizer_dir

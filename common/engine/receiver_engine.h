@@ -30,10 +30,10 @@ class C2CFuser;
 class Decoder;
 
 struct ReceiverEngineOptions {
-  ReceiverEngineOptions() { model.decode_batch_slots = 16; }
-
   // The model (dir, dtype, device, intra-op threads, and on CUDA the slot
-  // pool of the batched decode across requests: 16 slots by default).
+  // pool of the batched decode across requests: off unless
+  // model.decode_batch_slots is set, as kvwire-receiver's
+  // --decode_batch_slots (16) does).
   ModelLoadOptions model;
   // tokenizer.json (+ tokenizer_config.json with the chat template); empty:
   // the model's directory.

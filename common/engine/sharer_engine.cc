@@ -367,7 +367,7 @@ absl::Status SharerEngine::ShareFromCache(const KvCache& cache,
       status = row->EncodeLayer(static_cast<uint32_t>(l), kv.first, kv.second,
                                 options_.encode_on_cpu, start);
     }
-    row->pipe.Fail(status);
+    RETURN_IF_ERROR(status);
     return FinishRow(*row, absl::OkStatus(), 0.0, 1, start);
   });
 }
