@@ -132,7 +132,7 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
   if (guided) {
     // The receiver picks the tokens from its own cache before anything is
     // sent; the prefill cannot overlap the transfer then.
-    RETURN_IF_ERROR(session->Prefill());
+    RETURN_IF_ERROR(session->Prefill([&control] { return control.Check(); }));
     ASSIGN_OR_RETURN(*share.mutable_spec()->mutable_selection(),
                      session->GuidedSelection(request.spec().selection(),
                                               options_.guided_signal));
@@ -147,7 +147,9 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
   control.SetCancelHook([s = stream.get()] { s->Cancel(); });
   // The receiver's own prefill runs here while the reader thread decodes
   // the arriving layers (held until the prefill ends, then fused).
-  absl::Status prefill = guided ? absl::OkStatus() : session->Prefill();
+  absl::Status prefill =
+      guided ? absl::OkStatus()
+             : session->Prefill([&control] { return control.Check(); });
   if (!prefill.ok()) stream->Cancel();
   attempt.outcome = stream->Wait();
   control.ClearCancelHook();
@@ -391,7 +393,7 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
                      engine_->NewSession(ids, generation.max_new_tokens(),
                                          /*fuse=*/false));
     session->set_trace(control.trace());
-    RETURN_IF_ERROR(session->Prefill());
+    RETURN_IF_ERROR(session->Prefill([&control] { return control.Check(); }));
     const double prefill = session->timings().prefill_seconds;
     timings->set_receiver_prefill_seconds(prefill);
     prefill_stage_.Observe(prefill);

@@ -53,6 +53,9 @@ ABSL_FLAG(int, intra_op_threads, 0,
 ABSL_FLAG(int64_t, max_buffered_bytes_per_stream, int64_t{64} << 20,
           "Encoded bytes of one stream queued ahead of a slow client before "
           "its worker waits.");
+ABSL_FLAG(double, stream_stall_timeout_seconds, 20,
+          "Cancel a Share stream whose client has read nothing for this "
+          "long, freeing its worker and buffers (0: never).");
 ABSL_FLAG(int, testing_layer_delay_ms, 0,
           "TESTS ONLY: sleep this long after each computed layer.");
 
@@ -109,6 +112,8 @@ int main(int argc, char** argv) {
   }
   config.service.max_buffered_bytes_per_stream =
       absl::GetFlag(FLAGS_max_buffered_bytes_per_stream);
+  config.service.stream_stall_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_stream_stall_timeout_seconds));
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   config.workers = absl::GetFlag(FLAGS_workers);
   config.queue_size = absl::GetFlag(FLAGS_queue_size);

@@ -7,6 +7,7 @@
 // the last one out calls Finish. Reactions only take a mutex briefly.
 #include "sharer_service/sharer_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -47,6 +48,7 @@ class ShareCall final : public WorkItem, public ChunkSink {
             const v1::ShareRequest& request, ShareReactor* reactor)
       : service_(service),
         reactor_(reactor),
+        context_(context),
         request_(request),
         deadline_(DeadlineOf(*context)),
         peer_(context->peer()),
@@ -145,10 +147,39 @@ class ShareCall final : public WorkItem, public ChunkSink {
     }
   }
 
+  uint64_t call_id() const { return call_id_; }
+
+  // The stall watchdog: cancels the call when one message write has been
+  // in flight for `limit` (the client stopped reading). The worker stops at
+  // its next Send / Alive, the buffered chunks go, and gRPC's cancellation
+  // completes the stuck write, which finishes the call.
+  void CancelIfStalled(absl::Duration limit) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto stalled = std::chrono::steady_clock::now() - write_started_;
+      if (!writing_ || finish_called_ || !cancel_status_.ok() ||
+          stalled < absl::ToChronoNanoseconds(limit)) {
+        return;
+      }
+      cancel_status_ = absl::ResourceExhaustedError(absl::StrCat(
+          "the client read nothing for ", absl::FormatDuration(limit),
+          " (--stream_stall_timeout_seconds): stream cancelled after ",
+          messages_written_, " messages"));
+      pending_.clear();
+      pending_bytes_ = current_bytes_;
+      cv_.notify_all();
+    }
+    // gRPC may run reactions (OnDone included) inline in TryCancel, on this
+    // thread: the recursive lock keeps the context alive until then.
+    std::lock_guard<std::recursive_mutex> lock(context_mu_);
+    if (context_ != nullptr) context_->TryCancel();
+  }
+
   // ----- Reactions (forwarded by ShareReactor)
   void OnWriteDone(bool ok) {
     std::unique_lock<std::mutex> lock(mu_);
     writing_ = false;
+    if (ok) ++messages_written_;
     pending_bytes_ -= current_bytes_;
     current_bytes_ = 0;
     cv_.notify_all();
@@ -180,6 +211,11 @@ class ShareCall final : public WorkItem, public ChunkSink {
   }
 
   void OnDone() {
+    {
+      std::lock_guard<std::recursive_mutex> lock(context_mu_);
+      context_ = nullptr;
+    }
+    service_->ForgetStream(call_id_);
     absl::Status final_status;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -258,6 +294,7 @@ class ShareCall final : public WorkItem, public ChunkSink {
     pending_.pop_front();
     current_bytes_ = static_cast<int64_t>(current_.ByteSizeLong());
     writing_ = true;
+    write_started_ = std::chrono::steady_clock::now();
     grpc::WriteOptions options;
     // Another message is already waiting: let gRPC coalesce the two.
     if (!pending_.empty()) options.set_buffer_hint();
@@ -288,6 +325,9 @@ class ShareCall final : public WorkItem, public ChunkSink {
 
   SharerService* const service_;
   ShareReactor* const reactor_;
+  // Valid until OnDone (which clears it under context_mu_).
+  grpc::CallbackServerContext* context_;
+  std::recursive_mutex context_mu_;
   const v1::ShareRequest request_;  // A copy: the worker may outlive OnDone.
   const absl::Time deadline_;
   const std::string peer_;
@@ -302,6 +342,8 @@ class ShareCall final : public WorkItem, public ChunkSink {
   int64_t pending_bytes_ = 0;  // pending_ + current_.
   v1::KvChunk current_;        // The message being written.
   int64_t current_bytes_ = 0;
+  std::chrono::steady_clock::time_point write_started_;
+  int64_t messages_written_ = 0;
   bool writing_ = false;
   bool work_done_ = false;
   bool finish_called_ = false;
@@ -314,6 +356,7 @@ class ShareReactor final : public grpc::ServerWriteReactor<v1::KvChunk> {
   ShareReactor(SharerService* service, grpc::CallbackServerContext* context,
                const v1::ShareRequest* request)
       : call_(std::make_shared<ShareCall>(service, context, *request, this)) {
+    service->TrackStream(call_->call_id(), call_);
     call_->Begin(*context, call_);
   }
 
@@ -337,16 +380,18 @@ void ShareCall::Finish(ShareReactor* reactor, grpc::Status status) {
   reactor->Finish(std::move(status));
 }
 
-// One Generate call: a unary reactor plus this item, shared by the reactor,
-// the WorkQueue and the worker. Whoever ends the call first (the worker, a
-// drop from the queue, or an early error) calls Finish, exactly once.
+// One Generate call: a GenerateReactor plus this item, shared by the
+// reactor, the WorkQueue and the worker. Whoever ends the call first (the
+// worker, a drop from the queue, or an early error) calls Finish, exactly
+// once.
 class GenerateCall final : public WorkItem {
  public:
   GenerateCall(SharerService* service, grpc::CallbackServerContext* context,
                const v1::GenerateRequest& request,
-               v1::GenerateResponse* response)
+               v1::GenerateResponse* response,
+               grpc::ServerUnaryReactor* reactor)
       : service_(service),
-        reactor_(context->DefaultReactor()),
+        reactor_(reactor),
         request_(request),
         response_(response),
         deadline_(DeadlineOf(*context)),
@@ -355,8 +400,6 @@ class GenerateCall final : public WorkItem {
     service_->generate_rpc_.Started();
   }
 
-  grpc::ServerUnaryReactor* reactor() const { return reactor_; }
-
   void Begin(const grpc::CallbackServerContext& context,
              std::shared_ptr<GenerateCall> self) {
     absl::Status status = service_->auth_->Check(context);
@@ -364,12 +407,17 @@ class GenerateCall final : public WorkItem {
       status = ValidateGenerateRequest(request_, service_->engine_->info());
     }
     if (status.ok()) {
-      // gRPC's cancellation (client gone, deadline) reaches the worker
-      // through Alive(); a queued call leaves the queue at once.
-      context_ = &context;
       status = service_->queue_->Submit(std::move(self), deadline_);
     }
     if (!status.ok()) Complete(std::move(status), {});
+  }
+
+  // gRPC's cancellation (client gone, deadline): a queued call leaves the
+  // queue at once (Drop finishes it); a running one stops at the worker's
+  // next Alive() check (after the current prefill layer or decode step).
+  void OnCancel() {
+    cancelled_ = true;
+    service_->queue_->Cancel(this);
   }
 
   void Run(absl::Duration queue_wait) override {
@@ -387,9 +435,7 @@ class GenerateCall final : public WorkItem {
 
  private:
   absl::Status Alive() const {
-    if (context_ != nullptr && context_->IsCancelled()) {
-      return CancellationCause(deadline_);
-    }
+    if (cancelled_) return CancellationCause(deadline_);
     if (absl::Now() >= deadline_) {
       return absl::DeadlineExceededError("deadline exceeded");
     }
@@ -433,7 +479,7 @@ class GenerateCall final : public WorkItem {
   grpc::ServerUnaryReactor* const reactor_;
   const v1::GenerateRequest request_;  // A copy: the worker may outlive it.
   v1::GenerateResponse* const response_;
-  const grpc::CallbackServerContext* context_ = nullptr;
+  std::atomic<bool> cancelled_{false};
   const absl::Time deadline_;
   const std::string peer_;
   const std::chrono::steady_clock::time_point start_;
@@ -460,7 +506,49 @@ SharerService::SharerService(SharerEngine* engine, WorkQueue* queue,
       encode_stage_(metrics->Stage(ServiceRole::kSharer, kStageEncode)),
       first_layer_stage_(
           metrics->Stage(ServiceRole::kSharer, kStageFirstLayer)),
-      stream_stage_(metrics->Stage(ServiceRole::kSharer, kStageStream)) {}
+      stream_stage_(metrics->Stage(ServiceRole::kSharer, kStageStream)) {
+  if (options_.stream_stall_timeout > absl::ZeroDuration()) {
+    stall_watchdog_ = std::thread([this] { WatchStalls(); });
+  }
+}
+
+SharerService::~SharerService() {
+  {
+    std::lock_guard<std::mutex> lock(streams_mu_);
+    stopping_ = true;
+  }
+  streams_cv_.notify_all();
+  if (stall_watchdog_.joinable()) stall_watchdog_.join();
+}
+
+void SharerService::TrackStream(uint64_t id, std::weak_ptr<ShareCall> call) {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  streams_.emplace(id, std::move(call));
+}
+
+void SharerService::ForgetStream(uint64_t id) {
+  std::lock_guard<std::mutex> lock(streams_mu_);
+  streams_.erase(id);
+}
+
+void SharerService::WatchStalls() {
+  const absl::Duration limit = options_.stream_stall_timeout;
+  const absl::Duration period =
+      std::clamp(limit / 4, absl::Milliseconds(10), absl::Seconds(1));
+  std::unique_lock<std::mutex> lock(streams_mu_);
+  while (!streams_cv_.wait_for(lock, absl::ToChronoNanoseconds(period),
+                               [this] { return stopping_; })) {
+    std::vector<std::shared_ptr<ShareCall>> open;
+    for (const auto& [id, weak] : streams_) {
+      if (auto call = weak.lock()) open.push_back(std::move(call));
+    }
+    // Cancelling may run OnDone (ForgetStream) on this thread.
+    lock.unlock();
+    for (const auto& call : open) call->CancelIfStalled(limit);
+    open.clear();
+    lock.lock();
+  }
+}
 
 grpc::ServerWriteReactor<v1::KvChunk>* SharerService::Share(
     grpc::CallbackServerContext* context, const v1::ShareRequest* request) {
@@ -483,12 +571,27 @@ BatchRunner SharerService::MakeBatchRunner(SharerEngine* engine) {
   };
 }
 
+// Owned by gRPC until OnDone; forwards the cancellation to the call.
+class GenerateReactor final : public grpc::ServerUnaryReactor {
+ public:
+  GenerateReactor(SharerService* service, grpc::CallbackServerContext* context,
+                  const v1::GenerateRequest* request,
+                  v1::GenerateResponse* response)
+      : call_(std::make_shared<GenerateCall>(service, context, *request,
+                                             response, this)) {
+    call_->Begin(*context, call_);
+  }
+  void OnCancel() override { call_->OnCancel(); }
+  void OnDone() override { delete this; }
+
+ private:
+  std::shared_ptr<GenerateCall> call_;
+};
+
 grpc::ServerUnaryReactor* SharerService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
     v1::GenerateResponse* response) {
-  auto call = std::make_shared<GenerateCall>(this, context, *request, response);
-  call->Begin(*context, call);
-  return call->reactor();
+  return new GenerateReactor(this, context, request, response);
 }
 
 grpc::ServerUnaryReactor* SharerService::GetInfo(

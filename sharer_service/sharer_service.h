@@ -7,8 +7,14 @@
 #define KVWIRE_SHARER_SERVICE_SHARER_SERVICE_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
 
+#include "absl/time/time.h"
 #include "common/engine/sharer_engine.h"
 #include "common/service/metrics.h"
 #include "common/service/security.h"
@@ -17,10 +23,16 @@
 
 namespace kvwire {
 
+class ShareCall;
+
 struct SharerServiceOptions {
   // Most bytes of one stream queued ahead of the network before the worker
   // waits for the client to catch up.
   int64_t max_buffered_bytes_per_stream = int64_t{64} << 20;
+  // A Share stream whose message write makes no progress for this long (a
+  // client that stopped reading) is cancelled: its worker stops and its
+  // buffers go. Zero or less: never.
+  absl::Duration stream_stall_timeout = absl::Seconds(20);
 };
 
 class SharerService final : public v1::Sharer::CallbackService {
@@ -30,10 +42,14 @@ class SharerService final : public v1::Sharer::CallbackService {
   SharerService(SharerEngine* engine, WorkQueue* queue,
                 const BearerTokenAuth* auth, Metrics* metrics,
                 const SharerServiceOptions& options = {});
+  // Stops the stall watchdog.
+  ~SharerService() override;
 
   // Status codes: UNAUTHENTICATED (bearer token), the ValidateShareRequest
   // codes, RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED / CANCELLED,
-  // the engine's errors, UNAVAILABLE while shutting down.
+  // the engine's errors, UNAVAILABLE while shutting down. A stalled stream
+  // (see stream_stall_timeout) is cancelled (the client sees CANCELLED; the
+  // server counts RESOURCE_EXHAUSTED).
   grpc::ServerWriteReactor<v1::KvChunk>* Share(
       grpc::CallbackServerContext* context,
       const v1::ShareRequest* request) override;
@@ -56,7 +72,14 @@ class SharerService final : public v1::Sharer::CallbackService {
 
  private:
   friend class ShareCall;
+  friend class ShareReactor;
   friend class GenerateCall;
+
+  // Every open Share stream, for the stall watchdog (weak: a stream leaves
+  // when gRPC is done with it).
+  void TrackStream(uint64_t id, std::weak_ptr<ShareCall> call);
+  void ForgetStream(uint64_t id);
+  void WatchStalls();
 
   SharerEngine* const engine_;
   WorkQueue* const queue_;
@@ -74,6 +97,12 @@ class SharerService final : public v1::Sharer::CallbackService {
   prometheus::Histogram& first_layer_stage_;
   prometheus::Histogram& stream_stage_;
   std::atomic<uint64_t> next_call_id_{1};
+
+  std::mutex streams_mu_;
+  std::condition_variable streams_cv_;
+  bool stopping_ = false;
+  std::map<uint64_t, std::weak_ptr<ShareCall>> streams_;
+  std::thread stall_watchdog_;
 };
 
 }  // namespace kvwire

@@ -113,7 +113,7 @@ absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverSession::Create(
       std::make_unique<KvCache>(std::move(cache)), std::move(check_sharer)));
 }
 
-absl::Status ReceiverSession::Prefill() {
+absl::Status ReceiverSession::Prefill(const StopCheck& should_stop) {
   {
     absl::MutexLock lock(&mu_);
     if (prefill_started_) {
@@ -123,7 +123,9 @@ absl::Status ReceiverSession::Prefill() {
   }
   const auto start = Clock::now();
   if (fused_length_ > 0) {
-    auto logits = receiver_->Prefill(share_token_ids(), *cache_, nullptr,
+    LayerCallback check;
+    if (should_stop) check = [&](const LayerKv&) { return should_stop(); };
+    auto logits = receiver_->Prefill(share_token_ids(), *cache_, check,
                                      LogitsMode::kNone);
     if (!logits.ok()) return logits.status();
   }
@@ -377,7 +379,7 @@ absl::StatusOr<GenerationResult> ReceiverSession::Generate(
     need_prefill = !prefill_started_;
   }
   // Generate alone (receiver-only) prefills first.
-  if (need_prefill) RETURN_IF_ERROR(Prefill());
+  if (need_prefill) RETURN_IF_ERROR(Prefill(should_stop));
   absl::MutexLock lock(&mu_);
   if (generating_) {
     return absl::FailedPreconditionError("Generate called twice");

@@ -151,8 +151,11 @@ class ReceiverSession {
   }
 
   // The receiver's own prefill of ids[0, L-1); then fuses every layer that
-  // arrived meanwhile. FAILED_PRECONDITION if called twice.
-  absl::Status Prefill();
+  // arrived meanwhile. FAILED_PRECONDITION if called twice. `should_stop`
+  // (optional) is asked after every layer: a long prompt's prefill ends
+  // with its status as soon as the call is cancelled or out of time (the
+  // session is then unusable).
+  absl::Status Prefill(const StopCheck& should_stop = nullptr);
 
   // Receiver-guided selection scores, [L-1] fp32 on the CPU (higher = more
   // useful to fuse), from the receiver's own cache. Needs Prefill and must

@@ -204,7 +204,12 @@ absl::StatusOr<v1::GenerateResponse> SharerEngine::Generate(
             std::vector<int64_t>(request.token_ids().begin(),
                                  request.token_ids().end()),
             ToGenerationOptions(request.generation()).max_new_tokens));
-    RETURN_IF_ERROR(session->Prefill());
+    // Asked after every prefill layer: a long prompt stops within a layer of
+    // its call ending.
+    RETURN_IF_ERROR(session->Prefill([&] {
+      TestingLayerDelay(alive);
+      return alive();
+    }));
     ASSIGN_OR_RETURN(
         GenerationResult result,
         session->Generate(ToGenerationOptions(request.generation()), nullptr,
@@ -221,6 +226,16 @@ absl::StatusOr<v1::GenerateResponse> SharerEngine::Generate(
                                     session->timings().generation_seconds);
     return response;
   });
+}
+
+void SharerEngine::TestingLayerDelay(
+    const std::function<absl::Status()>& alive) const {
+  // Interruptible, so that cancelled calls stop promptly.
+  for (absl::Duration left = options_.testing_layer_delay;
+       left > absl::ZeroDuration() && alive().ok();
+       left -= absl::Milliseconds(5)) {
+    absl::SleepFor(std::min(left, absl::Milliseconds(5)));
+  }
 }
 
 void SharerEngine::ConfigureThread() const {
@@ -305,14 +320,12 @@ std::vector<absl::Status> SharerEngine::ShareBatchImpl(
   };
   const LayerCallback on_layer = [&](const LayerKv& kv) -> absl::Status {
     if (kv.row == 0) {
-      // Test hook; interruptible so cancelled calls stop promptly.
-      for (absl::Duration left = options_.testing_layer_delay;
-           left > absl::ZeroDuration(); left -= absl::Milliseconds(5)) {
-        bool alive = false;
-        for (const auto& row : rows) alive |= row->task->sink->Alive().ok();
-        if (!alive) break;
-        absl::SleepFor(std::min(left, absl::Milliseconds(5)));
-      }
+      TestingLayerDelay([&] {
+        for (const auto& row : rows) {
+          if (row->task->sink->Alive().ok()) return absl::OkStatus();
+        }
+        return absl::CancelledError("every request of the batch ended");
+      });
     }
     Row& row = *rows[kv.row];
     if (!row.dead &&

@@ -93,8 +93,9 @@ struct SharerEngineOptions {
   // With a CUDA model: copy each layer's K/V to the host and encode there
   // (the fused CPU quantizer) instead of quantizing on the GPU.
   bool encode_on_cpu = true;
-  // Test hook: sleep this long after each layer is computed (makes
-  // deadlines, overload and draining observable with tiny models).
+  // Test hook: sleep this long after each layer is computed, in Share and
+  // in Generate's prefill (makes deadlines, overload and draining
+  // observable with tiny models).
   absl::Duration testing_layer_delay = absl::ZeroDuration();
 };
 
@@ -143,8 +144,9 @@ class SharerEngine {
   // ValidateGenerateRequest) on the sharer model: a ReceiverSession without
   // a fuser (a prefill of all but the last id, then the last id and
   // sampling), exactly as the in-process pipeline's text-to-text step.
-  // `alive` is polled before the prefill and before each decode step; its
-  // error ends the call. INTERNAL for model failures. Thread-safe.
+  // `alive` is polled before the prefill, after each prefill layer and before
+  // each decode step; its error ends the call. INTERNAL for model failures.
+  // Thread-safe.
   absl::StatusOr<v1::GenerateResponse> Generate(
       const v1::GenerateRequest& request,
       const std::function<absl::Status()>& alive) const;
@@ -154,6 +156,8 @@ class SharerEngine {
   SharerEngine(std::unique_ptr<Decoder> decoder, v1::SharerInfo info,
                const SharerEngineOptions& options);
   void ConfigureThread() const;
+  // Sleeps options_.testing_layer_delay while `alive` is OK.
+  void TestingLayerDelay(const std::function<absl::Status()>& alive) const;
   // Creates a row's encoder and sends its header; nullptr with `*status`
   // set when the request cannot start.
   std::unique_ptr<Row> StartRow(const ShareTask& task, size_t index,

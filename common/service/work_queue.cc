@@ -24,7 +24,7 @@ WorkQueue::WorkQueue(const Options& options, QueueMetrics* metrics,
     metrics_->SetDepth(0);
     metrics_->SetBusyWorkers(0);
   }
-  threads_.reserve(options_.workers);
+  threads_.reserve(options_.workers + 1);
   for (int i = 0; i < options_.workers; ++i) {
     threads_.emplace_back([this, i] {
       // Linux limits thread names to 15 characters.
@@ -34,6 +34,12 @@ WorkQueue::WorkQueue(const Options& options, QueueMetrics* metrics,
       WorkerLoop();
     });
   }
+  threads_.emplace_back([this] {
+    const std::string name =
+        absl::StrCat(options_.name.substr(0, 10), "-exp").substr(0, 15);
+    pthread_setname_np(pthread_self(), name.c_str());
+    ExpiryLoop();
+  });
 }
 
 WorkQueue::~WorkQueue() { Shutdown(); }
@@ -67,6 +73,7 @@ absl::Status WorkQueue::Submit(std::shared_ptr<WorkItem> item,
   queue_.push_back(Entry{std::move(item), deadline, absl::Now()});
   PublishLocked();
   cv_.notify_one();
+  if (deadline != absl::InfiniteFuture()) expiry_cv_.notify_one();
   return absl::OkStatus();
 }
 
@@ -122,12 +129,10 @@ void WorkQueue::WorkerLoop() {
     Entry entry = std::move(queue_.front());
     queue_.pop_front();
     const absl::Time now = absl::Now();
-    if (now >= entry.deadline) {
+    if (now >= entry.deadline) {  // Expired before the expiry thread saw it.
       PublishLocked();
       lock.unlock();
-      entry.item->Drop(absl::DeadlineExceededError(absl::StrCat(
-          "deadline expired after waiting ",
-          absl::FormatDuration(now - entry.enqueued), " for a worker")));
+      DropExpired(entry, now);
       entry.item.reset();
       lock.lock();
       continue;
@@ -163,6 +168,48 @@ void WorkQueue::WorkerLoop() {
   }
 }
 
+std::vector<WorkQueue::Entry> WorkQueue::TakeExpiredLocked(absl::Time now) {
+  std::vector<Entry> expired;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (now >= it->deadline) {
+      expired.push_back(std::move(*it));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return expired;
+}
+
+void WorkQueue::DropExpired(Entry& entry, absl::Time now) {
+  entry.item->Drop(absl::DeadlineExceededError(
+      absl::StrCat("deadline expired after waiting ",
+                   absl::FormatDuration(now - entry.enqueued),
+                   " in the queue for a worker")));
+}
+
+void WorkQueue::ExpiryLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    absl::Time earliest = absl::InfiniteFuture();
+    for (const Entry& e : queue_) earliest = std::min(earliest, e.deadline);
+    if (earliest == absl::InfiniteFuture()) {
+      expiry_cv_.wait(lock);
+    } else {
+      expiry_cv_.wait_until(lock, absl::ToChronoTime(earliest));
+    }
+    if (stopping_) return;
+    const absl::Time now = absl::Now();
+    std::vector<Entry> expired = TakeExpiredLocked(now);
+    if (expired.empty()) continue;
+    PublishLocked();
+    lock.unlock();
+    for (Entry& e : expired) DropExpired(e, now);
+    expired.clear();
+    lock.lock();
+  }
+}
+
 void WorkQueue::Shutdown() {
   std::deque<Entry> dropped;
   {
@@ -173,6 +220,7 @@ void WorkQueue::Shutdown() {
     PublishLocked();
   }
   cv_.notify_all();
+  expiry_cv_.notify_all();
   for (Entry& e : dropped) {
     e.item->Drop(absl::UnavailableError(
         absl::StrCat(options_.name, " is shutting down")));

@@ -1,9 +1,10 @@
 // A fixed pool of worker threads fed by a bounded FIFO queue: the admission
 // control of the kvwire servers. A request either starts on an idle worker,
 // waits in the queue (until a worker takes it, it is cancelled, or its
-// deadline passes), or is refused at once with RESOURCE_EXHAUSTED when the
-// queue is full. Items that leave the queue without running are told why
-// (Drop), exactly once.
+// deadline passes: a timer drops expired items at their deadline, so they
+// never hold a queue slot past it), or is refused at once with
+// RESOURCE_EXHAUSTED when the queue is full. Items that leave the queue without
+// running are told why (Drop), exactly once.
 //
 // Dynamic batching (Options::max_batch > 1 and a BatchRunner): a worker that
 // takes an item also takes compatible items waiting behind it (FIFO, up to
@@ -102,6 +103,11 @@ class WorkQueue {
     absl::Time enqueued;
   };
   void WorkerLoop();
+  // Drops queued items as their deadlines pass (one thread per queue).
+  void ExpiryLoop();
+  // Moves the items whose deadline is at or before `now` out of the queue.
+  std::vector<Entry> TakeExpiredLocked(absl::Time now);
+  static void DropExpired(Entry& entry, absl::Time now);
   void PublishLocked();
   // Moves items that may join `head`'s batch out of the queue.
   std::vector<Entry> TakeBatchLocked(const Entry& head, absl::Time now);
@@ -110,11 +116,12 @@ class WorkQueue {
   QueueMetrics* const metrics_;
   const BatchRunner batch_runner_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;         // Workers: an item or stopping.
+  std::condition_variable expiry_cv_;  // ExpiryLoop: the queue changed.
   std::deque<Entry> queue_;
   int64_t busy_ = 0;
   bool stopping_ = false;
-  std::vector<std::thread> threads_;
+  std::vector<std::thread> threads_;  // Workers, then the expiry thread.
 };
 
 }  // namespace kvwire

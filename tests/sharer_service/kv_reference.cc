@@ -34,6 +34,19 @@ absl::Status WriteTestModel(const std::string& dir) {
   return WriteRandomCheckpoint(dir, options);
 }
 
+absl::Status WriteWideTestModel(const std::string& dir) {
+  TinyCheckpointOptions options;
+  options.config = MakeModelConfig(ModelArch::kQwen3, /*vocab_size=*/256,
+                                   /*hidden_size=*/64,
+                                   /*intermediate_size=*/128,
+                                   /*num_layers=*/16, /*num_heads=*/16,
+                                   /*num_kv_heads=*/16, /*head_dim=*/64);
+  options.config.tie_word_embeddings = true;
+  options.dtype = SafetensorsDtype::kF32;
+  options.seed = 11;
+  return WriteRandomCheckpoint(dir, options);
+}
+
 absl::StatusOr<StreamComparison> CompareWithPrefill(
     const std::vector<v1::KvChunk>& chunks, const std::string& model_dir,
     const std::vector<uint32_t>& tokens, int int_bits) {

@@ -37,6 +37,11 @@ absl::StatusOr<StreamComparison> CompareWithPrefill(
 // Writes a random Qwen2-layout checkpoint (4 layers, 2 KV heads of 16,
 // vocab 256) to `dir`.
 absl::Status WriteTestModel(const std::string& dir);
+// A model with a large KV cache per token and little compute (16 layers of
+// 16 KV heads x 64, hidden size 64): 256 tokens stream ~16 MB in bf16, more
+// than loopback sockets and HTTP/2 windows hold, so a client that stops
+// reading really stalls the stream.
+absl::Status WriteWideTestModel(const std::string& dir);
 
 }  // namespace kvwire
 

@@ -3,6 +3,8 @@
 // line), called with a real gRPC client, its streams decoded and compared
 // with an in-process prefill, its /metrics scraped over HTTP.
 #include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -469,6 +471,133 @@ TEST_F(SharerE2eTest, DeadlineExpiryStopsTheWork) {
   EXPECT_TRUE(AwaitMetric("kvwire_workers_busy", {{"role", "sharer"}}, 0,
                           absl::Milliseconds(2500)));
   EXPECT_LT(absl::Now() - start, absl::Milliseconds(3500));
+}
+
+// A Generate call on its own thread, ended by `deadline` or by TryCancel.
+class AsyncGenerate {
+ public:
+  AsyncGenerate(v1::Sharer::Stub* stub, const std::vector<uint32_t>& tokens,
+                absl::Duration deadline) {
+    request_.set_request_id("async");
+    for (uint32_t t : tokens) request_.add_token_ids(t);
+    request_.mutable_generation()->set_max_new_tokens(4);
+    context_.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    thread_ = std::thread([this, stub] {
+      status_ = stub->Generate(&context_, request_, &reply_);
+    });
+  }
+  ~AsyncGenerate() { Wait(); }
+  void Cancel() { context_.TryCancel(); }
+  grpc::Status Wait() {
+    if (thread_.joinable()) thread_.join();
+    return status_;
+  }
+
+ private:
+  v1::GenerateRequest request_;
+  v1::GenerateResponse reply_;
+  grpc::ClientContext context_;
+  grpc::Status status_;
+  std::thread thread_;
+};
+
+TEST_F(SharerE2eTest, GenerateHonoursDeadlinesRunningAndQueued) {
+  // Issue 14's repro. Each prefill layer takes 1 s (4 s a call): A runs
+  // with a 2 s deadline, B and C queue with 1 s deadlines, filling the
+  // queue. B and C must leave the queue at 1 s and A must stop within a
+  // layer of 2 s, so that a Share arriving at 2.5 s is admitted and served.
+  ASSERT_NO_FATAL_FAILURE(StartSharer(
+      {"--workers=1", "--queue_size=2", "--testing_layer_delay_ms=1000"}));
+  auto stub = Stub();
+  const absl::Time start = absl::Now();
+  AsyncGenerate a(stub.get(), RandomTokens(64, 31), absl::Seconds(2));
+  ASSERT_TRUE(AwaitMetric("kvwire_workers_busy", {{"role", "sharer"}}, 1));
+  AsyncGenerate b(stub.get(), RandomTokens(64, 32), absl::Seconds(1));
+  AsyncGenerate c(stub.get(), RandomTokens(64, 33), absl::Seconds(1));
+  const std::map<std::string, std::string> expired = {
+      {"role", "sharer"},
+      {"method", "Generate"},
+      {"code", "DEADLINE_EXCEEDED"}};
+  // Server side: the queued calls end at their deadline, the worker still
+  // busy with A.
+  ASSERT_TRUE(AwaitMetric("kvwire_requests_total", expired, 2));
+  EXPECT_EQ(Metric("kvwire_queue_depth", {{"role", "sharer"}}), 0);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1900));
+
+  absl::SleepFor(start + absl::Milliseconds(2500) - absl::Now());
+  const ShareResult share =
+      Share(*stub, Request(RandomTokens(16, 34), v1::SCHEME_INT8));
+  EXPECT_TRUE(share.status.ok()) << share.status.error_message();
+  EXPECT_EQ(a.Wait().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_EQ(b.Wait().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_EQ(c.Wait().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(AwaitMetric("kvwire_requests_total", expired, 3));
+  // A's prefill stopped within a layer of its deadline: A (2-3 s) and the
+  // Share (4 layers, 4 s) ran one after the other.
+  EXPECT_LT(absl::Now() - start, absl::Seconds(8));
+}
+
+TEST_F(SharerE2eTest, CancelledQueuedGenerateLeavesTheQueueAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer(
+      {"--workers=1", "--queue_size=1", "--testing_layer_delay_ms=1000"}));
+  auto stub = Stub();
+  AsyncGenerate running(stub.get(), RandomTokens(64, 41), absl::Seconds(30));
+  ASSERT_TRUE(AwaitMetric("kvwire_workers_busy", {{"role", "sharer"}}, 1));
+  AsyncGenerate queued(stub.get(), RandomTokens(64, 42), absl::Seconds(30));
+  ASSERT_TRUE(AwaitMetric("kvwire_queue_depth", {{"role", "sharer"}}, 1));
+  const absl::Time cancelled = absl::Now();
+  queued.Cancel();
+  EXPECT_EQ(queued.Wait().error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(AwaitMetric("kvwire_queue_depth", {{"role", "sharer"}}, 0,
+                          absl::Seconds(2)));
+  EXPECT_TRUE(AwaitMetric(
+      "kvwire_requests_total",
+      {{"role", "sharer"}, {"method", "Generate"}, {"code", "CANCELLED"}}, 1,
+      absl::Seconds(2)));
+  EXPECT_LT(absl::Now() - cancelled, absl::Seconds(2));  // A still runs.
+  EXPECT_EQ(Metric("kvwire_workers_busy", {{"role", "sharer"}}), 1);
+  running.Cancel();
+  EXPECT_EQ(running.Wait().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(AwaitMetric("kvwire_workers_busy", {{"role", "sharer"}}, 0,
+                          absl::Seconds(3)));
+}
+
+TEST_F(SharerE2eTest, StalledClientIsCancelledAndFreesItsWorker) {
+  const std::string wide = test_util::MakeTempDir("wide-model");
+  ASSERT_TRUE(WriteWideTestModel(wide).ok());
+  ASSERT_NO_FATAL_FAILURE(StartSharer(
+      {"--model_dir=" + wide, "--workers=1", "--stream_stall_timeout_seconds=1",
+       "--max_buffered_bytes_per_stream=65536"}));
+  auto stub = Stub();
+  grpc::ClientContext stalled;
+  stalled.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+  auto reader =
+      stub->Share(&stalled, Request(RandomTokens(256, 51), v1::SCHEME_BF16));
+  v1::KvChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));  // Streaming; now stop reading.
+  const absl::Time stopped = absl::Now();
+
+  // The server ends the stalled stream itself, long before the client's
+  // 120 s deadline, and its worker is free again.
+  ASSERT_TRUE(AwaitMetric("kvwire_requests_total",
+                          ShareCode("RESOURCE_EXHAUSTED"), 1,
+                          absl::Seconds(20)));
+  EXPECT_TRUE(AwaitMetric("kvwire_workers_busy", {{"role", "sharer"}}, 0));
+  EXPECT_LT(absl::Now() - stopped, absl::Seconds(20));
+  EXPECT_THAT(sharer_->Stderr(), HasSubstr("the client read nothing for 1s"));
+  grpc::ChannelArguments args = MakeChannelArguments(ChannelOptions{});
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // Its own connection.
+  auto other_stub = v1::Sharer::NewStub(
+      grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port_),
+                                grpc::InsecureChannelCredentials(), args));
+  const ShareResult next =
+      Share(*other_stub, Request(RandomTokens(16, 52), v1::SCHEME_INT8));
+  EXPECT_TRUE(next.status.ok()) << next.status.error_message();
+
+  // Reading again, the stalled client finds its call cancelled.
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
 TEST_F(SharerE2eTest, OverloadBeyondWorkersAndQueueIsResourceExhausted) {

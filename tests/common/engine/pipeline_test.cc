@@ -357,6 +357,31 @@ TEST_F(PipelineTest, PooledCachesFuseAndDecodeLikeOwnCaches) {
   EXPECT_FALSE(trace.Events().empty());
 }
 
+TEST_F(PipelineTest, PrefillStopsAtTheLayerWhoseCheckFails) {
+  // A cancelled call's long prompt must not run to its end (issue 14): the
+  // check runs after every layer and its error ends the prefill there.
+  const std::vector<int64_t> prompt = Prompt();
+  auto session = Session(prompt, /*with_fuser=*/false);
+  int checks = 0;
+  const absl::Status stopped = session->Prefill([&checks] {
+    return ++checks == 2 ? absl::CancelledError("client went away")
+                         : absl::OkStatus();
+  });
+  EXPECT_EQ(stopped.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(checks, 2);  // Layers 0 and 1 of 4 ran.
+  EXPECT_FALSE(session->prefilled());
+
+  auto completed = Session(prompt, /*with_fuser=*/false);
+  checks = 0;
+  ASSERT_TRUE(completed
+                  ->Prefill([&checks] {
+                    ++checks;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(checks, pipeline_->receiver().config().num_hidden_layers);
+}
+
 TEST_F(PipelineTest, MissingLayerLeavesItsReceiverLayersUntouched) {
   const std::vector<int64_t> prompt = Prompt();
   auto own = Session(prompt, /*with_fuser=*/false);

@@ -118,6 +118,44 @@ TEST(WorkQueueTest, ExpiredDeadlineIsDroppedNotRun) {
   EXPECT_EQ(b->dropped.code(), absl::StatusCode::kDeadlineExceeded);
 }
 
+TEST(WorkQueueTest, ExpiredItemsFreeTheirSlotsWhileEveryWorkerIsBusy) {
+  // The repro of issue 14: the only worker is held; two queued items whose
+  // deadlines pass must leave at their deadlines, not when a worker frees
+  // up, so that new work is admitted again.
+  Metrics metrics;
+  WorkQueue queue({/*workers=*/1, /*queue_capacity=*/2, "test"},
+                  &metrics.Queue(ServiceRole::kSharer));
+  auto running = std::make_shared<BlockingItem>();
+  ASSERT_TRUE(queue.Submit(running, absl::InfiniteFuture()).ok());
+  running->started.WaitForNotification();
+  auto b = std::make_shared<BlockingItem>();
+  auto c = std::make_shared<BlockingItem>();
+  const absl::Time submitted = absl::Now();
+  ASSERT_TRUE(queue.Submit(b, submitted + absl::Milliseconds(200)).ok());
+  ASSERT_TRUE(queue.Submit(c, submitted + absl::Milliseconds(300)).ok());
+  EXPECT_EQ(
+      queue.Submit(std::make_shared<BlockingItem>(), absl::InfiniteFuture())
+          .code(),
+      absl::StatusCode::kResourceExhausted);
+
+  ASSERT_TRUE(b->finished.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(c->finished.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_GE(absl::Now() - submitted, absl::Milliseconds(300));
+  EXPECT_EQ(b->dropped.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(c->dropped.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(running->finished.HasBeenNotified());
+  EXPECT_EQ(queue.queued(), 0);
+  EXPECT_EQ(test_util::MetricValue(metrics.SerializeText(),
+                                   "kvwire_queue_depth", {{"role", "sharer"}}),
+            0);
+  auto d = std::make_shared<BlockingItem>();
+  EXPECT_TRUE(queue.Submit(d, absl::InfiniteFuture()).ok());
+  running->release.Notify();
+  d->started.WaitForNotification();
+  d->release.Notify();
+  d->finished.WaitForNotification();
+  EXPECT_TRUE(d->ran);
+}
 TEST(WorkQueueTest, ShutdownDropsQueuedAndWaitsForRunning) {
   auto queue = std::make_unique<WorkQueue>(WorkQueue::Options{1, 4, "test"});
   auto a = std::make_shared<BlockingItem>();
