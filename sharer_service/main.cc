@@ -56,6 +56,9 @@ ABSL_FLAG(int64_t, max_buffered_bytes_per_stream, int64_t{64} << 20,
 ABSL_FLAG(double, stream_stall_timeout_seconds, 20,
           "Cancel a Share stream whose client has read nothing for this "
           "long, freeing its worker and buffers (0: never).");
+ABSL_FLAG(double, testing_corrupt_chunk_probability, 0,
+          "TESTS ONLY: flip a byte in each data chunk with this probability "
+          "(the receiver's checksums must catch it).");
 ABSL_FLAG(int, testing_layer_delay_ms, 0,
           "TESTS ONLY: sleep this long after each computed layer.");
 
@@ -112,6 +115,8 @@ int main(int argc, char** argv) {
   }
   config.service.max_buffered_bytes_per_stream =
       absl::GetFlag(FLAGS_max_buffered_bytes_per_stream);
+  config.service.testing_corrupt_chunk_probability =
+      absl::GetFlag(FLAGS_testing_corrupt_chunk_probability);
   config.service.stream_stall_timeout =
       absl::Seconds(absl::GetFlag(FLAGS_stream_stall_timeout_seconds));
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);

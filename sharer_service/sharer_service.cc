@@ -13,6 +13,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -103,6 +104,7 @@ class ShareCall final : public WorkItem, public ChunkSink {
     if (!cancel_status_.ok()) return cancel_status_;
     if (finish_called_) return absl::CancelledError("call already finished");
     for (v1::KvChunk& chunk : chunks) {
+      MaybeCorrupt(chunk);
       pending_bytes_ += static_cast<int64_t>(chunk.ByteSizeLong());
       pending_.push_back(std::move(chunk));
     }
@@ -273,6 +275,23 @@ class ShareCall final : public WorkItem, public ChunkSink {
       return absl::DeadlineExceededError("deadline exceeded");
     }
     return absl::OkStatus();
+  }
+
+  // SharerServiceOptions::testing_corrupt_chunk_probability.
+  void MaybeCorrupt(v1::KvChunk& chunk) {
+    const double p = service_->options_.testing_corrupt_chunk_probability;
+    if (p <= 0) return;
+    std::string* bytes =
+        chunk.has_block()      ? chunk.mutable_block()->mutable_values()
+        : chunk.has_fragment() ? chunk.mutable_fragment()->mutable_data()
+                               : nullptr;
+    if (bytes == nullptr || bytes->empty()) return;
+    thread_local std::mt19937_64 rng(std::random_device{}());
+    if (std::uniform_real_distribution<double>(0, 1)(rng) >= p) return;
+    (*bytes)[rng() % bytes->size()] ^= static_cast<char>(1 + rng() % 255);
+    LOG(WARNING) << "share call=" << call_id_
+                 << " TESTING: corrupted a chunk (--testing_corrupt_chunk_"
+                    "probability)";
   }
 
   // With mu_ held by `lock`: starts the next write, or finishes when the

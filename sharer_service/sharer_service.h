@@ -33,6 +33,10 @@ struct SharerServiceOptions {
   // client that stopped reading) is cancelled: its worker stops and its
   // buffers go. Zero or less: never.
   absl::Duration stream_stall_timeout = absl::Seconds(20);
+  // Fault injection for tests and soaks: each data-carrying chunk has one
+  // byte flipped with this probability after encoding (the receiver's
+  // checksums must catch it).
+  double testing_corrupt_chunk_probability = 0;
 };
 
 class SharerService final : public v1::Sharer::CallbackService {

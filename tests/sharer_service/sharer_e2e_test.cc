@@ -600,6 +600,20 @@ TEST_F(SharerE2eTest, StalledClientIsCancelledAndFreesItsWorker) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
 }
 
+TEST_F(SharerE2eTest, CorruptChunkFaultIsCaughtByTheChecksum) {
+  // The soak's fault flag: every data chunk gets a flipped byte.
+  ASSERT_NO_FATAL_FAILURE(
+      StartSharer({"--testing_corrupt_chunk_probability=1"}));
+  auto stub = Stub();
+  const std::vector<uint32_t> tokens = RandomTokens(16, 61);
+  const ShareResult r = Share(*stub, Request(tokens, v1::SCHEME_INT8));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  const auto compared = CompareWithPrefill(r.chunks, *model_dir_, tokens, 8);
+  EXPECT_EQ(compared.status().code(), absl::StatusCode::kDataLoss)
+      << compared.status();
+  EXPECT_THAT(sharer_->Stderr(), HasSubstr("TESTING: corrupted a chunk"));
+}
+
 TEST_F(SharerE2eTest, OverloadBeyondWorkersAndQueueIsResourceExhausted) {
   ASSERT_NO_FATAL_FAILURE(StartSharer(
       {"--workers=1", "--queue_size=1", "--testing_layer_delay_ms=2000"}));
