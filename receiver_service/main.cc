@@ -81,6 +81,9 @@ ABSL_FLAG(std::string, sharer_lb_policy, "round_robin",
 ABSL_FLAG(double, sharer_timeout_seconds, 60,
           "A Share call still running after this long is abandoned (a "
           "sharer-path failure: fallback or error per policy).");
+ABSL_FLAG(double, sharer_reconnect_backoff_max_seconds, 1,
+          "Longest wait between reconnection attempts to a sharer that went "
+          "away (the first comes after 0.25 s).");
 ABSL_FLAG(double, sharer_probe_timeout_seconds, 5,
           "Deadline of the GetInfo call made to the sharer at start.");
 ABSL_FLAG(std::string, fallback, "receiver-only",
@@ -192,6 +195,8 @@ int main(int argc, char** argv) {
   config.sharer.target = absl::GetFlag(FLAGS_sharer_target);
   kvwire::ChannelOptions& channel = config.sharer.channel;
   channel.load_balancing_policy = absl::GetFlag(FLAGS_sharer_lb_policy);
+  channel.reconnect_max_backoff =
+      absl::Seconds(absl::GetFlag(FLAGS_sharer_reconnect_backoff_max_seconds));
   channel.security.tls_ca_path = absl::GetFlag(FLAGS_sharer_tls_ca);
   channel.security.tls_cert_path = absl::GetFlag(FLAGS_sharer_tls_cert);
   channel.security.tls_key_path = absl::GetFlag(FLAGS_sharer_tls_key);

@@ -5,6 +5,8 @@
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/create_channel.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace kvwire {
@@ -20,6 +22,14 @@ grpc::ChannelArguments MakeChannelArguments(const ChannelOptions& o) {
   // Keep pinging an idle connection (the default stops after two pings
   // without data).
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  const auto millis = [](absl::Duration d) {
+    return static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(d)));
+  };
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+              millis(o.reconnect_initial_backoff));
+  args.SetInt(
+      GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+      millis(std::max(o.reconnect_max_backoff, o.reconnect_initial_backoff)));
   if (!o.load_balancing_policy.empty()) {
     args.SetLoadBalancingPolicyName(o.load_balancing_policy);
   }

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/service/security.h"
 
 namespace kvwire {
@@ -45,10 +46,16 @@ struct ChannelOptions {
   // (dns:, ipv4:a,b,...); "pick_first" uses one.
   std::string load_balancing_policy = "round_robin";
   ClientSecurityOptions security;
+  // Reconnection to a peer that went away: the first retry after
+  // `reconnect_initial_backoff`, growing to at most `reconnect_max_backoff`.
+  // gRPC's defaults (1 s growing to 120 s) kept a restarted sharer unused
+  // for 20-30 s; a service peer is worth retrying every second.
+  absl::Duration reconnect_initial_backoff = absl::Milliseconds(250);
+  absl::Duration reconnect_max_backoff = absl::Seconds(1);
 };
 
-// The channel arguments for `options` (sizes, keepalive, LB policy, TLS
-// server-name override).
+// The channel arguments for `options` (sizes, keepalive, LB policy,
+// reconnect backoff, TLS server-name override).
 grpc::ChannelArguments MakeChannelArguments(const ChannelOptions& options);
 
 // A channel to `target` ("host:port", "dns:///host:port",

@@ -709,6 +709,46 @@ TEST_F(ReceiverE2eTest, SharerKilledMidStreamFallsBackOnAFreshSession) {
   EXPECT_EQ(WEXITSTATUS(*exit_status), 0);
 }
 
+TEST_F(ReceiverE2eTest, RestartedSharerIsUsedAgainWithinASecondOrTwo) {
+  // Issue 14: with gRPC's default reconnect backoff (1 s growing 1.6x to
+  // 120 s) a sharer back after ~10 s down stayed unused for several more
+  // seconds (22-30 s after longer outages), every answer falling back.
+  ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
+  const int port = sharer_.port;
+  ASSERT_NO_FATAL_FAILURE(StartReceiver({}));
+  auto stub = Stub();
+  const v1::AnswerRequest request = Request(Spec(v1::SCHEME_INT8));
+  const AnswerResult before = Answer(*stub, request);
+  ASSERT_TRUE(before.status.ok()) << before.status.error_message();
+  ASSERT_FALSE(before.response.fell_back());
+
+  ASSERT_TRUE(sharer_.process->Signal(SIGKILL).ok());
+  ASSERT_TRUE(sharer_.process->Wait(kExitTimeout).ok());
+  const absl::Time down = absl::Now();
+  while (absl::Now() - down < absl::Seconds(10)) {
+    const AnswerResult r = Answer(*stub, request);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_TRUE(r.response.fell_back());
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+  ASSERT_NO_FATAL_FAILURE(StartSharer(
+      sharer_, {absl::StrCat("--listen_address=127.0.0.1:", port)}));
+  const absl::Time up = absl::Now();
+  bool fused = false;
+  while (!fused && absl::Now() - up < absl::Seconds(30)) {
+    const AnswerResult r = Answer(*stub, request);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    fused = !r.response.fell_back();
+    if (fused) {
+      EXPECT_EQ(Ids(r.response), Ids(before.response));
+    } else {
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+  EXPECT_TRUE(fused);
+  EXPECT_LT(absl::Now() - up, absl::Seconds(2.5));
+}
+
 TEST_F(ReceiverE2eTest, CorruptOrTruncatedStreamsAreDetected) {
   ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
   FaultySharer faulty(absl::StrCat("127.0.0.1:", sharer_.port));
