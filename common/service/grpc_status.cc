@@ -1,6 +1,10 @@
 // absl::Status <-> grpc::Status conversion.
 #include "common/service/grpc_status.h"
 
+#include <atomic>
+#include <cstdint>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 
 namespace kvwire {
@@ -87,11 +91,28 @@ absl::string_view StatusCodeName(grpc::StatusCode code) {
   return StatusCodeName(static_cast<absl::StatusCode>(code));
 }
 
+namespace {
+// Unix nanoseconds; int64 max: no shutdown.
+std::atomic<int64_t> shutdown_cancels_calls_at{
+    std::numeric_limits<int64_t>::max()};
+}  // namespace
+
+void NoteShutdownCancelsCallsAt(absl::Time when) {
+  shutdown_cancels_calls_at = absl::ToUnixNanos(when);
+}
+
 absl::Status CancellationCause(absl::Time server_deadline) {
-  constexpr absl::Duration kDeadlineSkew = absl::Milliseconds(100);
-  return absl::Now() + kDeadlineSkew >= server_deadline
-             ? absl::DeadlineExceededError("deadline exceeded")
-             : absl::CancelledError("cancelled by the client");
+  constexpr absl::Duration kSkew = absl::Milliseconds(100);
+  const absl::Time now = absl::Now();
+  if (now + kSkew >= server_deadline) {
+    return absl::DeadlineExceededError("deadline exceeded");
+  }
+  if (now + kSkew >= absl::FromUnixNanos(shutdown_cancels_calls_at)) {
+    return absl::UnavailableError(
+        "cancelled by the server's shutdown: still running when the drain "
+        "timeout (--drain_timeout_seconds) ended");
+  }
+  return absl::CancelledError("cancelled by the client");
 }
 
 }  // namespace kvwire

@@ -49,6 +49,11 @@ absl::string_view StatusCodeName(grpc::StatusCode code);
 // CANCELLED otherwise.
 absl::Status CancellationCause(absl::Time server_deadline);
 
+// Process-wide: a server shutting down cancels the calls still running at
+// `when` (GrpcServer::Shutdown, after its drain timeout). From then on
+// CancellationCause names the shutdown (UNAVAILABLE), not the client.
+void NoteShutdownCancelsCallsAt(absl::Time when);
+
 }  // namespace kvwire
 
 #endif  // KVWIRE_COMMON_SERVICE_GRPC_STATUS_H_

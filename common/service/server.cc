@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/service/grpc_status.h"
 #include "glog/logging.h"
 
 namespace kvwire {
@@ -92,8 +93,9 @@ void GrpcServer::Shutdown() {
     if (health != nullptr) health->Shutdown();
     LOG(INFO) << "shutdown: draining in-flight RPCs for up to "
               << options_.drain_timeout;
-    server_->Shutdown(std::chrono::system_clock::now() +
-                      absl::ToChronoMicroseconds(options_.drain_timeout));
+    const absl::Time cancel_at = absl::Now() + options_.drain_timeout;
+    NoteShutdownCancelsCallsAt(cancel_at);
+    server_->Shutdown(absl::ToChronoTime(cancel_at));
     server_->Wait();
     LOG(INFO) << "shutdown: server stopped after "
               << std::chrono::duration<double>(

@@ -848,6 +848,11 @@ TEST_F(SharerE2eTest, DrainTimeoutCancelsStragglersAndStillExitsZero) {
   EXPECT_EQ(WEXITSTATUS(*exit_status), 0);
   // Well before the 8 s the prefill would have taken.
   EXPECT_LT(absl::Now() - signalled, absl::Seconds(5));
+  // The log names the shutdown, not the client, as the cause.
+  EXPECT_THAT(sharer_->Stderr(),
+              HasSubstr("status=UNAVAILABLE message=\"cancelled by the "
+                        "server"));
+  EXPECT_THAT(sharer_->Stderr(), Not(HasSubstr("cancelled by the client")));
 }
 
 }  // namespace
