@@ -6,7 +6,10 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <string>
+#include <unordered_set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/model/decoder.h"
@@ -58,6 +61,30 @@ absl::Status CheckWeights(const CheckpointReader& reader,
   if (!mismatched.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(model_dir, ": unusable tensor(s): ", listing(mismatched)));
+  }
+  // Tensors the architecture has no place for mean the checkpoint is of
+  // another model (e.g. a Qwen2 relabelled Llama would lose its attention
+  // biases): an error, as loading would compute something else. HF's
+  // non-persistent RoPE buffers and a tied model's lm_head copy are fine.
+  std::unordered_set<std::string> expected;
+  for (const WeightSpec& spec : specs) expected.insert(spec.name);
+  std::vector<std::string> unused;
+  for (const std::string& name : reader.Names()) {
+    if (expected.count(name) > 0 ||
+        absl::EndsWith(name, "rotary_emb.inv_freq") ||
+        (config.tie_word_embeddings && name == "lm_head.weight")) {
+      continue;
+    }
+    unused.push_back(name);
+  }
+  if (!unused.empty()) {
+    std::sort(unused.begin(), unused.end());
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_dir, ": checkpoint has ", unused.size(),
+                     " tensor(s) that ", config.architecture,
+                     " does not use (is config.json's architecture "
+                     "right?): ",
+                     listing(unused)));
   }
   return absl::OkStatus();
 }

@@ -491,6 +491,28 @@ TEST(DecoderTest, MissingOrMisshapedTensorsAreNamed) {
   EXPECT_THAT(d.status().message(), HasSubstr("mlp.gate_proj.weight"));
 }
 
+TEST(DecoderTest, TensorsTheArchitectureDoesNotUseAreAnError) {
+  // Issue 14: a Qwen2 checkpoint relabelled LlamaForCausalLM loaded and
+  // silently dropped its 72 attention biases (another model's answers).
+  ModelConfig qwen2 = TinyConfig(ModelArch::kQwen2);
+  const std::string dir = MakeModel("relabelled", qwen2);
+  ModelConfig llama = qwen2;
+  llama.arch = ModelArch::kLlama;
+  llama.architecture = "LlamaForCausalLM";
+  llama.model_type = "llama";
+  llama.qkv_bias = false;  // Qwen2's config.json says nothing of biases.
+  std::ofstream(dir + "/config.json") << ModelConfigToJson(llama);
+  auto d = Decoder::Load(dir);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument)
+      << d.status();
+  EXPECT_THAT(d.status().message(),
+              HasSubstr("model.layers.0.self_attn.q_proj.bias"));
+  EXPECT_THAT(d.status().message(), HasSubstr("LlamaForCausalLM"));
+  EXPECT_THAT(d.status().message(),
+              HasSubstr(absl::StrCat(3 * qwen2.num_hidden_layers)));
+}
+
 TEST(DecoderTest, UnknownArchitectureIsNamed) {
   const std::string dir = MakeModel("unknown", TinyConfig(ModelArch::kLlama));
   std::ofstream(dir + "/config.json")
