@@ -1,7 +1,13 @@
 // TLS credentials and bearer-token authentication.
 #include "common/service/security.h"
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -27,6 +33,42 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
     diff |= x ^ y;
   }
   return diff == 0;
+}
+
+// gRPC refuses a certificate whose key does not match only when the server
+// starts, reported as a failure to listen: check the pair here instead and
+// name the files. INVALID_ARGUMENT for unreadable PEM or a mismatch.
+absl::Status CheckKeyMatchesCertificate(const std::string& cert_pem,
+                                        const std::string& key_pem,
+                                        absl::string_view cert_path,
+                                        absl::string_view key_path) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(
+      BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size())),
+      &BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(
+      PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr), &X509_free);
+  if (cert == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(cert_path, " holds no PEM certificate"));
+  }
+  std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(
+      BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())),
+      &BIO_free);
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr),
+      &EVP_PKEY_free);
+  if (key == nullptr) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat(key_path, " holds no (unencrypted) PEM private key"));
+  }
+  if (X509_check_private_key(cert.get(), key.get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat("the private key ", key_path,
+                     " does not match the certificate ", cert_path));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -68,6 +110,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   if (!cert.ok()) return cert.status();
   auto key = ReadFileToString(o.tls_key_path);
   if (!key.ok()) return key.status();
+  if (absl::Status st = CheckKeyMatchesCertificate(*cert, *key, o.tls_cert_path,
+                                                   o.tls_key_path);
+      !st.ok()) {
+    return st;
+  }
   pair.cert_chain = *std::move(cert);
   pair.private_key = *std::move(key);
   ssl.pem_key_cert_pairs.push_back(std::move(pair));
@@ -106,6 +153,11 @@ MakeChannelCredentials(const ClientSecurityOptions& o) {
     if (!cert.ok()) return cert.status();
     auto key = ReadFileToString(o.tls_key_path);
     if (!key.ok()) return key.status();
+    if (absl::Status st = CheckKeyMatchesCertificate(
+            *cert, *key, o.tls_cert_path, o.tls_key_path);
+        !st.ok()) {
+      return st;
+    }
     ssl.pem_cert_chain = *std::move(cert);
     ssl.pem_private_key = *std::move(key);
   }

@@ -94,6 +94,31 @@ TEST(SecurityTest, TlsFromGeneratedCertificates) {
   EXPECT_EQ(DescribeSecurity(client), "mutual TLS, no bearer token");
 }
 
+TEST(SecurityTest, KeyThatDoesNotMatchTheCertificateIsNamed) {
+  // Issue 14: gRPC reported this as "cannot listen ... (address in use or
+  // invalid?)" when the server started.
+  auto pki = test_util::MakeTestPki(test_util::MakeTempDir("pki"));
+  ASSERT_TRUE(pki.ok()) << pki.status();
+  ServerSecurityOptions server;
+  server.tls_cert_path = pki->server_cert;
+  server.tls_key_path = pki->client_key;
+  const auto mismatched = MakeServerCredentials(server);
+  EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(mismatched.status().message()),
+              ::testing::AllOf(::testing::HasSubstr("does not match"),
+                               ::testing::HasSubstr(pki->client_key),
+                               ::testing::HasSubstr(pki->server_cert)));
+  server.tls_key_path = pki->ca_cert;  // Not a key at all.
+  EXPECT_THAT(std::string(MakeServerCredentials(server).status().message()),
+              ::testing::HasSubstr("no (unencrypted) PEM private key"));
+  ClientSecurityOptions client;
+  client.tls_ca_path = pki->ca_cert;
+  client.tls_cert_path = pki->client_cert;
+  client.tls_key_path = pki->server_key;
+  EXPECT_EQ(MakeChannelCredentials(client).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(SecurityTest, ReadSecretFileStripsTrailingNewline) {
   const std::string path = test_util::MakeTempDir("secret") + "/token";
   std::ofstream(path) << "abc\n";
