@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "common/log_text.h"
 #include "common/service/grpc_status.h"
+#include "common/service/raw_messages.h"
 #include "glog/logging.h"
 #include "receiver_service/live_record.h"
 
@@ -63,9 +64,12 @@ class AnswerCall final : public WorkItem {
 
   // Authenticates, validates and admits the call; completes it at once on
   // any error. Called once, right after construction.
+  // `parsed`: whether the request's bytes parsed (checked after the token,
+  // so that unauthenticated callers learn nothing).
   void Begin(const grpc::CallbackServerContext& context,
-             std::shared_ptr<AnswerCall> self) {
+             std::shared_ptr<AnswerCall> self, absl::Status parsed) {
     absl::Status status = service_->auth_->Check(context);
+    if (status.ok()) status = std::move(parsed);
     if (status.ok()) status = service_->runner_->Validate(request_);
     if (status.ok()) {
       status = service_->queue_->Submit(std::move(self), control_.deadline());
@@ -187,17 +191,19 @@ class UnaryAnswerReactor final : public grpc::ServerUnaryReactor,
  public:
   UnaryAnswerReactor(ReceiverService* service,
                      grpc::CallbackServerContext* context,
-                     const v1::AnswerRequest* request,
-                     v1::AnswerResponse* response)
-      : response_(response),
-        call_(std::make_shared<AnswerCall>(service, context, *request,
-                                           /*streaming=*/false, this)) {
-    call_->Begin(*context, call_);
+                     const grpc::ByteBuffer* raw_request,
+                     grpc::ByteBuffer* response)
+      : response_(response) {
+    v1::AnswerRequest request;
+    absl::Status parsed = ParseRequest(*raw_request, &request);
+    call_ = std::make_shared<AnswerCall>(service, context, request,
+                                         /*streaming=*/false, this);
+    call_->Begin(*context, call_, std::move(parsed));
   }
 
   void Token(const v1::TokenEvent&) override {}
   void Done(absl::Status status, v1::AnswerResponse response) override {
-    if (status.ok()) *response_ = std::move(response);
+    if (status.ok()) *response_ = SerializeToByteBuffer(response);
     Finish(ToGrpcStatus(status));
   }
 
@@ -208,20 +214,22 @@ class UnaryAnswerReactor final : public grpc::ServerUnaryReactor,
   }
 
  private:
-  v1::AnswerResponse* const response_;
+  grpc::ByteBuffer* const response_;
   std::shared_ptr<AnswerCall> call_;
 };
 
 class StreamAnswerReactor final
-    : public grpc::ServerWriteReactor<v1::AnswerEvent>,
+    : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       public AnswerCall::Transport {
  public:
   StreamAnswerReactor(ReceiverService* service,
                       grpc::CallbackServerContext* context,
-                      const v1::AnswerRequest* request)
-      : call_(std::make_shared<AnswerCall>(service, context, *request,
-                                           /*streaming=*/true, this)) {
-    call_->Begin(*context, call_);
+                      const grpc::ByteBuffer* raw_request) {
+    v1::AnswerRequest request;
+    absl::Status parsed = ParseRequest(*raw_request, &request);
+    call_ = std::make_shared<AnswerCall>(service, context, request,
+                                         /*streaming=*/true, this);
+    call_->Begin(*context, call_, std::move(parsed));
   }
 
   void Token(const v1::TokenEvent& event) override {
@@ -283,7 +291,7 @@ class StreamAnswerReactor final
       Finish(status);  // The reactor may be deleted from here on.
       return;
     }
-    current_ = std::move(pending_.front());
+    current_ = SerializeToByteBuffer(pending_.front());
     pending_.pop_front();
     writing_ = true;
     grpc::WriteOptions options;
@@ -295,7 +303,7 @@ class StreamAnswerReactor final
   std::shared_ptr<AnswerCall> call_;
   std::mutex mu_;
   std::deque<v1::AnswerEvent> pending_;
-  v1::AnswerEvent current_;
+  grpc::ByteBuffer current_;  // The event being written, serialized.
   bool writing_ = false;
   bool done_ = false;
   bool broken_ = false;
@@ -315,13 +323,13 @@ ReceiverService::ReceiverService(const AnswerRunner* runner, WorkQueue* queue,
       live_(metrics->Live()) {}
 
 grpc::ServerUnaryReactor* ReceiverService::Answer(
-    grpc::CallbackServerContext* context, const v1::AnswerRequest* request,
-    v1::AnswerResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   return new UnaryAnswerReactor(this, context, request, response);
 }
 
-grpc::ServerWriteReactor<v1::AnswerEvent>* ReceiverService::AnswerStream(
-    grpc::CallbackServerContext* context, const v1::AnswerRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ReceiverService::AnswerStream(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   return new StreamAnswerReactor(this, context, request);
 }
 

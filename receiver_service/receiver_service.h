@@ -25,7 +25,14 @@
 
 namespace kvwire {
 
-class ReceiverService final : public v1::Receiver::CallbackService {
+// kvwire.v1.Receiver with its methods taking requests as raw bytes
+// (common/service/raw_messages.h: malformed requests get INVALID_ARGUMENT,
+// not gRPC's empty UNIMPLEMENTED).
+using RawReceiverService = v1::Receiver::WithRawCallbackMethod_Answer<
+    v1::Receiver::WithRawCallbackMethod_AnswerStream<
+        v1::Receiver::CallbackService>>;
+
+class ReceiverService final : public RawReceiverService {
  public:
   // Nothing is owned; everything must outlive the service (and the server
   // it is registered with).
@@ -35,12 +42,14 @@ class ReceiverService final : public v1::Receiver::CallbackService {
   // Status codes: UNAUTHENTICATED (bearer token), the ValidateAnswerRequest
   // codes, RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED / CANCELLED,
   // the AnswerRunner::Run codes, UNAVAILABLE while shutting down.
+  // AnswerRequest -> AnswerResponse.
   grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context,
-                                   const v1::AnswerRequest* request,
-                                   v1::AnswerResponse* response) override;
-  grpc::ServerWriteReactor<v1::AnswerEvent>* AnswerStream(
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  // AnswerRequest -> a stream of AnswerEvents.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* AnswerStream(
       grpc::CallbackServerContext* context,
-      const v1::AnswerRequest* request) override;
+      const grpc::ByteBuffer* request) override;
 
  private:
   friend class AnswerCall;

@@ -24,6 +24,7 @@
 #include "common/protocol/request_validation.h"
 #include "common/protocol/wire_framing.h"
 #include "common/service/grpc_status.h"
+#include "common/service/raw_messages.h"
 #include "glog/logging.h"
 
 namespace kvwire {
@@ -60,9 +61,12 @@ class ShareCall final : public WorkItem, public ChunkSink {
 
   // Authenticates, validates and admits the call; finishes it at once on
   // any error. Called once, right after construction.
+  // `parsed`: whether the request's bytes parsed (checked after the token,
+  // so that unauthenticated callers learn nothing).
   void Begin(const grpc::CallbackServerContext& context,
-             std::shared_ptr<ShareCall> self) {
+             std::shared_ptr<ShareCall> self, absl::Status parsed) {
     absl::Status status = service_->auth_->Check(context);
+    if (status.ok()) status = std::move(parsed);
     if (status.ok()) {
       status = ValidateShareRequest(request_, service_->engine_->info());
     }
@@ -309,9 +313,9 @@ class ShareCall final : public WorkItem, public ChunkSink {
       }
       return;
     }
-    current_ = std::move(pending_.front());
+    current_bytes_ = static_cast<int64_t>(pending_.front().ByteSizeLong());
+    current_ = SerializeToByteBuffer(pending_.front());
     pending_.pop_front();
-    current_bytes_ = static_cast<int64_t>(current_.ByteSizeLong());
     writing_ = true;
     write_started_ = std::chrono::steady_clock::now();
     grpc::WriteOptions options;
@@ -338,7 +342,7 @@ class ShareCall final : public WorkItem, public ChunkSink {
     Finish(reactor, ToGrpcStatus(status));
   }
 
-  static void StartWrite(ShareReactor* reactor, const v1::KvChunk* chunk,
+  static void StartWrite(ShareReactor* reactor, const grpc::ByteBuffer* chunk,
                          grpc::WriteOptions options);
   static void Finish(ShareReactor* reactor, grpc::Status status);
 
@@ -359,7 +363,7 @@ class ShareCall final : public WorkItem, public ChunkSink {
   std::condition_variable cv_;
   std::deque<v1::KvChunk> pending_;
   int64_t pending_bytes_ = 0;  // pending_ + current_.
-  v1::KvChunk current_;        // The message being written.
+  grpc::ByteBuffer current_;   // The message being written, serialized.
   int64_t current_bytes_ = 0;
   std::chrono::steady_clock::time_point write_started_;
   int64_t messages_written_ = 0;
@@ -370,13 +374,15 @@ class ShareCall final : public WorkItem, public ChunkSink {
   absl::Status cancel_status_;
 };
 
-class ShareReactor final : public grpc::ServerWriteReactor<v1::KvChunk> {
+class ShareReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   ShareReactor(SharerService* service, grpc::CallbackServerContext* context,
-               const v1::ShareRequest* request)
-      : call_(std::make_shared<ShareCall>(service, context, *request, this)) {
+               const grpc::ByteBuffer* raw_request) {
+    v1::ShareRequest request;
+    absl::Status parsed = ParseRequest(*raw_request, &request);
+    call_ = std::make_shared<ShareCall>(service, context, request, this);
     service->TrackStream(call_->call_id(), call_);
-    call_->Begin(*context, call_);
+    call_->Begin(*context, call_, std::move(parsed));
   }
 
   void OnWriteDone(bool ok) override { call_->OnWriteDone(ok); }
@@ -390,7 +396,7 @@ class ShareReactor final : public grpc::ServerWriteReactor<v1::KvChunk> {
   std::shared_ptr<ShareCall> call_;
 };
 
-void ShareCall::StartWrite(ShareReactor* reactor, const v1::KvChunk* chunk,
+void ShareCall::StartWrite(ShareReactor* reactor, const grpc::ByteBuffer* chunk,
                            grpc::WriteOptions options) {
   reactor->StartWrite(chunk, options);
 }
@@ -406,8 +412,7 @@ void ShareCall::Finish(ShareReactor* reactor, grpc::Status status) {
 class GenerateCall final : public WorkItem {
  public:
   GenerateCall(SharerService* service, grpc::CallbackServerContext* context,
-               const v1::GenerateRequest& request,
-               v1::GenerateResponse* response,
+               const v1::GenerateRequest& request, grpc::ByteBuffer* response,
                grpc::ServerUnaryReactor* reactor)
       : service_(service),
         reactor_(reactor),
@@ -420,8 +425,9 @@ class GenerateCall final : public WorkItem {
   }
 
   void Begin(const grpc::CallbackServerContext& context,
-             std::shared_ptr<GenerateCall> self) {
+             std::shared_ptr<GenerateCall> self, absl::Status parsed) {
     absl::Status status = service_->auth_->Check(context);
+    if (status.ok()) status = std::move(parsed);
     if (status.ok()) {
       status = ValidateGenerateRequest(request_, service_->engine_->info());
     }
@@ -483,7 +489,7 @@ class GenerateCall final : public WorkItem {
                 << " prefill_s=" << response.prefill_seconds()
                 << " generation_s=" << response.generation_seconds()
                 << " total_s=" << seconds;
-      *response_ = std::move(response);
+      *response_ = SerializeToByteBuffer(response);
     } else {
       LOG(INFO) << "generate request_id=" << ForLog(request_.request_id())
                 << " peer=" << peer_
@@ -497,7 +503,7 @@ class GenerateCall final : public WorkItem {
   SharerService* const service_;
   grpc::ServerUnaryReactor* const reactor_;
   const v1::GenerateRequest request_;  // A copy: the worker may outlive it.
-  v1::GenerateResponse* const response_;
+  grpc::ByteBuffer* const response_;
   std::atomic<bool> cancelled_{false};
   const absl::Time deadline_;
   const std::string peer_;
@@ -569,8 +575,8 @@ void SharerService::WatchStalls() {
   }
 }
 
-grpc::ServerWriteReactor<v1::KvChunk>* SharerService::Share(
-    grpc::CallbackServerContext* context, const v1::ShareRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* SharerService::Share(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   return new ShareReactor(this, context, request);
 }
 
@@ -594,11 +600,13 @@ BatchRunner SharerService::MakeBatchRunner(SharerEngine* engine) {
 class GenerateReactor final : public grpc::ServerUnaryReactor {
  public:
   GenerateReactor(SharerService* service, grpc::CallbackServerContext* context,
-                  const v1::GenerateRequest* request,
-                  v1::GenerateResponse* response)
-      : call_(std::make_shared<GenerateCall>(service, context, *request,
-                                             response, this)) {
-    call_->Begin(*context, call_);
+                  const grpc::ByteBuffer* raw_request,
+                  grpc::ByteBuffer* response) {
+    v1::GenerateRequest request;
+    absl::Status parsed = ParseRequest(*raw_request, &request);
+    call_ = std::make_shared<GenerateCall>(service, context, request, response,
+                                           this);
+    call_->Begin(*context, call_, std::move(parsed));
   }
   void OnCancel() override { call_->OnCancel(); }
   void OnDone() override { delete this; }
@@ -608,18 +616,20 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
 };
 
 grpc::ServerUnaryReactor* SharerService::Generate(
-    grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
-    v1::GenerateResponse* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   return new GenerateReactor(this, context, request, response);
 }
 
 grpc::ServerUnaryReactor* SharerService::GetInfo(
-    grpc::CallbackServerContext* context, const v1::GetInfoRequest* request,
-    v1::SharerInfo* response) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   const auto start = std::chrono::steady_clock::now();
   info_rpc_.Started();
   absl::Status status = auth_->Check(*context);
-  if (status.ok()) *response = engine_->info();
+  v1::GetInfoRequest parsed;
+  if (status.ok()) status = ParseRequest(*request, &parsed);
+  if (status.ok()) *response = SerializeToByteBuffer(engine_->info());
   info_rpc_.Finished(
       status.code(),
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)

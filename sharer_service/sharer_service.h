@@ -39,7 +39,15 @@ struct SharerServiceOptions {
   double testing_corrupt_chunk_probability = 0;
 };
 
-class SharerService final : public v1::Sharer::CallbackService {
+// kvwire.v1.Sharer with every method taking its request as raw bytes
+// (common/service/raw_messages.h: malformed requests get INVALID_ARGUMENT,
+// not gRPC's empty UNIMPLEMENTED).
+using RawSharerService = v1::Sharer::WithRawCallbackMethod_Share<
+    v1::Sharer::WithRawCallbackMethod_GetInfo<
+        v1::Sharer::WithRawCallbackMethod_Generate<
+            v1::Sharer::CallbackService>>>;
+
+class SharerService final : public RawSharerService {
  public:
   // Nothing is owned; everything must outlive the service (and the server
   // it is registered with).
@@ -54,21 +62,24 @@ class SharerService final : public v1::Sharer::CallbackService {
   // the engine's errors, UNAVAILABLE while shutting down. A stalled stream
   // (see stream_stall_timeout) is cancelled (the client sees CANCELLED; the
   // server counts RESOURCE_EXHAUSTED).
-  grpc::ServerWriteReactor<v1::KvChunk>* Share(
+  // `request` is a serialized ShareRequest; the stream carries KvChunks.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Share(
       grpc::CallbackServerContext* context,
-      const v1::ShareRequest* request) override;
+      const grpc::ByteBuffer* request) override;
 
+  // GetInfoRequest -> SharerInfo.
   grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* context,
-                                    const v1::GetInfoRequest* request,
-                                    v1::SharerInfo* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
 
   // Status codes: UNAUTHENTICATED, the ValidateGenerateRequest codes,
   // RESOURCE_EXHAUSTED (queue full), DEADLINE_EXCEEDED / CANCELLED (also
   // mid-generation), INTERNAL from the model, UNAVAILABLE while shutting
   // down. Shares the Share calls' work queue (never batched with them).
+  // GenerateRequest -> GenerateResponse.
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context,
-                                     const v1::GenerateRequest* request,
-                                     v1::GenerateResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
   // The WorkQueue batch runner for Share calls: runs them through
   // engine->ShareBatch (see WorkQueue::Options::max_batch).
@@ -78,6 +89,7 @@ class SharerService final : public v1::Sharer::CallbackService {
   friend class ShareCall;
   friend class ShareReactor;
   friend class GenerateCall;
+  friend class GenerateReactor;
 
   // Every open Share stream, for the stall watchdog (weak: a stream leaves
   // when gRPC is done with it).

@@ -439,6 +439,32 @@ TEST_F(ReceiverE2eTest, AnswersEqualTheInProcessPipelineBitForBit) {
       cases.size());
 }
 
+TEST_F(ReceiverE2eTest, MalformedPayloadsAreInvalidArgumentWithAReason) {
+  // Issue 14: gRPC answered these with UNIMPLEMENTED and no message.
+  ASSERT_NO_FATAL_FAILURE(StartReceiver({}));
+  auto stub = Stub();  // Opens channel_.
+  // AnswerRequest.request_id (field 1) holding invalid UTF-8.
+  const std::string non_utf8 = std::string("\x0a\x02\xc3\x28", 4);
+  for (const std::string method :
+       {"/kvwire.v1.Receiver/Answer", "/kvwire.v1.Receiver/AnswerStream"}) {
+    const auto malformed =
+        test_util::RawUnaryCall(channel_, method, "\x12\x05ab");
+    EXPECT_EQ(malformed.status().code(), absl::StatusCode::kInvalidArgument)
+        << method << ": " << malformed.status();
+    EXPECT_THAT(std::string(malformed.status().message()),
+                HasSubstr("not a valid kvwire.v1.AnswerRequest"))
+        << method;
+    const auto bad_text = test_util::RawUnaryCall(channel_, method, non_utf8);
+    EXPECT_EQ(bad_text.status().code(), absl::StatusCode::kInvalidArgument)
+        << method;
+    EXPECT_THAT(std::string(bad_text.status().message()),
+                HasSubstr("request_id is not valid UTF-8"))
+        << method;
+  }
+  EXPECT_TRUE(AwaitMetric(receiver_, "kvwire_requests_total",
+                          AnswerCode("INVALID_ARGUMENT"), 2));
+}
+
 TEST_F(ReceiverE2eTest, ClientTextCannotForgeLogLines) {
   ASSERT_NO_FATAL_FAILURE(StartReceiver({}));
   auto stub = Stub();

@@ -378,6 +378,41 @@ TEST_F(SharerE2eTest, InvalidRequestsGetPreciseCodes) {
       Share(*stub, Request(RandomTokens(10, 11), v1::SCHEME_INT8)).status.ok());
 }
 
+TEST_F(SharerE2eTest, MalformedPayloadsAreInvalidArgumentWithAReason) {
+  // Issue 14: gRPC answered these with UNIMPLEMENTED and no message.
+  ASSERT_NO_FATAL_FAILURE(StartSharer({}));
+  auto stub = Stub();  // Opens channel_.
+  const std::string truncated_varint = "\x08\xff\xff\xff";
+  // ShareRequest.request_id (field 1) holding a lone continuation byte.
+  const std::string non_utf8 = std::string("\x0a\x01\x80", 3);
+  for (const std::string method :
+       {"/kvwire.v1.Sharer/Share", "/kvwire.v1.Sharer/Generate",
+        "/kvwire.v1.Sharer/GetInfo"}) {
+    const auto malformed =
+        test_util::RawUnaryCall(channel_, method, truncated_varint);
+    EXPECT_EQ(malformed.status().code(), absl::StatusCode::kInvalidArgument)
+        << method << ": " << malformed.status();
+    EXPECT_THAT(std::string(malformed.status().message()),
+                HasSubstr("not protobuf wire format"))
+        << method;
+  }
+  for (const std::string method :
+       {"/kvwire.v1.Sharer/Share", "/kvwire.v1.Sharer/Generate"}) {
+    const auto bad_text = test_util::RawUnaryCall(channel_, method, non_utf8);
+    EXPECT_EQ(bad_text.status().code(), absl::StatusCode::kInvalidArgument)
+        << method;
+    EXPECT_THAT(std::string(bad_text.status().message()),
+                HasSubstr("request_id is not valid UTF-8"))
+        << method;
+  }
+  // Well-formed requests still work.
+  const ShareResult ok =
+      Share(*stub, Request(RandomTokens(8, 71), v1::SCHEME_INT8));
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_TRUE(
+      AwaitMetric("kvwire_requests_total", ShareCode("INVALID_ARGUMENT"), 2));
+}
+
 TEST_F(SharerE2eTest, ClientTextCannotForgeOrFloodLogLines) {
   ASSERT_NO_FATAL_FAILURE(StartSharer({}));
   auto stub = Stub();

@@ -394,17 +394,9 @@ absl::StatusOr<TestPki> MakeTestPki(const std::string& dir) {
 
 // ------------------------------------------------------------ health
 
-absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
-                                const std::string& service,
-                                absl::Duration timeout) {
-  // grpc.health.v1.HealthCheckRequest{service = 1} by hand: no generated
-  // code for health.proto is needed.
-  std::string request;
-  if (!service.empty()) {
-    request.push_back(0x0A);
-    request.push_back(static_cast<char>(service.size()));  // < 128 bytes.
-    request += service;
-  }
+absl::StatusOr<std::string> RawUnaryCall(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+    const std::string& request, absl::Duration timeout) {
   grpc::Slice slice(request);
   grpc::ByteBuffer request_buffer(&slice, 1);
   grpc::ByteBuffer response_buffer;
@@ -412,8 +404,8 @@ absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   grpc::GenericStub stub(channel);
   std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                 &request_buffer, &response_buffer,
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request_buffer,
+                 &response_buffer,
                  [&done](grpc::Status s) { done.set_value(std::move(s)); });
   const grpc::Status status = done.get_future().get();
   if (!status.ok()) {
@@ -428,8 +420,25 @@ absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
   for (const grpc::Slice& s : slices) {
     response.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
+  return response;
+}
+
+absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
+                                const std::string& service,
+                                absl::Duration timeout) {
+  // grpc.health.v1.HealthCheckRequest{service = 1} by hand: no generated
+  // code for health.proto is needed.
+  std::string request;
+  if (!service.empty()) {
+    request.push_back(0x0A);
+    request.push_back(static_cast<char>(service.size()));  // < 128 bytes.
+    request += service;
+  }
+  auto response =
+      RawUnaryCall(channel, "/grpc.health.v1.Health/Check", request, timeout);
+  if (!response.ok()) return response.status();
   // HealthCheckResponse{status = 1 (varint)}; absent means UNKNOWN (0).
-  if (response.size() >= 2 && response[0] == 0x08) return response[1];
+  if (response->size() >= 2 && (*response)[0] == 0x08) return (*response)[1];
   return 0;
 }
 
