@@ -63,8 +63,11 @@ ABSL_FLAG(uint32_t, max_new_tokens_limit, 1024,
           "Largest generation.max_new_tokens a request may ask for.");
 ABSL_FLAG(std::string, listen_address, "0.0.0.0:50052",
           "gRPC listen address host:port (port 0: any free port).");
-ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9465",
-          "Prometheus /metrics address host:port; empty disables it.");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9465",
+          "Address host:port of Prometheus /metrics and the live page /live, "
+          "apart from the "
+          "gRPC port; loopback by default (0.0.0.0:9465 where Prometheus "
+          "scrapes from elsewhere; see docs/DEPLOY.md). Empty disables it.");
 ABSL_FLAG(int, workers, 1,
           "Requests answered concurrently (each with its own KV cache; they "
           "share the weights).");
@@ -226,6 +229,12 @@ int main(int argc, char** argv) {
   // The sharer channel pings as the server's own connections do.
   channel.keepalive = config.server.keepalive;
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (absl::Status st =
+          kvwire::MetricsSecurityFromFlags(&config.metrics_security);
+      !st.ok()) {
+    LOG(ERROR) << st;
+    return 1;
+  }
   config.workers = absl::GetFlag(FLAGS_workers);
   config.queue_size = absl::GetFlag(FLAGS_queue_size);
 

@@ -82,8 +82,9 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
   }
 
   if (!config.metrics_address.empty()) {
-    auto metrics_server = MetricsServer::Start(
-        config.metrics_address, metrics->registry(), &metrics->Live());
+    auto metrics_server =
+        MetricsServer::Start(config.metrics_address, metrics->registry(),
+                             &metrics->Live(), config.metrics_security);
     if (!metrics_server.ok()) return metrics_server.status();
     s->metrics_server_ = *std::move(metrics_server);
   }

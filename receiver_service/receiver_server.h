@@ -36,7 +36,9 @@ struct ReceiverConfig {
   // same target may fit, and every stream's header is checked anyway).
   absl::Duration sharer_probe_timeout = absl::Seconds(5);
   // "host:port" for /metrics; empty: no metrics endpoint.
-  std::string metrics_address = "0.0.0.0:9465";
+  std::string metrics_address = "127.0.0.1:9465";
+  // TLS and bearer token of the metrics port.
+  MetricsSecurityOptions metrics_security;
   int workers = 1;
   int queue_size = 16;
   // Not owned; nullptr: Metrics::Global().

@@ -23,8 +23,10 @@ ABSL_FLAG(std::string, dtype, "auto",
 ABSL_FLAG(std::string, device, "cpu", "Model device: cpu, cuda, cuda:N.");
 ABSL_FLAG(std::string, listen_address, "0.0.0.0:50051",
           "gRPC listen address host:port (port 0: any free port).");
-ABSL_FLAG(std::string, metrics_address, "0.0.0.0:9464",
-          "Prometheus /metrics address host:port; empty disables it.");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
+          "Address host:port of Prometheus /metrics, apart from the "
+          "gRPC port; loopback by default (0.0.0.0:9464 where Prometheus "
+          "scrapes from elsewhere; see docs/DEPLOY.md). Empty disables it.");
 ABSL_FLAG(int, workers, 1,
           "Model workers: prefills computed concurrently (each with its own "
           "KV cache; they share the weights).");
@@ -120,6 +122,12 @@ int main(int argc, char** argv) {
   config.service.stream_stall_timeout =
       absl::Seconds(absl::GetFlag(FLAGS_stream_stall_timeout_seconds));
   config.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (absl::Status st =
+          kvwire::MetricsSecurityFromFlags(&config.metrics_security);
+      !st.ok()) {
+    LOG(ERROR) << st;
+    return 1;
+  }
   config.workers = absl::GetFlag(FLAGS_workers);
   config.queue_size = absl::GetFlag(FLAGS_queue_size);
   config.max_batch_size = absl::GetFlag(FLAGS_max_batch_size);

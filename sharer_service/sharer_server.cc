@@ -39,7 +39,8 @@ absl::StatusOr<std::unique_ptr<SharerServer>> SharerServer::Start(
 
   if (!config.metrics_address.empty()) {
     auto metrics_server =
-        MetricsServer::Start(config.metrics_address, metrics->registry());
+        MetricsServer::Start(config.metrics_address, metrics->registry(),
+                             /*live=*/nullptr, config.metrics_security);
     if (!metrics_server.ok()) return metrics_server.status();
     s->metrics_server_ = *std::move(metrics_server);
   }

@@ -27,7 +27,9 @@ struct SharerConfig {
   ServerOptions server;
   SharerServiceOptions service;
   // "host:port" for /metrics; empty: no metrics endpoint.
-  std::string metrics_address = "0.0.0.0:9464";
+  std::string metrics_address = "127.0.0.1:9464";
+  // TLS and bearer token of the metrics port.
+  MetricsSecurityOptions metrics_security;
   int workers = 1;
   int queue_size = 16;
   // Dynamic batching: up to this many queued requests are prefilled

@@ -12,49 +12,78 @@
 #include "absl/strings/str_cat.h"
 #include "common/codec/scheme_table.h"
 #include "common/service/grpc_status.h"
+#include "common/service/security.h"
+#include "common/service/tls_front.h"
+#include "common/status_macros.h"
+#include "glog/logging.h"
 
 namespace kvwire {
 namespace {
 
 // ------------------------------------------------------------ live page
 
-// The live pages served beside /metrics, by listening port. civetweb's
-// begin_request callback carries no user data of ours (CivetServer keeps
-// the context's user data for itself), so the callback finds its page by
-// the port the request came in on.
-std::mutex& LivePagesMutex() {
+// What each metrics port serves beside /metrics and who may read it, by
+// listening port. civetweb's begin_request callback carries no user data of
+// ours (CivetServer keeps the context's user data for itself), so the
+// callback finds its port's settings by the port the request came in on.
+struct MetricsPort {
+  const LiveStats* live = nullptr;  // Null: no /live.
+  BearerTokenAuth auth{""};
+};
+std::mutex& MetricsPortsMutex() {
   static auto* const mu = new std::mutex();
   return *mu;
 }
-std::map<int, const LiveStats*>& LivePages() {
-  static auto* const pages = new std::map<int, const LiveStats*>();
-  return *pages;
+std::map<int, std::shared_ptr<const MetricsPort>>& MetricsPorts() {
+  static auto* const ports =
+      new std::map<int, std::shared_ptr<const MetricsPort>>();
+  return *ports;
 }
 
-// civetweb's begin_request: serves /live and /live/data.json, leaves every
-// other path (/metrics) to the Exposer's handlers (returns 0).
-int ServeLivePage(mg_connection* conn) {
+// civetweb's begin_request, before any handler: checks the bearer token,
+// serves /live and /live/data.json, and leaves every other path (/metrics)
+// to the Exposer's handlers (returns 0).
+int HandleMetricsRequest(mg_connection* conn) {
   const mg_request_info* info = mg_get_request_info(conn);
   if (info == nullptr || info->local_uri == nullptr) return 0;
+  std::shared_ptr<const MetricsPort> port;
+  {
+    std::lock_guard<std::mutex> lock(MetricsPortsMutex());
+    auto it = MetricsPorts().find(info->server_port);
+    if (it != MetricsPorts().end()) port = it->second;
+  }
+  // A request racing the start-up, before the port's settings (its token)
+  // are known: refuse rather than serve unchecked.
+  if (port == nullptr) {
+    mg_send_http_error(conn, 503, "%s", "starting\n");
+    return 503;
+  }
+  if (port->auth.enabled()) {
+    const char* header = mg_get_header(conn, "Authorization");
+    const absl::string_view value(header != nullptr ? header : "");
+    if (!port->auth.CheckHeader(header != nullptr ? &value : nullptr).ok()) {
+      mg_printf(conn,
+                "HTTP/1.1 401 Unauthorized\r\n"
+                "WWW-Authenticate: Bearer realm=\"kvwire metrics\"\r\n"
+                "Content-Type: text/plain\r\nContent-Length: 13\r\n"
+                "Connection: close\r\n\r\nunauthorized\n");
+      return 401;
+    }
+  }
   const absl::string_view uri(info->local_uri);
   const bool data = uri == "/live/data.json";
-  if (!data && uri != "/live" && uri != "/live/") return 0;
-  const LiveStats* live = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(LivePagesMutex());
-    auto it = LivePages().find(info->server_port);
-    if (it != LivePages().end()) live = it->second;
+  if (port->live == nullptr || (!data && uri != "/live" && uri != "/live/")) {
+    return 0;
   }
-  if (live == nullptr) return 0;
   const absl::string_view method(
       info->request_method != nullptr ? info->request_method : "");
   if (method != "GET" && method != "HEAD") {
     mg_send_http_error(conn, 405, "%s", "GET or HEAD only\n");
     return 405;
   }
-  // The Exposer (and its threads) stop before the page is unregistered, so
+  // The Exposer (and its threads) stop before the port is unregistered, so
   // `live` outlives this request.
-  const std::string json = data ? live->ToJson() : std::string();
+  const std::string json = data ? port->live->ToJson() : std::string();
   const absl::string_view body =
       data ? absl::string_view(json) : LivePageHtml();
   mg_send_http_ok(conn, data ? "application/json" : "text/html; charset=utf-8",
@@ -411,54 +440,93 @@ void Metrics::SetBuildInfo(ServiceRole role, absl::string_view version) {
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& address,
     const std::shared_ptr<prometheus::Registry>& registry,
-    const LiveStats* live) {
+    const LiveStats* live, const MetricsSecurityOptions& security) {
   if (address.empty()) {
     return absl::InvalidArgumentError("metrics address is empty");
   }
   auto server = std::unique_ptr<MetricsServer>(new MetricsServer());
   // civetweb copies the callbacks when it starts.
   CivetCallbacks callbacks;
-  callbacks.begin_request = ServeLivePage;
+  callbacks.begin_request = HandleMetricsRequest;
+  callbacks.log_message = [](const mg_connection*, const char* message) {
+    LOG(WARNING) << "metrics server: " << message;
+    return 1;
+  };
   // civetweb gives each connection a thread until its request arrives or
   // request_timeout_ms passes (default 30 s): with few threads, a couple of
   // idle TCP connections starved every scrape. More threads and a short
   // request timeout bound what idle connections can hold.
   std::vector<std::string> options = {
-      "listening_ports",    address,
-      "num_threads",        std::to_string(kMetricsServerThreads),
+      "num_threads", std::to_string(kMetricsServerThreads),
       "request_timeout_ms", std::to_string(kMetricsRequestTimeoutMs)};
+  const bool tls =
+      !security.tls_cert_path.empty() || !security.tls_key_path.empty();
+  if (tls) {
+    if (security.tls_cert_path.empty() || security.tls_key_path.empty()) {
+      return absl::InvalidArgumentError(
+          "metrics TLS needs both a certificate and a key (--metrics_tls_cert "
+          "and --metrics_tls_key)");
+    }
+    // The same checks as the gRPC port's (readable PEM, matching pair).
+    ServerSecurityOptions check;
+    check.tls_cert_path = security.tls_cert_path;
+    check.tls_key_path = security.tls_key_path;
+    RETURN_IF_ERROR(MakeServerCredentials(check).status());
+  }
+  // With TLS, civetweb serves loopback only, behind the TLS front
+  // (tls_front.h says why civetweb's own TLS is not used).
+  options.insert(options.end(),
+                 {"listening_ports", tls ? "127.0.0.1:0" : address});
+  absl::Status started = absl::OkStatus();
   try {
-    server->exposer_ = std::make_unique<prometheus::Exposer>(
-        std::move(options), live != nullptr ? &callbacks : nullptr);
+    server->exposer_ =
+        std::make_unique<prometheus::Exposer>(std::move(options), &callbacks);
   } catch (const std::exception& e) {
     // civetweb reports a busy port and a failed dlopen of libssl.so /
     // libcrypto.so (unversioned names: shipped by libssl-dev) alike.
-    return absl::UnavailableError(absl::StrCat(
+    started = absl::UnavailableError(absl::StrCat(
         "cannot serve metrics on ", address, ": ", e.what(),
         " (port in use, or civetweb could not load libssl.so/libcrypto.so: "
         "install libssl-dev)"));
   }
+  RETURN_IF_ERROR(started);
   server->exposer_->RegisterCollectable(registry);
   const std::vector<int> ports = server->exposer_->GetListeningPorts();
   if (ports.empty() || ports.front() <= 0) {
     return absl::UnavailableError(
         absl::StrCat("metrics server on ", address, " has no listening port"));
   }
-  server->port_ = ports.front();
-  if (live != nullptr) {
-    std::lock_guard<std::mutex> lock(LivePagesMutex());
-    LivePages()[server->port_] = live;
-    server->serves_live_ = true;
+  server->civetweb_port_ = ports.front();
+  {
+    auto port = std::make_shared<MetricsPort>();
+    port->live = live;
+    port->auth = BearerTokenAuth(security.auth_token);
+    std::lock_guard<std::mutex> lock(MetricsPortsMutex());
+    MetricsPorts()[server->civetweb_port_] = std::move(port);
+  }
+  server->port_ = server->civetweb_port_;
+  if (tls) {
+    TlsFrontOptions front;
+    front.listen_address = address;
+    front.backend_port = server->civetweb_port_;
+    front.cert_path = security.tls_cert_path;
+    front.key_path = security.tls_key_path;
+    front.max_connections = kMetricsServerThreads;
+    front.handshake_timeout = absl::Milliseconds(kMetricsRequestTimeoutMs);
+    ASSIGN_OR_RETURN(server->tls_front_, TlsFront::Start(front));
+    server->port_ = server->tls_front_->port();
   }
   return server;
 }
 
 MetricsServer::~MetricsServer() {
-  // Stop serving (civetweb joins its threads) before forgetting the page.
+  // Stop serving (the TLS front, then civetweb, join their threads) before
+  // forgetting the port.
+  tls_front_.reset();
   exposer_.reset();
-  if (serves_live_) {
-    std::lock_guard<std::mutex> lock(LivePagesMutex());
-    LivePages().erase(port_);
+  if (civetweb_port_ > 0) {
+    std::lock_guard<std::mutex> lock(MetricsPortsMutex());
+    MetricsPorts().erase(civetweb_port_);
   }
 }
 

@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/service/live_stats.h"
+#include "common/service/tls_front.h"
 
 namespace prometheus {
 class Exposer;
@@ -230,15 +231,28 @@ inline constexpr int kMetricsRequestTimeoutMs = 2000;
 // Exposer) and, when given a LiveStats, the live bandwidth page on the same
 // port: /live (self-contained HTML + JS, no external assets) and
 // /live/data.json (LiveStats::ToJson).
+// Who may read the metrics port (/metrics, /live) and how.
+struct MetricsSecurityOptions {
+  // PEM certificate chain and its key: HTTPS (TLS 1.2+, tls_front.h)
+  // instead of HTTP. Both or neither.
+  std::string tls_cert_path;
+  std::string tls_key_path;
+  // Non-empty: every request needs "Authorization: Bearer <token>" (401
+  // otherwise), as Prometheus sends with `authorization: credentials_file`.
+  std::string auth_token;
+};
+
 class MetricsServer {
  public:
   // `address` is "host:port"; port 0 picks a free port (see port()).
-  // UNAVAILABLE when it cannot listen; INVALID_ARGUMENT for an empty address.
+  // UNAVAILABLE when it cannot listen; INVALID_ARGUMENT for an empty address
+  // or an incomplete / unreadable / mismatched TLS pair (naming the files).
   // `live` (not owned, may be null: no /live) must outlive the server.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const std::string& address,
       const std::shared_ptr<prometheus::Registry>& registry,
-      const LiveStats* live = nullptr);
+      const LiveStats* live = nullptr,
+      const MetricsSecurityOptions& security = {});
   ~MetricsServer();
 
   // The port actually bound.
@@ -247,8 +261,9 @@ class MetricsServer {
  private:
   MetricsServer() = default;
   std::unique_ptr<prometheus::Exposer> exposer_;
-  int port_ = 0;
-  bool serves_live_ = false;
+  std::unique_ptr<TlsFront> tls_front_;  // With TLS only.
+  int civetweb_port_ = 0;
+  int port_ = 0;  // What clients connect to (the TLS front's, with TLS).
 };
 
 }  // namespace kvwire

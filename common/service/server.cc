@@ -4,9 +4,14 @@
 #include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 #include <grpcpp/server_builder.h>
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -14,6 +19,24 @@
 #include "glog/logging.h"
 
 namespace kvwire {
+namespace {
+
+// Removes gRPC's reflection plugin from one server builder.
+class WithoutReflection : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const std::unique_ptr<grpc::ServerBuilderPlugin>& p) {
+                         return p->name() == "proto_server_reflection";
+                       }),
+        plugins->end());
+  }
+};
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
     const ServerOptions& options, const std::vector<grpc::Service*>& services,
@@ -21,17 +44,20 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
   auto creds = MakeServerCredentials(options.security);
   if (!creds.ok()) return creds.status();
 
-  // Both must happen before the builder exists.
+  // Both must happen before the builder exists. Linking grpc++_reflection
+  // registers its plugin for every builder of the process already; without
+  // reflection, WithoutReflection takes it out of this builder.
   grpc::EnableDefaultHealthCheckService(true);
-  if (options.enable_reflection) {
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  }
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   auto server = std::unique_ptr<GrpcServer>(new GrpcServer());
   server->options_ = options;
   server->health_services_ = health_services;
 
   grpc::ServerBuilder builder;
+  if (!options.enable_reflection) {
+    builder.SetOption(std::make_unique<WithoutReflection>());
+  }
   builder.AddListeningPort(options.listen_address, *creds, &server->port_);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(options.max_send_message_bytes);

@@ -32,7 +32,18 @@ ABSL_FLAG(int, keepalive_time_ms, 30000,
           "HTTP/2 keepalive ping interval on idle connections.");
 ABSL_FLAG(int, keepalive_timeout_ms, 10000,
           "Drop a connection whose keepalive ping is not answered in time.");
-ABSL_FLAG(bool, reflection, true, "Enable gRPC server reflection.");
+ABSL_FLAG(bool, reflection, true,
+          "Enable gRPC server reflection (lists the services and their "
+          "message types to any client that may call the port).");
+ABSL_FLAG(std::string, metrics_tls_cert, "",
+          "PEM certificate chain: serve /metrics and /live over HTTPS "
+          "(with --metrics_tls_key).");
+ABSL_FLAG(std::string, metrics_tls_key, "",
+          "PEM private key of --metrics_tls_cert.");
+ABSL_FLAG(std::string, metrics_auth_token_file, "",
+          "File with a bearer token every /metrics and /live request must "
+          "send ('Authorization: Bearer <token>'; Prometheus: "
+          "authorization.credentials_file).");
 
 namespace kvwire {
 
@@ -59,6 +70,22 @@ absl::Status ServerOptionsFromFlags(ServerOptions* options) {
   options->keepalive.time_ms = absl::GetFlag(FLAGS_keepalive_time_ms);
   options->keepalive.timeout_ms = absl::GetFlag(FLAGS_keepalive_timeout_ms);
   options->enable_reflection = absl::GetFlag(FLAGS_reflection);
+  return absl::OkStatus();
+}
+
+absl::Status MetricsSecurityFromFlags(MetricsSecurityOptions* options) {
+  options->tls_cert_path = absl::GetFlag(FLAGS_metrics_tls_cert);
+  options->tls_key_path = absl::GetFlag(FLAGS_metrics_tls_key);
+  options->auth_token.clear();
+  if (!absl::GetFlag(FLAGS_metrics_auth_token_file).empty()) {
+    auto token = ReadSecretFile(absl::GetFlag(FLAGS_metrics_auth_token_file));
+    if (!token.ok()) {
+      return absl::Status(token.status().code(),
+                          absl::StrCat("--metrics_auth_token_file: ",
+                                       token.status().message()));
+    }
+    options->auth_token = *token;
+  }
   return absl::OkStatus();
 }
 

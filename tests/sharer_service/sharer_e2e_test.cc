@@ -805,6 +805,36 @@ TEST_F(SharerE2eTest, MutualTlsAndBearerToken) {
       AwaitMetric("kvwire_requests_total", ShareCode("UNAUTHENTICATED"), 2));
 }
 
+TEST_F(SharerE2eTest, MetricsTokenAndReflectionAreOptions) {
+  const std::string list_services("\x3a\x00", 2);  // list_services: "".
+  const std::string reflection =
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+  ASSERT_NO_FATAL_FAILURE(StartSharer({}));
+  Stub();
+  EXPECT_TRUE(
+      test_util::RawUnaryCall(channel_, reflection, list_services).ok());
+  sharer_.reset();
+
+  const std::string token_file =
+      test_util::MakeTempDir("metrics-token") + "/token";
+  std::ofstream(token_file) << "scrape-me\n";
+  ASSERT_NO_FATAL_FAILURE(StartSharer(
+      {"--metrics_auth_token_file=" + token_file, "--reflection=false"}));
+  Stub();
+  EXPECT_EQ(test_util::RawUnaryCall(channel_, reflection, list_services)
+                .status()
+                .code(),
+            absl::StatusCode::kUnimplemented);
+  const auto anonymous =
+      test_util::HttpGet("127.0.0.1", metrics_port_, "/metrics");
+  EXPECT_THAT(std::string(anonymous.status().message()), HasSubstr("401"));
+  const auto scraped = test_util::HttpGet(
+      "127.0.0.1", metrics_port_, "/metrics", absl::Seconds(5),
+      "Authorization: Bearer scrape-me\r\n");
+  ASSERT_TRUE(scraped.ok()) << scraped.status();
+  EXPECT_THAT(*scraped, HasSubstr("kvwire_build_info"));
+}
+
 TEST_F(SharerE2eTest, RefusesPlaintextUnlessAllowed) {
   auto child = ChildProcess::Start(
       {KVWIRE_SHARER_BINARY, "--model_dir=" + *model_dir_,

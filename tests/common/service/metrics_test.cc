@@ -7,9 +7,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/codec/scheme_table.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -230,6 +232,81 @@ TEST(MetricsTest, IdleConnectionsDoNotStarveScrapes) {
   for (int fd : idle) {
     if (fd >= 0) ::close(fd);
   }
+}
+
+TEST(MetricsTest, BearerTokenGuardsEveryPathOfTheMetricsPort) {
+  Metrics metrics;
+  MetricsSecurityOptions security;
+  security.auth_token = "s3cret";
+  auto server = MetricsServer::Start("127.0.0.1:0", metrics.registry(),
+                                     &metrics.Live(), security);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  for (const std::string path : {"/metrics", "/live", "/live/data.json"}) {
+    const auto anonymous = test_util::HttpGet("127.0.0.1", port, path);
+    EXPECT_THAT(anonymous.status().message(), HasSubstr("401")) << path;
+    const auto wrong =
+        test_util::HttpGet("127.0.0.1", port, path, absl::Seconds(5),
+                           "Authorization: Bearer s3cre\r\n");
+    EXPECT_THAT(wrong.status().message(), HasSubstr("401")) << path;
+    const auto allowed =
+        test_util::HttpGet("127.0.0.1", port, path, absl::Seconds(5),
+                           "Authorization: Bearer s3cret\r\n");
+    EXPECT_TRUE(allowed.ok()) << path << ": " << allowed.status();
+  }
+}
+
+// GET https://127.0.0.1:port/path with the openssl command-line client,
+// verifying the server against `ca`; the whole HTTP response.
+std::string HttpsGet(int port, const std::string& path, const std::string& ca) {
+  const std::string command = absl::StrCat(
+      "printf 'GET ", path,
+      " HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' | "
+      "timeout 10 openssl s_client -quiet -verify_return_error -CAfile ",
+      ca, " -servername localhost -connect 127.0.0.1:", port, " 2>&1");
+  std::string out;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return out;
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) {
+    out.append(buffer, n);
+  }
+  ::pclose(pipe);
+  return out;
+}
+
+TEST(MetricsTest, TlsMetricsPortSpeaksHttpsOnly) {
+  auto pki = test_util::MakeTestPki(test_util::MakeTempDir("metrics-pki"));
+  ASSERT_TRUE(pki.ok()) << pki.status();
+  Metrics metrics;
+  metrics.Rpc(ServiceRole::kSharer, "GetInfo").Started();
+  MetricsSecurityOptions security;
+  security.tls_cert_path = pki->server_cert;
+  security.tls_key_path = pki->server_key;
+  auto server = MetricsServer::Start("127.0.0.1:0", metrics.registry(), nullptr,
+                                     security);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string response =
+      HttpsGet((*server)->port(), "/metrics", pki->ca_cert);
+  EXPECT_THAT(response, HasSubstr("200 OK"));
+  EXPECT_THAT(response, HasSubstr("kvwire_requests_in_flight"));
+  // Plain HTTP gets no metrics.
+  EXPECT_FALSE(
+      test_util::HttpGet("127.0.0.1", (*server)->port(), "/metrics").ok());
+
+  // A key of another certificate is refused at start, naming the files.
+  security.tls_key_path = pki->client_key;
+  const auto mismatched = MetricsServer::Start(
+      "127.0.0.1:0", metrics.registry(), nullptr, security);
+  EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(mismatched.status().message(), HasSubstr("does not match"));
+  security.tls_key_path.clear();
+  EXPECT_EQ(
+      MetricsServer::Start("127.0.0.1:0", metrics.registry(), nullptr, security)
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST(MetricsTest, ExposerReportsBadAddress) {

@@ -190,7 +190,8 @@ std::string ChildProcess::Stderr() const {
 
 absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
                                     const std::string& path,
-                                    absl::Duration timeout) {
+                                    absl::Duration timeout,
+                                    const std::string& extra_headers) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError("socket");
   struct timeval tv = absl::ToTimeval(timeout);
@@ -210,8 +211,8 @@ absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
     return absl::UnavailableError(
         absl::StrCat("connect ", host, ":", port, ": ", std::strerror(err)));
   }
-  const std::string request =
-      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, "\r\n\r\n");
+  const std::string request = absl::StrCat(
+      "GET ", path, " HTTP/1.0\r\nHost: ", host, "\r\n", extra_headers, "\r\n");
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
       static_cast<ssize_t>(request.size())) {
     close(fd);

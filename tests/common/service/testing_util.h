@@ -59,12 +59,14 @@ class ChildProcess {
   std::shared_ptr<Lines> lines_;
 };
 
-// GET http://host:port/path over a plain socket (HTTP/1.0). Returns the
-// body of a 200 response; UNAVAILABLE / DEADLINE_EXCEEDED / INTERNAL
-// otherwise.
+// GET http://host:port/path over a plain socket (HTTP/1.0), with
+// `extra_headers` ("Name: value\r\n" lines). Returns the body of a 200
+// response; UNAVAILABLE / DEADLINE_EXCEEDED / INTERNAL (with the status
+// line) otherwise.
 absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
                                     const std::string& path,
-                                    absl::Duration timeout = absl::Seconds(5));
+                                    absl::Duration timeout = absl::Seconds(5),
+                                    const std::string& extra_headers = "");
 
 // The value of the sample `name{labels}` in a Prometheus text exposition,
 // where `labels` lists label="value" pairs in any order (a subset must
