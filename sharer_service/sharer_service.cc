@@ -456,7 +456,11 @@ class GenerateCall final : public WorkItem {
     }
   }
 
-  void Drop(absl::Status why) override { Complete(std::move(why), {}); }
+  void Drop(absl::Status why) override {
+    // gRPC cancels a call whose deadline passed: name the deadline.
+    if (cancelled_) why = CancellationCause(deadline_);
+    Complete(std::move(why), {});
+  }
 
  private:
   absl::Status Alive() const {
