@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/service/security.h"
+#include "common/status_macros.h"
 
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate chain (TLS).");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
@@ -46,6 +47,23 @@ ABSL_FLAG(std::string, metrics_auth_token_file, "",
           "authorization.credentials_file).");
 
 namespace kvwire {
+namespace {
+
+// The token in `path` (when set) into `token`; errors name --`flag`.
+absl::Status ReadTokenFile(absl::string_view flag, const std::string& path,
+                           std::string* token) {
+  if (path.empty()) return absl::OkStatus();
+  auto read = ReadSecretFile(path);
+  if (!read.ok()) {
+    return absl::Status(
+        read.status().code(),
+        absl::StrCat("--", flag, ": ", read.status().message()));
+  }
+  *token = *std::move(read);
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status ServerOptionsFromFlags(ServerOptions* options) {
   ServerSecurityOptions& security = options->security;
@@ -54,15 +72,9 @@ absl::Status ServerOptionsFromFlags(ServerOptions* options) {
   security.tls_client_ca_path = absl::GetFlag(FLAGS_tls_client_ca);
   security.allow_insecure = absl::GetFlag(FLAGS_allow_insecure);
   security.auth_token = absl::GetFlag(FLAGS_auth_token);
-  if (!absl::GetFlag(FLAGS_auth_token_file).empty()) {
-    auto token = ReadSecretFile(absl::GetFlag(FLAGS_auth_token_file));
-    if (!token.ok()) {
-      return absl::Status(
-          token.status().code(),
-          absl::StrCat("--auth_token_file: ", token.status().message()));
-    }
-    security.auth_token = *token;
-  }
+  RETURN_IF_ERROR(ReadTokenFile("auth_token_file",
+                                absl::GetFlag(FLAGS_auth_token_file),
+                                &security.auth_token));
   options->drain_timeout =
       absl::Seconds(absl::GetFlag(FLAGS_drain_timeout_seconds));
   options->shutdown_grace =
@@ -77,16 +89,9 @@ absl::Status MetricsSecurityFromFlags(MetricsSecurityOptions* options) {
   options->tls_cert_path = absl::GetFlag(FLAGS_metrics_tls_cert);
   options->tls_key_path = absl::GetFlag(FLAGS_metrics_tls_key);
   options->auth_token.clear();
-  if (!absl::GetFlag(FLAGS_metrics_auth_token_file).empty()) {
-    auto token = ReadSecretFile(absl::GetFlag(FLAGS_metrics_auth_token_file));
-    if (!token.ok()) {
-      return absl::Status(token.status().code(),
-                          absl::StrCat("--metrics_auth_token_file: ",
-                                       token.status().message()));
-    }
-    options->auth_token = *token;
-  }
-  return absl::OkStatus();
+  return ReadTokenFile("metrics_auth_token_file",
+                       absl::GetFlag(FLAGS_metrics_auth_token_file),
+                       &options->auth_token);
 }
 
 bool IsServerFlagsFile(absl::string_view path) {
