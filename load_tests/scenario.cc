@@ -132,10 +132,14 @@ absl::StatusOr<v1::TransferSpec> SpecFromNode(const YAML::Node& node) {
   }
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = false;
+  // Invalid UTF-8 in a scalar must not make dump() throw (found by
+  // fuzz/scenario_fuzzer.cc); it becomes U+FFFD and the spec is refused.
+  const std::string text =
+      j.dump(-1, ' ', false, json::error_handler_t::replace);
   const auto status =
-      google::protobuf::util::JsonStringToMessage(j.dump(), &spec, options);
+      google::protobuf::util::JsonStringToMessage(text, &spec, options);
   if (!status.ok()) {
-    return Error(node, absl::StrCat("bad transfer spec ", j.dump(), ": ",
+    return Error(node, absl::StrCat("bad transfer spec ", text, ": ",
                                     std::string(status.message())));
   }
   return spec;

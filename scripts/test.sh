@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine (apt-get), builds kvwire with its tests
-# and benchmarks, runs every test with ctest, then fuzzes the chunk decoder
-# for a bounded time (KVWIRE_FUZZ_SECONDS, default 60; 0 skips).
+# and benchmarks, runs every test with ctest, then runs every fuzz target
+# for a bounded time (KVWIRE_FUZZ_SECONDS in total, default 240; 0 skips).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 kvwire_install_deps
 BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build}
@@ -24,7 +24,7 @@ if [[ "${KVWIRE_ENGINE_ONLY:-1}" != 0 ]]; then
     --timeout 900
 fi
 if [[ "${KVWIRE_FUZZ_SECONDS:-60}" != 0 ]]; then
-  "$KVWIRE_ROOT/scripts/fuzz.sh" "${KVWIRE_FUZZ_SECONDS:-60}"
+  "$KVWIRE_ROOT/scripts/fuzz.sh" "${KVWIRE_FUZZ_SECONDS:-240}"
 fi
 # The service end-to-end suites (real kvwire-sharer and kvwire-receiver
 # processes on loopback) again under AddressSanitizer + UBSan, in their own

@@ -607,12 +607,26 @@ struct Tokenizer::Impl {
     if (it == token_to_id.end()) return std::nullopt;
     return it->second;
   }
-  void EnsureId(uint32_t id) {
-    if (id >= id_to_token.size()) {
-      id_to_token.resize(id + 1);
-      id_to_bytes.resize(id + 1);
-      id_is_special.resize(id + 1, 0);
+  // Token ids index dense tables, so a file's id sizes them: ids past
+  // kMaxTokenId (16x the largest real vocabularies) are refused instead of
+  // allocating gigabytes, and 0xFFFFFFFF no longer wraps `id + 1` to 0 (both
+  // found by fuzz/tokenizer_fuzzer.cc).
+  static constexpr uint64_t kMaxTokenId = (uint64_t{1} << 22) - 1;
+  absl::Status EnsureId(const json& value, absl::string_view what,
+                        uint32_t* id) {
+    const uint64_t wide = value.get<uint64_t>();
+    if (wide > kMaxTokenId) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " has id ", wide, ", past the largest supported ",
+                       kMaxTokenId));
     }
+    *id = static_cast<uint32_t>(wide);
+    if (*id >= id_to_token.size()) {
+      id_to_token.resize(*id + 1);
+      id_to_bytes.resize(*id + 1);
+      id_is_special.resize(*id + 1, 0);
+    }
+    return absl::OkStatus();
   }
 };
 
@@ -656,8 +670,9 @@ absl::Status Tokenizer::Impl::LoadModel(const json& model) {
       return absl::InvalidArgumentError(
           absl::StrCat("vocab entry '", it.key(), "' has a non-integer id"));
     }
-    const uint32_t id = it.value().get<uint32_t>();
-    EnsureId(id);
+    uint32_t id = 0;
+    RETURN_IF_ERROR(EnsureId(
+        it.value(), absl::StrCat("vocab entry '", it.key(), "'"), &id));
     id_to_token[id] = it.key();
     token_to_id[it.key()] = id;
   }
@@ -731,7 +746,6 @@ absl::Status Tokenizer::Impl::LoadAddedTokens(const json& added) {
           absl::StrCat("malformed added token: ", t.dump().substr(0, 120)));
     }
     AddedToken token;
-    token.id = t["id"].get<uint32_t>();
     token.content = t["content"].get<std::string>();
     token.special = GetBool(t, "special", false);
     token.lstrip = GetBool(t, "lstrip", false);
@@ -739,7 +753,8 @@ absl::Status Tokenizer::Impl::LoadAddedTokens(const json& added) {
     token.normalized = GetBool(t, "normalized", !token.special);
     token.single_word = GetBool(t, "single_word", false);
     if (token.content.empty()) continue;
-    EnsureId(token.id);
+    RETURN_IF_ERROR(EnsureId(
+        t["id"], absl::StrCat("added token '", token.content, "'"), &token.id));
     id_to_token[token.id] = token.content;
     token_to_id[token.content] = token.id;
     id_is_special[token.id] = token.special ? 1 : 0;

@@ -85,6 +85,16 @@ TEST(ScenarioTest, ShortNamesAndFullEnumNames) {
   EXPECT_EQ(c->granularity(), v1::GRANULARITY_PER_HEAD);
 }
 
+TEST(ScenarioTest, SpecWithInvalidUtf8IsRefusedNotAborted) {
+  // Found by fuzz/scenario_fuzzer.cc: json::dump threw out of the parser
+  // (std::terminate in kvwire-load).
+  for (const char* text : {"\xff", "{scheme: \"int8\xff\"}"}) {
+    const auto spec = ParseSpecYaml(text);
+    EXPECT_EQ(spec.status().code(), absl::StatusCode::kInvalidArgument)
+        << spec.status();
+  }
+}
+
 TEST(ScenarioTest, SpecListsSplitOutsideBraces) {
   EXPECT_THAT(SplitSpecList("bf16, int8,{scheme: int4, selection: {mode: "
                             "knorm_topk, proportion: 0.5}},,nf4"),

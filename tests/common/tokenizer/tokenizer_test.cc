@@ -509,6 +509,18 @@ TEST(TokenizerTest, UnsupportedComponentsAreNamed) {
     j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
     expect_error(j, absl::StatusCode::kInvalidArgument, "PCRE2");
   }
+  {
+    // Found by fuzz/tokenizer_fuzzer.cc: ids past 32 bits were truncated
+    // and sized the id tables (a 42 GB allocation); 0xFFFFFFFF wrapped the
+    // table size to 0 and was written past its end.
+    json j = base;
+    j["model"]["vocab"]["huge"] = 151649151650LL;
+    expect_error(j, absl::StatusCode::kInvalidArgument, "'huge' has id");
+    j = base;
+    j["added_tokens"] = json::array(
+        {{{"id", 4294967295LL}, {"content", "<x>"}, {"special", true}}});
+    expect_error(j, absl::StatusCode::kInvalidArgument, "'<x>' has id");
+  }
   EXPECT_FALSE(Tokenizer::FromJson("{not json").ok());
   EXPECT_EQ(Tokenizer::FromFile("/nonexistent/tokenizer.json").status().code(),
             absl::StatusCode::kNotFound);
