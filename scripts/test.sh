@@ -7,6 +7,13 @@ kvwire_install_deps
 BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build}
 kvwire_build "$BUILD" -DKVWIRE_BUILD_TESTS=ON -DKVWIRE_BUILD_BENCHMARKS=ON
 ctest --test-dir "$BUILD" --output-on-failure -j "$KVWIRE_JOBS" --timeout 900
+# A short soak under faults (sharer killed, stalled, corrupting chunks, link
+# shaped, receiver SIGTERMed) with its assertions; 77 (skipped: no python3)
+# passes. KVWIRE_SOAK=0 skips it; docs/RELIABILITY.md has the long run.
+if [[ "${KVWIRE_SOAK:-1}" != 0 ]]; then
+  "$KVWIRE_ROOT/scripts/soak.sh" --ci --build "$BUILD" --out "$BUILD/soak-ci" ||
+    [[ $? == 77 ]]
+fi
 # The engine alone, as a build without gRPC sees it: engine libraries, the
 # tools that need no network and their tests, configured with gRPC made
 # unfindable (KVWIRE_ENGINE_ONLY=0 skips). ccache serves most objects from
