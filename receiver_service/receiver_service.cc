@@ -294,10 +294,10 @@ class StreamAnswerReactor final
     current_ = SerializeToByteBuffer(pending_.front());
     pending_.pop_front();
     writing_ = true;
-    grpc::WriteOptions options;
-    if (!pending_.empty()) options.set_buffer_hint();
     lock.unlock();
-    StartWrite(&current_, options);
+    // No buffer hint (see ShareCall): a corked token event could wait for a
+    // flush until the next event or a keepalive ping.
+    StartWrite(&current_);
   }
 
   std::shared_ptr<AnswerCall> call_;
