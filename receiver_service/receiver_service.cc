@@ -48,11 +48,10 @@ class AnswerCall final : public WorkItem {
   };
 
   AnswerCall(ReceiverService* service, grpc::CallbackServerContext* context,
-             const v1::AnswerRequest& request, bool streaming,
-             Transport* transport)
+             v1::AnswerRequest request, bool streaming, Transport* transport)
       : service_(service),
         transport_(transport),
-        request_(request),
+        request_(std::move(request)),
         streaming_(streaming),
         rpc_(streaming ? service->stream_rpc_ : service->answer_rpc_),
         control_(DeadlineOf(*context)),
@@ -196,7 +195,7 @@ class UnaryAnswerReactor final : public grpc::ServerUnaryReactor,
       : response_(response) {
     v1::AnswerRequest request;
     absl::Status parsed = ParseRequest(*raw_request, &request);
-    call_ = std::make_shared<AnswerCall>(service, context, request,
+    call_ = std::make_shared<AnswerCall>(service, context, std::move(request),
                                          /*streaming=*/false, this);
     call_->Begin(*context, call_, std::move(parsed));
   }
@@ -227,7 +226,7 @@ class StreamAnswerReactor final
                       const grpc::ByteBuffer* raw_request) {
     v1::AnswerRequest request;
     absl::Status parsed = ParseRequest(*raw_request, &request);
-    call_ = std::make_shared<AnswerCall>(service, context, request,
+    call_ = std::make_shared<AnswerCall>(service, context, std::move(request),
                                          /*streaming=*/true, this);
     call_->Begin(*context, call_, std::move(parsed));
   }
@@ -291,10 +290,11 @@ class StreamAnswerReactor final
       Finish(status);  // The reactor may be deleted from here on.
       return;
     }
-    current_ = SerializeToByteBuffer(pending_.front());
+    v1::AnswerEvent next = std::move(pending_.front());
     pending_.pop_front();
     writing_ = true;
     lock.unlock();
+    current_ = SerializeToByteBuffer(next);  // Ours alone while writing_.
     // No buffer hint (see ShareCall): a corked token event could wait for a
     // flush until the next event or a keepalive ping.
     StartWrite(&current_);

@@ -47,11 +47,11 @@ class ShareReactor;
 class ShareCall final : public WorkItem, public ChunkSink {
  public:
   ShareCall(SharerService* service, grpc::CallbackServerContext* context,
-            const v1::ShareRequest& request, ShareReactor* reactor)
+            v1::ShareRequest request, ShareReactor* reactor)
       : service_(service),
         reactor_(reactor),
         context_(context),
-        request_(request),
+        request_(std::move(request)),
         deadline_(DeadlineOf(*context)),
         peer_(context->peer()),
         call_id_(service->next_call_id_.fetch_add(1)),
@@ -313,16 +313,19 @@ class ShareCall final : public WorkItem, public ChunkSink {
       }
       return;
     }
-    current_bytes_ = static_cast<int64_t>(pending_.front().ByteSizeLong());
-    current_ = SerializeToByteBuffer(pending_.front());
+    v1::KvChunk next = std::move(pending_.front());
     pending_.pop_front();
+    current_bytes_ = static_cast<int64_t>(next.ByteSizeLong());
     writing_ = true;
     write_started_ = std::chrono::steady_clock::now();
+    ShareReactor* reactor = reactor_;
+    lock.unlock();
+    // Serialized outside the lock (a block may be MiBs); current_ is this
+    // write's alone while writing_ is set.
+    current_ = SerializeToByteBuffer(next);
     // No buffer hint: with one write in flight at a time, a corked write's
     // OnWriteDone can wait for a flush that only the next write would
     // bring (seen: a 4 MiB block held ~30 s, until a keepalive ping).
-    ShareReactor* reactor = reactor_;
-    lock.unlock();
     StartWrite(reactor, &current_, grpc::WriteOptions());
   }
 
@@ -380,7 +383,8 @@ class ShareReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
                const grpc::ByteBuffer* raw_request) {
     v1::ShareRequest request;
     absl::Status parsed = ParseRequest(*raw_request, &request);
-    call_ = std::make_shared<ShareCall>(service, context, request, this);
+    call_ =
+        std::make_shared<ShareCall>(service, context, std::move(request), this);
     service->TrackStream(call_->call_id(), call_);
     call_->Begin(*context, call_, std::move(parsed));
   }
@@ -412,11 +416,11 @@ void ShareCall::Finish(ShareReactor* reactor, grpc::Status status) {
 class GenerateCall final : public WorkItem {
  public:
   GenerateCall(SharerService* service, grpc::CallbackServerContext* context,
-               const v1::GenerateRequest& request, grpc::ByteBuffer* response,
+               v1::GenerateRequest request, grpc::ByteBuffer* response,
                grpc::ServerUnaryReactor* reactor)
       : service_(service),
         reactor_(reactor),
-        request_(request),
+        request_(std::move(request)),
         response_(response),
         deadline_(DeadlineOf(*context)),
         peer_(context->peer()),
@@ -608,8 +612,8 @@ class GenerateReactor final : public grpc::ServerUnaryReactor {
                   grpc::ByteBuffer* response) {
     v1::GenerateRequest request;
     absl::Status parsed = ParseRequest(*raw_request, &request);
-    call_ = std::make_shared<GenerateCall>(service, context, request, response,
-                                           this);
+    call_ = std::make_shared<GenerateCall>(service, context, std::move(request),
+                                           response, this);
     call_->Begin(*context, call_, std::move(parsed));
   }
   void OnCancel() override { call_->OnCancel(); }
