@@ -477,19 +477,17 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   // (tls_front.h says why civetweb's own TLS is not used).
   options.insert(options.end(),
                  {"listening_ports", tls ? "127.0.0.1:0" : address});
-  absl::Status started = absl::OkStatus();
   try {
     server->exposer_ =
         std::make_unique<prometheus::Exposer>(std::move(options), &callbacks);
   } catch (const std::exception& e) {
     // civetweb reports a busy port and a failed dlopen of libssl.so /
     // libcrypto.so (unversioned names: shipped by libssl-dev) alike.
-    started = absl::UnavailableError(absl::StrCat(
+    return absl::UnavailableError(absl::StrCat(
         "cannot serve metrics on ", address, ": ", e.what(),
         " (port in use, or civetweb could not load libssl.so/libcrypto.so: "
         "install libssl-dev)"));
   }
-  RETURN_IF_ERROR(started);
   server->exposer_->RegisterCollectable(registry);
   const std::vector<int> ports = server->exposer_->GetListeningPorts();
   if (ports.empty() || ports.front() <= 0) {
