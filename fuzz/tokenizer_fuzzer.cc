@@ -3,8 +3,8 @@
 // post-processor, decoder) and tokenizer_config.json (special tokens, chat
 // template). Input: tokenizer.json bytes, then optionally a NUL byte and
 // tokenizer_config.json bytes. A tokenizer that loads encodes and decodes a
-// few fixed texts (and, with a recognised chat template, renders a short
-// conversation), as the engines do.
+// few fixed texts, with offsets too (and, with a recognised chat template,
+// renders a short conversation), as the engines do.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -30,6 +30,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                  "\xff\xfe invalid \xc3 utf8"}) {
     for (bool special : {false, true}) {
       const std::vector<uint32_t> ids = tok.Encode(text, special);
+      // Offsets come from the same pipeline: same ids, one span each,
+      // inside the input.
+      const kvwire::EncodingWithOffsets enc =
+          tok.EncodeWithOffsets(text, special);
+      if (enc.ids != ids || enc.offsets.size() != ids.size()) __builtin_trap();
+      for (const kvwire::TokenOffsets& o : enc.offsets) {
+        if (o.begin > o.end || o.end > text.size()) __builtin_trap();
+      }
       (void)tok.Decode(ids, /*skip_special_tokens=*/false);
       kvwire::DecodeOptions options;
       options.skip_special_tokens = true;

@@ -94,8 +94,27 @@ absl::Status AnswerRunner::Validate(const v1::AnswerRequest& request) const {
   return ValidateAnswerRequest(request, options_.limits);
 }
 
+void AnswerRunner::NoteSharerInfo(v1::SharerInfo info) {
+  std::lock_guard<std::mutex> lock(sharer_info_mu_);
+  sharer_info_ = std::move(info);
+}
+
+absl::StatusOr<std::optional<v1::SharerInfo>> AnswerRunner::SharerInfoFor(
+    bool fetch, absl::Time deadline) const {
+  {
+    std::lock_guard<std::mutex> lock(sharer_info_mu_);
+    if (sharer_info_.has_value() || !fetch) return sharer_info_;
+  }
+  ASSIGN_OR_RETURN(v1::SharerInfo info,
+                   sharer_->GetInfo(std::max(deadline - absl::Now(),
+                                             absl::ZeroDuration())));
+  std::lock_guard<std::mutex> lock(sharer_info_mu_);
+  sharer_info_ = info;
+  return sharer_info_;
+}
+
 absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
-                                  const std::vector<int64_t>& prompt,
+                                  absl::Span<const ChatMessage> messages,
                                   const v1::GenerationParams& generation,
                                   CallControl& control,
                                   Attempt& attempt) const {
@@ -112,19 +131,58 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
     return absl::FailedPreconditionError(
         "C2C is not available: no sharer is configured (--sharer_target)");
   }
+  // Token alignment failing on this conversation is the C2C path's failure
+  // (the fallback policy applies), as is a sharer that cannot serve it.
+  auto path_failure = [&attempt](absl::Status st) {
+    attempt.sharer_failure = true;
+    attempt.reason_code = st.code();
+    return st;
+  };
+  auto plan = engine_->PlanC2C(messages);
+  if (!plan.ok()) return path_failure(plan.status());
   ASSIGN_OR_RETURN(attempt.session,
-                   engine_->NewSession(prompt, max_new, /*fuse=*/true));
+                   engine_->NewSession(*std::move(plan), max_new,
+                                       /*fuse=*/true));
   ReceiverSession* session = attempt.session.get();
   session->set_trace(control.trace());
   if (session->fused_length() == 0)
     return absl::OkStatus();  // Nothing to fuse.
+
+  // Before anything is sent: a sharer of another vocabulary (without
+  // alignment) or one that ignores positions (with it) is refused here,
+  // naming both models.
+  const bool positioned = !session->share_positions().empty();
+  auto info = SharerInfoFor(
+      positioned, std::min(control.deadline(),
+                           absl::Now() + options_.sharer_timeout));
+  if (!info.ok()) {
+    return path_failure(absl::Status(
+        info.status().code(),
+        absl::StrCat("sharer GetInfo (needed for token alignment) ",
+                     StatusCodeName(info.status().code()), ": ",
+                     info.status().message())));
+  }
+  if (info->has_value()) {
+    absl::Status fits = engine_->CheckSharerModel((*info)->model());
+    if (fits.ok() && positioned && !(*info)->accepts_positions()) {
+      fits = absl::FailedPreconditionError(absl::StrCat(
+          "the sharer (kvwire ", (*info)->version(),
+          ") does not take token positions, which token alignment needs: "
+          "upgrade it"));
+    }
+    if (!fits.ok()) return path_failure(fits);
+  }
 
   v1::ShareRequest share;
   share.set_request_id(request.request_id());
   for (int64_t id : session->share_token_ids()) {
     share.add_token_ids(static_cast<uint32_t>(id));
   }
+  for (int64_t p : session->share_positions()) {
+    share.add_positions(static_cast<uint32_t>(p));
+  }
   *share.mutable_spec() = request.spec();
+  RestrictSelectionToFusedTokens(session->plan(), *share.mutable_spec());
   if (!options_.expected_sharer_fingerprint.empty()) {
     share.set_expected_model_fingerprint(options_.expected_sharer_fingerprint);
   }
@@ -211,13 +269,6 @@ absl::Status AnswerRunner::RunTextToText(
     const std::vector<ChatMessage>& messages, const v1::AnswerRequest& request,
     CallControl& control, Attempt& attempt, std::vector<int64_t>& prompt,
     v1::AnswerResponse& response) const {
-  if (sharer_ == nullptr) {
-    attempt.sharer_failure = true;
-    attempt.reason_code = absl::StatusCode::kFailedPrecondition;
-    return absl::FailedPreconditionError(
-        "text-to-text is not available: no sharer is configured "
-        "(--sharer_target)");
-  }
   std::string question;
   for (auto it = messages.rbegin(); it != messages.rend(); ++it) {
     if (it->role == "user") {
@@ -229,15 +280,47 @@ absl::Status AnswerRunner::RunTextToText(
       options_.text_to_text_prompt, {{"{question}", question}});
   const std::vector<ChatMessage> sharer_messages = {
       ChatMessage{"user", background_prompt, std::nullopt}};
+  v1::GenerationParams params;
+  params.set_max_new_tokens(options_.text_to_text_max_new_tokens);
+  ASSIGN_OR_RETURN(std::vector<int64_t> ids,
+                   SharerGenerate("text-to-text", sharer_messages, params,
+                                  request, control, attempt, response));
+  const std::string text = engine_->DecodeSharerText(ids);
+  response.set_background_text(text);
+  response.mutable_background_token_ids()->Add(ids.begin(), ids.end());
+
+  std::vector<ChatMessage> conversation = {
+      ChatMessage{"user", background_prompt, std::nullopt},
+      ChatMessage{"assistant", text, std::nullopt}};
+  conversation.insert(conversation.end(), messages.begin(), messages.end());
+  ASSIGN_OR_RETURN(prompt, engine_->RenderPrompt(conversation));
+  if (static_cast<int64_t>(prompt.size()) > engine_->info().max_prompt_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the text-to-text prompt (question and the sharer's background) has ",
+        prompt.size(), " tokens; at most ", engine_->info().max_prompt_tokens));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int64_t>> AnswerRunner::SharerGenerate(
+    absl::string_view mode, absl::Span<const ChatMessage> messages,
+    const v1::GenerationParams& params, const v1::AnswerRequest& request,
+    CallControl& control, Attempt& attempt,
+    v1::AnswerResponse& response) const {
+  if (sharer_ == nullptr) {
+    attempt.sharer_failure = true;
+    attempt.reason_code = absl::StatusCode::kFailedPrecondition;
+    return absl::FailedPreconditionError(absl::StrCat(
+        mode, " is not available: no sharer is configured (--sharer_target)"));
+  }
   ASSIGN_OR_RETURN(std::vector<int64_t> sharer_prompt,
-                   engine_->RenderSharerPrompt(sharer_messages));
+                   engine_->RenderSharerPrompt(messages));
   v1::GenerateRequest generate;
   generate.set_request_id(request.request_id());
   for (int64_t id : sharer_prompt) {
     generate.add_token_ids(static_cast<uint32_t>(id));
   }
-  generate.mutable_generation()->set_max_new_tokens(
-      options_.text_to_text_max_new_tokens);
+  *generate.mutable_generation() = params;
   if (!options_.expected_sharer_fingerprint.empty()) {
     generate.set_expected_model_fingerprint(
         options_.expected_sharer_fingerprint);
@@ -264,29 +347,13 @@ absl::Status AnswerRunner::RunTextToText(
         code, absl::StrCat("sharer Generate ", StatusCodeName(code), ": ",
                            background.status().message()));
   }
-  const std::vector<int64_t> ids(background->token_ids().begin(),
-                                 background->token_ids().end());
-  const std::string text = engine_->DecodeSharerText(ids);
-  response.set_background_text(text);
-  response.mutable_background_token_ids()->Add(background->token_ids().begin(),
-                                               background->token_ids().end());
   response.mutable_timings()->set_sharer_compute_seconds(
       background->prefill_seconds() + background->generation_seconds());
   const uint64_t bytes = background->ByteSizeLong();
   response.mutable_transfer()->set_serialized_bytes(bytes);
   response.mutable_transfer()->set_wire_bytes(bytes + kGrpcMessagePrefixBytes);
-
-  std::vector<ChatMessage> conversation = {
-      ChatMessage{"user", background_prompt, std::nullopt},
-      ChatMessage{"assistant", text, std::nullopt}};
-  conversation.insert(conversation.end(), messages.begin(), messages.end());
-  ASSIGN_OR_RETURN(prompt, engine_->RenderPrompt(conversation));
-  if (static_cast<int64_t>(prompt.size()) > engine_->info().max_prompt_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the text-to-text prompt (question and the sharer's background) has ",
-        prompt.size(), " tokens; at most ", engine_->info().max_prompt_tokens));
-  }
-  return absl::OkStatus();
+  return std::vector<int64_t>(background->token_ids().begin(),
+                              background->token_ids().end());
 }
 
 absl::Status AnswerRunner::Generate(ReceiverSession& session,
@@ -426,6 +493,17 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
 
   if (mode == v1::ANSWER_MODE_RECEIVER_ONLY) {
     RETURN_IF_ERROR(answer_alone(prompt, v1::ANSWER_MODE_RECEIVER_ONLY));
+  } else if (mode == v1::ANSWER_MODE_SHARER_ONLY) {
+    Attempt attempt;
+    auto ids = SharerGenerate("sharer-only", messages, generation, request,
+                              control, attempt, response);
+    if (ids.ok()) {
+      response.set_mode(v1::ANSWER_MODE_SHARER_ONLY);
+      response.set_text(engine_->DecodeSharerText(*ids));
+      response.mutable_token_ids()->Add(ids->begin(), ids->end());
+    } else {
+      RETURN_IF_ERROR(fall_back(ids.status(), attempt));
+    }
   } else if (mode == v1::ANSWER_MODE_TEXT_TO_TEXT) {
     Attempt attempt;
     std::vector<int64_t> conversation;
@@ -439,7 +517,7 @@ absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
   } else {
     Attempt attempt;
     const absl::Status st =
-        RunC2C(request, prompt, generation, control, attempt);
+        RunC2C(request, messages, generation, control, attempt);
     timings->set_transfer_seconds(attempt.outcome.seconds);
     if (st.ok()) {
       ReceiverSession& session = *attempt.session;

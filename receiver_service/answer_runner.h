@@ -24,11 +24,14 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/engine/receiver_engine.h"
 #include "common/protocol/answer_validation.h"
 #include "common/protocol/generation_params.h"
@@ -98,6 +101,11 @@ class AnswerRunner {
 
   const AnswerRunnerOptions& options() const { return options_; }
 
+  // What the sharer's GetInfo said (the start-up probe). C2C requests check
+  // the sharer against it before sending anything; token-aligned requests
+  // fetch it first when it is not known yet.
+  void NoteSharerInfo(v1::SharerInfo info);
+
   // The cheap checks (ValidateAnswerRequest); run before queueing.
   absl::Status Validate(const v1::AnswerRequest& request) const;
 
@@ -115,9 +123,13 @@ class AnswerRunner {
  private:
   struct Attempt;
   absl::Status RunC2C(const v1::AnswerRequest& request,
-                      const std::vector<int64_t>& prompt,
+                      absl::Span<const ChatMessage> messages,
                       const v1::GenerationParams& generation,
                       CallControl& control, Attempt& attempt) const;
+  // The sharer's info as noted, or fetched now when `fetch` (deadline
+  // permitting); nullopt when unknown and not fetched.
+  absl::StatusOr<std::optional<v1::SharerInfo>> SharerInfoFor(
+      bool fetch, absl::Time deadline) const;
   // Text-to-text: the sharer writes background (Sharer.Generate) for the
   // question in `messages`; on success `prompt` becomes the receiver's
   // prompt [user: background prompt, assistant: background, messages...]
@@ -127,6 +139,15 @@ class AnswerRunner {
                              CallControl& control, Attempt& attempt,
                              std::vector<int64_t>& prompt,
                              v1::AnswerResponse& response) const;
+  // Sharer.Generate on `messages` rendered with the sharer's template
+  // (`mode` names the answer mode in errors): the sharer's ids; the
+  // response gets the call's bytes and times. A failure is the sharer
+  // path's (the fallback policy applies).
+  absl::StatusOr<std::vector<int64_t>> SharerGenerate(
+      absl::string_view mode, absl::Span<const ChatMessage> messages,
+      const v1::GenerationParams& params, const v1::AnswerRequest& request,
+      CallControl& control, Attempt& attempt,
+      v1::AnswerResponse& response) const;
   absl::Status Generate(ReceiverSession& session,
                         const v1::GenerationParams& generation,
                         CallControl& control,
@@ -138,6 +159,8 @@ class AnswerRunner {
   SharerClient* const sharer_;
   Metrics* const metrics_;
   const AnswerRunnerOptions options_;
+  mutable std::mutex sharer_info_mu_;
+  mutable std::optional<v1::SharerInfo> sharer_info_;
   TransferMetrics& transfer_;
   prometheus::Histogram& transfer_stage_;
   prometheus::Histogram& decode_stage_;

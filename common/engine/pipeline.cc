@@ -10,6 +10,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "common/clock.h"
+#include "common/engine/prompt_plan.h"
 #include "common/codec/kv_codec.h"
 #include "common/file_util.h"
 #include "common/fuser/fuser.h"
@@ -244,13 +245,30 @@ absl::Status C2cPipeline::AnswerC2C(const PipelineRequest& request,
         "C2C needs a sharer and a fuser (sharer_dir, fuser_dir)");
   }
   auto t0 = Clock::now();
-  ASSIGN_OR_RETURN(result.prompt_ids, PromptFor(false, request));
+  PromptPlan plan;
+  if (!request.prompt_ids.empty() || !receiver_->info().token_alignment) {
+    if (!request.prompt_ids.empty() && receiver_->info().token_alignment) {
+      return absl::InvalidArgumentError(
+          "token alignment needs chat messages, not prompt_ids");
+    }
+    ASSIGN_OR_RETURN(std::vector<int64_t> ids, PromptFor(false, request));
+    plan = SameVocabularyPlan(std::move(ids));
+  } else {
+    ASSIGN_OR_RETURN(plan, receiver_->PlanC2C(request.messages));
+  }
+  result.prompt_ids = plan.receiver_ids;
   result.timings.tokenize_seconds = SecondsSince(t0);
   PipelineTimings& times = result.timings;
   ASSIGN_OR_RETURN(auto session,
-                   receiver_->NewSession(result.prompt_ids,
+                   receiver_->NewSession(std::move(plan),
                                          request.generation.max_new_tokens,
                                          /*fuse=*/true));
+  if (!session->share_positions().empty() &&
+      request.selection != SelectionStrategy::kSpec) {
+    return absl::InvalidArgumentError(
+        "token alignment: the guided selection strategies read the "
+        "receiver's cache at the sharer's indices; use the spec's selection");
+  }
   RETURN_IF_ERROR(session->Prefill());
   times.receiver_prefill_seconds = session->timings().prefill_seconds;
   const int64_t total = session->fused_length();
@@ -265,8 +283,15 @@ absl::Status C2cPipeline::AnswerC2C(const PipelineRequest& request,
     if (sharer_cache.defined()) return absl::OkStatus();
     const auto s0 = Clock::now();
     ASSIGN_OR_RETURN(sharer_cache, sharer_->model().NewCache(total));
-    auto logits = sharer_->model().Prefill(
-        session->share_token_ids(), sharer_cache, nullptr, LogitsMode::kNone);
+    auto logits =
+        session->share_positions().empty()
+            ? sharer_->model().Prefill(session->share_token_ids(),
+                                       sharer_cache, nullptr,
+                                       LogitsMode::kNone)
+            : sharer_->model().PrefillAt(session->share_token_ids(),
+                                         session->share_positions(),
+                                         sharer_cache, nullptr,
+                                         LogitsMode::kNone);
     times.sharer_prefill_seconds += SecondsSince(s0);
     return logits.status();
   };
@@ -361,8 +386,12 @@ absl::Status C2cPipeline::AnswerC2C(const PipelineRequest& request,
     CallbackChunkSink sink([&](v1::KvChunk chunk) -> absl::Status {
       return session->AddChunk(chunk);
     });
-    const v1::ShareRequest share =
+    RestrictSelectionToFusedTokens(session->plan(), spec);
+    v1::ShareRequest share =
         ShareRequestFor(session->share_token_ids(), spec, request.request_id);
+    for (int64_t p : session->share_positions()) {
+      share.add_positions(static_cast<uint32_t>(p));
+    }
     RETURN_IF_ERROR(ValidateShareRequest(share, sharer_->info()));
     ShareReport report;
     if (sharer_cache.defined()) {

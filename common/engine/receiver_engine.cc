@@ -23,6 +23,16 @@
 namespace kvwire {
 namespace {
 
+absl::Status CheckRoles(absl::Span<const ChatMessage> messages) {
+  for (const ChatMessage& m : messages) {
+    if (m.role != "system" && m.role != "user" && m.role != "assistant") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown chat role '", m.role, "' (system, user, assistant)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::string StripNewlines(const std::string& s) {
   const size_t b = s.find_first_not_of('\n');
   if (b == std::string::npos) return "";
@@ -43,6 +53,7 @@ absl::StatusOr<std::unique_ptr<ReceiverEngine>> ReceiverEngine::Load(
   RETURN_IF_ERROR(e->LoadText(options));
   RETURN_IF_ERROR(e->LoadSharerText(options.sharer_tokenizer_dir));
   RETURN_IF_ERROR(e->LoadFuser(options));
+  RETURN_IF_ERROR(e->LoadAligner(options));
   const ModelConfig& rc = e->decoder_->config();
   int64_t max_tokens = options.max_prompt_tokens;
   if (rc.max_position_embeddings > 0) {
@@ -93,14 +104,8 @@ absl::Status ReceiverEngine::LoadSharerText(const std::string& dir) {
   if (dir.empty()) return absl::OkStatus();
   if (IsRegularFile(dir + "/tokenizer.json")) {
     ASSIGN_OR_RETURN(sharer_tokenizer_, Tokenizer::FromDirectory(dir));
-    if (tokenizer_ != nullptr &&
-        sharer_tokenizer_->vocab_size() > tokenizer_->vocab_size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the sharer tokenizer in ", dir, " has ids up to ",
-          sharer_tokenizer_->vocab_size() - 1,
-          " beyond the receiver tokenizer's ", tokenizer_->vocab_size()));
-    }
     sharer_text_.tokenizer = sharer_tokenizer_.get();
+    sharer_text_.chat_template.reset();
     if (!sharer_tokenizer_->chat_template().empty()) {
       ASSIGN_OR_RETURN(sharer_text_.chat_template,
                        ChatTemplate::FromTokenizer(*sharer_tokenizer_));
@@ -165,6 +170,86 @@ absl::Status ReceiverEngine::LoadFuser(const ReceiverEngineOptions& options) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<TokenAlignmentMode> ParseTokenAlignmentMode(
+    absl::string_view name) {
+  if (name == "auto") return TokenAlignmentMode::kAuto;
+  if (name == "on") return TokenAlignmentMode::kOn;
+  if (name == "off") return TokenAlignmentMode::kOff;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown token alignment mode '", name,
+                   "' (auto, on, off)"));
+}
+
+absl::Status ReceiverEngine::LoadAligner(const ReceiverEngineOptions& options) {
+  const bool recipe_aligns = fuser_ != nullptr && fuser_->recipe().has_value() &&
+                             fuser_->recipe()->is_do_alignment;
+  if (sharer_text_.chat_template.has_value()) {
+    info_.sharer_chat_template_family =
+        ChatTemplateFamilyName(sharer_text_.chat_template->family());
+  }
+  if (options.token_alignment == TokenAlignmentMode::kOff) {
+    if (recipe_aligns) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "fuser ", options.fuser_dir,
+          " was trained with token alignment (is_do_alignment: true in its "
+          "config.json), but token alignment is off (--token_alignment=off): "
+          "its answers would not mean anything"));
+    }
+    return absl::OkStatus();
+  }
+  if (options.token_alignment == TokenAlignmentMode::kAuto && !recipe_aligns) {
+    return absl::OkStatus();
+  }
+  const std::string why =
+      recipe_aligns ? absl::StrCat("fuser ", options.fuser_dir,
+                                   " needs token alignment (is_do_alignment: "
+                                   "true in its config.json)")
+                    : "--token_alignment=on";
+  if (sharer_tokenizer_ == nullptr || !sharer_text_.chat_template.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        why, ": give the sharer's tokenizer.json and tokenizer_config.json "
+             "with its chat template (--sharer_tokenizer_dir=<the sharer "
+             "model's directory>)"));
+  }
+  if (tokenizer_ == nullptr || !receiver_text_.chat_template.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        why, ": the receiver's tokenizer and chat template are needed too"));
+  }
+  ASSIGN_OR_RETURN(AlignmentStrategy strategy,
+                   ParseAlignmentStrategy(options.alignment_strategy.empty()
+                                              ? "longest"
+                                              : options.alignment_strategy));
+  ASSIGN_OR_RETURN(
+      TokenAligner aligner,
+      TokenAligner::Create({tokenizer_.get(), &*receiver_text_.chat_template},
+                           {sharer_tokenizer_.get(),
+                            &*sharer_text_.chat_template},
+                           strategy));
+  aligner_.emplace(std::move(aligner));
+  info_.token_alignment = true;
+  info_.alignment_strategy = AlignmentStrategyName(strategy);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ChatAlignment> ReceiverEngine::AlignMessages(
+    absl::Span<const ChatMessage> messages) const {
+  if (!aligner_.has_value()) {
+    return absl::FailedPreconditionError("token alignment is off");
+  }
+  RETURN_IF_ERROR(CheckRoles(messages));
+  return aligner_->AlignChatMessages(messages);
+}
+
+absl::StatusOr<PromptPlan> ReceiverEngine::PlanC2C(
+    absl::Span<const ChatMessage> messages) const {
+  if (!aligner_.has_value()) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> ids, RenderPrompt(messages));
+    return SameVocabularyPlan(std::move(ids));
+  }
+  ASSIGN_OR_RETURN(ChatAlignment alignment, AlignMessages(messages));
+  return AlignedPromptPlan(alignment);
+}
+
 absl::StatusOr<std::vector<int64_t>> ReceiverEngine::Render(
     const TextModel& text_model, absl::Span<const ChatMessage> messages) {
   if (text_model.tokenizer == nullptr ||
@@ -172,12 +257,7 @@ absl::StatusOr<std::vector<int64_t>> ReceiverEngine::Render(
     return absl::FailedPreconditionError(
         "no tokenizer with a chat template is loaded: give prompt ids");
   }
-  for (const ChatMessage& m : messages) {
-    if (m.role != "system" && m.role != "user" && m.role != "assistant") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "unknown chat role '", m.role, "' (system, user, assistant)"));
-    }
-  }
+  RETURN_IF_ERROR(CheckRoles(messages));
   ChatTemplateOptions o;
   o.add_generation_prompt = true;
   o.enable_thinking = false;
@@ -230,6 +310,17 @@ absl::Status ReceiverEngine::CheckSharerModel(
     const v1::ModelInfo& sharer) const {
   if (fuser_ == nullptr) return absl::OkStatus();
   const ModelConfig& rc = decoder_->config();
+  if (!aligner_.has_value() &&
+      sharer.vocab_size() != static_cast<uint32_t>(rc.vocab_size)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the receiver (", info_.model.architecture(), " '",
+        info_.model.name(), "', vocabulary ", rc.vocab_size,
+        ") and the sharer (", sharer.architecture(), " '", sharer.name(),
+        "', vocabulary ", sharer.vocab_size(),
+        ") do not share a vocabulary: C2C between them needs token "
+        "alignment (a fuser trained with is_do_alignment, or "
+        "--token_alignment=on, with --sharer_tokenizer_dir)"));
+  }
   absl::Status st;
   if (sharer_layers_ > 0 &&
       static_cast<int>(sharer.num_layers()) != sharer_layers_) {
@@ -254,15 +345,22 @@ absl::Status ReceiverEngine::CheckSharerModel(
 absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverEngine::NewSession(
     absl::Span<const int64_t> prompt_ids, int64_t max_new_tokens,
     bool fuse) const {
+  return NewSession(SameVocabularyPlan(std::vector<int64_t>(
+                        prompt_ids.begin(), prompt_ids.end())),
+                    max_new_tokens, fuse);
+}
+
+absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverEngine::NewSession(
+    PromptPlan plan, int64_t max_new_tokens, bool fuse) const {
   if (fuse && fuser_ == nullptr) {
     return absl::FailedPreconditionError(
         "no C2C fuser is loaded (--fuser_dir)");
   }
   const int64_t vocab = decoder_->config().vocab_size;
-  for (size_t i = 0; i < prompt_ids.size(); ++i) {
-    if (prompt_ids[i] < 0 || prompt_ids[i] >= vocab) {
+  for (size_t i = 0; i < plan.receiver_ids.size(); ++i) {
+    if (plan.receiver_ids[i] < 0 || plan.receiver_ids[i] >= vocab) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "prompt token ", i, " = ", prompt_ids[i],
+          "prompt token ", i, " = ", plan.receiver_ids[i],
           " is outside the receiver's vocabulary [0, ", vocab, ")"));
     }
   }
@@ -270,10 +368,10 @@ absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverEngine::NewSession(
   if (fuse) {
     check = [this](const v1::ModelInfo& m) { return CheckSharerModel(m); };
   }
-  return ReceiverSession::Create(
-      decoder_.get(), fuse ? fuser_.get() : nullptr,
-      std::vector<int64_t>(prompt_ids.begin(), prompt_ids.end()),
-      max_new_tokens, std::move(check));
+  return ReceiverSession::Create(decoder_.get(),
+                                 fuse ? fuser_.get() : nullptr,
+                                 std::move(plan), max_new_tokens,
+                                 std::move(check));
 }
 
 }  // namespace kvwire

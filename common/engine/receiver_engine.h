@@ -20,7 +20,10 @@
 #include "absl/types/span.h"
 #include "common/engine/model_loading.h"
 #include "common/engine/receiver_session.h"
+#include "absl/strings/string_view.h"
+#include "common/engine/prompt_plan.h"
 #include "common/tokenizer/chat_template.h"
+#include "common/tokenizer/token_aligner.h"
 #include "common/tokenizer/tokenizer.h"
 #include "kvwire/v1/kvwire.pb.h"
 
@@ -28,6 +31,16 @@ namespace kvwire {
 
 class C2CFuser;
 class Decoder;
+
+// When C2C requests align tokens (token_aligner.h).
+enum class TokenAlignmentMode {
+  kAuto,  // As the fuser's recipe says (is_do_alignment).
+  kOn,    // Always (the pair may even share a vocabulary).
+  kOff,   // Never; a fuser whose recipe needs it is refused at load.
+};
+// "auto" / "on" / "off". INVALID_ARGUMENT otherwise.
+absl::StatusOr<TokenAlignmentMode> ParseTokenAlignmentMode(
+    absl::string_view name);
 
 struct ReceiverEngineOptions {
   // The model (dir, dtype, device, intra-op threads, and on CUDA the slot
@@ -39,9 +52,15 @@ struct ReceiverEngineOptions {
   // the model's directory.
   std::string tokenizer_dir;
   // The sharer's tokenizer and chat template for the text-to-text prompt
-  // (tokenizer.json, or tokenizer_config.json alone over the receiver's
-  // vocabulary); empty: the receiver's.
+  // and token alignment (tokenizer.json, or tokenizer_config.json alone
+  // over the receiver's vocabulary); empty: the receiver's.
   std::string sharer_tokenizer_dir;
+  // C2C token alignment. Aligning needs the sharer's tokenizer.json with a
+  // chat template in sharer_tokenizer_dir.
+  TokenAlignmentMode token_alignment = TokenAlignmentMode::kAuto;
+  // "first" / "longest"; empty: "longest", what C2C's evaluator uses (the
+  // recipe's alignment_strategy is the one training used).
+  std::string alignment_strategy;
   // C2C fuser checkpoint; empty: receiver-only answers (C2C requests fail
   // or fall back).
   std::string fuser_dir;
@@ -73,6 +92,10 @@ struct ReceiverModelInfo {
   int64_t max_prompt_tokens = 0;
   uint32_t tokenizer_vocab_size = 0;
   std::string chat_template_family;
+  // C2C requests are token-aligned, with this strategy ("first"/"longest").
+  bool token_alignment = false;
+  std::string alignment_strategy;
+  std::string sharer_chat_template_family;  // "" without one.
 };
 
 class ReceiverEngine {
@@ -113,9 +136,22 @@ class ReceiverEngine {
       absl::Span<const ChatMessage> messages) const;
   std::string DecodeSharerText(absl::Span<const int64_t> ids) const;
 
-  // Checks that a sharer model fits the fuser (layers, KV heads, head_dim).
-  // FAILED_PRECONDITION naming the mismatch; OK without a fuser.
+  // Checks that a sharer model fits the fuser (layers, KV heads, head_dim)
+  // and, without token alignment, shares the receiver's vocabulary (same
+  // vocab_size). FAILED_PRECONDITION naming the mismatch and both models;
+  // OK without a fuser.
   absl::Status CheckSharerModel(const v1::ModelInfo& sharer) const;
+
+  // What a C2C request over `messages` prefills and fuses: with token
+  // alignment the aligned plan (AlignedPromptPlan), else the receiver's
+  // templated ids for both sides (SameVocabularyPlan). RenderPrompt's
+  // errors; INVALID_ARGUMENT when the two templates do not align.
+  absl::StatusOr<PromptPlan> PlanC2C(
+      absl::Span<const ChatMessage> messages) const;
+  // The aligned pair of sequences itself (token alignment only;
+  // FAILED_PRECONDITION without it).
+  absl::StatusOr<ChatAlignment> AlignMessages(
+      absl::Span<const ChatMessage> messages) const;
 
   // A session over `prompt_ids` with room for `max_new_tokens`; `fuse`
   // attaches the fuser (C2C; the stream's model is vetted with
@@ -125,6 +161,9 @@ class ReceiverEngine {
   absl::StatusOr<std::unique_ptr<ReceiverSession>> NewSession(
       absl::Span<const int64_t> prompt_ids, int64_t max_new_tokens,
       bool fuse) const;
+  // The same over a plan (PlanC2C).
+  absl::StatusOr<std::unique_ptr<ReceiverSession>> NewSession(
+      PromptPlan plan, int64_t max_new_tokens, bool fuse) const;
 
  private:
   // A tokenizer and its chat template: the receiver's, or the sharer's.
@@ -140,6 +179,8 @@ class ReceiverEngine {
   absl::Status LoadText(const ReceiverEngineOptions& options);
   absl::Status LoadSharerText(const std::string& dir);
   absl::Status LoadFuser(const ReceiverEngineOptions& options);
+  // Decides on token alignment and builds the aligner.
+  absl::Status LoadAligner(const ReceiverEngineOptions& options);
 
   std::unique_ptr<Decoder> decoder_;
   std::unique_ptr<C2CFuser> fuser_;
@@ -147,6 +188,7 @@ class ReceiverEngine {
   std::unique_ptr<Tokenizer> sharer_tokenizer_;
   TextModel receiver_text_;
   TextModel sharer_text_;
+  std::optional<TokenAligner> aligner_;
   int sharer_layers_ = 0;
   ReceiverModelInfo info_;
 };

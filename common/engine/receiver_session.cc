@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <set>
@@ -68,17 +69,24 @@ void ReceiverSession::Trace(const char* track, std::string name,
 }
 
 ReceiverSession::ReceiverSession(const Decoder* receiver, const C2CFuser* fuser,
-                                 std::vector<int64_t> prompt_ids,
+                                 PromptPlan plan,
                                  std::unique_ptr<KvCache> cache,
                                  SharerModelCheck check_sharer)
     : receiver_(receiver),
       fuser_(fuser),
-      prompt_ids_(std::move(prompt_ids)),
-      fused_length_(static_cast<int64_t>(prompt_ids_.size()) - 1),
+      plan_(std::move(plan)),
+      fused_length_(static_cast<int64_t>(plan_.sharer_ids.size())),
       cache_(std::move(cache)),
       check_sharer_(std::move(check_sharer)),
       stream_(std::make_unique<KvStreamDecoder>(receiver->dtype(),
-                                                receiver->device())) {}
+                                                receiver->device())) {
+  const PromptPlan same = SameVocabularyPlan(plan_.receiver_ids);
+  same_vocabulary_ = plan_.receiver_positions.empty() &&
+                     plan_.sharer_positions.empty() &&
+                     plan_.sharer_ids == same.sharer_ids &&
+                     plan_.fuse_into == same.fuse_into &&
+                     plan_.stage_ends == same.stage_ends;
+}
 
 ReceiverSession::~ReceiverSession() = default;
 
@@ -86,18 +94,26 @@ absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverSession::Create(
     const Decoder* receiver, const C2CFuser* fuser,
     std::vector<int64_t> prompt_ids, int64_t max_new_tokens,
     SharerModelCheck check_sharer) {
-  if (receiver == nullptr) {
-    return absl::InvalidArgumentError("ReceiverSession needs a receiver");
-  }
   if (prompt_ids.empty()) {
     return absl::InvalidArgumentError("empty prompt");
   }
+  return Create(receiver, fuser, SameVocabularyPlan(std::move(prompt_ids)),
+                max_new_tokens, std::move(check_sharer));
+}
+
+absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverSession::Create(
+    const Decoder* receiver, const C2CFuser* fuser, PromptPlan plan,
+    int64_t max_new_tokens, SharerModelCheck check_sharer) {
+  if (receiver == nullptr) {
+    return absl::InvalidArgumentError("ReceiverSession needs a receiver");
+  }
+  RETURN_IF_ERROR(ValidatePromptPlan(plan));
   if (max_new_tokens < 0) {
     return absl::InvalidArgumentError("max_new_tokens must be >= 0");
   }
   if (fuser != nullptr)
     RETURN_IF_ERROR(CheckFuserFitsReceiver(*fuser, *receiver));
-  int64_t capacity = static_cast<int64_t>(prompt_ids.size()) +
+  int64_t capacity = static_cast<int64_t>(plan.receiver_ids.size()) +
                      std::max<int64_t>(max_new_tokens, 1);
   if (receiver->device().is_cuda()) {
     // CUDA-graph decode steps bake in the cache's address and shape: caches
@@ -109,8 +125,61 @@ absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverSession::Create(
   }
   ASSIGN_OR_RETURN(KvCache cache, receiver->NewCache(capacity));
   return std::unique_ptr<ReceiverSession>(new ReceiverSession(
-      receiver, fuser, std::move(prompt_ids),
+      receiver, fuser, std::move(plan),
       std::make_unique<KvCache>(std::move(cache)), std::move(check_sharer)));
+}
+
+absl::StatusOr<at::Tensor> ReceiverSession::PrefillRange(
+    int64_t begin, int64_t end, bool logits, const StopCheck& should_stop) {
+  if (begin >= end) return at::Tensor();
+  LayerCallback check;
+  if (should_stop) check = [&](const LayerKv&) { return should_stop(); };
+  const auto ids = absl::MakeConstSpan(plan_.receiver_ids).subspan(
+      begin, end - begin);
+  const LogitsMode mode = logits ? LogitsMode::kLast : LogitsMode::kNone;
+  if (plan_.receiver_positions.empty()) {
+    return receiver_->Prefill(ids, *cache_, check, mode);
+  }
+  return receiver_->PrefillAt(
+      ids,
+      absl::MakeConstSpan(plan_.receiver_positions)
+          .subspan(begin, end - begin),
+      *cache_, check, mode);
+}
+
+void ReceiverSession::StartStageFusionLocked() {
+  if (fuser_ == nullptr) return;
+  fusion_ = std::make_unique<FusionSession>(
+      fuser_,
+      [this](int t) -> absl::StatusOr<std::pair<at::Tensor, at::Tensor>> {
+        const at::Tensor k = cache_->Keys(t), v = cache_->Values(t);
+        if (!k.defined()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("receiver has no layer ", t));
+        }
+        return std::make_pair(k, v);
+      });
+}
+
+DecodedLayer ReceiverSession::StagePart(const DecodedLayer& layer) const {
+  if (same_vocabulary_) return layer;  // One stage; j fuses into j.
+  DecodedLayer part;
+  part.layer = layer.layer;
+  std::vector<int64_t> columns;
+  for (size_t c = 0; c < layer.token_indices.size(); ++c) {
+    const int64_t r = plan_.fuse_into[layer.token_indices[c]];
+    if (r >= stage_begin_ && r < stage_end_) {
+      columns.push_back(static_cast<int64_t>(c));
+      part.token_indices.push_back(static_cast<uint32_t>(r));
+    }
+  }
+  if (columns.empty()) return part;
+  const at::Tensor index =
+      at::tensor(columns, at::TensorOptions().dtype(at::kLong))
+          .to(layer.keys.device());
+  part.keys = layer.keys.index_select(1, index);
+  part.values = layer.values.index_select(1, index);
+  return part;
 }
 
 absl::Status ReceiverSession::Prefill(const StopCheck& should_stop) {
@@ -122,29 +191,17 @@ absl::Status ReceiverSession::Prefill(const StopCheck& should_stop) {
     prefill_started_ = true;
   }
   const auto start = Clock::now();
-  if (fused_length_ > 0) {
-    LayerCallback check;
-    if (should_stop) check = [&](const LayerKv&) { return should_stop(); };
-    auto logits = receiver_->Prefill(share_token_ids(), *cache_, check,
-                                     LogitsMode::kNone);
-    if (!logits.ok()) return logits.status();
-  }
-  Trace("receiver model", absl::StrCat("prefill (", fused_length_, " tokens)"),
-        start);
+  const int64_t end = plan_.stage_ends.front();
+  RETURN_IF_ERROR(
+      Guarded("receiver prefill", [&] {
+        return PrefillRange(0, end, /*logits=*/false, should_stop).status();
+      }));
+  Trace("receiver model", absl::StrCat("prefill (", end, " tokens)"), start);
   absl::MutexLock lock(&mu_);
   timings_.prefill_seconds = SecondsSince(start);
-  if (fuser_ != nullptr) {
-    fusion_ = std::make_unique<FusionSession>(
-        fuser_,
-        [this](int t) -> absl::StatusOr<std::pair<at::Tensor, at::Tensor>> {
-          const at::Tensor k = cache_->Keys(t), v = cache_->Values(t);
-          if (!k.defined()) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("receiver has no layer ", t));
-          }
-          return std::make_pair(k, v);
-        });
-  }
+  stage_begin_ = 0;
+  stage_end_ = end;
+  StartStageFusionLocked();
   prefilled_ = true;
   std::vector<DecodedLayer> held = std::move(held_);
   held_.clear();
@@ -160,6 +217,11 @@ absl::StatusOr<at::Tensor> ReceiverSession::GuidedScores(
   if ((fusion_ != nullptr && fusion_->num_fused() > 0) || generating_) {
     return absl::FailedPreconditionError(
         "GuidedScores must come before any fusion or generation");
+  }
+  if (!same_vocabulary_) {
+    return absl::FailedPreconditionError(
+        "receiver-guided selection is not available with token alignment "
+        "(the receiver's own cache covers only its first section then)");
   }
   if (fused_length_ <= 0) {
     return at::Tensor();
@@ -202,7 +264,7 @@ absl::StatusOr<at::Tensor> ReceiverSession::GuidedScores(
         return absl::OkStatus();
       });
     };
-    const std::vector<int64_t> last = {prompt_ids_.back()};
+    const std::vector<int64_t> last = {plan_.receiver_ids.back()};
     auto logits =
         receiver_->Prefill(last, *cache_, on_layer, LogitsMode::kNone);
     if (!logits.ok()) return logits.status();
@@ -309,6 +371,7 @@ absl::StatusOr<std::vector<int>> ReceiverSession::AddLayerLocked(
                      ": keys/values must be [heads, ", n, ", head_dim]"));
   }
   received_[layer.layer] = layer.token_indices;
+  if (plan_.stage_ends.size() > 1) kept_.push_back(layer);  // Shallow.
   if (!prefilled_) {
     held_.push_back(std::move(layer));
     return std::vector<int>();
@@ -318,27 +381,47 @@ absl::StatusOr<std::vector<int>> ReceiverSession::AddLayerLocked(
 
 absl::StatusOr<std::vector<int>> ReceiverSession::FuseLocked(
     const DecodedLayer& layer) {
-  if (fusion_ == nullptr || layer.token_indices.empty()) {
+  if (fusion_ == nullptr) return std::vector<int>();
+  DecodedLayer part;
+  RETURN_IF_ERROR(Guarded("fusion", [&]() -> absl::Status {
+    part = StagePart(layer);
+    return absl::OkStatus();
+  }));
+  return FusePartLocked(part);
+}
+
+absl::StatusOr<std::vector<int>> ReceiverSession::FusePartLocked(
+    const DecodedLayer& part) {
+  if (fusion_ == nullptr || part.token_indices.empty()) {
     return std::vector<int>();
   }
   const auto start = Clock::now();
-  auto fused =
-      fusion_->AddSharerLayer(static_cast<int>(layer.layer),
-                              layer.token_indices, layer.keys, layer.values);
+  ASSIGN_OR_RETURN(std::vector<int> fused,
+                   fusion_->AddSharerLayer(static_cast<int>(part.layer),
+                                           part.token_indices, part.keys,
+                                           part.values));
+  fused_layers_.insert(fused.begin(), fused.end());
   timings_.fuse_seconds += SecondsSince(start);
-  Trace("receiver fusion", absl::StrCat("fuse sharer layer ", layer.layer),
+  Trace("receiver fusion", absl::StrCat("fuse sharer layer ", part.layer),
         start);
   return fused;
 }
 
 absl::Status ReceiverSession::FuseHeldLocked(
-    const std::vector<DecodedLayer>& held) {
+    const std::vector<DecodedLayer>& held_layers) {
+  std::vector<DecodedLayer> held;  // This stage's parts.
+  RETURN_IF_ERROR(Guarded("fusion", [&]() -> absl::Status {
+    for (const DecodedLayer& layer : held_layers) {
+      held.push_back(StagePart(layer));
+    }
+    return absl::OkStatus();
+  }));
   std::vector<const DecodedLayer*> pending;  // As FuseLocked: tokens only.
   for (const DecodedLayer& layer : held) {
     if (!layer.token_indices.empty()) pending.push_back(&layer);
   }
   if (fusion_ == nullptr || pending.empty()) return absl::OkStatus();
-  if (pending.size() == 1) return FuseLocked(*pending[0]).status();
+  if (pending.size() == 1) return FusePartLocked(*pending[0]).status();
   // Every held layer's receiver layers in one batched call: one stacked
   // projector computation instead of one per receiver layer.
   std::vector<FusionSession::SharerLayerInput> layers;
@@ -356,6 +439,7 @@ absl::Status ReceiverSession::FuseHeldLocked(
   Trace("receiver fusion",
         absl::StrCat("fuse ", layers.size(), " sharer layers (batched)"),
         start);
+  if (fused.ok()) fused_layers_.insert(fused->begin(), fused->end());
   return fused.status();
 }
 
@@ -402,10 +486,29 @@ absl::StatusOr<GenerationResult> ReceiverSession::Generate(
                                         ? *options.eos_token_ids
                                         : receiver_->config().eos_token_ids;
   const std::set<int64_t> stop(eos.begin(), eos.end());
+  // The later stages of an aligned plan: each runs over the cache fused so
+  // far, then its own message tokens are fused.
+  for (size_t k = 1; k < plan_.stage_ends.size(); ++k) {
+    const auto stage_start = Clock::now();
+    stage_begin_ = plan_.stage_ends[k - 1];
+    stage_end_ = plan_.stage_ends[k];
+    RETURN_IF_ERROR(
+        PrefillRange(stage_begin_, stage_end_, /*logits=*/false, should_stop)
+            .status());
+    Trace("receiver model",
+          absl::StrCat("prefill stage ", k, " (",
+                       stage_end_ - stage_begin_, " tokens)"),
+          stage_start);
+    timings_.prefill_seconds += SecondsSince(stage_start);
+    StartStageFusionLocked();
+    RETURN_IF_ERROR(FuseHeldLocked(kept_));
+  }
   const auto start = Clock::now();
-  const std::vector<int64_t> last = {prompt_ids_.back()};
-  ASSIGN_OR_RETURN(at::Tensor logits, receiver_->Prefill(last, *cache_, nullptr,
-                                                         LogitsMode::kLast));
+  ASSIGN_OR_RETURN(
+      at::Tensor logits,
+      PrefillRange(plan_.stage_ends.back(),
+                   static_cast<int64_t>(plan_.receiver_ids.size()),
+                   /*logits=*/true, nullptr));
   Clock::time_point first;
   Clock::time_point step_start = start;
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
@@ -454,17 +557,12 @@ bool ReceiverSession::prefilled() const {
 
 bool ReceiverSession::fused(int receiver_layer) const {
   absl::MutexLock lock(&mu_);
-  return fusion_ != nullptr && fusion_->fused(receiver_layer);
+  return fused_layers_.count(receiver_layer) > 0;
 }
 
 std::vector<int> ReceiverSession::FusedLayers() const {
   absl::MutexLock lock(&mu_);
-  std::vector<int> out;
-  if (fusion_ == nullptr) return out;
-  for (int64_t t = 0; t < receiver_->config().num_hidden_layers; ++t) {
-    if (fusion_->fused(static_cast<int>(t))) out.push_back(static_cast<int>(t));
-  }
-  return out;
+  return std::vector<int>(fused_layers_.begin(), fused_layers_.end());
 }
 
 }  // namespace kvwire

@@ -49,6 +49,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "common/engine/prompt_plan.h"
 #include "common/trace.h"
 #include "kvwire/v1/kvwire.pb.h"
 
@@ -137,21 +139,30 @@ class ReceiverSession {
       const Decoder* receiver, const C2CFuser* fuser,
       std::vector<int64_t> prompt_ids, int64_t max_new_tokens,
       SharerModelCheck check_sharer = nullptr);
+  // The same for any plan (ValidatePromptPlan's errors).
+  static absl::StatusOr<std::unique_ptr<ReceiverSession>> Create(
+      const Decoder* receiver, const C2CFuser* fuser, PromptPlan plan,
+      int64_t max_new_tokens, SharerModelCheck check_sharer = nullptr);
 
   ~ReceiverSession();
   ReceiverSession(const ReceiverSession&) = delete;
   ReceiverSession& operator=(const ReceiverSession&) = delete;
 
-  const std::vector<int64_t>& prompt_ids() const { return prompt_ids_; }
-  // L - 1: the positions C2C fuses, i.e. what the sharer must cover.
+  const std::vector<int64_t>& prompt_ids() const { return plan_.receiver_ids; }
+  const PromptPlan& plan() const { return plan_; }
+  // The tokens the sharer's stream must cover (L - 1 without alignment).
   int64_t fused_length() const { return fused_length_; }
-  // The ids the sharer prefills (ids[0, L-1)).
+  // The ids the sharer prefills (ids[0, L-1) without alignment) and their
+  // positions (empty: contiguous from 0).
   absl::Span<const int64_t> share_token_ids() const {
-    return absl::MakeConstSpan(prompt_ids_.data(), fused_length_);
+    return plan_.sharer_ids;
+  }
+  absl::Span<const int64_t> share_positions() const {
+    return plan_.sharer_positions;
   }
 
-  // The receiver's own prefill of ids[0, L-1); then fuses every layer that
-  // arrived meanwhile. FAILED_PRECONDITION if called twice. `should_stop`
+  // The receiver's own prefill of the plan's first stage (ids[0, L-1)
+  // without alignment); then fuses every layer that arrived meanwhile. FAILED_PRECONDITION if called twice. `should_stop`
   // (optional) is asked after every layer: a long prompt's prefill ends
   // with its status as soon as the call is cancelled or out of time (the
   // session is then unusable).
@@ -159,7 +170,8 @@ class ReceiverSession {
 
   // Receiver-guided selection scores, [L-1] fp32 on the CPU (higher = more
   // useful to fuse), from the receiver's own cache. Needs Prefill and must
-  // come before any fusion (FAILED_PRECONDITION otherwise). kAttention runs
+  // come before any fusion, and the plan must be a same-vocabulary one
+  // (FAILED_PRECONDITION otherwise). kAttention runs
   // the last prompt token once (its K/V are discarded again).
   absl::StatusOr<at::Tensor> GuidedScores(ReceiverSignal signal);
   // The explicit top-k selection those scores give for the size `requested`
@@ -186,8 +198,10 @@ class ReceiverSession {
   // positions out of range or mis-shaped tensors.
   absl::StatusOr<std::vector<int>> AddLayer(DecodedLayer layer);
 
-  // Runs the last prompt token over the (fused) cache and generates. Held
-  // layers are fused first if the prefill is done. May be called once.
+  // Runs the plan's later stages (each followed by its fusion; the stream
+  // must be complete by then) and the prompt tokens after the last stage
+  // (the last one without alignment) over the fused cache, and generates.
+  // Held layers are fused first if the prefill is done. May be called once.
   absl::StatusOr<GenerationResult> Generate(
       const GenerationOptions& options, const TokenCallback& on_token = nullptr,
       const StopCheck& should_stop = nullptr);
@@ -227,13 +241,30 @@ class ReceiverSession {
              std::chrono::steady_clock::time_point start) const;
 
   ReceiverSession(const Decoder* receiver, const C2CFuser* fuser,
-                  std::vector<int64_t> prompt_ids,
-                  std::unique_ptr<KvCache> cache,
+                  PromptPlan plan, std::unique_ptr<KvCache> cache,
                   SharerModelCheck check_sharer);
 
+  // Receiver tokens [begin, end) into the cache, at the plan's positions.
+  // `logits`: whether to return the last token's logits.
+  absl::StatusOr<at::Tensor> PrefillRange(int64_t begin, int64_t end,
+                                          bool logits,
+                                          const StopCheck& should_stop);
+  // A new FusionSession for the receiver tokens [stage_begin_, stage_end_).
+  void StartStageFusionLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The part of a sharer layer fused in the current stage: its tokens that
+  // the plan fuses into [stage_begin_, stage_end_), at receiver positions.
+  // An empty `token_indices` when none.
+  DecodedLayer StagePart(const DecodedLayer& layer) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Fuses the current stage's part of a sharer layer.
   absl::StatusOr<std::vector<int>> FuseLocked(const DecodedLayer& layer)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Fuses the layers held until the prefill ended, all in one batched
+  // Fuses a part StagePart made.
+  absl::StatusOr<std::vector<int>> FusePartLocked(const DecodedLayer& part)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Fuses the current stage's parts of `held` (the layers held until the
+  // prefill ended, or kept for a later stage), all in one batched
   // FusionSession::AddSharerLayers call (one trace event, one fuse timing).
   absl::Status FuseHeldLocked(const std::vector<DecodedLayer>& held)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -242,7 +273,9 @@ class ReceiverSession {
 
   const Decoder* receiver_;
   const C2CFuser* fuser_;
-  std::vector<int64_t> prompt_ids_;
+  PromptPlan plan_;
+  // Sharer token j fuses into receiver token j, in one stage of L - 1.
+  bool same_vocabulary_ = true;
   int64_t fused_length_ = 0;
   std::unique_ptr<KvCache> cache_;
   SharerModelCheck check_sharer_;
@@ -251,8 +284,14 @@ class ReceiverSession {
   bool prefill_started_ = false;
   bool prefilled_ = false;
   bool generating_ = false;
+  // The current stage's fusion: receiver tokens [stage_begin_, stage_end_).
   std::unique_ptr<FusionSession> fusion_;
+  int64_t stage_begin_ = 0;
+  int64_t stage_end_ = 0;
+  std::set<int> fused_layers_;  // Over all stages.
   std::vector<DecodedLayer> held_;
+  // Every decoded layer, kept for the later stages of a multi-stage plan.
+  std::vector<DecodedLayer> kept_;
   std::map<uint32_t, std::vector<uint32_t>> received_;
   std::unique_ptr<KvStreamDecoder> stream_;
   ReceiverTimings timings_;

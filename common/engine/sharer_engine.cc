@@ -187,6 +187,7 @@ absl::StatusOr<std::unique_ptr<SharerEngine>> SharerEngine::Load(
       static_cast<uint32_t>(std::max<int64_t>(max_tokens, 1)));
   info.set_version(KVWIRE_VERSION);  // CMake defines it.
   info.set_max_new_tokens(options.max_new_tokens);
+  info.set_accepts_positions(true);
   return std::unique_ptr<SharerEngine>(
       new SharerEngine(std::move(decoder), std::move(info), options));
 }
@@ -251,7 +252,24 @@ std::vector<absl::Status> SharerEngine::ShareBatch(
     const std::vector<ShareTask>& tasks) {
   std::vector<absl::Status> statuses;
   absl::Status failed = Guarded("sharer model", [&]() -> absl::Status {
-    statuses = ShareBatchImpl(tasks);
+    // A request at explicit positions (C2C token alignment) runs alone: the
+    // batched prefill right-pads rows that all start at position 0.
+    std::vector<ShareTask> contiguous;
+    std::vector<size_t> contiguous_index;
+    statuses.resize(tasks.size());
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      if (tasks[i].request->positions_size() > 0) {
+        statuses[i] = ShareBatchImpl({tasks[i]}).front();
+      } else {
+        contiguous.push_back(tasks[i]);
+        contiguous_index.push_back(i);
+      }
+    }
+    if (contiguous.empty()) return absl::OkStatus();
+    std::vector<absl::Status> batch = ShareBatchImpl(contiguous);
+    for (size_t j = 0; j < batch.size(); ++j) {
+      statuses[contiguous_index[j]] = std::move(batch[j]);
+    }
     return absl::OkStatus();
   });
   if (!failed.ok()) statuses.assign(tasks.size(), failed);
@@ -344,7 +362,14 @@ std::vector<absl::Status> SharerEngine::ShareBatchImpl(
 
   const auto compute_start = std::chrono::steady_clock::now();
   absl::Status prefill;
-  if (rows.size() == 1) {
+  const auto& positions = rows[0]->task->request->positions();
+  if (rows.size() == 1 && !positions.empty()) {
+    const std::vector<int64_t> at(positions.begin(), positions.end());
+    prefill = decoder_
+                  ->PrefillAt(rows[0]->ids, at, *cache, on_layer,
+                              LogitsMode::kNone)
+                  .status();
+  } else if (rows.size() == 1) {
     prefill =
         decoder_->Prefill(rows[0]->ids, *cache, on_layer, LogitsMode::kNone)
             .status();

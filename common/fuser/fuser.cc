@@ -88,7 +88,10 @@ absl::StatusOr<std::unique_ptr<C2CFuser>> C2CFuser::FromCheckpoint(
                              options.strict, name));
     projectors.push_back(std::move(p));
   }
-  return Create(std::move(projectors), std::move(map));
+  ASSIGN_OR_RETURN(std::unique_ptr<C2CFuser> fuser,
+                   Create(std::move(projectors), std::move(map)));
+  fuser->recipe_ = ckpt.recipe;
+  return fuser;
 }
 
 absl::StatusOr<std::unique_ptr<C2CFuser>> C2CFuser::Create(

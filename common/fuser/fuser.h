@@ -160,6 +160,8 @@ class C2CFuser {
                            int64_t sharer_head_dim) const;
 
   const FuserLayerMap& layer_map() const { return layer_map_; }
+  // The checkpoint's training recipe (config.json), if it had one.
+  const std::optional<FuserRecipe>& recipe() const { return recipe_; }
   int num_projectors() const { return static_cast<int>(projectors_.size()); }
   const C2CProjector& projector(int i) const { return projectors_[i]; }
   // The projector of receiver layer t, or nullptr if t is not fused.
@@ -262,6 +264,7 @@ class C2CFuser {
 
   std::vector<C2CProjector> projectors_;
   FuserLayerMap layer_map_;
+  std::optional<FuserRecipe> recipe_;
   std::vector<C2CProjectorStack> stacks_;
   std::vector<StackSlot> slots_;  // Per projector.
   std::shared_ptr<FusionAccelerator> accelerator_;

@@ -356,6 +356,8 @@ absl::StatusOr<FuserRecipe> ParseFuserRecipe(absl::string_view text,
   RETURN_IF_ERROR(get_string(*model, "mapping", &r.mapping));
   RETURN_IF_ERROR(get_bool(*model, "include_response", &r.include_response));
   RETURN_IF_ERROR(get_bool(*model, "is_do_alignment", &r.is_do_alignment));
+  RETURN_IF_ERROR(
+      get_string(*model, "alignment_strategy", &r.alignment_strategy));
   auto projector = model->find("projector");
   if (projector != model->end() && projector->is_object()) {
     RETURN_IF_ERROR(get_string(*projector, "type", &r.projector_type));
@@ -378,6 +380,9 @@ std::string FuserRecipeJson(const FuserRecipe& recipe,
   model["teacher_model"] = recipe.teacher_model;
   model["include_response"] = recipe.include_response;
   model["is_do_alignment"] = recipe.is_do_alignment;
+  if (!recipe.alignment_strategy.empty()) {
+    model["alignment_strategy"] = recipe.alignment_strategy;
+  }
   model["projector"] =
       Json{{"type", recipe.projector_type.empty() ? std::string("C2CProjector")
                                                   : recipe.projector_type},

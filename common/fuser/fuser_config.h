@@ -110,6 +110,9 @@ struct FuserRecipe {
   std::string mapping;         // "last_aligned", ...
   bool include_response = false;
   bool is_do_alignment = false;
+  // The token-alignment strategy training used ("first" / "longest"; the
+  // reference's default is "first"); empty when the file names none.
+  std::string alignment_strategy;
   std::string raw_json;  // The whole file.
 };
 

@@ -83,6 +83,7 @@ absl::StatusOr<KvCache> KvSlotPool::Acquire(int64_t capacity) {
     KvCache cache;
     cache.storage_ = row.narrow(4, 0, capacity);
     cache.lengths_.assign(1, 0);
+    cache.rope_offsets_.assign(1, 0);
     cache.lease_ = std::move(lease);
     return cache;
   });
@@ -94,11 +95,17 @@ void KvSlotPool::Release(int64_t slot) {
 }
 
 struct BatchedDecodeAccelerator::Pending {
-  Pending(int64_t slot, int64_t token, int64_t position, c10::Stream stream)
-      : slot(slot), token(token), position(position), stream(stream) {}
+  Pending(int64_t slot, int64_t token, int64_t position, int64_t rope_offset,
+          c10::Stream stream)
+      : slot(slot),
+        token(token),
+        position(position),
+        rope_offset(rope_offset),
+        stream(stream) {}
   int64_t slot;
   int64_t token;
   int64_t position;
+  int64_t rope_offset;
   c10::Stream stream;
   bool done = false;  // Guarded by mu_; the rest is written by the runner.
   absl::Status status;
@@ -123,7 +130,7 @@ absl::StatusOr<at::Tensor> BatchedDecodeAccelerator::DecodeStep(
     }
     return at::Tensor();
   }
-  Pending mine(lease->slot, token_id, cache.length(0),
+  Pending mine(lease->slot, token_id, cache.length(0), cache.rope_offset(0),
                CurrentStream(decoder.device()));
   std::unique_lock<std::mutex> lock(mu_);
   queue_.push_back(&mine);
@@ -172,15 +179,17 @@ void BatchedDecodeAccelerator::RunBatch(const Decoder& decoder,
   const int64_t span =
       StaticDecodeSpan(last_position, capacity + 1, options_.min_span);
   // One upload per step: tokens, positions (idle rows step token 0 at the
-  // scratch position), then the busy slots whose logits are handed out.
+  // scratch position), RoPE offsets (idle rows 0), then the busy slots whose
+  // logits are handed out.
   const int64_t busy = static_cast<int64_t>(batch.size());
-  std::vector<int64_t> host(2 * rows + busy, 0);
+  std::vector<int64_t> host(3 * rows + busy, 0);
   std::fill(host.begin() + rows, host.begin() + 2 * rows, capacity);
   for (int64_t i = 0; i < busy; ++i) {
     const Pending* p = batch[i];
     host[p->slot] = p->token;
     host[rows + p->slot] = p->position;
-    host[2 * rows + i] = p->slot;
+    host[2 * rows + p->slot] = p->rope_offset;
+    host[3 * rows + i] = p->slot;
   }
   at::Tensor out;
   const absl::Status status = Guarded("batched decode step", [&] {
@@ -191,6 +200,7 @@ void BatchedDecodeAccelerator::RunBatch(const Decoder& decoder,
     if (!io_.token.defined()) {
       io_.token = at::zeros({slots}, index);
       io_.position = at::zeros({slots}, index);
+      io_.rope_offset = at::zeros({slots}, index);
       io_.logits = at::zeros({slots, decoder.config().vocab_size},
                              index.dtype(at::kFloat));
     }
@@ -201,13 +211,15 @@ void BatchedDecodeAccelerator::RunBatch(const Decoder& decoder,
     StaticDecodeIo io;
     io.token = io_.token.narrow(0, 0, rows);
     io.position = io_.position.narrow(0, 0, rows);
+    io.rope_offset = io_.rope_offset.narrow(0, 0, rows);
     io.logits = io_.logits.narrow(0, 0, rows);
     io.token.copy_(uploaded.narrow(0, 0, rows));
     io.position.copy_(uploaded.narrow(0, rows, rows));
+    io.rope_offset.copy_(uploaded.narrow(0, 2 * rows, rows));
     const at::Tensor storage = pool_->storage().narrow(2, 0, rows);
     RETURN_IF_ERROR(runner_ ? runner_(decoder, io, storage, span)
                             : decoder.StaticDecodeStep(io, storage, span));
-    out = io_.logits.index_select(0, uploaded.narrow(0, 2 * rows, busy));
+    out = io_.logits.index_select(0, uploaded.narrow(0, 3 * rows, busy));
     return absl::OkStatus();
   });
   for (size_t i = 0; i < batch.size(); ++i) {

@@ -367,6 +367,9 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
       const auto index = at::TensorOptions().dtype(at::kLong).device(device);
       impl.io.token = at::zeros({1}, index);
       impl.io.position = at::zeros({1}, index);
+      // Always read by the graph (0 for ordinary rows), so one graph serves
+      // rows with and without a RoPE offset.
+      impl.io.rope_offset = at::zeros({1}, index);
       impl.io.logits =
           at::zeros({decoder.config().vocab_size}, index.dtype(at::kFloat));
     }
@@ -383,6 +386,7 @@ absl::StatusOr<at::Tensor> CudaGraphDecoder::DecodeStep(const Decoder& decoder,
       c10::cuda::CUDAStreamGuard stream_guard(graphs.stream());
       impl.io.token.fill_(token_id);
       impl.io.position.fill_(position);
+      impl.io.rope_offset.fill_(cache.rope_offset(0));
       at::cuda::CUDAGraph* graph = graphs.Get(key, [&] {
         return decoder.StaticDecodeStep(impl.io, storage, span, kernels);
       });
@@ -436,10 +440,11 @@ absl::StatusOr<AcceleratedPrefill> CudaGraphPrefill::Prefill(
   Impl& impl = *impl_;
   const c10::Device device = decoder.device();
   const int64_t n = static_cast<int64_t>(token_ids.size());
+  // Graphs run positions [0, n): a row with a RoPE offset runs eagerly.
   if (&decoder != decoder_ || !device.is_cuda() || n < 1 ||
       n > options_.max_tokens || cache.batch_size() != 1 ||
-      !cache.storage().defined() || cache.storage().device() != device ||
-      n > cache.capacity()) {
+      cache.rope_offset(0) != 0 || !cache.storage().defined() ||
+      cache.storage().device() != device || n > cache.capacity()) {
     ++impl.declined;
     return AcceleratedPrefill{};
   }

@@ -5,7 +5,8 @@
 // bound by launch overhead, not by the GPU. CudaGraphDecoder captures
 // Decoder::StaticDecodeStep (whose shapes do not depend on the position)
 // once per (KV cache storage, key span bucket) as a CUDA graph and replays
-// it: per step it writes the token id and position into two device scalars,
+// it: per step it writes the token id, position and RoPE offset into device
+// scalars,
 // replays, and copies the logits out. With fused_kernels, RMSNorm, RoPE and
 // SiLU*up run as single fused kernels (decode_kernels.h) inside the graph.
 // Sampling stays in Decoder::Sample, on the returned logits.

@@ -6,6 +6,7 @@
 // KV cache in kv_cache.cc and generation in generation.cc.
 #include "common/model/decoder.h"
 
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/linear.h>
 #include <c10/core/InferenceMode.h>
@@ -33,6 +34,22 @@ at::Tensor VectorToTensor(const std::vector<int64_t>& v, at::IntArrayRef shape,
   return at::from_blob(const_cast<int64_t*>(v.data()), shape,
                        at::TensorOptions().dtype(at::kLong))
       .to(device, at::kLong, /*non_blocking=*/false, /*copy=*/true);
+}
+
+at::Tensor EmbedTokens(const ModelWeights& weights, const at::Tensor& ids,
+                       int64_t batch, int64_t width) {
+  at::Tensor h = weights.embed.index_select(0, ids.reshape(-1))
+                     .view({batch, width, weights.embed.size(1)});
+  // HF multiplies by the scale rounded to the embedding's dtype.
+  if (weights.embed_scale.defined()) h = h * weights.embed_scale;
+  return h;
+}
+
+at::Tensor LmHead(const ModelConfig& config, const ModelWeights& weights,
+                  const at::Tensor& h) {
+  return SoftCap(
+      at::linear(ModelRmsNorm(config, h, weights.final_norm), weights.lm_head),
+      config.final_logit_softcapping);
 }
 
 absl::StatusOr<at::ScalarType> ParseModelDtype(absl::string_view name) {
@@ -64,7 +81,8 @@ absl::StatusOr<c10::Device> ParseModelDevice(absl::string_view name) {
 
 absl::StatusOr<at::Tensor> Decoder::Forward(
     const std::vector<std::vector<int64_t>>& tokens, KvCache& cache,
-    const LayerCallback* on_layer, LogitsMode logits_mode) const {
+    const LayerCallback* on_layer, LogitsMode logits_mode,
+    const std::vector<int64_t>* rope_positions) const {
   const ModelConfig& c = config_;
   if (!cache.defined() || cache.num_layers() != c.num_hidden_layers ||
       cache.num_kv_heads() != c.num_key_value_heads ||
@@ -103,8 +121,13 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
   }
   const bool uniform = std::all_of(starts.begin(), starts.end(),
                                    [&](int64_t s) { return s == starts[0]; });
-  if (accelerator_ != nullptr && batch == 1 && width == 1 &&
-      on_layer == nullptr && logits_mode == LogitsMode::kLast) {
+  const bool explicit_positions = rope_positions != nullptr;
+  if (explicit_positions &&
+      (batch != 1 || static_cast<int64_t>(rope_positions->size()) != width)) {
+    return absl::InternalError("explicit RoPE positions need one row");
+  }
+  if (accelerator_ != nullptr && !explicit_positions && batch == 1 &&
+      width == 1 && on_layer == nullptr && logits_mode == LogitsMode::kLast) {
     ASSIGN_OR_RETURN(at::Tensor out,
                      accelerator_->DecodeStep(*this, tokens[0][0], cache));
     if (out.defined()) {
@@ -116,8 +139,11 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
     }
   }
 
-  if (prefill_accelerator_ != nullptr && batch == 1 && width >= 2 &&
-      starts[0] == 0 && logits_mode != LogitsMode::kAll) {
+  // Prefill accelerators run positions [0, n): rows with a RoPE offset run
+  // eagerly.
+  if (prefill_accelerator_ != nullptr && !explicit_positions && batch == 1 &&
+      width >= 2 && starts[0] == 0 && cache.rope_offset(0) == 0 &&
+      logits_mode != LogitsMode::kAll) {
     ASSIGN_OR_RETURN(
         AcceleratedPrefill out,
         prefill_accelerator_->Prefill(*this, tokens[0], cache,
@@ -151,24 +177,41 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
     const Impl& impl = *impl_;
     const c10::Device device = options_.device;
     std::vector<int64_t> ids(batch * width, 0), pos(batch * width, 0);
+    std::vector<int64_t> rope(batch * width, 0);
+    bool shifted = explicit_positions;  // Any RoPE position != cache index.
     for (int64_t b = 0; b < batch; ++b) {
+      const int64_t offset = cache.rope_offset(b);
+      shifted = shifted || offset != 0;
       for (int64_t t = 0; t < width; ++t) {
         const int64_t n = static_cast<int64_t>(tokens[b].size());
         ids[b * width + t] = t < n ? tokens[b][t] : tokens[b][n - 1];
         pos[b * width + t] = starts[b] + t;
+        rope[b * width + t] =
+            explicit_positions ? (*rope_positions)[t] : starts[b] + t + offset;
       }
     }
     const at::Tensor ids_t = VectorToTensor(ids, {batch, width}, device);
     const at::Tensor pos_t = VectorToTensor(pos, {batch, width}, device);
-    LayerContext ctx(c, options_.dtype, impl.inv_freq, pos_t, span);
+    const at::Tensor rope_t =
+        shifted ? VectorToTensor(rope, {batch, width}, device) : at::Tensor();
+    LayerContext ctx(c, options_.dtype, impl.inv_freq, pos_t, span, rope_t);
+    if (explicit_positions) {
+      // Sliding windows over RoPE positions: the keys already in the row at
+      // index + the row's offset, then this call's positions.
+      std::vector<int64_t> keys(span);
+      for (int64_t j = 0; j < span; ++j) {
+        keys[j] = j < starts[0] ? j + cache.rope_offset(0)
+                                : (*rope_positions)[j - starts[0]];
+      }
+      ctx.key_rope_positions = VectorToTensor(keys, {1, span}, device);
+    }
     // The host knows the positions: masks are skipped where every key is
     // visible, and a prefill from 0 uses SDPA's causal kernel.
     ctx.attention.sdpa = impl.sdpa;
     ctx.attention.uniform_single_token = uniform && width == 1;
     ctx.attention.causal_from_zero = uniform && starts[0] == 0;
 
-    at::Tensor h = impl.embed.index_select(0, ids_t.reshape(-1))
-                       .view({batch, width, c.hidden_size});
+    at::Tensor h = EmbedTokens(impl, ids_t, batch, width);
     if (uniform) {
       ctx.write.kind = KvWrite::Kind::kRange;
       ctx.write.start = starts[0];
@@ -202,6 +245,10 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
     for (int64_t b = 0; b < batch; ++b) {
       cache.lengths_[b] = starts[b] + static_cast<int64_t>(tokens[b].size());
     }
+    if (explicit_positions) {
+      cache.rope_offsets_.resize(cache.lengths_.size(), 0);
+      cache.rope_offsets_[0] = rope_positions->back() + 1 - cache.lengths_[0];
+    }
     if (logits_mode == LogitsMode::kNone) return at::Tensor();
     if (logits_mode == LogitsMode::kLast) {
       std::vector<int64_t> last(batch);
@@ -211,8 +258,7 @@ absl::StatusOr<at::Tensor> Decoder::Forward(
       h = h.reshape({batch * width, c.hidden_size})
               .index_select(0, VectorToTensor(last, {batch}, device));
     }
-    h = RmsNorm(h, impl.final_norm, c.rms_norm_eps);
-    return at::linear(h, impl.lm_head).to(at::kFloat);
+    return LmHead(c, impl, h).to(at::kFloat);
   });
 }
 
@@ -229,6 +275,45 @@ absl::StatusOr<at::Tensor> Decoder::Prefill(absl::Span<const int64_t> token_ids,
   ASSIGN_OR_RETURN(
       at::Tensor out,
       Forward(rows, cache, on_layer ? &on_layer : nullptr, logits));
+  if (out.defined()) out = out.squeeze(0);
+  return out;
+}
+
+absl::StatusOr<at::Tensor> Decoder::PrefillAt(
+    absl::Span<const int64_t> token_ids, absl::Span<const int64_t> positions,
+    KvCache& cache, const LayerCallback& on_layer, LogitsMode logits) const {
+  if (cache.batch_size() != 1) {
+    return absl::InvalidArgumentError("PrefillAt needs a batch-1 KV cache");
+  }
+  if (positions.size() != token_ids.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PrefillAt got ", token_ids.size(), " tokens and ",
+                     positions.size(), " positions"));
+  }
+  if (token_ids.empty()) return absl::InvalidArgumentError("empty token row");
+  const int64_t next = cache.length(0) + cache.rope_offset(0);
+  if (positions[0] < next) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PrefillAt position ", positions[0],
+                     " precedes the row's next position ", next));
+  }
+  bool contiguous = positions[0] == next;
+  for (size_t k = 1; k < positions.size(); ++k) {
+    if (positions[k] <= positions[k - 1]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("PrefillAt positions must increase strictly; got ",
+                       positions[k - 1], " then ", positions[k]));
+    }
+    contiguous = contiguous && positions[k] == positions[k - 1] + 1;
+  }
+  // Exactly Prefill's computation (accelerators included).
+  if (contiguous) return Prefill(token_ids, cache, on_layer, logits);
+  std::vector<std::vector<int64_t>> rows{
+      std::vector<int64_t>(token_ids.begin(), token_ids.end())};
+  const std::vector<int64_t> rope(positions.begin(), positions.end());
+  ASSIGN_OR_RETURN(
+      at::Tensor out,
+      Forward(rows, cache, on_layer ? &on_layer : nullptr, logits, &rope));
   if (out.defined()) out = out.squeeze(0);
   return out;
 }

@@ -1,10 +1,12 @@
-// Decoder-only transformer runtime (Qwen2, Qwen3, Llama) over LibTorch,
-// numerically following Hugging Face transformers: RMSNorm computed in fp32
-// and cast back before the weight multiply, RoPE with HF's rotate-half
-// convention (cos/sin computed in fp32, then cast to the model dtype),
-// grouped-query attention with a causal mask and an fp32 softmax, SwiGLU MLP,
-// optional tied embeddings. Logits are computed in the model dtype and
-// returned as fp32, as HF's generate() does.
+// Decoder-only transformer runtime (Qwen2, Qwen3, Llama, Mistral, Gemma3)
+// over LibTorch, numerically following Hugging Face transformers: RMSNorm
+// computed in fp32 and cast back before the weight multiply (Gemma3: times
+// 1 + weight in fp32, then cast), RoPE with HF's rotate-half convention
+// (cos/sin computed in fp32, then cast to the model dtype; one table per
+// layer type), grouped-query attention with a causal mask (and per-layer
+// sliding windows) and an fp32 softmax, SwiGLU or GeLU-tanh gated MLP,
+// optional tied / scaled embeddings and logit soft-capping. Logits are
+// computed in the model dtype and returned as fp32, as HF's generate() does.
 //
 // Attention uses at::scaled_dot_product_attention when LibTorch has it
 // (>= 2.0) and a plain matmul/softmax implementation otherwise (or when
@@ -60,6 +62,11 @@ struct DecoderOptions {
   at::ScalarType dtype = at::kFloat;  // bf16, fp16 or fp32.
   c10::Device device = c10::Device(c10::kCPU);
   AttentionImpl attention = AttentionImpl::kAuto;
+  // > 0: replaces the sliding window of every sliding-window layer, as
+  // C2C does when it loads Gemma-3 with sliding_window=4096 (its released
+  // fusers were trained that way); Decoder::config() reports the override.
+  // 0: config.json's windows. Negative: INVALID_ARGUMENT from Load.
+  int64_t sliding_window_override = 0;
 };
 
 class KvSlotPool;
@@ -72,9 +79,17 @@ enum class CacheSource {
 };
 
 // Per-batch KV cache. Create with Decoder::NewCache. Copies are shallow:
-// they share the storage tensor (but not the lengths). A batch-1 cache may
-// live in a slot of a KvSlotPool (batched_decode.h); the slot returns to the
-// pool when the last copy is destroyed.
+// they share the storage tensor (but not the lengths or RoPE offsets, which
+// each copy owns). A batch-1 cache may live in a slot of a KvSlotPool
+// (batched_decode.h); the slot returns to the pool when the last copy is
+// destroyed.
+//
+// RoPE offsets: a token appended at cache index i of row b gets the RoPE
+// position i + rope_offset(b) (0 unless set). Decoder::PrefillAt sets it so
+// that a row whose tokens were placed at explicit, gapped positions (C2C's
+// aligned inputs with the padding dropped) continues at the right position
+// in every later forward (DecodeStep, Generate, the batched and static
+// steps, the accelerators).
 class KvCache {
  public:
   KvCache() = default;
@@ -87,6 +102,15 @@ class KvCache {
   int64_t head_dim() const { return defined() ? storage_.size(5) : 0; }
   int64_t length(int64_t row = 0) const;
   const std::vector<int64_t>& lengths() const { return lengths_; }
+  // The RoPE offset of a row (0 for a row it lacks); the next token of the
+  // row goes to RoPE position length(row) + rope_offset(row).
+  int64_t rope_offset(int64_t row = 0) const;
+  const std::vector<int64_t>& rope_offsets() const { return rope_offsets_; }
+  // Sets a row's RoPE offset (>= 0). OUT_OF_RANGE for a row the cache lacks,
+  // INVALID_ARGUMENT for a negative offset. It applies to tokens appended
+  // afterwards; K/V already in the cache keep the positions they were
+  // computed at.
+  absl::Status SetRopeOffset(int64_t row, int64_t offset);
 
   // Views [kv_heads, length(row), head_dim] of layer `layer` (writes go into
   // the cache). Undefined tensor if layer/row are out of range.
@@ -108,9 +132,10 @@ class KvCache {
                      const at::Tensor& values, int64_t row = 0);
 
   // Truncates (or, up to capacity, extends) a row's valid length; positions
-  // beyond the old length keep whatever they hold.
+  // beyond the old length keep whatever they hold. The RoPE offset is kept:
+  // after truncating back across a gap of PrefillAt, set it again.
   absl::Status SetLength(int64_t row, int64_t length);
-  // All rows back to length 0.
+  // All rows back to length 0 and RoPE offset 0.
   void Clear();
 
   // [layers, 2, batch, kv_heads, capacity, head_dim].
@@ -124,6 +149,7 @@ class KvCache {
   friend class KvSlotPool;
   at::Tensor storage_;
   std::vector<int64_t> lengths_;
+  std::vector<int64_t> rope_offsets_;  // One per row, like lengths_.
   std::shared_ptr<const KvSlotLease> lease_;
 };
 
@@ -213,8 +239,13 @@ struct DecodeStepKernels {
 // With a storage of batch B, every row runs T tokens.
 struct StaticDecodeIo {
   at::Tensor token;     // [B * T] int64: the tokens fed (T >= 1), row-major.
-  at::Tensor position;  // [B] int64: each row's first position (the row
+  at::Tensor position;  // [B] int64: each row's first cache index (the row
                         // holds [0, position); token t goes to position + t).
+  // [B] int64 (optional): each row's RoPE offset (KvCache::rope_offset):
+  // token t gets RoPE position position + t + rope_offset. Undefined: 0.
+  // Read on the device like `position`, so one captured graph serves any
+  // offset. Sliding windows compare cache indices (the offset cancels).
+  at::Tensor rope_offset;
   // [B * vocab] fp32, written by the step: each row's logits of its token
   // `logits_row`. Undefined: the LM head is skipped.
   at::Tensor logits;
@@ -242,9 +273,10 @@ class Decoder;
 class DecodeAccelerator {
  public:
   virtual ~DecodeAccelerator() = default;
-  // Runs `token_id` at position cache.length(0) of a batch-1 `cache` of the
-  // decoder's model, writing its K/V into the cache storage at that
-  // position (the decoder then advances the length), and returns its logits
+  // Runs `token_id` at cache index cache.length(0) (RoPE position
+  // length + cache.rope_offset(0)) of a batch-1 `cache` of the decoder's
+  // model, writing its K/V into the cache storage at that index (the
+  // decoder then advances the length), and returns its logits
   // [vocab] (fp32, model device; the caller's to keep). An undefined tensor
   // with an OK status declines the call: the decoder runs it eagerly.
   virtual absl::StatusOr<at::Tensor> DecodeStep(const Decoder& decoder,
@@ -288,7 +320,8 @@ class PrefillAccelerator {
   virtual ~PrefillAccelerator() = default;
   // Runs `token_ids` at positions [0, n) of the empty row 0 of the batch-1
   // `cache` of the decoder's model, writing their K/V into the cache storage
-  // at those positions (the decoder then sets the length).
+  // at those positions (the decoder then sets the length). Only called
+  // with rope_offset(0) == 0 (the decoder runs other prefills eagerly).
   virtual absl::StatusOr<AcceleratedPrefill> Prefill(
       const Decoder& decoder, absl::Span<const int64_t> token_ids,
       const KvCache& cache, bool want_logits) = 0;
@@ -344,22 +377,49 @@ class Decoder {
       int64_t capacity, int64_t batch = 1,
       CacheSource source = CacheSource::kAny) const;
 
-  // Runs `token_ids` through the model at positions cache.length(0)...,
-  // appending their K/V to row 0 of `cache` (capacity permitting).
+  // Runs `token_ids` through the model at positions cache.length(0)...
+  // (RoPE positions shifted by cache.rope_offset(0)), appending their K/V to
+  // row 0 of `cache` (capacity permitting).
   // Returns logits (fp32, model device): kLast -> [vocab]; kAll ->
   // [tokens, vocab].
   absl::StatusOr<at::Tensor> Prefill(
       absl::Span<const int64_t> token_ids, KvCache& cache,
       const LayerCallback& on_layer = nullptr,
       LogitsMode logits = LogitsMode::kLast) const;
-  // One token at position cache.length(0); returns logits [vocab].
+  // One token at cache index cache.length(0) (RoPE position length +
+  // rope_offset); returns logits [vocab].
   absl::StatusOr<at::Tensor> DecodeStep(int64_t token_id, KvCache& cache) const;
 
+  // Like Prefill, but token k gets the RoPE position positions[k] instead of
+  // length + rope_offset + k: C2C's aligned mode without its padding tokens
+  // (HF runs the padded sequence with position_ids = arange and the padding
+  // masked out; dropping the padding and keeping each real token's position
+  // is the same computation). `positions` has one entry per token, strictly
+  // increasing, the first >= the row's next position (length(0) +
+  // rope_offset(0)); INVALID_ARGUMENT otherwise (and for a cache of batch
+  // > 1). Afterwards rope_offset(0) = positions.back() + 1 - length(0), so
+  // DecodeStep / Generate continue at the next position.
+  //
+  // Attention stays causal over cache indices. Sliding windows compare RoPE
+  // positions within this call, as HF's do with the padding in its cache;
+  // keys already in the row before the call count as sitting at index +
+  // the row's previous offset. Later single-token steps (every decode path,
+  // accelerated or not) compare cache indices, i.e. after a gapped prefill
+  // a decode step's window may reach up to the gap's size further back than
+  // HF's (identical when no window is shorter than the sequence). Contiguous
+  // positions run exactly Prefill (accelerators included); gapped ones run
+  // the eager forward.
+  absl::StatusOr<at::Tensor> PrefillAt(
+      absl::Span<const int64_t> token_ids, absl::Span<const int64_t> positions,
+      KvCache& cache, const LayerCallback& on_layer = nullptr,
+      LogitsMode logits = LogitsMode::kLast) const;
+
   // Batched forward: row b of `cache` gets tokens[b] (each non-empty) at
-  // positions cache.length(b)...; rows are right-padded internally, so each
-  // row needs length(b) + max_b(tokens[b].size()) <= capacity. Returns
-  // kLast -> [batch, vocab]; kAll -> [batch, max_tokens, vocab] (positions
-  // past a row's own count are padding garbage).
+  // positions cache.length(b)... (RoPE: + rope_offset(b)); rows are
+  // right-padded internally, so each row needs length(b) +
+  // max_b(tokens[b].size()) <= capacity. Returns kLast -> [batch, vocab]; kAll
+  // -> [batch, max_tokens, vocab] (positions past a row's own count are padding
+  // garbage).
   absl::StatusOr<at::Tensor> PrefillBatch(
       const std::vector<std::vector<int64_t>>& tokens, KvCache& cache,
       const LayerCallback& on_layer = nullptr,
@@ -395,14 +455,14 @@ class Decoder {
   // batch B, lengths untouched): one decode step per row when T is 1 (B
   // rows: batched decode), a padded prompt chunk when B is 1. Its tensor
   // shapes do not depend on the positions, for CUDA-graph capture: reads
-  // io.token and io.position on the device, computes RoPE from the
-  // positions, writes row b's K/V at positions [position[b],
-  // position[b] + T), attends keys [0, span) under a mask computed on the
-  // device (token t of row b sees keys j <= position[b] + t, within each
-  // layer's sliding window), and writes each row's logits into io.logits
-  // (if defined). Needs position + T <= capacity and T <= span <= capacity;
-  // keys a token may see beyond the span are ignored; positions are not
-  // checked (never read on the host). No host synchronization and no
+  // io.token, io.position and io.rope_offset on the device, computes RoPE
+  // from the positions plus the offsets, writes row b's K/V at positions
+  // [position[b], position[b] + T), attends keys [0, span) under a mask
+  // computed on the device (token t of row b sees keys j <= position[b] + t,
+  // within each layer's sliding window), and writes each row's logits into
+  // io.logits (if defined). Needs position + T <= capacity and T <= span <=
+  // capacity; keys a token may see beyond the span are ignored; positions are
+  // not checked (never read on the host). No host synchronization and no
   // data-dependent shapes: capturable. Same results as Forward up to the order
   // of floating-point reductions. `kernels` (optional) replaces some op chains
   // with fused kernels.
@@ -434,9 +494,12 @@ class Decoder {
   struct Impl;
   Decoder(ModelConfig config, DecoderOptions options);
 
+  // `rope_positions` (batch 1 only; null: length + rope_offset + t) are
+  // PrefillAt's explicit positions; with them no accelerator is used.
   absl::StatusOr<at::Tensor> Forward(
       const std::vector<std::vector<int64_t>>& tokens, KvCache& cache,
-      const LayerCallback* on_layer, LogitsMode logits) const;
+      const LayerCallback* on_layer, LogitsMode logits,
+      const std::vector<int64_t>* rope_positions = nullptr) const;
   absl::StatusOr<std::vector<GenerationResult>> GenerateRows(
       KvCache& cache, const std::vector<std::vector<int64_t>>& pending,
       const GenerationOptions& options) const;

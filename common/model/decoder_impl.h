@@ -18,6 +18,9 @@ namespace kvwire {
 // What Decoder::Load builds; immutable afterwards.
 struct ModelWeights {
   at::Tensor embed;
+  // 0-dim, model dtype: sqrt(hidden_size) when config.scale_embeddings
+  // (Gemma3), else undefined.
+  at::Tensor embed_scale;
   at::Tensor final_norm;
   at::Tensor lm_head;
   std::vector<LayerWeights> layers;
@@ -27,6 +30,15 @@ struct ModelWeights {
 
 // Namespace-level ModelWeights so that helpers outside Decoder can fill it.
 struct Decoder::Impl : ModelWeights {};
+
+// The hidden states [B, T, hidden] of token ids [B, T] (or [B * T] with
+// batch/width given): the embedding rows, scaled as the family does.
+at::Tensor EmbedTokens(const ModelWeights& weights, const at::Tensor& ids,
+                       int64_t batch, int64_t width);
+// The LM head over final hidden states h [..., hidden] (final norm
+// included), soft-capped as the config says, in the model dtype.
+at::Tensor LmHead(const ModelConfig& config, const ModelWeights& weights,
+                  const at::Tensor& h);
 
 // "[a, b, c]".
 std::string ShapeString(at::IntArrayRef shape);

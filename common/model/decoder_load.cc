@@ -3,9 +3,11 @@
 // RoPE tables (Decoder::Impl). Nothing here is specific to an architecture:
 // the weight list (model_family.h) says which tensor goes where.
 #include <ATen/ops/cat.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <unordered_set>
 
@@ -133,6 +135,10 @@ at::Tensor* SlotTensor(ModelWeights& impl, const WeightSpec& spec) {
       return &w.down_w;
     case Slot::kDownBias:
       return &w.down_b;
+    case Slot::kAttnOutNorm:
+      return &w.attn_out_norm;
+    case Slot::kMlpOutNorm:
+      return &w.mlp_out_norm;
     default:
       return nullptr;
   }
@@ -159,7 +165,19 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(
     return absl::UnimplementedError(
         "scaled_dot_product_attention needs LibTorch >= 2.0");
   }
+  if (options.sliding_window_override < 0) {
+    return absl::InvalidArgumentError("sliding_window_override must be >= 0");
+  }
   ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  // C2C loads Gemma-3 with sliding_window=4096: every sliding layer takes
+  // the override (config() then reports it).
+  if (options.sliding_window_override > 0) {
+    for (LayerConfig& layer : config.layers) {
+      if (layer.sliding_window > 0) {
+        layer.sliding_window = options.sliding_window_override;
+      }
+    }
+  }
   ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::Open(model_dir));
   const std::vector<WeightSpec> specs = ExpectedWeights(config);
   RETURN_IF_ERROR(CheckWeights(reader, specs, config, model_dir));
@@ -191,6 +209,13 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Load(
       parts.clear();
     }
     if (c.tie_word_embeddings) impl.lm_head = impl.embed;
+    if (c.scale_embeddings) {
+      // torch.tensor(hidden_size ** 0.5) (fp32), then .to(weight.dtype).
+      impl.embed_scale =
+          at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)),
+                            at::TensorOptions().dtype(at::kFloat))
+              .to(options.device, options.dtype);
+    }
     // One RoPE table per distinct RopeConfig.
     std::vector<RopeConfig> ropes;
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {

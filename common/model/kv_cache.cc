@@ -20,6 +20,25 @@ int64_t KvCache::length(int64_t row) const {
   return row >= 0 && row < batch_size() ? lengths_[row] : 0;
 }
 
+int64_t KvCache::rope_offset(int64_t row) const {
+  return row >= 0 && row < static_cast<int64_t>(rope_offsets_.size())
+             ? rope_offsets_[row]
+             : 0;
+}
+
+absl::Status KvCache::SetRopeOffset(int64_t row, int64_t offset) {
+  if (row < 0 || row >= batch_size()) {
+    return absl::OutOfRangeError(absl::StrCat("KV cache has no row ", row));
+  }
+  if (offset < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RoPE offset ", offset, " is negative"));
+  }
+  rope_offsets_.resize(lengths_.size(), 0);
+  rope_offsets_[row] = offset;
+  return absl::OkStatus();
+}
+
 namespace {
 
 // FAILED_PRECONDITION for an empty cache, OUT_OF_RANGE for a layer or row
@@ -120,7 +139,10 @@ absl::Status KvCache::SetLength(int64_t row, int64_t length) {
   return absl::OkStatus();
 }
 
-void KvCache::Clear() { std::fill(lengths_.begin(), lengths_.end(), 0); }
+void KvCache::Clear() {
+  std::fill(lengths_.begin(), lengths_.end(), 0);
+  rope_offsets_.assign(lengths_.size(), 0);
+}
 
 absl::StatusOr<KvCache> Decoder::NewCache(int64_t capacity, int64_t batch,
                                           CacheSource source) const {
@@ -145,6 +167,7 @@ absl::StatusOr<KvCache> Decoder::NewCache(int64_t capacity, int64_t batch,
          capacity, config_.head_dim},
         at::TensorOptions().dtype(options_.dtype).device(options_.device));
     cache.lengths_.assign(batch, 0);
+    cache.rope_offsets_.assign(batch, 0);
     return cache;
   });
 }

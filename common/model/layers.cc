@@ -6,6 +6,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/gelu.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/pow.h>
@@ -16,6 +17,7 @@
 #include <c10/util/Exception.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -64,6 +66,25 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
   const at::Tensor normed = xf * (variance + eps).rsqrt();
   return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor GemmaRmsNorm(const at::Tensor& x, const at::Tensor& weight,
+                        double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor normed =
+      xf * (xf.pow(2).mean(-1, /*keepdim=*/true) + eps).rsqrt();
+  return (normed * (weight.to(at::kFloat) + 1.0)).to(x.scalar_type());
+}
+
+at::Tensor ModelRmsNorm(const ModelConfig& config, const at::Tensor& x,
+                        const at::Tensor& weight) {
+  return config.norm_plus_one ? GemmaRmsNorm(x, weight, config.rms_norm_eps)
+                              : RmsNorm(x, weight, config.rms_norm_eps);
+}
+
+at::Tensor SoftCap(const at::Tensor& x, double cap) {
+  if (!(cap > 0)) return x;
+  return (x / cap).tanh() * cap;
 }
 
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos,
@@ -115,6 +136,10 @@ at::Tensor SiluMul(const at::Tensor& gate_up, int64_t n) {
   return at::silu(gate_up.narrow(-1, 0, n)) * gate_up.narrow(-1, n, n);
 }
 
+at::Tensor GeluTanhMul(const at::Tensor& gate_up, int64_t n) {
+  return at::gelu(gate_up.narrow(-1, 0, n), "tanh") * gate_up.narrow(-1, n, n);
+}
+
 void KvWrite::Apply(const at::Tensor& cache, const at::Tensor& x) const {
   switch (kind) {
     case Kind::kRange:
@@ -131,16 +156,21 @@ void KvWrite::Apply(const at::Tensor& cache, const at::Tensor& x) const {
 
 LayerContext::LayerContext(const ModelConfig& config, at::ScalarType dtype,
                            const std::vector<at::Tensor>& inv_freq,
-                           const at::Tensor& positions, int64_t span)
+                           const at::Tensor& positions, int64_t span,
+                           const at::Tensor& rope_positions)
     : config_(config),
       dtype_(dtype),
       positions_(positions),
+      rope_positions_(rope_positions.defined() ? rope_positions : positions),
       batch_(positions.size(0)),
       tokens_(positions.size(1)),
       span_(span),
       groups_(config.num_attention_heads / config.num_key_value_heads),
-      scale_(1.0 / std::sqrt(static_cast<double>(config.head_dim))) {
-  const at::Tensor pos_f = positions.to(at::kFloat).unsqueeze(-1);  // [B,T,1]
+      scale_(1.0 / std::sqrt(config.query_pre_attn_scalar > 0
+                                 ? config.query_pre_attn_scalar
+                                 : static_cast<double>(config.head_dim))) {
+  const at::Tensor pos_f =
+      rope_positions_.to(at::kFloat).unsqueeze(-1);  // [B, T, 1]
   for (const at::Tensor& table : inv_freq) {
     const at::Tensor freqs = pos_f * table;  // [B, T, D/2]
     const at::Tensor emb = at::cat({freqs, freqs}, -1);
@@ -151,9 +181,10 @@ LayerContext::LayerContext(const ModelConfig& config, at::ScalarType dtype,
 
 at::Tensor LayerContext::Norm(const at::Tensor& x,
                               const at::Tensor& weight) const {
-  return kernels != nullptr && kernels->rms_norm
+  // The fused kernel computes the Llama-style norm only.
+  return kernels != nullptr && kernels->rms_norm && !config_.norm_plus_one
              ? kernels->rms_norm(x, weight, config_.rms_norm_eps)
-             : RmsNorm(x, weight, config_.rms_norm_eps);
+             : ModelRmsNorm(config_, x, weight);
 }
 
 at::Tensor LayerContext::Rope(const at::Tensor& x,
@@ -167,7 +198,9 @@ at::Tensor LayerContext::Rope(const at::Tensor& x,
 at::Tensor LayerContext::QkvToCache(const LayerWeights& w,
                                     const at::Tensor& qkv, const at::Tensor& kc,
                                     const at::Tensor& vc) const {
-  if (kernels != nullptr && kernels->qkv_to_cache) {
+  // The fused kernel's q/k norm is Llama-style: Gemma's runs the ATen ops.
+  if (kernels != nullptr && kernels->qkv_to_cache &&
+      !(config_.norm_plus_one && w.q_norm.defined())) {
     at::Tensor q = kernels->qkv_to_cache(
         qkv, w.q_norm, w.k_norm, config_.rms_norm_eps, cos_[w.rope_index],
         sin_[w.rope_index], positions_, kc, vc);
@@ -184,7 +217,7 @@ at::Tensor LayerContext::QkvToCache(const LayerWeights& w,
       qkv.narrow(-1, q_out, kv_out).reshape({batch_, tokens_, kv_heads, dim});
   at::Tensor v = qkv.narrow(-1, q_out + kv_out, kv_out)
                      .reshape({batch_, tokens_, kv_heads, dim});
-  if (w.q_norm.defined()) {  // Per-head RMSNorm before RoPE (Qwen3).
+  if (w.q_norm.defined()) {  // Per-head RMSNorm before RoPE (Qwen3, Gemma3).
     q = Norm(q, w.q_norm);
     k = Norm(k, w.k_norm);
   }
@@ -197,6 +230,9 @@ at::Tensor LayerContext::QkvToCache(const LayerWeights& w,
 }
 
 int64_t LayerContext::EffectiveWindow(const LayerWeights& w) const {
+  // RoPE positions may spread wider than the span: always masked.
+  if (key_rope_positions.defined())
+    return std::max<int64_t>(w.sliding_window, 0);
   return w.sliding_window > 0 && w.sliding_window < span_ ? w.sliding_window
                                                           : 0;
 }
@@ -206,6 +242,15 @@ const at::Tensor& LayerContext::Allowed(int64_t window) {
   if (it != allowed_.end()) return it->second;
   // Right padding (batched eager forwards) needs nothing more: real queries
   // never reach padded keys.
+  if (window > 0 && key_rope_positions.defined()) {
+    // Causal over cache indices, the window over RoPE positions.
+    const at::Tensor causal = AllowedKeys(positions_.unsqueeze(-1), span_, 0);
+    const at::Tensor near =
+        (rope_positions_.unsqueeze(-1) - key_rope_positions.unsqueeze(1))
+            .lt(window);  // [B, T, span]
+    return allowed_.emplace(window, causal.logical_and(near).unsqueeze(1))
+        .first->second;
+  }
   return allowed_
       .emplace(
           window,
@@ -244,7 +289,8 @@ at::Tensor LayerContext::Attention(const LayerWeights& w, const at::Tensor& q,
   // Query rows (g, t) of each KV head: [B, Hkv, groups * T, D]. A copy
   // when T > 1, so only on the paths that use it.
   auto grouped = [&] { return q.reshape({b, kv_heads, groups_ * n, dim}); };
-  if (attention.sdpa) {
+  // SDPA has no soft-capping: capped scores take HF's eager path.
+  if (attention.sdpa && !(config_.attn_logit_softcapping > 0)) {
     if (all_visible) {
       // Every key is visible: grouped queries, no mask.
       return Sdpa(grouped(), keys, values, c10::nullopt, false, scale_)
@@ -266,7 +312,9 @@ at::Tensor LayerContext::Attention(const LayerWeights& w, const at::Tensor& q,
         .reshape({b, heads, n, dim});
   }
   // HF "eager": matmul, scale, mask, fp32 softmax, cast, matmul.
-  at::Tensor scores = at::matmul(grouped(), keys.transpose(2, 3)) * scale_;
+  at::Tensor scores =
+      SoftCap(at::matmul(grouped(), keys.transpose(2, 3)) * scale_,
+              config_.attn_logit_softcapping);
   if (!all_visible) {
     scores = scores.view({b, kv_heads, groups_, n, span_})
                  .masked_fill(Allowed(window).unsqueeze(2).logical_not(),
@@ -278,6 +326,9 @@ at::Tensor LayerContext::Attention(const LayerWeights& w, const at::Tensor& q,
 }
 
 at::Tensor LayerContext::MlpActivation(const at::Tensor& gate_up) const {
+  if (config_.hidden_act == "gelu_pytorch_tanh") {
+    return GeluTanhMul(gate_up, config_.intermediate_size);
+  }
   return kernels != nullptr && kernels->silu_mul
              ? kernels->silu_mul(gate_up)
              : SiluMul(gate_up, config_.intermediate_size);
@@ -296,10 +347,14 @@ absl::Status RunDecoderLayer(LayerContext& ctx, int64_t layer,
                                         vc.narrow(2, 0, ctx.span()));
   const at::Tensor attn_out = attn.transpose(1, 2).reshape(
       {ctx.batch(), ctx.tokens(), q.size(1) * q.size(3)});
-  h = h + at::linear(attn_out, w.o_w, w.o_b);
+  at::Tensor o = at::linear(attn_out, w.o_w, w.o_b);
+  if (w.attn_out_norm.defined()) o = ctx.Norm(o, w.attn_out_norm);
+  h = h + o;
   const at::Tensor gate_up =
       at::linear(ctx.Norm(h, w.post_norm), w.gate_up_w, w.gate_up_b);
-  h = h + at::linear(ctx.MlpActivation(gate_up), w.down_w, w.down_b);
+  at::Tensor m = at::linear(ctx.MlpActivation(gate_up), w.down_w, w.down_b);
+  if (w.mlp_out_norm.defined()) m = ctx.Norm(m, w.mlp_out_norm);
+  h = h + m;
   return absl::OkStatus();
 }
 

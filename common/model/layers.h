@@ -31,6 +31,14 @@ bool SdpaAvailable();
 
 // HF RMSNorm: fp32 statistics, cast back, then weight * x.
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// HF Gemma3RMSNorm: fp32 statistics times (1 + weight in fp32), cast back.
+at::Tensor GemmaRmsNorm(const at::Tensor& x, const at::Tensor& weight,
+                        double eps);
+// The config's RMSNorm (ModelConfig::norm_plus_one picks Gemma's).
+at::Tensor ModelRmsNorm(const ModelConfig& config, const at::Tensor& x,
+                        const at::Tensor& weight);
+// cap * tanh(x / cap) in x's dtype (HF's soft-capping order); x if cap <= 0.
+at::Tensor SoftCap(const at::Tensor& x, double cap);
 // HF rotate-half RoPE: x * cos + rotate_half(x) * sin.
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos,
                      const at::Tensor& sin);
@@ -43,13 +51,17 @@ at::Tensor InvFreq(const RopeConfig& rope, int64_t dim);
 at::Tensor AllowedKeys(const at::Tensor& qpos, int64_t span, int64_t window);
 // The gated-SiLU MLP's activation: silu(gate) * up for gate_up [..., 2n].
 at::Tensor SiluMul(const at::Tensor& gate_up, int64_t n);
+// Gemma's gelu_pytorch_tanh(gate) * up for gate_up [..., 2n].
+at::Tensor GeluTanhMul(const at::Tensor& gate_up, int64_t n);
 
 // One decoder layer's weights, filled from the family's weight list
 // (model_family.h). An undefined tensor is a part the family lacks (a bias,
-// the q/k norms), which the layer then skips.
+// the q/k norms, Gemma's norms on the attention and MLP outputs), which the
+// layer then skips.
 struct LayerWeights {
-  at::Tensor input_norm, post_norm;
-  at::Tensor qkv_w, qkv_b;  // q|k|v fused along the output dim.
+  at::Tensor input_norm, post_norm;        // Before attention / before the MLP.
+  at::Tensor attn_out_norm, mlp_out_norm;  // On their outputs (Gemma3).
+  at::Tensor qkv_w, qkv_b;                 // q|k|v fused along the output dim.
   at::Tensor o_w, o_b;
   at::Tensor q_norm, k_norm;
   at::Tensor gate_up_w, gate_up_b;  // gate|up fused.
@@ -100,17 +112,24 @@ using KvWrittenHook =
 class LayerContext {
  public:
   // `positions` [B, T] int64 on the model device: token t of row b sits at
-  // positions[b, t]; keys [0, span) are attended. Computes RoPE's cos/sin
-  // [B, 1, T, D] (fp32, cast to `dtype`, as HF does) per table of
+  // cache index positions[b, t]; keys [0, span) are attended.
+  // `rope_positions` [B, T] (undefined: `positions`) are the tokens' RoPE
+  // positions (KvCache::rope_offset, Decoder::PrefillAt). Computes RoPE's
+  // cos/sin [B, 1, T, D] (fp32, cast to `dtype`, as HF does) per table of
   // `inv_freq`.
   LayerContext(const ModelConfig& config, at::ScalarType dtype,
                const std::vector<at::Tensor>& inv_freq,
-               const at::Tensor& positions, int64_t span);
+               const at::Tensor& positions, int64_t span,
+               const at::Tensor& rope_positions = at::Tensor());
 
   KvWrite write;
   AttentionPlan attention;
   const DecodeStepKernels* kernels = nullptr;  // Fused steps; null: ATen.
   KvWrittenHook on_kv_written;                 // Empty: none.
+  // [B, span] int64 (optional): the RoPE positions of the keys. When set,
+  // sliding windows compare RoPE positions (query's minus key's < window),
+  // as HF does over a padded sequence; otherwise cache indices.
+  at::Tensor key_rope_positions;
 
   int64_t batch() const { return batch_; }
   int64_t tokens() const { return tokens_; }
@@ -145,7 +164,7 @@ class LayerContext {
 
   const ModelConfig& config_;
   at::ScalarType dtype_;
-  at::Tensor positions_;
+  at::Tensor positions_, rope_positions_;
   int64_t batch_, tokens_, span_;
   int64_t groups_;
   double scale_;

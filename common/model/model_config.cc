@@ -9,8 +9,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "common/file_util.h"
 #include "common/model/model_family.h"
 #include "common/status_macros.h"
@@ -207,6 +209,39 @@ absl::StatusOr<bool> ReadConfigBool(const Json& j, absl::string_view source,
   return GetBool(j, source, field, fallback);
 }
 
+absl::StatusOr<int64_t> ReadConfigInt(const Json& j, absl::string_view source,
+                                      const char* field, int64_t fallback) {
+  return GetInt(j, source, field, fallback);
+}
+
+absl::StatusOr<double> ReadConfigDouble(const Json& j, absl::string_view source,
+                                        const char* field, double fallback) {
+  return GetDouble(j, source, field, fallback);
+}
+
+absl::StatusOr<std::string> ReadConfigString(const Json& j,
+                                             absl::string_view source,
+                                             const char* field,
+                                             const std::string& fallback) {
+  return GetString(j, source, field, fallback);
+}
+
+bool HasPerLayerTypeRope(const Json& j) {
+  const Json* rp = FindField(j, "rope_parameters");
+  return rp != nullptr && rp->is_object() && !rp->empty() &&
+         std::all_of(rp->begin(), rp->end(),
+                     [](const Json& v) { return v.is_object(); });
+}
+
+void SetLayerTypes(const std::vector<std::string>& types, int64_t window,
+                   ModelConfig& c) {
+  c.layers.resize(types.size(), LayerConfig{"full_attention", 0, c.rope});
+  for (size_t i = 0; i < types.size(); ++i) {
+    c.layers[i].attention_type = types[i];
+    c.layers[i].sliding_window = types[i] == "sliding_attention" ? window : 0;
+  }
+}
+
 absl::Status ReadAttentionBias(const Json& j, absl::string_view source,
                                ModelConfig& c) {
   ASSIGN_OR_RETURN(const bool bias,
@@ -266,10 +301,14 @@ absl::Status ValidateModelConfig(const ModelConfig& c) {
     return bad("head_dim must be positive and even");
   }
   if (!(c.rms_norm_eps > 0)) return bad("rms_norm_eps must be positive");
-  if (c.hidden_act != "silu") {
-    return absl::UnimplementedError(
-        absl::StrCat(c.architecture, " config: hidden_act '", c.hidden_act,
-                     "' is not supported (supported: silu)"));
+  if (c.hidden_act != "silu" && c.hidden_act != "gelu_pytorch_tanh") {
+    return absl::UnimplementedError(absl::StrCat(
+        c.architecture, " config: hidden_act '", c.hidden_act,
+        "' is not supported (supported: silu, gelu_pytorch_tanh)"));
+  }
+  if (c.query_pre_attn_scalar < 0 || c.attn_logit_softcapping < 0 ||
+      c.final_logit_softcapping < 0) {
+    return bad("negative query_pre_attn_scalar or logit soft-capping");
   }
   if (static_cast<int64_t>(c.layers.size()) != c.num_hidden_layers) {
     return bad(absl::StrCat("has ", c.layers.size(), " layer entries for ",
@@ -444,6 +483,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(
     }
     c.layers.push_back(layer);
   }
+  if (family.finish_config != nullptr) {
+    RETURN_IF_ERROR(family.finish_config(j, source, c));
+  }
 
   // Special tokens: generation_config.json wins over config.json.
   ASSIGN_OR_RETURN(c.eos_token_ids, GetIdList(j, source, "eos_token_id"));
@@ -501,26 +543,59 @@ ModelConfig MakeModelConfig(ModelArch arch, int64_t vocab_size,
       head_dim > 0 ? head_dim : (num_heads > 0 ? hidden_size / num_heads : 0);
   c.max_position_embeddings = 32768;
   c.torch_dtype = "bfloat16";
+  c.layers.clear();
   GetModelFamily(arch).set_defaults(c);
-  SetUniformLayers(c);
+  // Families with per-layer defaults (Gemma3's layer types) set the layers
+  // themselves.
+  if (static_cast<int64_t>(c.layers.size()) != num_layers) SetUniformLayers(c);
   return c;
 }
 
 absl::StatusOr<ModelConfig> PresetModelConfig(absl::string_view name) {
-  const std::string lower = absl::AsciiStrToLower(name);
+  // Shapes of the released checkpoints' config.json files (c2c-spec §7 and
+  // the HF config copies named in docs/MODELS.md). Qwen 2.5 "-Instruct"
+  // checkpoints have the base models' shapes.
+  std::string lower = absl::AsciiStrToLower(name);
+  absl::string_view lower_view = lower;
+  if (absl::StartsWith(lower_view, "qwen2.5-")) {
+    absl::ConsumeSuffix(&lower_view, "-instruct");
+  }
+  lower = std::string(lower_view);
+  auto qwen3 = [](int64_t hidden, int64_t inter, int64_t layers, int64_t heads,
+                  bool tied) {
+    ModelConfig c = MakeModelConfig(ModelArch::kQwen3, 151936, hidden, inter,
+                                    layers, heads, 8, 128);
+    c.max_position_embeddings = 40960;
+    c.tie_word_embeddings = tied;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151645, 151643};
+    return c;
+  };
+  auto qwen25 = [](int64_t vocab, int64_t hidden, int64_t inter, int64_t layers,
+                   int64_t heads, int64_t kv_heads, bool tied) {
+    ModelConfig c = MakeModelConfig(ModelArch::kQwen2, vocab, hidden, inter,
+                                    layers, heads, kv_heads, 0);
+    c.max_position_embeddings = 32768;
+    c.tie_word_embeddings = tied;
+    c.bos_token_id = 151643;
+    c.eos_token_ids = {151645, 151643};
+    return c;
+  };
   ModelConfig c;
   if (lower == "qwen3-0.6b") {
-    c = MakeModelConfig(ModelArch::kQwen3, 151936, 1024, 3072, 28, 16, 8, 128);
-    c.max_position_embeddings = 40960;
-    c.tie_word_embeddings = true;
-    c.bos_token_id = 151643;
-    c.eos_token_ids = {151645, 151643};
+    c = qwen3(1024, 3072, 28, 16, true);
+  } else if (lower == "qwen3-1.7b") {
+    c = qwen3(2048, 6144, 28, 16, true);
+  } else if (lower == "qwen3-4b") {
+    c = qwen3(2560, 9728, 36, 32, true);
+  } else if (lower == "qwen3-8b") {
+    c = qwen3(4096, 12288, 36, 32, false);
   } else if (lower == "qwen2.5-0.5b") {
-    c = MakeModelConfig(ModelArch::kQwen2, 151936, 896, 4864, 24, 14, 2, 64);
-    c.max_position_embeddings = 32768;
-    c.tie_word_embeddings = true;
-    c.bos_token_id = 151643;
-    c.eos_token_ids = {151645, 151643};
+    c = qwen25(151936, 896, 4864, 24, 14, 2, true);
+  } else if (lower == "qwen2.5-1.5b") {
+    c = qwen25(151936, 1536, 8960, 28, 12, 2, true);
+  } else if (lower == "qwen2.5-7b") {
+    c = qwen25(152064, 3584, 18944, 28, 28, 4, false);
   } else if (lower == "llama-3.2-1b") {
     c = MakeModelConfig(ModelArch::kLlama, 128256, 2048, 8192, 16, 32, 8, 64);
     c.max_position_embeddings = 131072;
@@ -529,10 +604,32 @@ absl::StatusOr<ModelConfig> PresetModelConfig(absl::string_view name) {
     SetUniformLayers(c);
     c.bos_token_id = 128000;
     c.eos_token_ids = {128001, 128008, 128009};
+  } else if (lower == "gemma-3-1b" || lower == "gemma-3-1b-it") {
+    // Layer types (5 sliding : 1 full), windows and RoPEs: Gemma3's
+    // defaults (models/gemma3.cc) for sliding_window 512.
+    c = MakeModelConfig(ModelArch::kGemma3, 262144, 1152, 6912, 26, 4, 1, 256);
+    c.max_position_embeddings = 32768;
+    for (LayerConfig& layer : c.layers) {
+      if (layer.sliding_window > 0) layer.sliding_window = 512;
+    }
+    c.bos_token_id = 2;
+    c.eos_token_ids = {1, 106};
+    c.pad_token_id = 0;
+  } else if (lower == "mistral-7b-v0.3") {
+    c = MakeModelConfig(ModelArch::kMistral, 32768, 4096, 14336, 32, 32, 8,
+                        128);
+    c.max_position_embeddings = 32768;
+    c.rope.theta = 1000000.0;
+    c.rms_norm_eps = 1e-5;
+    SetUniformLayers(c);  // sliding_window null: no window.
+    c.bos_token_id = 1;
+    c.eos_token_ids = {2};
   } else {
-    return absl::NotFoundError(
-        absl::StrCat("unknown preset '", name,
-                     "' (known: qwen3-0.6b, qwen2.5-0.5b, llama-3.2-1b)"));
+    return absl::NotFoundError(absl::StrCat(
+        "unknown preset '", name,
+        "' (known: qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, qwen2.5-0.5b, "
+        "qwen2.5-1.5b, qwen2.5-7b (also -instruct), llama-3.2-1b, gemma-3-1b, "
+        "mistral-7b-v0.3)"));
   }
   return c;
 }

@@ -4,19 +4,18 @@
 //
 // Supported architectures: Qwen2ForCausalLM (q/k/v bias), Qwen3ForCausalLM
 // (per-head q/k RMSNorm before RoPE, explicit head_dim), LlamaForCausalLM
-// (optional "llama3" RoPE scaling, attention_bias, mlp_bias); each family's
+// (optional "llama3" RoPE scaling, attention_bias, mlp_bias),
+// MistralForCausalLM (Llama-shaped, optional sliding window on every layer)
+// and Gemma3ForCausalLM (text-only Gemma 3: (1 + weight) RMSNorm, scaled
+// embeddings, sandwich norms, q/k norm, gelu_pytorch_tanh, interleaved
+// sliding / full layers with a RoPE each, logit soft-capping); each family's
 // quirks live in models/<family>.cc (model_family.h). Both the
 // transformers 4.x layout ("rope_theta" + "rope_scaling") and the 5.x layout
 // ("rope_parameters", possibly keyed by layer type) are read.
 //
-// Attention settings live per layer (LayerConfig), so architectures with
-// sliding-window layers and a different RoPE per layer type (Gemma3) fit
-// without changing the decoder's structure: the decoder already builds one
-// RoPE table per distinct RopeConfig and one mask per sliding window. Gemma3
-// would add a ModelArch, a family file and flags for its remaining
-// differences (RMSNorm scaled by 1 + weight, embeddings scaled by
-// sqrt(hidden), pre/post feed-forward norms, gelu_pytorch_tanh,
-// query_pre_attn_scalar).
+// Attention settings live per layer (LayerConfig): sliding-window layers and
+// a different RoPE per layer type (Gemma3). The decoder builds one RoPE
+// table per distinct RopeConfig and one mask per sliding window.
 #ifndef KVWIRE_COMMON_MODEL_MODEL_CONFIG_H_
 #define KVWIRE_COMMON_MODEL_MODEL_CONFIG_H_
 
@@ -29,7 +28,7 @@
 
 namespace kvwire {
 
-enum class ModelArch { kQwen2, kQwen3, kLlama };
+enum class ModelArch { kQwen2, kQwen3, kLlama, kMistral, kGemma3 };
 
 enum class RopeType {
   kDefault,  // inv_freq = theta^(-2i/d).
@@ -77,6 +76,8 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   int64_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;
+  // The gated MLP's activation: "silu" or "gelu_pytorch_tanh" (Gemma3's
+  // hidden_activation).
   std::string hidden_act = "silu";
 
   // Linear-layer biases. Qwen2: q/k/v yes, o no. Llama/Qwen3: attention_bias
@@ -85,6 +86,22 @@ struct ModelConfig {
   bool o_bias = false;
   bool mlp_bias = false;
   bool qk_norm = false;  // Qwen3: q_norm / k_norm weights of size head_dim.
+
+  // Gemma-style parts (Gemma3); the defaults are the Llama-style layer.
+  // Every RMSNorm computes (x_fp32 * rsqrt(...)) * (1 + weight_fp32) and
+  // casts the product back (HF Gemma3RMSNorm), instead of weight * cast(x).
+  bool norm_plus_one = false;
+  // Embeddings multiplied by sqrt(hidden_size), rounded to the model dtype
+  // (HF Gemma3TextScaledWordEmbedding).
+  bool scale_embeddings = false;
+  // post_attention_layernorm on the attention output and
+  // pre/post_feedforward_layernorm around the MLP (Gemma's sandwich).
+  bool sandwich_norms = false;
+  // Attention scale query_pre_attn_scalar^-0.5; 0: head_dim^-0.5.
+  double query_pre_attn_scalar = 0;
+  // cap * tanh(x / cap) on attention scores / final logits; 0: off.
+  double attn_logit_softcapping = 0;
+  double final_logit_softcapping = 0;
 
   RopeConfig rope;                  // The default (full-attention) RoPE.
   std::vector<LayerConfig> layers;  // num_hidden_layers entries.
@@ -128,8 +145,13 @@ ModelConfig MakeModelConfig(ModelArch arch, int64_t vocab_size,
                             int64_t num_layers, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_dim);
 
-// Presets with the real models' shapes (c2c-spec §7): "qwen3-0.6b",
-// "qwen2.5-0.5b", "llama-3.2-1b". NOT_FOUND otherwise.
+// Presets with the real models' shapes (config.json values of the
+// released checkpoints) for every model of the released C2C pairs
+// (c2c-spec §7): receivers "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b",
+// "qwen3-8b"; sharers "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b" (the
+// -Instruct variants have the same shapes; "-instruct" names are accepted),
+// "qwen3-4b", "llama-3.2-1b", "gemma-3-1b"; plus "mistral-7b-v0.3".
+// NOT_FOUND (listing them) otherwise.
 absl::StatusOr<ModelConfig> PresetModelConfig(absl::string_view name);
 
 // HF config.json / generation_config.json text (transformers 4.x layout, as on
@@ -164,6 +186,8 @@ struct WeightSpec {
     kGateUpBias,
     kDown,
     kDownBias,
+    kAttnOutNorm,  // Gemma's post_attention_layernorm (on the attention out).
+    kMlpOutNorm,   // Gemma's post_feedforward_layernorm.
   };
   std::string name;  // HF name, e.g. "model.layers.0.self_attn.q_proj.weight".
   std::vector<int64_t> shape;

@@ -13,9 +13,8 @@ namespace {
 // Registry order is the order error messages list architectures in.
 absl::Span<const ModelFamily* const> Families() {
   static const ModelFamily* const kFamilies[] = {
-      &Qwen2Family(),
-      &Qwen3Family(),
-      &LlamaFamily(),
+      &Qwen2Family(),   &Qwen3Family(),  &LlamaFamily(),
+      &MistralFamily(), &Gemma3Family(),
   };
   return kFamilies;
 }
@@ -130,6 +129,26 @@ void AppendPreNormLayerWeights(const ModelConfig& c, int64_t layer,
                  Kind::kNorm,
                  Slot::kPostNorm,
                  layer});
+  AppendGatedMlpWeights(c, layer, c.mlp_bias, out);
+}
+
+void AppendSandwichLayerWeights(const ModelConfig& c, int64_t layer,
+                                std::vector<WeightSpec>& out) {
+  using Kind = WeightSpec::Kind;
+  using Slot = WeightSpec::Slot;
+  const std::string p = LayerPrefix(layer);
+  auto norm = [&](const char* name, Slot slot) {
+    out.push_back(
+        {p + name + ".weight", {c.hidden_size}, Kind::kNorm, slot, layer});
+  };
+  norm("input_layernorm", Slot::kInputNorm);
+  AppendAttentionWeights(
+      c, layer, AttentionWeightOptions{c.qkv_bias, c.o_bias, c.qk_norm}, out);
+  norm("post_attention_layernorm", Slot::kAttnOutNorm);
+  // The norm in front of the MLP: the slot Llama's post_attention_layernorm
+  // fills.
+  norm("pre_feedforward_layernorm", Slot::kPostNorm);
+  norm("post_feedforward_layernorm", Slot::kMlpOutNorm);
   AppendGatedMlpWeights(c, layer, c.mlp_bias, out);
 }
 

@@ -44,6 +44,13 @@ struct ModelFamily {
   // Appends the weights of decoder layer `layer`, in checkpoint order.
   void (*layer_weights)(const ModelConfig& c, int64_t layer,
                         std::vector<WeightSpec>& out);
+  // Optional (null: none): runs after the shared parser has built the
+  // per-layer settings (layer_types, sliding windows, RoPE per layer type),
+  // for families whose config class derives them differently (Gemma3's
+  // sliding_window_pattern and rope_local_base_freq, Mistral's window on
+  // every layer). INVALID_ARGUMENT naming `source` and the field.
+  absl::Status (*finish_config)(const nlohmann::json& j,
+                                absl::string_view source, ModelConfig& c);
 };
 
 // Every ModelArch has a family.
@@ -56,6 +63,8 @@ absl::StatusOr<const ModelFamily*> FindModelFamily(absl::string_view name);
 const ModelFamily& Qwen2Family();
 const ModelFamily& Qwen3Family();
 const ModelFamily& LlamaFamily();
+const ModelFamily& MistralFamily();
+const ModelFamily& Gemma3Family();
 
 // Shared blocks of the weight lists. HF names; `prefix` is the layer's
 // ("model.layers.3.").
@@ -78,7 +87,32 @@ void AppendGatedMlpWeights(const ModelConfig& c, int64_t layer, bool bias,
 void AppendPreNormLayerWeights(const ModelConfig& c, int64_t layer,
                                std::vector<WeightSpec>& out);
 
+// Gemma3's layer: input_layernorm, attention with q/k norms,
+// post_attention_layernorm (attention output), pre_feedforward_layernorm,
+// gated MLP, post_feedforward_layernorm.
+void AppendSandwichLayerWeights(const ModelConfig& c, int64_t layer,
+                                std::vector<WeightSpec>& out);
+
 // config.json helpers for families (defined in model_config.cc).
+// An integer field; `fallback` when absent or null.
+absl::StatusOr<int64_t> ReadConfigInt(const nlohmann::json& j,
+                                      absl::string_view source,
+                                      const char* field, int64_t fallback);
+// A number field; `fallback` when absent or null.
+absl::StatusOr<double> ReadConfigDouble(const nlohmann::json& j,
+                                        absl::string_view source,
+                                        const char* field, double fallback);
+// A string field; `fallback` when absent or null.
+absl::StatusOr<std::string> ReadConfigString(const nlohmann::json& j,
+                                             absl::string_view source,
+                                             const char* field,
+                                             const std::string& fallback);
+// Whether config.json has rope_parameters keyed by layer type (5.x), whose
+// per-type RoPE the shared parser has already applied to the layers.
+bool HasPerLayerTypeRope(const nlohmann::json& j);
+// Sets layer i's type to types[i] (sliding layers get `window`, others 0).
+void SetLayerTypes(const std::vector<std::string>& types, int64_t window,
+                   ModelConfig& c);
 // A boolean field; `fallback` when absent or null.
 absl::StatusOr<bool> ReadConfigBool(const nlohmann::json& j,
                                     absl::string_view source, const char* field,

@@ -53,14 +53,17 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
   const int64_t count = io.token.defined() ? io.token.numel() / rows : 0;
   if (!is_index(io.token) || count < 1 || io.token.numel() != rows * count ||
       !is_index(io.position) || io.position.numel() != rows ||
+      (io.rope_offset.defined() &&
+       (!is_index(io.rope_offset) || io.rope_offset.numel() != rows)) ||
       (io.logits_row.defined() &&
        (rows != 1 || !is_index(io.logits_row) || io.logits_row.numel() != 1)) ||
       (io.logits.defined() && (io.logits.numel() != rows * c.vocab_size ||
                                io.logits.scalar_type() != at::kFloat ||
                                io.logits.device() != device))) {
     return absl::InvalidArgumentError(
-        "static decode needs tokens int64 [B * T] (T >= 1), positions int64 "
-        "[B], logits_row (if any, B = 1) int64 [1] and logits (if any) fp32 "
+        "static decode needs tokens int64 [B * T] (T >= 1), positions (and "
+        "RoPE offsets, if any) int64 [B], logits_row (if any, B = 1) int64 [1] "
+        "and logits (if any) fp32 "
         "[B * vocab] on the model device, B being the storage's batch");
   }
   if (count > span) {
@@ -79,7 +82,11 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
                      at::arange(
                          n, at::TensorOptions().dtype(at::kLong).device(device))
                          .view({1, n});
-    LayerContext ctx(c, options_.dtype, impl.inv_freq, pos, span);
+    // RoPE positions: the cache index plus the row's offset, on the device.
+    const at::Tensor rope = io.rope_offset.defined()
+                                ? pos + io.rope_offset.reshape({b, 1})
+                                : at::Tensor();
+    LayerContext ctx(c, options_.dtype, impl.inv_freq, pos, span, rope);
     ctx.kernels = kernels;
     // The positions live on the device: no mask shortcuts, and one additive
     // mask per window for SDPA.
@@ -97,8 +104,7 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
                             .contiguous();
     }
 
-    at::Tensor h =
-        impl.embed.index_select(0, io.token.reshape({b * n})).view({b, n, -1});
+    at::Tensor h = EmbedTokens(impl, io.token, b, n);
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       RETURN_IF_ERROR(RunDecoderLayer(ctx, l, impl.layers[l], storage, h));
     }
@@ -109,7 +115,8 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
                   .index_select(0, io.logits_row.reshape({1}))
             : h.select(1, n - 1);
     h = ctx.Norm(h, impl.final_norm);
-    io.logits.view({b, c.vocab_size}).copy_(at::linear(h, impl.lm_head));
+    io.logits.view({b, c.vocab_size})
+        .copy_(SoftCap(at::linear(h, impl.lm_head), c.final_logit_softcapping));
     return absl::OkStatus();
   });
 }
@@ -124,6 +131,9 @@ absl::StatusOr<at::Tensor> StaticDecodeAccelerator::DecodeStep(
         at::TensorOptions().dtype(at::kLong).device(decoder.device());
     io.token = at::full({1}, token_id, options);
     io.position = at::full({1}, position, options);
+    if (cache.rope_offset(0) != 0) {
+      io.rope_offset = at::full({1}, cache.rope_offset(0), options);
+    }
     io.logits =
         at::empty({decoder.config().vocab_size}, options.dtype(at::kFloat));
     return absl::OkStatus();
@@ -139,7 +149,9 @@ absl::StatusOr<AcceleratedPrefill> StaticPrefillAccelerator::Prefill(
     const Decoder& decoder, absl::Span<const int64_t> token_ids,
     const KvCache& cache, bool want_logits) {
   const int64_t n = static_cast<int64_t>(token_ids.size());
-  if (cache.batch_size() != 1 || n > capacity_) return AcceleratedPrefill{};
+  if (cache.batch_size() != 1 || n > capacity_ || cache.rope_offset(0) != 0) {
+    return AcceleratedPrefill{};
+  }
   ASSIGN_OR_RETURN(KvCache staging,
                    decoder.NewCache(capacity_, 1, CacheSource::kOwnStorage));
   StaticDecodeIo io;

@@ -195,6 +195,8 @@ std::string AnswerModeName(v1::AnswerMode mode) {
       return "receiver-only";
     case v1::ANSWER_MODE_TEXT_TO_TEXT:
       return "text-to-text";
+    case v1::ANSWER_MODE_SHARER_ONLY:
+      return "sharer-only";
     default:
       return "unknown";
   }
@@ -209,9 +211,12 @@ absl::Status ParseAnswerMode(absl::string_view name, v1::AnswerMode* mode) {
     *mode = v1::ANSWER_MODE_RECEIVER_ONLY;
   } else if (n == "text-to-text") {
     *mode = v1::ANSWER_MODE_TEXT_TO_TEXT;
+  } else if (n == "sharer-only") {
+    *mode = v1::ANSWER_MODE_SHARER_ONLY;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unknown mode '", name, "' (c2c, receiver-only, text-to-text)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown mode '", name,
+                     "' (c2c, receiver-only, text-to-text, sharer-only)"));
   }
   return absl::OkStatus();
 }

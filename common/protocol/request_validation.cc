@@ -37,7 +37,9 @@ absl::Status ValidatePrompt(const Request& request,
     if (request.token_ids(i) >= vocab) {
       return absl::InvalidArgumentError(
           absl::StrCat("token_ids[", i, "] = ", request.token_ids(i),
-                       " is outside the model's vocabulary [0, ", vocab, ")"));
+                       " is outside the model's vocabulary [0, ", vocab,
+                       ") (ids of another tokenizer need C2C token "
+                       "alignment at the receiver)"));
     }
   }
   if (!request.expected_model_fingerprint().empty() &&
@@ -50,12 +52,40 @@ absl::Status ValidatePrompt(const Request& request,
   return absl::OkStatus();
 }
 
+// ShareRequest.positions: none, or one per token, strictly increasing and
+// below max_position_embeddings.
+absl::Status ValidatePositions(const v1::ShareRequest& request,
+                               const v1::ModelInfo& model) {
+  const int n = request.positions_size();
+  if (n == 0) return absl::OkStatus();
+  if (n != request.token_ids_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("positions has ", n, " entries for ",
+                     request.token_ids_size(), " token ids"));
+  }
+  for (int i = 1; i < n; ++i) {
+    if (request.positions(i) <= request.positions(i - 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "positions must increase strictly: positions[", i,
+          "] = ", request.positions(i), " after ", request.positions(i - 1)));
+    }
+  }
+  const uint32_t limit = model.max_position_embeddings();
+  if (limit > 0 && request.positions(n - 1) >= limit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("positions[", n - 1, "] = ", request.positions(n - 1),
+                     " is past the model's max_position_embeddings ", limit));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateShareRequest(const v1::ShareRequest& request,
                                   const v1::SharerInfo& info) {
   RETURN_IF_ERROR(ValidatePrompt(request, info));
   const int n = request.token_ids_size();
+  RETURN_IF_ERROR(ValidatePositions(request, info.model()));
   auto plan =
       PlanTransfer(info.model(), static_cast<uint32_t>(n), request.spec());
   if (!plan.ok()) {

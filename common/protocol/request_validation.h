@@ -15,7 +15,9 @@ namespace kvwire {
 //  INVALID_ARGUMENT    request id longer than 64 bytes; no token ids; more
 //                      tokens than info.max_prompt_tokens; a token id
 //                      outside [0, vocab_size) (the message names the first
-//                      offending position and value);
+//                      offending position and value); positions that
+//                      are not one per token, not strictly increasing or
+//                      past max_position_embeddings (Share only);
 //  FAILED_PRECONDITION expected_model_fingerprint set and different from
 //                      the served model's;
 //  INVALID_ARGUMENT    the transfer spec does not resolve for this model and

@@ -1,5 +1,6 @@
 #include "common/tokenizer/chat_template.h"
 
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -58,6 +59,101 @@ constexpr absl::string_view kLlama3AlwaysPrompt =
 constexpr absl::string_view kLlama3OptionalPrompt =
     "{% if add_generation_prompt %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+// Llama-3.1 / Llama-3.2 Instruct (Llama-3.3 ships the 3.1 template). The
+// fragments pin every statement that produces output when no tools are
+// given: the bos_token, the system-message extraction, the date header, the
+// message loop's plain branch and the generation prompt. The tool branches
+// are only reachable with `tools`, `custom_tools`, `builtin_tools`, the
+// tool/ipython roles or `tool_calls`, none of which Apply accepts.
+constexpr absl::string_view kLlama3xFragments[] = {
+    "{%- if not tools is defined %}\n    {%- set tools = none %}\n{%- endif %}",
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set system_message = \"\" %}\n"
+    "{%- endif %}",
+    R"({{- "<|start_header_id|>system<|end_header_id|>\n\n" }})",
+    "{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n"
+    "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n"
+    "{%- if tools is not none and not tools_in_user_message %}",
+    "{{- system_message }}\n{{- \"<|eot_id|>\" }}",
+    "{%- if tools_in_user_message and not tools is none %}",
+    "{%- for message in messages %}\n"
+    "    {%- if not (message.role == 'ipython' or message.role == 'tool' or "
+    "'tool_calls' in message) %}\n"
+    "        {{- '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}\n"
+    "    {%- elif 'tool_calls' in message %}",
+};
+// The template's last statement (after Jinja drops the final newline).
+constexpr absl::string_view kLlama3xGenerationPrompt =
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}";
+// 3.1: the date defaults to a constant; the system header says
+// "Environment: ipython" only with tools or builtin_tools.
+constexpr absl::string_view kLlama31Fragments[] = {
+    "{%- if not date_string is defined %}\n"
+    "    {%- set date_string = \"26 Jul 2024\" %}\n"
+    "{%- endif %}",
+    "{%- if builtin_tools is defined or tools is not none %}\n"
+    "    {{- \"Environment: ipython\\n\" }}\n"
+    "{%- endif %}\n"
+    "{%- if builtin_tools is defined %}\n",
+};
+// 3.2: the date defaults to strftime_now("%d %b %Y"), which transformers
+// always defines; "Environment: ipython" only with tools.
+constexpr absl::string_view kLlama32Fragments[] = {
+    "{%- if not date_string is defined %}\n"
+    "    {%- if strftime_now is defined %}\n"
+    "        {%- set date_string = strftime_now(\"%d %b %Y\") %}\n"
+    "    {%- else %}\n"
+    "        {%- set date_string = \"26 Jul 2024\" %}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}",
+    "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+    "{%- if tools is not none %}\n"
+    "    {{- \"Environment: ipython\\n\" }}\n"
+    "{%- endif %}\n"
+    "{{- \"Cutting Knowledge Date: December 2023\\n\" }}",
+};
+
+// Gemma-3 (gemma-3-*-it), the revision that accepts a string system
+// message; newlines inside its string literals are real newlines.
+constexpr absl::string_view kGemma3Start = "{{ bos_token }}\n";
+constexpr absl::string_view kGemma3Fragments[] = {
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}",
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate "
+    "user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    "        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if "
+    "loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n",
+    "    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n'}}\n"
+    "{%- endif -%}",
+};
+constexpr absl::string_view kGemma3RoleError =
+    "Conversation roles must alternate user/assistant/user/assistant/...";
 
 std::vector<absl::string_view> MissingFragments(
     absl::string_view source, absl::Span<const absl::string_view> fragments) {
@@ -150,6 +246,22 @@ absl::string_view BeforeFirst(absl::string_view s, absl::string_view sep) {
   return pos == absl::string_view::npos ? s : s.substr(0, pos);
 }
 
+// transformers' strftime_now("%d %b %Y"): Python's
+// datetime.now().strftime(), i.e. local time in the C locale (Python never
+// switches LC_TIME on its own), e.g. "07 Dec 2026". Written out rather than
+// with std::strftime so that a host program's setlocale() cannot change it.
+std::string StrftimeNowDayMonthYear() {
+  static constexpr const char* kMonths[] = {"Jan", "Feb", "Mar", "Apr",
+                                            "May", "Jun", "Jul", "Aug",
+                                            "Sep", "Oct", "Nov", "Dec"};
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  const int day = local.tm_mday;
+  return absl::StrCat(day < 10 ? "0" : "", day, " ", kMonths[local.tm_mon], " ",
+                      local.tm_year + 1900);
+}
+
 }  // namespace
 
 const char* ChatTemplateFamilyName(ChatTemplateFamily family) {
@@ -160,6 +272,12 @@ const char* ChatTemplateFamilyName(ChatTemplateFamily family) {
       return "Qwen2.5";
     case ChatTemplateFamily::kLlama3:
       return "Llama-3";
+    case ChatTemplateFamily::kLlama3_1:
+      return "Llama-3.1";
+    case ChatTemplateFamily::kLlama3_2:
+      return "Llama-3.2";
+    case ChatTemplateFamily::kGemma3:
+      return "Gemma-3";
   }
   return "unknown";
 }
@@ -177,9 +295,24 @@ absl::StatusOr<ChatTemplateFamily> ChatTemplate::DetectFamily(
       return ChatTemplateFamily::kLlama3;
     }
     if (absl::StrContains(source, "Cutting Knowledge Date")) {
-      return absl::UnimplementedError(
-          "the Llama-3.1/3.2 chat template (date header, tool calling) is not "
-          "rendered natively; supported: Qwen3, Qwen2.5, Llama-3");
+      const bool is_3_2 = absl::StrContains(source, "strftime_now");
+      const absl::string_view name = is_3_2 ? "Llama-3.2" : "Llama-3.1";
+      std::vector<absl::string_view> missing =
+          MissingFragments(source, kLlama3xFragments);
+      for (absl::string_view f : MissingFragments(
+               source, is_3_2 ? absl::MakeConstSpan(kLlama32Fragments)
+                              : absl::MakeConstSpan(kLlama31Fragments))) {
+        missing.push_back(f);
+      }
+      if (!absl::StartsWith(source, "{{- bos_token }}\n")) {
+        missing.push_back("{{- bos_token }} (first)");
+      }
+      if (!absl::EndsWith(source, kLlama3xGenerationPrompt)) {
+        missing.push_back(kLlama3xGenerationPrompt);
+      }
+      if (!missing.empty()) return UnknownRevision(name, missing);
+      return is_3_2 ? ChatTemplateFamily::kLlama3_2
+                    : ChatTemplateFamily::kLlama3_1;
     }
     return absl::UnimplementedError(
         "chat template looks like Llama-3 but is not one of the Llama-3 "
@@ -199,10 +332,20 @@ absl::StatusOr<ChatTemplateFamily> ChatTemplate::DetectFamily(
     }
     return absl::UnimplementedError(
         "ChatML chat template of an unsupported family (supported: Qwen3, "
-        "Qwen2.5, Llama-3)");
+        "Qwen2.5, Llama-3, Llama-3.1, Llama-3.2, Gemma-3)");
+  }
+  if (absl::StrContains(source, "<start_of_turn>")) {
+    std::vector<absl::string_view> missing =
+        MissingFragments(source, kGemma3Fragments);
+    if (!absl::StartsWith(source, kGemma3Start)) {
+      missing.push_back(kGemma3Start);
+    }
+    if (!missing.empty()) return UnknownRevision("Gemma-3", missing);
+    return ChatTemplateFamily::kGemma3;
   }
   return absl::UnimplementedError(absl::StrCat(
-      "unknown chat template family (supported: Qwen3, Qwen2.5, Llama-3); "
+      "unknown chat template family (supported: Qwen3, Qwen2.5, Llama-3, "
+      "Llama-3.1, Llama-3.2, Gemma-3); "
       "template starts with: ",
       chat_template.substr(0, 80)));
 }
@@ -211,10 +354,14 @@ absl::StatusOr<ChatTemplate> ChatTemplate::FromString(
     absl::string_view chat_template, std::string bos_token) {
   absl::StatusOr<ChatTemplateFamily> family = DetectFamily(chat_template);
   if (!family.ok()) return family.status();
-  if (*family == ChatTemplateFamily::kLlama3 && bos_token.empty()) {
-    return absl::FailedPreconditionError(
-        "the Llama-3 chat template needs bos_token (tokenizer_config.json "
-        "names none)");
+  const bool needs_bos = *family == ChatTemplateFamily::kLlama3 ||
+                         *family == ChatTemplateFamily::kLlama3_1 ||
+                         *family == ChatTemplateFamily::kLlama3_2 ||
+                         *family == ChatTemplateFamily::kGemma3;
+  if (needs_bos && bos_token.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the ", ChatTemplateFamilyName(*family),
+        " chat template needs bos_token (tokenizer_config.json names none)"));
   }
   const bool always = *family == ChatTemplateFamily::kLlama3 &&
                       WithoutTrailingNewline(chat_template) ==
@@ -277,8 +424,9 @@ absl::StatusOr<std::string> ChatTemplate::Apply(
       return absl::UnimplementedError(absl::StrCat(
           "message ", i, " has role '", role, "'; the native ",
           ChatTemplateFamilyName(family_),
-          " template renders only system, user and assistant turns (no "
-          "tools)"));
+          " template renders only system, user and assistant turns (tool "
+          "calling, the 'tool' and 'ipython' roles and tools are not "
+          "implemented)"));
     }
   }
   switch (family_) {
@@ -288,6 +436,11 @@ absl::StatusOr<std::string> ChatTemplate::Apply(
       return RenderQwen2_5(messages, options);
     case ChatTemplateFamily::kLlama3:
       return RenderLlama3(messages, options);
+    case ChatTemplateFamily::kLlama3_1:
+    case ChatTemplateFamily::kLlama3_2:
+      return RenderLlama3_x(messages, options);
+    case ChatTemplateFamily::kGemma3:
+      return RenderGemma3(messages, options);
   }
   return absl::InternalError("unknown chat template family");
 }
@@ -380,6 +533,70 @@ std::string ChatTemplate::RenderLlama3(
   if (always_generation_prompt_ || options.add_generation_prompt) {
     out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
   }
+  return out;
+}
+
+std::string ChatTemplate::RenderLlama3_x(
+    absl::Span<const ChatMessage> messages,
+    const ChatTemplateOptions& options) const {
+  std::string date;
+  if (options.date_string.has_value()) {
+    date = *options.date_string;
+  } else if (family_ == ChatTemplateFamily::kLlama3_2) {
+    date = StrftimeNowDayMonthYear();
+  } else {
+    date = "26 Jul 2024";
+  }
+  // The system header is always there; the first message goes into it when
+  // it is a system message and is then no longer part of the loop.
+  std::string out = absl::StrCat(
+      bos_token_, "<|start_header_id|>system<|end_header_id|>\n\n",
+      "Cutting Knowledge Date: December 2023\nToday Date: ", date, "\n\n");
+  size_t first = 0;
+  if (messages[0].role == "system") {
+    absl::StrAppend(&out, PythonStrip(messages[0].content));
+    first = 1;
+  }
+  out += "<|eot_id|>";
+  for (size_t i = first; i < messages.size(); ++i) {
+    absl::StrAppend(&out, "<|start_header_id|>", messages[i].role,
+                    "<|end_header_id|>\n\n", PythonStrip(messages[i].content),
+                    "<|eot_id|>");
+  }
+  if (options.add_generation_prompt) {
+    out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> ChatTemplate::RenderGemma3(
+    absl::Span<const ChatMessage> messages,
+    const ChatTemplateOptions& options) const {
+  std::string out = bos_token_;
+  // The first system message is not a turn of its own: its content, as is,
+  // prefixes the first remaining message.
+  std::string first_prefix;
+  size_t first = 0;
+  if (messages[0].role == "system") {
+    first_prefix = absl::StrCat(messages[0].content, "\n\n");
+    first = 1;
+  }
+  for (size_t i = first; i < messages.size(); ++i) {
+    const size_t index = i - first;  // loop.index0 of the template.
+    const ChatMessage& m = messages[i];
+    // The template's own check: user at even positions, anything but user
+    // at odd ones (so a later system message at an odd position passes and
+    // is rendered as a "system" turn).
+    if ((m.role == "user") != (index % 2 == 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kGemma3RoleError, " (message ", i, " has role '", m.role, "')"));
+    }
+    absl::StrAppend(&out, "<start_of_turn>",
+                    m.role == "assistant" ? "model" : absl::string_view(m.role),
+                    "\n", index == 0 ? absl::string_view(first_prefix) : "",
+                    PythonStrip(m.content), "<end_of_turn>\n");
+  }
+  if (options.add_generation_prompt) out += "<start_of_turn>model\n";
   return out;
 }
 

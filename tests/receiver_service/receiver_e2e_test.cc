@@ -836,7 +836,9 @@ TEST_F(ReceiverE2eTest, SharerOfTheWrongShapeIsRefusedBeforeFusing) {
   EXPECT_TRUE(r.response.fell_back());
   EXPECT_THAT(r.response.fallback_reason(), HasSubstr("FAILED_PRECONDITION"));
   EXPECT_THAT(r.response.fallback_reason(), HasSubstr("does not fit"));
-  EXPECT_EQ(ChunksBeforeFailure(r.response.fallback_reason()), 1);
+  // The receiver's start-up GetInfo saw the sharer's shapes: nothing is
+  // requested (no "after N chunks").
+  EXPECT_EQ(ChunksBeforeFailure(r.response.fallback_reason()), -1);
   EXPECT_EQ(Ids(r.response), ReceiverOnlyReference());
   v1::AnswerRequest strict = Request(Spec(v1::SCHEME_INT8));
   strict.set_fallback(v1::FALLBACK_POLICY_FAIL);

@@ -21,7 +21,8 @@ ABSL_FLAG(std::string, question, "", "ask: the question");
 ABSL_FLAG(std::string, choices, "",
           "ask: multiple-choice options separated by '|' (labelled A, B, ...)");
 ABSL_FLAG(std::string, system, "", "ask: an optional system message");
-ABSL_FLAG(std::string, mode, "c2c", "ask: c2c, receiver-only, text-to-text");
+ABSL_FLAG(std::string, mode, "c2c",
+          "ask: c2c, receiver-only, text-to-text, sharer-only");
 ABSL_FLAG(std::string, scheme, "int8",
           "ask: bf16, fp16, fp8_e4m3, fp8_e5m2, int8, int4, int2, nf4");
 ABSL_FLAG(std::string, granularity, "head",

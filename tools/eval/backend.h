@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/protocol/wire_framing.h"
@@ -71,6 +72,30 @@ struct BackendAnswer {
   std::string fallback_reason;
 };
 
+// A grid run's own model pair (grid.h: the `sharers:` map and the `sharer`,
+// `token_alignment` and `alignment_strategy` keys). Empty fields keep the
+// backend's own setting (its command-line models and flags).
+struct PairOverride {
+  std::string sharer;  // The grid's name for the sharer ("": the backend's).
+  std::string sharer_dir;
+  // Empty with sharer_dir set: the sharer's directory (not the backend's
+  // --sharer_tokenizer_dir, which belongs to its own sharer).
+  std::string sharer_tokenizer_dir;
+  std::string fuser_dir;
+  // Methods without a KV transfer (sharer-only, text-to-text) load the
+  // sharer without any fuser: a fuser trained for another pair would refuse
+  // the sharer for nothing.
+  bool no_fuser = false;
+  std::string token_alignment;     // "", "auto", "on", "off".
+  std::string alignment_strategy;  // "", "first", "longest".
+
+  bool empty() const;
+  // "sharer=NAME (DIR) fuser=DIR token_alignment=on/first"; "" when empty.
+  std::string Describe() const;
+  bool operator==(const PairOverride& other) const;
+  bool operator!=(const PairOverride& other) const { return !(*this == other); }
+};
+
 // Model facts the grid needs to resolve mixed-precision schedules indexed by
 // receiver layer (or "the last N layers").
 struct BackendLayout {
@@ -92,6 +117,17 @@ class AnswerBackend {
   virtual BackendLayout layout() const = 0;
   virtual absl::StatusOr<BackendAnswer> Answer(
       const BackendRequest& request) = 0;
+
+  // Whether this backend can honour `pair` at all, asked for every run
+  // before any question: INVALID_ARGUMENT naming what it cannot change per
+  // run. The default accepts only the empty override.
+  virtual absl::Status CheckPairSupported(const PairOverride& pair) const;
+  // Makes later Answer calls (and layout()) use `pair` (empty: the
+  // backend's own models). FAILED_PRECONDITION when the models refuse that
+  // pairing (e.g. a sharer with another vocabulary and token alignment off,
+  // or a fuser trained with alignment used without it): the runner records
+  // the run as refused and goes on. Any other error stops the grid.
+  virtual absl::Status UsePair(const PairOverride& pair);
 };
 
 }  // namespace eval

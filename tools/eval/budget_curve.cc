@@ -161,7 +161,8 @@ std::string BudgetCurveCsv(const std::vector<RunSummary>& summaries) {
       "mean_output_tokens,mean_total_seconds,p50_total_seconds,"
       "p90_total_seconds,mean_ttft_seconds,mean_sharer_compute_seconds,"
       "mean_encode_seconds,mean_decode_seconds,mean_fuse_seconds,"
-      "mean_receiver_prefill_seconds,fell_back,skipped_items\n";
+      "mean_receiver_prefill_seconds,fell_back,skipped_items,sharer,"
+      "token_alignment,alignment_strategy,refused\n";
   for (const RunSummary& s : summaries) {
     const RunInfo& r = s.run;
     const bool c2c = r.method == "c2c";
@@ -208,7 +209,11 @@ std::string BudgetCurveCsv(const std::vector<RunSummary>& summaries) {
         Num(s.mean_timings.fuse, 6),
         Num(s.mean_timings.receiver_prefill, 6),
         absl::StrCat(s.fell_back),
-        absl::StrCat(s.skipped_items)};
+        absl::StrCat(s.skipped_items),
+        CsvField(r.sharer),
+        CsvField(r.token_alignment),
+        CsvField(r.alignment_strategy),
+        CsvField(s.refused)};
     absl::StrAppend(&csv, absl::StrJoin(f, ","), "\n");
   }
   return csv;
@@ -433,6 +438,12 @@ absl::StatusOr<CurveFiles> WriteBudgetCurve(const std::string& dataset_dir,
     return absl::UnavailableError(
         absl::StrCat("cannot create ", plot_dir.string(), ": ", ec.message()));
   }
+  // Refused runs have no point (their rows stay in the CSV).
+  summaries.erase(std::remove_if(summaries.begin(), summaries.end(),
+                                 [](const RunSummary& s) {
+                                   return !s.refused.empty();
+                                 }),
+                  summaries.end());
   std::vector<std::pair<std::string, std::string>> data;
   std::string script = GnuplotScript(summaries, dataset_name, "plots", &data);
   for (const auto& [name, text] : data) {

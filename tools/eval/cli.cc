@@ -45,13 +45,20 @@ Datasets (JSONL, AI2's original form or a Hugging Face `datasets` export):
 Backends:
   --backend=inprocess (default): sharer, codec, fuser and receiver in this
       process. --receiver_dir, --sharer_dir, --fuser_dir (Hugging Face model
-      directories and a C2C fuser checkpoint), --tokenizer_dir, --device,
-      --dtype, --threads, --t2t_max_new_tokens.
+      directories and a C2C fuser checkpoint), --tokenizer_dir,
+      --sharer_tokenizer_dir, --token_alignment, --alignment_strategy,
+      --device, --dtype, --threads, --t2t_max_new_tokens. Grid runs may
+      switch to another sharer/fuser/alignment (`sharers:`, `sharer:`,
+      `token_alignment:`; ${VAR}s in paths from --grid_var or the
+      environment); a pair the models refuse (e.g. another vocabulary with
+      alignment off) is a REFUSED row, and the grid goes on.
   --backend=grpc: the receiver service's Answer RPC at --target (bytes and
       times include the network). --use_tls, --tls_ca, --tls_cert,
       --tls_key, --tls_server_name, --allow_insecure, --auth_token_file,
       --rpc_timeout_s, --fallback, and --receiver_layers/--sharer_layers for
-      schedules indexed by receiver layer.
+      schedules indexed by receiver layer. The model pair is the receiver
+      service's flags: runs with `sharer`/`token_alignment`/
+      `alignment_strategy` are refused before any question.
 
 Output under --out (rerunning the same command resumes; Ctrl-C stops after
 the current question):
@@ -89,7 +96,11 @@ absl::StatusOr<Grid> GridFromConfig(const CliConfig& c) {
           "give either --grid or the single-run lists (--method, --scheme, "
           "...), not both");
     }
-    return LoadGridFile(c.grid);
+    ASSIGN_OR_RETURN(GridVariables vars, ParseGridVariables(c.grid_vars));
+    return LoadGridFile(c.grid, vars);
+  }
+  if (!c.grid_vars.empty()) {
+    return absl::InvalidArgumentError("--grid_var needs --grid");
   }
   YAML::Node block;
   block["name"] = "cli";
@@ -161,7 +172,14 @@ absl::StatusOr<std::vector<Dataset>> LoadDatasets(const CliConfig& c,
 }
 
 void PrintResults(const GridResult& result, std::ostream& out) {
+  int refused = 0;
   for (const RunSummary& s : result.summaries) {
+    if (!s.refused.empty()) {
+      ++refused;
+      out << absl::StrFormat("%-14s %-44s REFUSED  %s\n", s.run.dataset,
+                             s.run.run_id, s.refused);
+      continue;
+    }
     out << absl::StrFormat(
         "%-14s %-44s acc %5.1f%% [%5.1f, %5.1f] n=%-5d bytes/q %10.0f  "
         "tokens sent %7.0f  %.3f s/q%s\n",
@@ -176,6 +194,11 @@ void PrintResults(const GridResult& result, std::ostream& out) {
   }
   if (!result.combined_csv.empty()) {
     out << "wrote " << result.combined_csv << "\n";
+  }
+  if (refused > 0) {
+    out << refused
+        << " run(s) REFUSED: the backend would not load their model pair "
+           "(the `refused` column of budget_curve.csv and summary.json)\n";
   }
 }
 
@@ -203,6 +226,7 @@ int RunEvalCli(const CliConfig& c, std::ostream& out, std::ostream& err) {
     err << "kvwire-eval: " << grid.status() << "\n";
     return 2;
   }
+  for (const std::string& note : grid->notes) err << "note: " << note << "\n";
   if (c.list) {
     out << "grid " << grid->name << ": " << grid->runs.size() << " runs\n";
     for (const RunSpec& r : grid->runs) {

@@ -21,6 +21,7 @@ struct CliConfig {
   // What to run: a grid file, or one block built from the single-run lists
   // (comma-separated, each an axis).
   std::string grid;
+  std::string grid_vars;  // --grid_var: NAME=VALUE,NAME=VALUE.
   std::string methods;  // Default "c2c" when no grid.
   std::string schemes;
   std::string granularities;

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -17,6 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/codec/layer_schedule.h"
 #include "common/codec/scheme.h"
 #include "common/file_util.h"
@@ -214,18 +217,167 @@ const std::vector<std::string>& BlockKeys() {
       "selection",   "proportion",       "min_tokens",
       "seed",        "shared_selection", "schedule",
       "zstd",        "budget_bytes",     "budget_mixed_precision",
-      "layers",      "max_new_tokens",   "series"};
+      "layers",      "max_new_tokens",   "series",
+      "sharer",      "token_alignment",  "alignment_strategy"};
   return *keys;
+}
+
+// ----------------------------------------------------------------- sharers
+
+bool VariableName(absl::string_view name) {
+  if (name.empty() || absl::ascii_isdigit(static_cast<unsigned char>(name[0])))
+    return false;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_') {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Replaces every ${NAME} in `text` (from `variables`, then the environment);
+// the names found in neither go to `missing`.
+absl::StatusOr<std::string> ExpandVariables(const YAML::Node& where,
+                                            absl::string_view text,
+                                            const GridVariables& variables,
+                                            std::vector<std::string>* missing) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t start = text.find("${", pos);
+    if (start == absl::string_view::npos) {
+      absl::StrAppend(&out, text.substr(pos));
+      break;
+    }
+    absl::StrAppend(&out, text.substr(pos, start - pos));
+    const size_t end = text.find('}', start + 2);
+    if (end == absl::string_view::npos) {
+      return Err(where, absl::StrCat("unterminated ${ in '", text, "'"));
+    }
+    const std::string name(text.substr(start + 2, end - start - 2));
+    if (!VariableName(name)) {
+      return Err(where, absl::StrCat("bad variable name '", name, "' in '",
+                                     text, "' ([A-Za-z_][A-Za-z0-9_]*)"));
+    }
+    if (auto it = variables.find(name); it != variables.end()) {
+      out.append(it->second);
+    } else if (const char* env = std::getenv(name.c_str());
+               env != nullptr && env[0] != '\0') {
+      out.append(env);
+    } else {
+      missing->push_back(name);
+    }
+    pos = end + 1;
+  }
+  return out;
+}
+
+struct SharerDef {
+  PairOverride pair;        // sharer, sharer_dir, tokenizer, fuser.
+  std::string unavailable;  // Why its runs are left out ("": usable).
+};
+
+absl::StatusOr<SharerDef> ParseSharerDef(const YAML::Node& node,
+                                         const std::string& name,
+                                         const std::string& base_dir,
+                                         const GridVariables& variables) {
+  if (!SafeName(name) || name == "default") {
+    return Err(node, absl::StrCat("sharer name '", name,
+                                  "' must be [A-Za-z0-9_.-]+ and not "
+                                  "'default'"));
+  }
+  if (!node.IsMap()) {
+    return Err(node, absl::StrCat("sharer '", name,
+                                  "' must be a map with sharer_dir"));
+  }
+  RETURN_IF_ERROR(CheckKeys(node, absl::StrCat("sharer '", name, "'"),
+                            {"sharer_dir", "sharer_tokenizer_dir",
+                             "fuser_dir"}));
+  if (!node["sharer_dir"].IsDefined()) {
+    return Err(node, absl::StrCat("sharer '", name, "' needs sharer_dir"));
+  }
+  SharerDef def;
+  def.pair.sharer = name;
+  std::vector<std::string> missing;
+  const std::pair<const char*, std::string*> fields[] = {
+      {"sharer_dir", &def.pair.sharer_dir},
+      {"sharer_tokenizer_dir", &def.pair.sharer_tokenizer_dir},
+      {"fuser_dir", &def.pair.fuser_dir}};
+  for (const auto& [key, field] : fields) {
+    if (!node[key].IsDefined() || node[key].IsNull()) continue;
+    ASSIGN_OR_RETURN(std::string raw, ScalarString(node[key], key));
+    ASSIGN_OR_RETURN(std::string value,
+                     ExpandVariables(node[key], raw, variables, &missing));
+    *field = ResolvePath(base_dir, value);
+  }
+  if (!missing.empty()) {
+    std::sort(missing.begin(), missing.end());
+    missing.erase(std::unique(missing.begin(), missing.end()), missing.end());
+    std::vector<std::string> flags;
+    for (const std::string& m : missing) flags.push_back(m + "=...");
+    def.unavailable = absl::StrCat(
+        "sharer '", name, "' needs ${", absl::StrJoin(missing, "}, ${"),
+        "} (--grid_var=", absl::StrJoin(flags, ","),
+        " or the environment)");
+  } else if (def.pair.sharer_dir.empty()) {
+    return Err(node, absl::StrCat("sharer '", name, "': empty sharer_dir"));
+  }
+  return def;
 }
 
 struct Context {
   std::string base_dir;
   std::map<std::string, ScheduleDef> schedules;
+  std::map<std::string, SharerDef> sharers;
 };
 
 absl::Status ApplyKey(const std::string& key, const YAML::Node& v,
-                      const Context& ctx, RunSpec* run) {
-  if (key == "method") {
+                      const Context& ctx, RunSpec* run,
+                      std::string* unavailable) {
+  if (key == "sharer") {
+    ASSIGN_OR_RETURN(std::string s, ScalarString(v, key));
+    PairOverride& p = run->pair;
+    p.sharer.clear();
+    p.sharer_dir.clear();
+    p.sharer_tokenizer_dir.clear();
+    p.fuser_dir.clear();
+    if (s == "default") return absl::OkStatus();
+    auto it = ctx.sharers.find(s);
+    if (it == ctx.sharers.end()) {
+      std::vector<std::string> known = {"default"};
+      for (const auto& [n, d] : ctx.sharers) known.push_back(n);
+      return Err(v, absl::StrCat("unknown sharer '", s, "' (known: ",
+                                 absl::StrJoin(known, ", "),
+                                 "; define it under `sharers:`)"));
+    }
+    if (!it->second.unavailable.empty()) {
+      *unavailable = it->second.unavailable;
+    }
+    p.sharer = it->second.pair.sharer;
+    p.sharer_dir = it->second.pair.sharer_dir;
+    p.sharer_tokenizer_dir = it->second.pair.sharer_tokenizer_dir;
+    p.fuser_dir = it->second.pair.fuser_dir;
+  } else if (key == "token_alignment") {
+    ASSIGN_OR_RETURN(std::string s, ScalarString(v, key));
+    s = absl::AsciiStrToLower(s);
+    // YAML 1.1 reads a bare on/off as a boolean; take its spellings too.
+    if (s == "true" || s == "yes") s = "on";
+    if (s == "false" || s == "no") s = "off";
+    if (s != "auto" && s != "on" && s != "off") {
+      return Err(v, absl::StrCat("`token_alignment` is auto, on or off, got '",
+                                 s, "'"));
+    }
+    run->pair.token_alignment = s;
+  } else if (key == "alignment_strategy") {
+    ASSIGN_OR_RETURN(std::string s, ScalarString(v, key));
+    s = absl::AsciiStrToLower(s);
+    if (s != "first" && s != "longest") {
+      return Err(v, absl::StrCat(
+                        "`alignment_strategy` is first or longest, got '", s,
+                        "'"));
+    }
+    run->pair.alignment_strategy = s;
+  } else if (key == "method") {
     ASSIGN_OR_RETURN(std::string s, ScalarString(v, key));
     absl::StatusOr<EvalMethod> m = ParseEvalMethod(s);
     if (!m.ok()) return Err(v, m.status().message());
@@ -344,6 +496,15 @@ absl::Status Normalize(const YAML::Node& where, RunSpec* run) {
     clean.max_new_tokens = run->max_new_tokens;
     clean.blocks = std::move(run->blocks);
     clean.series = std::move(run->series);
+    // The receiver answers alone: no pair. The other methods keep the
+    // sharer (no fuser, no alignment: nothing is fused).
+    if (run->method != EvalMethod::kReceiverOnly &&
+        !run->pair.sharer.empty()) {
+      clean.pair.sharer = run->pair.sharer;
+      clean.pair.sharer_dir = run->pair.sharer_dir;
+      clean.pair.sharer_tokenizer_dir = run->pair.sharer_tokenizer_dir;
+      clean.pair.no_fuser = true;
+    }
     *run = std::move(clean);
     return absl::OkStatus();
   }
@@ -397,15 +558,36 @@ std::string RunId(const RunSpec& r) {
       parts.push_back(absl::StrCat("layers", absl::StrJoin(r.layers, "_")));
     }
   }
+  if (!r.pair.sharer.empty()) parts.push_back("sharer_" + r.pair.sharer);
+  if (!r.pair.token_alignment.empty() || !r.pair.alignment_strategy.empty()) {
+    parts.push_back(absl::StrCat(
+        "align_",
+        r.pair.token_alignment.empty() ? "auto" : r.pair.token_alignment,
+        r.pair.alignment_strategy.empty() ? "" : "_",
+        r.pair.alignment_strategy));
+  }
   if (r.max_new_tokens != 64) {
     parts.push_back(absl::StrCat("max", r.max_new_tokens));
   }
   return absl::StrJoin(parts, "-");
 }
 
-std::string SeriesLabel(const RunSpec& r) {
-  if (!r.series.empty()) return r.series;
-  if (r.method != EvalMethod::kC2C) return EvalMethodName(r.method);
+namespace {
+
+std::string PairLabel(const RunSpec& r) {
+  std::string label;
+  if (!r.pair.sharer.empty()) absl::StrAppend(&label, " ", r.pair.sharer);
+  if (!r.pair.token_alignment.empty() || !r.pair.alignment_strategy.empty()) {
+    absl::StrAppend(
+        &label, " align ",
+        r.pair.token_alignment.empty() ? "auto" : r.pair.token_alignment,
+        r.pair.alignment_strategy.empty() ? "" : "/",
+        r.pair.alignment_strategy);
+  }
+  return label;
+}
+
+std::string TransferLabel(const RunSpec& r) {
   std::string label = absl::StrCat(r.budget_bytes > 0 ? "budget" : r.selection,
                                    " ", SchemeName(r.scheme));
   if (r.granularity != v1::GRANULARITY_PER_HEAD) {
@@ -422,8 +604,40 @@ std::string SeriesLabel(const RunSpec& r) {
   return label;
 }
 
+}  // namespace
+
+std::string SeriesLabel(const RunSpec& r) {
+  if (!r.series.empty()) return r.series;
+  if (r.method != EvalMethod::kC2C) {
+    return absl::StrCat(EvalMethodName(r.method), PairLabel(r));
+  }
+  return absl::StrCat(TransferLabel(r), PairLabel(r));
+}
+
+absl::StatusOr<GridVariables> ParseGridVariables(absl::string_view text) {
+  GridVariables out;
+  for (absl::string_view entry : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    entry = absl::StripAsciiWhitespace(entry);
+    if (entry.empty()) continue;
+    const size_t eq = entry.find('=');
+    if (eq == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--grid_var entry '", entry, "' is not NAME=VALUE"));
+    }
+    const std::string name(entry.substr(0, eq));
+    if (!VariableName(name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--grid_var name '", name,
+                       "' must be [A-Za-z_][A-Za-z0-9_]*"));
+    }
+    out[name] = std::string(entry.substr(eq + 1));
+  }
+  return out;
+}
+
 absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
-                                   const std::string& base_dir) {
+                                   const std::string& base_dir,
+                                   const GridVariables& variables) {
   YAML::Node loaded;
   try {
     loaded = YAML::Load(std::string(yaml));
@@ -435,7 +649,8 @@ absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
   if (!root.IsMap()) return Err(root, "expected a map with `runs`");
   RETURN_IF_ERROR(CheckKeys(
       root, "the grid",
-      {"name", "description", "datasets", "defaults", "schedules", "runs"}));
+      {"name", "description", "datasets", "defaults", "schedules", "sharers",
+       "runs"}));
   Grid grid;
   Context ctx;
   ctx.base_dir = base_dir;
@@ -463,6 +678,16 @@ absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
       ctx.schedules[name] = std::move(def);
     }
   }
+  if (const YAML::Node s = root["sharers"]; s.IsDefined() && !s.IsNull()) {
+    if (!s.IsMap()) return Err(s, "`sharers` must be a map of name: sharer");
+    for (const auto& entry : s) {
+      const std::string name = entry.first.Scalar();
+      ASSIGN_OR_RETURN(SharerDef def, ParseSharerDef(entry.second, name,
+                                                     base_dir, variables));
+      ctx.sharers[name] = std::move(def);
+    }
+  }
+  std::set<std::string> noted;
   const YAML::Node defaults = root["defaults"];
   const bool has_defaults = defaults.IsDefined() && !defaults.IsNull();
   if (has_defaults) {
@@ -532,12 +757,26 @@ absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
     std::vector<size_t> at(axes.size(), 0);
     while (true) {
       RunSpec run = base;
+      std::string unavailable;
       for (size_t a = 0; a < axes.size(); ++a) {
-        RETURN_IF_ERROR(
-            ApplyKey(axes[a].first, axes[a].second[at[a]], ctx, &run));
+        RETURN_IF_ERROR(ApplyKey(axes[a].first, axes[a].second[at[a]], ctx,
+                                 &run, &unavailable));
       }
       RETURN_IF_ERROR(Normalize(block, &run));
       run.id = RunId(run);
+      if (!unavailable.empty() && !run.pair.sharer.empty()) {
+        const std::string note =
+            absl::StrCat("block ", name, ": left out the runs with ",
+                         unavailable);
+        if (noted.insert(note).second) grid.notes.push_back(note);
+        size_t a = 0;
+        for (; a < axes.size(); ++a) {
+          if (++at[a] < axes[a].second.size()) break;
+          at[a] = 0;
+        }
+        if (a == axes.size()) break;
+        continue;
+      }
       if (run.method == EvalMethod::kC2C && run.selection != "all" &&
           run.budget_bytes == 0) {
         RunSpec full = run;
@@ -569,10 +808,11 @@ absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
   return grid;
 }
 
-absl::StatusOr<Grid> LoadGridFile(const std::string& path) {
+absl::StatusOr<Grid> LoadGridFile(const std::string& path,
+                                  const GridVariables& variables) {
   ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
   absl::StatusOr<Grid> grid =
-      ParseGridYaml(text, fs::path(path).parent_path().string());
+      ParseGridYaml(text, fs::path(path).parent_path().string(), variables);
   if (!grid.ok()) {
     return absl::Status(grid.status().code(),
                         absl::StrCat(path, ": ", grid.status().message()));

@@ -15,6 +15,11 @@
 //       layer_schedule: {default: int8,
 //                        overrides: [{range: [24, 27], scheme: fp16}]}
 //     from_file: {file: kv_layer_schedule.yaml}    # the prototype's files
+//   sharers:                       # optional; named model pairs for M7
+//     llama3.2_1b:                 # a name, [A-Za-z0-9_.-]
+//       sharer_dir: ${LLAMA_DIR}   # required; ${VAR}: --grid_var, then env
+//       sharer_tokenizer_dir: ...  # optional (default: sharer_dir)
+//       fuser_dir: ${LLAMA_FUSER}  # optional (default: the backend's)
 //   runs:
 //     - name: ptq                  # required, [A-Za-z0-9_.-]
 //       method: c2c                # receiver-only|sharer-only|text-to-text|c2c
@@ -37,11 +42,26 @@
 //       layers: [0, 1, 2]          # sharer layers to send (not an axis)
 //       max_new_tokens: 64
 //       series: "my label"         # plot series (default: derived)
+//       sharer: [default, llama3.2_1b]  # `sharers:` names; default: the
+//                                  # backend's own sharer and fuser
+//       token_alignment: [on, off] # auto|on|off (default: the backend's)
+//       alignment_strategy: first  # first|longest (default: the backend's)
 //
 // Every key but name/series/layers takes a scalar or a list (an axis).
 // Normalisation: a proportion >= 1 means every token, so the selection
 // becomes "all" (min_tokens/seed dropped); C2C keys are ignored for the other
 // methods. Runs with the same id (the id encodes every setting) are merged.
+//
+// Model pairs: `sharer`, `token_alignment` and `alignment_strategy` make a
+// run answer with another sharer / fuser / alignment than the backend's own
+// (the id gets "-sharer_NAME" and "-align_MODE[_STRATEGY]"). Receiver-only
+// runs ignore them; sharer-only and text-to-text keep only the sharer (and
+// load it without a fuser). A `sharers:` entry whose ${VAR} is not set
+// (neither --grid_var nor the environment) is unavailable: its runs are left
+// out of the grid with a note in Grid::notes, so a grid with an M7 block
+// still runs its other blocks. Only the in-process backend can switch pairs;
+// the gRPC backend refuses such runs before asking anything (the pair is the
+// receiver service's flags).
 //
 // Mixed-precision schedules: the run's `scheme` is the default and a schedule
 // adds overrides (an explicit `default` must agree with the scheme). The
@@ -102,6 +122,9 @@ struct RunSpec {
   uint64_t budget_bytes = 0;
   bool budget_mixed_precision = false;
   std::vector<uint32_t> layers;
+  // Any method but receiver-only: the run's model pair (empty: the
+  // backend's).
+  PairOverride pair;
 };
 
 struct Grid {
@@ -110,13 +133,24 @@ struct Grid {
   std::vector<RunSpec> runs;
   // Dataset kind name ("openbookqa", "arc_challenge") -> path, in file order.
   std::vector<std::pair<std::string, std::string>> datasets;
+  // Runs left out (a sharer whose ${VAR} is unset), one line each.
+  std::vector<std::string> notes;
 };
 
-// `base_dir` resolves relative dataset and schedule paths.
+// Values of ${NAME} in `sharers:` paths (looked up before the environment).
+using GridVariables = std::map<std::string, std::string>;
+
+// "NAME=VALUE,NAME=VALUE" (--grid_var) into variables; INVALID_ARGUMENT for
+// an entry without '=' or with a bad name.
+absl::StatusOr<GridVariables> ParseGridVariables(absl::string_view text);
+
+// `base_dir` resolves relative dataset, schedule and sharer paths.
 // INVALID_ARGUMENT with the YAML line for malformed grids.
 absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
-                                   const std::string& base_dir);
-absl::StatusOr<Grid> LoadGridFile(const std::string& path);
+                                   const std::string& base_dir,
+                                   const GridVariables& variables = {});
+absl::StatusOr<Grid> LoadGridFile(const std::string& path,
+                                  const GridVariables& variables = {});
 
 // The id and series of a run from its settings (what expansion assigns).
 std::string RunId(const RunSpec& run);

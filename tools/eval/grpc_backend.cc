@@ -42,6 +42,19 @@ class GrpcBackend : public AnswerBackend {
   }
   BackendLayout layout() const override { return layout_; }
 
+  absl::Status CheckPairSupported(const PairOverride& pair) const override {
+    if (pair.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the gRPC backend cannot change the model pair per run (",
+        pair.Describe(),
+        "): the sharer, fuser, sharer tokenizer and token alignment are the "
+        "receiver service's flags (--sharer_target, --fuser_dir, "
+        "--sharer_tokenizer_dir, --token_alignment, --alignment_strategy); "
+        "start a receiver with them and run a grid without `sharer`, "
+        "`token_alignment` and `alignment_strategy`, or use "
+        "--backend=inprocess"));
+  }
+
   absl::StatusOr<BackendAnswer> Answer(const BackendRequest& request) override {
     v1::AnswerRequest req;
     req.set_request_id(request.request_id);
@@ -64,9 +77,9 @@ class GrpcBackend : public AnswerBackend {
         req.set_fallback(fallback_);
         break;
       case EvalMethod::kSharerOnly:
-        return absl::InvalidArgumentError(
-            "sharer-only is not an AnswerMode of the receiver service; use "
-            "--backend=inprocess");
+        req.set_mode(v1::ANSWER_MODE_SHARER_ONLY);
+        req.set_fallback(fallback_);
+        break;
     }
     if (request.selection_strategy != "spec") {
       return absl::InvalidArgumentError(
@@ -94,7 +107,10 @@ class GrpcBackend : public AnswerBackend {
     BackendAnswer a;
     a.text = resp.text();
     a.token_ids.assign(resp.token_ids().begin(), resp.token_ids().end());
-    a.has_transfer = resp.has_transfer();
+    // A sharer-only answer's transfer is the GenerateResponse, not KV (the
+    // in-process backend reports none either).
+    a.has_transfer =
+        resp.has_transfer() && request.method != EvalMethod::kSharerOnly;
     if (a.has_transfer) a.transfer = resp.transfer();
     if (request.method == EvalMethod::kTextToText && a.has_transfer) {
       // The service reports the text message's bytes as its transfer.

@@ -4,8 +4,15 @@
 // the prompt with its own chat template; the transfer report and stage
 // timings come from its AnswerResponse.
 //
-// Not available over gRPC: sharer-only (AnswerMode has no such value) and
-// the in-process selection strategies (INVALID_ARGUMENT before any call).
+// Sharer-only is ANSWER_MODE_SHARER_ONLY (the receiver asks its sharer to
+// answer alone; no KV transfer is reported). Not available over gRPC: the
+// in-process selection strategies, and per-run model pairs (grid `sharer`,
+// `token_alignment`, `alignment_strategy`): the sharer, fuser, sharer
+// tokenizer and token alignment are the receiver service's flags
+// (--sharer_target, --fuser_dir, --sharer_tokenizer_dir, --token_alignment,
+// --alignment_strategy), fixed for its lifetime. Both are INVALID_ARGUMENT
+// before any call; to sweep pairs over gRPC, start one receiver per pair and
+// run a grid without those keys against each.
 // Text-to-text is sent as ANSWER_MODE_TEXT_TO_TEXT, which the receiver
 // service currently answers UNIMPLEMENTED (the sharer has no text RPC); if it
 // ever does, note that AnswerRequest has no separate background question, so

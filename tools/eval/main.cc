@@ -18,6 +18,10 @@
 ABSL_FLAG(std::string, grid, "",
           "YAML grid of runs (tools/eval/grids/*.yaml). Without it, one block "
           "is built from the single-run lists below.");
+ABSL_FLAG(std::string, grid_var, "",
+          "Grid variables, NAME=VALUE,NAME=VALUE: the ${NAME}s in the grid's "
+          "`sharers:` paths (looked up before the environment), e.g. "
+          "LLAMA_SHARER_DIR=/models/Llama-3.2-1B-Instruct.");
 ABSL_FLAG(std::string, method, "",
           "Single run: methods, comma-separated: receiver-only, sharer-only, "
           "text-to-text, c2c (default c2c).");
@@ -77,7 +81,14 @@ ABSL_FLAG(std::string, tokenizer_dir, "",
           "prompt tokens.");
 ABSL_FLAG(std::string, sharer_tokenizer_dir, "",
           "In-process: the sharer's own tokenizer/template (sharer-only, "
-          "text-to-text).");
+          "text-to-text, token alignment; default: the sharer's directory).");
+ABSL_FLAG(std::string, token_alignment, "auto",
+          "In-process: C2C token alignment for the command line's pair: auto "
+          "(when the fuser's config.json says is_do_alignment), on, off. Grid "
+          "runs may override it (`token_alignment:`).");
+ABSL_FLAG(std::string, alignment_strategy, "",
+          "In-process: first or longest (default: the fuser recipe's, else "
+          "longest).");
 ABSL_FLAG(std::string, device, "cpu", "In-process: cpu, cuda, cuda:N.");
 ABSL_FLAG(std::string, dtype, "auto",
           "In-process: bf16, fp16, fp32, or auto (bf16 on CUDA, fp32 on "
@@ -134,6 +145,7 @@ int main(int argc, char** argv) {
 
   kvwire::eval::CliConfig c;
   c.grid = absl::GetFlag(FLAGS_grid);
+  c.grid_vars = absl::GetFlag(FLAGS_grid_var);
   c.methods = absl::GetFlag(FLAGS_method);
   c.schemes = absl::GetFlag(FLAGS_scheme);
   c.granularities = absl::GetFlag(FLAGS_granularity);
@@ -161,6 +173,8 @@ int main(int argc, char** argv) {
   c.inprocess.fuser_dir = absl::GetFlag(FLAGS_fuser_dir);
   c.inprocess.tokenizer_dir = absl::GetFlag(FLAGS_tokenizer_dir);
   c.inprocess.sharer_tokenizer_dir = absl::GetFlag(FLAGS_sharer_tokenizer_dir);
+  c.inprocess.token_alignment = absl::GetFlag(FLAGS_token_alignment);
+  c.inprocess.alignment_strategy = absl::GetFlag(FLAGS_alignment_strategy);
   c.inprocess.device = absl::GetFlag(FLAGS_device);
   c.inprocess.dtype = absl::GetFlag(FLAGS_dtype);
   c.inprocess.threads = absl::GetFlag(FLAGS_threads);

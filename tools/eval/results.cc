@@ -263,9 +263,13 @@ ordered_json SummaryToJson(const RunSummary& s) {
                    {"schedule", r.schedule},
                    {"zstd_level", r.zstd_level},
                    {"budget_bytes", r.budget_bytes},
-                   {"transfer_spec", r.transfer_spec}};
+                   {"transfer_spec", r.transfer_spec},
+                   {"sharer", r.sharer},
+                   {"token_alignment", r.token_alignment},
+                   {"alignment_strategy", r.alignment_strategy}};
   return ordered_json{
       {"run", run},
+      {"refused", s.refused},
       {"n", s.n},
       {"expected", s.expected},
       {"complete", s.complete},
@@ -317,6 +321,10 @@ absl::StatusOr<RunSummary> SummaryFromJson(const json& j) {
     s.run.zstd_level = r.value("zstd_level", 0);
     s.run.budget_bytes = r.value("budget_bytes", uint64_t{0});
     if (r.contains("transfer_spec")) s.run.transfer_spec = r["transfer_spec"];
+    s.run.sharer = r.value("sharer", "");
+    s.run.token_alignment = r.value("token_alignment", "");
+    s.run.alignment_strategy = r.value("alignment_strategy", "");
+    s.refused = j.value("refused", "");
     s.n = j.at("n").get<int64_t>();
     s.expected = j.value("expected", s.n);
     s.complete = j.value("complete", false);

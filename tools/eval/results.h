@@ -96,10 +96,19 @@ struct RunInfo {
   int zstd_level = 0;
   uint64_t budget_bytes = 0;
   nlohmann::json transfer_spec;  // As resolved, proto JSON.
+  // The run's model pair (grid `sharer` / `token_alignment` /
+  // `alignment_strategy`); empty: the backend's own.
+  std::string sharer;
+  std::string token_alignment;
+  std::string alignment_strategy;
 };
 
 struct RunSummary {
   RunInfo run;
+  // Non-empty: the backend refused the run's model pair before any question
+  // (e.g. "FAILED_PRECONDITION: ... do not share a vocabulary ..."); n is 0
+  // and the run is not plotted. summary.json: "refused".
+  std::string refused;
   int64_t n = 0;         // Answered questions.
   int64_t expected = 0;  // Questions the run covers (after --limit).
   bool complete = false;

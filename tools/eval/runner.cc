@@ -54,13 +54,16 @@ absl::Status MakeDirs(const fs::path& dir) {
 // What must match for a directory's answers to be resumed.
 json Identity(const Dataset& dataset, const ResolvedRun& run,
               const AnswerBackend& backend) {
-  return json{{"dataset", DatasetKindName(dataset.kind)},
-              {"run_id", run.spec.id},
-              {"method", EvalMethodName(run.spec.method)},
-              {"transfer_spec", SpecJson(run.transfer)},
-              {"selection_strategy", run.selection_strategy},
-              {"max_new_tokens", run.spec.max_new_tokens},
-              {"backend", backend.kind()}};
+  json identity{{"dataset", DatasetKindName(dataset.kind)},
+                {"run_id", run.spec.id},
+                {"method", EvalMethodName(run.spec.method)},
+                {"transfer_spec", SpecJson(run.transfer)},
+                {"selection_strategy", run.selection_strategy},
+                {"max_new_tokens", run.spec.max_new_tokens},
+                {"backend", backend.kind()}};
+  // Only runs with their own pair carry one (older run.json files match).
+  if (!run.spec.pair.empty()) identity["pair"] = run.spec.pair.Describe();
+  return identity;
 }
 
 RunInfo InfoOf(const Dataset& dataset, const ResolvedRun& run) {
@@ -82,6 +85,9 @@ RunInfo InfoOf(const Dataset& dataset, const ResolvedRun& run) {
     info.budget_bytes = r.budget_bytes;
     info.transfer_spec = SpecJson(run.transfer);
   }
+  info.sharer = r.pair.sharer;
+  info.token_alignment = r.pair.token_alignment;
+  info.alignment_strategy = r.pair.alignment_strategy;
   return info;
 }
 
@@ -421,6 +427,24 @@ absl::StatusOr<RunSummary> RunOne(const Dataset& dataset,
 
 namespace {
 
+// A run whose model pair the backend refused: its summary says why, with
+// no answers (an earlier directory of the same run keeps its predictions).
+absl::StatusOr<RunSummary> WriteRefused(const Dataset& dataset,
+                                        const ResolvedRun& run,
+                                        const absl::Status& why,
+                                        const RunOptions& options) {
+  const std::string ds_name = DatasetKindName(dataset.kind);
+  const fs::path dir = fs::path(options.out_dir) / ds_name / run.spec.id;
+  RETURN_IF_ERROR(MakeDirs(dir));
+  RunSummary summary =
+      Summarize(InfoOf(dataset, run), {},
+                static_cast<int64_t>(SelectItems(dataset, options.limit).size()),
+                static_cast<int64_t>(dataset.skipped.size()));
+  summary.refused = why.ToString();
+  RETURN_IF_ERROR(WriteSummary(dir, summary));
+  return summary;
+}
+
 absl::StatusOr<std::string> WriteCombinedCsv(
     const std::string& out_dir, const std::vector<std::string>& datasets) {
   std::vector<RunSummary> all;
@@ -440,9 +464,23 @@ absl::StatusOr<GridResult> RunGrid(const Grid& grid,
                                    const std::vector<Dataset>& datasets,
                                    AnswerBackend& backend,
                                    const RunOptions& options) {
+  // Runs with their own model pair are resolved once the backend uses it
+  // (their layer counts may differ); the others now, so a bad schedule
+  // fails before any question.
+  RETURN_IF_ERROR(backend.UsePair(PairOverride()));
   const BackendLayout layout = backend.layout();
   std::vector<ResolvedRun> runs;
   for (const RunSpec& spec : grid.runs) {
+    if (absl::Status st = backend.CheckPairSupported(spec.pair); !st.ok()) {
+      return absl::Status(st.code(),
+                          absl::StrCat("run ", spec.id, ": ", st.message()));
+    }
+    if (!spec.pair.empty()) {
+      ResolvedRun pending;
+      pending.spec = spec;
+      runs.push_back(std::move(pending));
+      continue;
+    }
     ASSIGN_OR_RETURN(ResolvedRun run, ResolveRun(spec, layout));
     runs.push_back(std::move(run));
   }
@@ -464,6 +502,36 @@ absl::StatusOr<GridResult> RunGrid(const Grid& grid,
     if (options.dump_prompts)
       RETURN_IF_ERROR(DumpPrompts(dataset, ds_dir, options));
     for (size_t r = 0; r < runs.size() && stop.ok(); ++r) {
+      const PairOverride& pair = runs[r].spec.pair;
+      if (absl::Status st = backend.UsePair(pair); !st.ok()) {
+        if (!absl::IsFailedPrecondition(st)) {
+          stop = absl::Status(st.code(), absl::StrCat("run ", runs[r].spec.id,
+                                                      ": ", st.message()));
+          break;
+        }
+        absl::StatusOr<ResolvedRun> unresolved =
+            ResolveRun(runs[r].spec, BackendLayout());
+        absl::StatusOr<RunSummary> refused =
+            WriteRefused(dataset, unresolved.ok() ? *unresolved : runs[r], st,
+                         options);
+        if (!refused.ok()) {
+          stop = refused.status();
+          break;
+        }
+        Note(options, absl::StrCat(ds_name, " ", runs[r].spec.id,
+                                   " REFUSED: ", st.ToString()));
+        result.summaries.push_back(*std::move(refused));
+        continue;
+      }
+      if (!pair.empty()) {
+        absl::StatusOr<ResolvedRun> resolved =
+            ResolveRun(runs[r].spec, backend.layout());
+        if (!resolved.ok()) {
+          stop = resolved.status();
+          break;
+        }
+        runs[r] = *std::move(resolved);
+      }
       absl::StatusOr<RunSummary> summary =
           RunOne(dataset, runs[r], backend, options);
       if (!summary.ok()) {

@@ -25,7 +25,8 @@ ABSL_FLAG(std::string, preset, "",
           "Real model shapes: qwen3-0.6b, qwen2.5-0.5b or llama-3.2-1b "
           "(overrides the size flags).");
 ABSL_FLAG(std::string, arch, "qwen3",
-          "qwen2 | qwen3 | llama (or the HF architecture name).");
+          "qwen2 | qwen3 | llama | mistral | gemma3_text (or the HF "
+          "architecture name).");
 ABSL_FLAG(int64_t, layers, 2, "num_hidden_layers");
 ABSL_FLAG(int64_t, hidden, 64, "hidden_size");
 ABSL_FLAG(int64_t, heads, 4, "num_attention_heads");
@@ -88,7 +89,15 @@ absl::Status Run() {
       return absl::InvalidArgumentError(
           absl::StrCat("unsupported --rope_scaling '", scaling, "'"));
     }
-    SetUniformLayers(c);
+    // The flags' RoPE on every layer, except Gemma3's sliding layers, which
+    // keep their local RoPE (the layer types and windows are the family's
+    // defaults).
+    for (LayerConfig& layer : c.layers) {
+      if (*arch != ModelArch::kGemma3 ||
+          layer.attention_type == "full_attention") {
+        layer.rope = c.rope;
+      }
+    }
     c.eos_token_ids = {c.vocab_size - 1};
   }
   const std::string eos = absl::GetFlag(FLAGS_eos_ids);

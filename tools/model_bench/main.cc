@@ -45,6 +45,13 @@ ABSL_FLAG(std::string, parity, "",
           "Safetensors with input_ids [T] and logits [T, V] (and optionally "
           "ref_fp32_logits, greedy_tokens, keys.<l>/values.<l>) to compare.");
 ABSL_FLAG(bool, perf, true, "Run the timing part.");
+ABSL_FLAG(bool, parity_accelerated, true,
+          "CUDA builds on a CUDA device, with --parity: also generate the "
+          "greedy tokens through the CUDA-graph prefill + decode and through "
+          "batched decode over a slot pool, and compare them.");
+ABSL_FLAG(int64_t, sliding_window_override, 0,
+          "> 0: DecoderOptions::sliding_window_override (C2C's Gemma-3 "
+          "4096).");
 ABSL_FLAG(bool, graph_decode, true,
           "CUDA builds on a CUDA device: also time decode with CUDA-graph "
           "replay (CudaGraphDecoder) and report it beside the eager numbers.");
@@ -121,6 +128,13 @@ absl::Status Parity(const Decoder& decoder, const std::string& path,
     p["kv_max_abs_diff"] =
         std::max(p.value("kv_max_abs_diff", 0.0), std::max(dk, dv));
   }
+  auto last = (*file)->GetTensor("last_logits");
+  if (last.ok()) {
+    const at::Tensor r = last->to(at::kFloat).reshape(-1);
+    const at::Tensor o = ours.select(0, ours.size(0) - 1);
+    p["last_logits_max_abs_diff"] = (o - r).abs().max().item<double>();
+    p["last_logits_max_abs_ref"] = r.abs().max().item<double>();
+  }
   auto greedy = (*file)->GetTensor("greedy_tokens");
   if (greedy.ok()) {
     const at::Tensor g = greedy->to(at::kLong).reshape(-1).contiguous();
@@ -140,6 +154,75 @@ absl::Status Parity(const Decoder& decoder, const std::string& path,
     p["greedy_ours"] = result->tokens;
   }
   out["parity"] = p;
+  return absl::OkStatus();
+}
+
+// The greedy tokens of `path` generated through the CUDA accelerators: the
+// CUDA-graph prefill (prompt <= 1024 tokens) and decode, then batched decode
+// over a slot pool (CUDA-graph step runner). Leaves `decoder` without them.
+absl::Status AcceleratedParity(Decoder& decoder, const std::string& path,
+                               Json& out) {
+#ifdef KVWIRE_WITH_CUDA
+  if (!decoder.device().is_cuda()) return absl::OkStatus();
+  auto file = SafetensorsFile::Open(path);
+  if (!file.ok()) return file.status();
+  auto ids_t = (*file)->GetTensor("input_ids");
+  auto greedy = (*file)->GetTensor("greedy_tokens");
+  if (!ids_t.ok() || !greedy.ok()) return absl::OkStatus();
+  const at::Tensor ids_flat = ids_t->to(at::kLong).reshape(-1).contiguous();
+  const std::vector<int64_t> ids(
+      ids_flat.data_ptr<int64_t>(),
+      ids_flat.data_ptr<int64_t>() + ids_flat.numel());
+  const at::Tensor g = greedy->to(at::kLong).reshape(-1).contiguous();
+  const std::vector<int64_t> expected(g.data_ptr<int64_t>(),
+                                      g.data_ptr<int64_t>() + g.numel());
+  GenerationOptions opts;
+  opts.max_new_tokens = g.numel();
+  opts.eos_token_ids = std::vector<int64_t>{};
+  auto prefix = [&](const std::vector<int64_t>& got) {
+    int64_t same = 0;
+    while (same < static_cast<int64_t>(expected.size()) &&
+           same < static_cast<int64_t>(got.size()) &&
+           got[same] == expected[same]) {
+      ++same;
+    }
+    return same;
+  };
+  Json& p = out["parity"];
+  CudaGraphPrefillOptions prefill_options;
+  prefill_options.max_tokens = 1024;
+  auto prefill = std::make_shared<CudaGraphPrefill>(&decoder, prefill_options);
+  auto graphs = std::make_shared<CudaGraphDecoder>(&decoder);
+  decoder.SetPrefillAccelerator(prefill);
+  decoder.SetDecodeAccelerator(graphs);
+  auto graph = decoder.Generate(ids, opts);
+  if (!graph.ok()) return graph.status();
+  p["graph_greedy_matching_prefix"] = prefix(graph->tokens);
+  p["graph_prefill_replays"] = prefill->replays();
+  p["graph_decode_replays"] = graphs->replays();
+  // Batched decode: the cache comes from a slot pool, its steps go through
+  // the batcher (one request: rows of 1, the CUDA-graph step runner).
+  auto pool = KvSlotPool::Create(
+      decoder, 2, static_cast<int64_t>(ids.size()) + g.numel() + 1);
+  if (!pool.ok()) return pool.status();
+  decoder.SetSlotPool(*pool);
+  auto batched = std::make_shared<BatchedDecodeAccelerator>(
+      *pool, BatchedDecodeOptions{}, CudaGraphStepRunner(), graphs);
+  decoder.SetDecodeAccelerator(batched);
+  auto cache = decoder.NewCache(static_cast<int64_t>(ids.size()) + g.numel());
+  if (!cache.ok()) return cache.status();
+  auto prefilled =
+      decoder.Prefill(absl::MakeConstSpan(ids).subspan(0, ids.size() - 1),
+                      *cache, nullptr, LogitsMode::kNone);
+  if (!prefilled.ok()) return prefilled.status();
+  auto pooled = decoder.Generate(*cache, {ids.back()}, opts);
+  if (!pooled.ok()) return pooled.status();
+  p["batched_greedy_matching_prefix"] = prefix(pooled->tokens);
+  p["batched_steps"] = batched->steps();
+  decoder.SetDecodeAccelerator(nullptr);
+  decoder.SetPrefillAccelerator(nullptr);
+  decoder.SetSlotPool(nullptr);
+#endif
   return absl::OkStatus();
 }
 
@@ -300,6 +383,8 @@ absl::Status Run() {
   options.attention = attention == "plain"  ? AttentionImpl::kPlain
                       : attention == "sdpa" ? AttentionImpl::kSdpa
                                             : AttentionImpl::kAuto;
+  options.sliding_window_override =
+      absl::GetFlag(FLAGS_sliding_window_override);
   const auto t0 = Clock::now();
   auto decoder = Decoder::Load(absl::GetFlag(FLAGS_model_dir), options);
   if (!decoder.ok()) return decoder.status();
@@ -313,6 +398,10 @@ absl::Status Run() {
   if (!absl::GetFlag(FLAGS_parity).empty()) {
     absl::Status s = Parity(**decoder, absl::GetFlag(FLAGS_parity), out);
     if (!s.ok()) out["parity_error"] = s.ToString();
+    if (s.ok() && absl::GetFlag(FLAGS_parity_accelerated)) {
+      s = AcceleratedParity(**decoder, absl::GetFlag(FLAGS_parity), out);
+      if (!s.ok()) out["parity_accelerated_error"] = s.ToString();
+    }
   }
   if (absl::GetFlag(FLAGS_perf)) {
     absl::Status s = Perf(**decoder, out);

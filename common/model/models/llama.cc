@@ -30,10 +30,15 @@ void WriteConfig(const ModelConfig& c, nlohmann::json& j) {
 }  // namespace
 
 const ModelFamily& LlamaFamily() {
-  static const ModelFamily family{
-      ModelArch::kLlama,        "LlamaForCausalLM", "llama",
-      /*default_head_dim=*/0,   ParseConfig,        SetDefaults, WriteConfig,
-      AppendPreNormLayerWeights};
+  static const ModelFamily family{ModelArch::kLlama,
+                                  "LlamaForCausalLM",
+                                  "llama",
+                                  /*default_head_dim=*/0,
+                                  ParseConfig,
+                                  SetDefaults,
+                                  WriteConfig,
+                                  AppendPreNormLayerWeights,
+                                  /*finish_config=*/nullptr};
   return family;
 }
 

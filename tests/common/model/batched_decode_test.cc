@@ -202,5 +202,50 @@ TEST_F(BatchedDecodeTest, IdleSlotsAreNotWrittenAndOtherCachesFallBack) {
   decoder_->SetDecodeAccelerator(nullptr);
 }
 
+TEST_F(BatchedDecodeTest, RowsStepAtTheirOwnRopeOffsets) {
+  auto pool = KvSlotPool::Create(*decoder_, 4, 32);
+  ASSERT_TRUE(pool.ok());
+  auto batched = std::make_shared<BatchedDecodeAccelerator>(
+      *pool, BatchedDecodeOptions{}, nullptr, nullptr);
+  decoder_->SetSlotPool(*pool);
+  auto gapped = decoder_->NewCache(32);  // Slot 0: gapped prefill.
+  auto plain = decoder_->NewCache(32);   // Slot 1: offset 0.
+  ASSERT_TRUE(gapped.ok() && plain.ok());
+  ASSERT_NE(gapped->slot_lease(), nullptr);
+  const std::vector<int64_t> prompt = Prompt(5, 4);
+  const std::vector<int64_t> positions = {0, 2, 3, 7, 10};
+  ASSERT_TRUE(decoder_->PrefillAt(prompt, positions, *gapped).ok());
+  ASSERT_TRUE(decoder_->Prefill(prompt, *plain).ok());
+  decoder_->SetSlotPool(nullptr);
+  auto gapped_ref = decoder_->NewCache(32);
+  auto plain_ref = decoder_->NewCache(32);
+  ASSERT_TRUE(gapped_ref.ok() && plain_ref.ok());
+  ASSERT_TRUE(decoder_->PrefillAt(prompt, positions, *gapped_ref).ok());
+  ASSERT_TRUE(decoder_->Prefill(prompt, *plain_ref).ok());
+
+  // Both rows step together in one forward; each equals its eager step.
+  for (int64_t token : {3, 8, 21}) {
+    decoder_->SetDecodeAccelerator(batched);
+    at::Tensor a, b;
+    std::thread other([&] {
+      auto r = decoder_->DecodeStep(token, *plain);
+      ASSERT_TRUE(r.ok()) << r.status();
+      b = *r;
+    });
+    auto r = decoder_->DecodeStep(token, *gapped);
+    other.join();
+    ASSERT_TRUE(r.ok()) << r.status();
+    a = *r;
+    decoder_->SetDecodeAccelerator(nullptr);
+    auto ea = decoder_->DecodeStep(token, *gapped_ref);
+    auto eb = decoder_->DecodeStep(token, *plain_ref);
+    ASSERT_TRUE(ea.ok() && eb.ok());
+    EXPECT_LT(MaxDiff(a, *ea), 1e-5);
+    EXPECT_LT(MaxDiff(b, *eb), 1e-5);
+  }
+  EXPECT_EQ(batched->steps(), 6);
+  EXPECT_EQ(gapped->rope_offset(), 6);
+}
+
 }  // namespace
 }  // namespace kvwire

@@ -118,6 +118,52 @@ TEST_P(CudaGraphDecoderTest, GreedyGenerateMatchesEager) {
   }
 }
 
+TEST_P(CudaGraphDecoderTest, RopeOffsetOfAGappedPrefillIsReplayed) {
+  // PrefillAt with gaps (C2C token alignment) leaves a RoPE offset; the
+  // graph decoder and batched decode read it from a device tensor, so the
+  // graphs captured for offset 0 serve it too.
+  for (int64_t window : {0, 5}) {
+    SCOPED_TRACE(absl::StrCat("window ", window));
+    auto decoder =
+        Load(MakeModel(absl::StrCat("offset", window), window), GetParam());
+    ASSERT_NE(decoder, nullptr);
+    GenerationOptions options;
+    options.max_new_tokens = 24;
+    options.eos_token_ids = std::vector<int64_t>{};
+    const std::vector<int64_t> prompt = Tokens(8);
+    const std::vector<int64_t> positions = {0, 1, 2, 6, 7, 8, 9, 10};
+    auto run = [&]() -> std::vector<int64_t> {
+      auto cache = decoder->NewCache(40);
+      EXPECT_TRUE(cache.ok());
+      EXPECT_TRUE(decoder
+                      ->PrefillAt(absl::MakeConstSpan(prompt).subspan(0, 7),
+                                  absl::MakeConstSpan(positions).subspan(0, 7),
+                                  *cache, nullptr, LogitsMode::kNone)
+                      .ok());
+      EXPECT_EQ(cache->rope_offset(), 3);
+      auto out = decoder->Generate(*cache, {prompt.back()}, options);
+      EXPECT_TRUE(out.ok()) << out.status();
+      return out.ok() ? out->tokens : std::vector<int64_t>{};
+    };
+    const std::vector<int64_t> eager = run();
+    auto graphs = InstallCudaGraphDecoder(*decoder);
+    ASSERT_NE(graphs, nullptr);
+    EXPECT_EQ(run(), eager);
+    EXPECT_EQ(graphs->replays(), options.max_new_tokens);
+    // Batched decode over a slot pool, graph step runner.
+    auto pool = KvSlotPool::Create(*decoder, 2, 40);
+    ASSERT_TRUE(pool.ok());
+    decoder->SetSlotPool(*pool);
+    auto batched = std::make_shared<BatchedDecodeAccelerator>(
+        *pool, BatchedDecodeOptions{}, CudaGraphStepRunner(), graphs);
+    decoder->SetDecodeAccelerator(batched);
+    EXPECT_EQ(run(), eager);
+    EXPECT_EQ(batched->steps(), options.max_new_tokens);
+    decoder->SetDecodeAccelerator(nullptr);
+    decoder->SetSlotPool(nullptr);
+  }
+}
+
 TEST_P(CudaGraphDecoderTest, StepLogitsAndCacheMatchEager) {
   auto decoder = Load(MakeModel("steps", 6), GetParam());
   ASSERT_NE(decoder, nullptr);

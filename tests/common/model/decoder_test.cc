@@ -32,9 +32,21 @@ using ::testing::HasSubstr;
 constexpr int64_t kVocab = 128;
 
 ModelConfig TinyConfig(ModelArch arch) {
-  ModelConfig c = MakeModelConfig(arch, kVocab, 32, 64, 2, 4, 2,
-                                  arch == ModelArch::kQwen3 ? 16 : 0);
+  ModelConfig c = MakeModelConfig(
+      arch, kVocab, 32, 64, 2, 4, 2,
+      arch == ModelArch::kQwen3 || arch == ModelArch::kGemma3 ? 16 : 0);
   c.eos_token_ids = {kVocab - 1};
+  if (arch == ModelArch::kGemma3) {
+    // One sliding layer with a window shorter than most test sequences,
+    // one full layer with its own RoPE; both soft-cappings on.
+    c.layers[0].sliding_window = 5;
+    c.layers[1] = LayerConfig{"full_attention", 0, c.rope};
+    c.query_pre_attn_scalar = 12;
+    c.attn_logit_softcapping = 20;
+    c.final_logit_softcapping = 15;
+  } else if (arch == ModelArch::kMistral) {
+    for (LayerConfig& layer : c.layers) layer.sliding_window = 6;
+  }
   if (arch == ModelArch::kLlama) {
     c.rope = RopeConfig{RopeType::kLlama3, 10000.0, 8.0, 1.0, 4.0, 64};
     c.tie_word_embeddings = false;
@@ -420,12 +432,178 @@ TEST_P(DecoderArchTest, RejectsBadInput) {
   EXPECT_FALSE(decoder_->NewCache(0).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, DecoderArchTest,
-                         ::testing::Values(ModelArch::kQwen2, ModelArch::kQwen3,
-                                           ModelArch::kLlama),
-                         [](const auto& info) {
-                           return ModelTypeName(info.param);
-                         });
+TEST_P(DecoderArchTest, PrefillAtContiguousPositionsIsPrefill) {
+  const std::vector<int64_t> tokens = Tokens(9, 3);
+  auto plain = decoder_->NewCache(16);
+  auto at = decoder_->NewCache(16);
+  ASSERT_TRUE(plain.ok() && at.ok());
+  auto expected = decoder_->Prefill(tokens, *plain, nullptr, LogitsMode::kAll);
+  std::vector<int64_t> positions;
+  for (int64_t i = 0; i < 9; ++i) positions.push_back(i);
+  auto got =
+      decoder_->PrefillAt(tokens, positions, *at, nullptr, LogitsMode::kAll);
+  ASSERT_TRUE(expected.ok() && got.ok()) << got.status();
+  EXPECT_EQ(MaxDiff(*got, *expected), 0.0);
+  EXPECT_EQ(at->length(), 9);
+  EXPECT_EQ(at->rope_offset(), 0);
+  EXPECT_EQ(MaxDiff(at->storage(), plain->storage()), 0.0);
+}
+
+TEST_P(DecoderArchTest, PrefillAtShiftedPositionsKeepsRelativeAttention) {
+  // RoPE attention depends only on position differences: a sequence run at
+  // positions [s, s + n) gives the logits of [0, n) (up to rounding), and
+  // its keys are those of [0, n) rotated further.
+  const std::vector<int64_t> tokens = Tokens(10, 4);
+  auto plain = decoder_->NewCache(16);
+  auto shifted = decoder_->NewCache(16);
+  ASSERT_TRUE(plain.ok() && shifted.ok());
+  auto expected = decoder_->Prefill(tokens, *plain, nullptr, LogitsMode::kAll);
+  std::vector<int64_t> positions;
+  for (int64_t i = 0; i < 10; ++i) positions.push_back(37 + i);
+  auto got = decoder_->PrefillAt(tokens, positions, *shifted, nullptr,
+                                 LogitsMode::kAll);
+  ASSERT_TRUE(expected.ok() && got.ok()) << got.status();
+  EXPECT_LT(MaxDiff(*got, *expected), 1e-3);
+  EXPECT_EQ(shifted->length(), 10);
+  EXPECT_EQ(shifted->rope_offset(), 37);
+  EXPECT_GT(MaxDiff(shifted->Keys(0), plain->Keys(0)), 1e-3);
+  EXPECT_LT(MaxDiff(shifted->Values(0), plain->Values(0)), 1e-5);
+  // The offset carries into decode steps: still the unshifted logits.
+  auto a = decoder_->DecodeStep(5, *plain);
+  auto b = decoder_->DecodeStep(5, *shifted);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LT(MaxDiff(*a, *b), 1e-3);
+}
+
+TEST_P(DecoderArchTest, GappedPrefillAtContinuesAtTheNextPosition) {
+  // Tokens at positions with a gap (C2C's aligned inputs without padding).
+  // The gap lies further back than the sliding windows (Gemma3 5, Mistral
+  // 6) reach from the later calls, whose earlier keys count as sitting at
+  // index + offset (decoder.h).
+  const std::vector<int64_t> tokens = Tokens(12, 5);
+  const std::vector<int64_t> positions = {0, 1, 4,  5,  6,  7,
+                                          8, 9, 10, 11, 12, 13};
+  auto all = decoder_->NewCache(24);
+  ASSERT_TRUE(all.ok());
+  auto reference =
+      decoder_->PrefillAt(tokens, positions, *all, nullptr, LogitsMode::kAll);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  EXPECT_EQ(all->length(), 12);
+  EXPECT_EQ(all->rope_offset(), 2);
+
+  // Prefix, then the rest token by token: the same logits.
+  auto cache = decoder_->NewCache(24);
+  ASSERT_TRUE(cache.ok());
+  auto first = decoder_->PrefillAt(absl::MakeConstSpan(tokens).subspan(0, 9),
+                                   absl::MakeConstSpan(positions).subspan(0, 9),
+                                   *cache, nullptr, LogitsMode::kAll);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_LT(MaxDiff(*first, reference->narrow(0, 0, 9)), 1e-5);
+  EXPECT_EQ(cache->rope_offset(), 2);
+  for (int64_t i = 9; i < 12; ++i) {
+    auto step = decoder_->PrefillAt(
+        absl::MakeConstSpan(tokens).subspan(i, 1),
+        absl::MakeConstSpan(positions).subspan(i, 1), *cache);
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_LT(MaxDiff(*step, reference->select(0, i)), 1e-5) << i;
+  }
+  EXPECT_EQ(cache->rope_offset(), 2);
+  EXPECT_LT(MaxDiff(cache->storage(), all->storage()), 1e-5);
+
+  // Generate continues at positions 14, 15, ...: equal to feeding its
+  // tokens through PrefillAt at those positions.
+  GenerationOptions options;
+  options.max_new_tokens = 6;
+  options.eos_token_ids = std::vector<int64_t>{};
+  auto gen_cache = decoder_->NewCache(24);
+  ASSERT_TRUE(gen_cache.ok());
+  ASSERT_TRUE(decoder_
+                  ->PrefillAt(absl::MakeConstSpan(tokens).subspan(0, 11),
+                              absl::MakeConstSpan(positions).subspan(0, 11),
+                              *gen_cache, nullptr, LogitsMode::kNone)
+                  .ok());
+  auto generated = decoder_->Generate(
+      *gen_cache, absl::MakeConstSpan(tokens).subspan(11), options);
+  ASSERT_TRUE(generated.ok()) << generated.status();
+  EXPECT_EQ(gen_cache->length(), 12 + 5);
+  EXPECT_EQ(gen_cache->rope_offset(), 2);
+  std::vector<int64_t> seq = tokens, pos = positions;
+  for (size_t k = 0; k + 1 < generated->tokens.size(); ++k) {
+    seq.push_back(generated->tokens[k]);
+    pos.push_back(14 + static_cast<int64_t>(k));
+  }
+  auto check = decoder_->NewCache(24);
+  ASSERT_TRUE(check.ok());
+  auto logits =
+      decoder_->PrefillAt(seq, pos, *check, nullptr, LogitsMode::kAll);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  for (size_t k = 0; k < generated->tokens.size(); ++k) {
+    EXPECT_EQ(logits->select(0, 11 + k).argmax().item<int64_t>(),
+              generated->tokens[k])
+        << k;
+  }
+  EXPECT_LT(MaxDiff(check->storage().narrow(4, 0, 17),
+                    gen_cache->storage().narrow(4, 0, 17)),
+            1e-5);
+
+  // Batched decode honours each row's offset: row 0 (offset 6) steps as a
+  // batch-1 cache with that offset does, row 1 (offset 0) as without.
+  auto rows = decoder_->NewCache(24, 2);
+  ASSERT_TRUE(rows.ok());
+  ASSERT_TRUE(decoder_->PrefillBatch({tokens, Tokens(3, 1)}, *rows).ok());
+  ASSERT_TRUE(rows->SetRopeOffset(0, 6).ok());
+  auto batched = decoder_->DecodeStepBatch({5, 5}, *rows);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  auto fresh = decoder_->NewCache(24);
+  ASSERT_TRUE(fresh.ok());
+  ASSERT_TRUE(decoder_->Prefill(tokens, *fresh).ok());
+  ASSERT_TRUE(fresh->SetRopeOffset(0, 6).ok());
+  auto fresh_step = decoder_->DecodeStep(5, *fresh);
+  ASSERT_TRUE(fresh_step.ok());
+  EXPECT_LT(MaxDiff(batched->select(0, 0), *fresh_step), 1e-5);
+}
+
+TEST_P(DecoderArchTest, PrefillAtRejectsBadPositionsAndOffsetsFollowTheCache) {
+  auto cache = decoder_->NewCache(16);
+  ASSERT_TRUE(cache.ok());
+  const std::vector<int64_t> tokens = Tokens(3);
+  auto r = decoder_->PrefillAt(tokens, std::vector<int64_t>{0, 2, 2}, *cache);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  r = decoder_->PrefillAt(tokens, std::vector<int64_t>{0, 1}, *cache);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  r = decoder_->PrefillAt({}, {}, *cache);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(
+      decoder_->PrefillAt(tokens, std::vector<int64_t>{2, 5, 6}, *cache).ok());
+  EXPECT_EQ(cache->rope_offset(), 4);
+  // The next position is 7: 6 is behind it.
+  r = decoder_->PrefillAt(Tokens(1), std::vector<int64_t>{6}, *cache);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("next position 7"));
+  EXPECT_EQ(cache->length(), 3);
+  auto batch = decoder_->NewCache(16, 2);
+  ASSERT_TRUE(batch.ok());
+  r = decoder_->PrefillAt(tokens, std::vector<int64_t>{0, 1, 2}, *batch);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  // Copies own their offsets; SetLength keeps it, Clear resets it.
+  KvCache copy = *cache;
+  ASSERT_TRUE(copy.SetRopeOffset(0, 9).ok());
+  EXPECT_EQ(cache->rope_offset(), 4);
+  ASSERT_TRUE(cache->SetLength(0, 1).ok());
+  EXPECT_EQ(cache->rope_offset(), 4);
+  cache->Clear();
+  EXPECT_EQ(cache->rope_offset(), 0);
+  EXPECT_EQ(cache->SetRopeOffset(0, -1).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache->SetRopeOffset(1, 0).code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(cache->rope_offset(5), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Archs, DecoderArchTest,
+    ::testing::Values(ModelArch::kQwen2, ModelArch::kQwen3, ModelArch::kLlama,
+                      ModelArch::kMistral, ModelArch::kGemma3),
+    [](const auto& info) { return ModelTypeName(info.param); });
 
 TEST(DecoderTest, DtypesAndShardedCheckpoints) {
   const ModelConfig config = TinyConfig(ModelArch::kQwen3);

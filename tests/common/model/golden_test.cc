@@ -1,9 +1,14 @@
 // Numerical parity with Hugging Face transformers. tools/gen_model_goldens.py
-// (run on the GPU host) built tiny random Qwen2, Qwen3 and Llama (llama3 RoPE
-// scaling) models with transformers, saved them with save_pretrained under
+// (run on the GPU host) built tiny random Qwen2, Qwen3, Llama (llama3 RoPE
+// scaling), Gemma3 (sliding + full layers, window < prompt), Mistral
+// (sliding window < prompt) and Llama 3.2 style (tied, its llama3 scaling)
+// models with transformers, saved them with save_pretrained under
 // tests/data/models/<arch>/ and recorded, in fp32, the prefill logits, every
-// layer's K/V and 20 greedy tokens (goldens.safetensors). The C++ decoder
-// loads the same files and must reproduce them:
+// layer's K/V and 20 greedy tokens (goldens.safetensors); for gemma3 also
+// C2C's aligned mode (gapped.safetensors: padding masked out, position_ids
+// arange over the padded sequence), which Decoder::PrefillAt reproduces by
+// dropping the padding. The C++ decoder loads the same files and must
+// reproduce them:
 //   logits and K/V: |ours - HF| <= kAbsTolerance (fp32, CPU)
 //   greedy tokens: identical.
 #include <ATen/TensorOperators.h>
@@ -137,6 +142,39 @@ TEST_P(GoldenTest, ConfigMatchesWhatTransformersWrote) {
     EXPECT_EQ(c.arch, ModelArch::kQwen2);
     EXPECT_TRUE(c.qkv_bias);
     EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{511}));  // An int.
+  } else if (GetParam() == "gemma3") {
+    EXPECT_EQ(c.arch, ModelArch::kGemma3);
+    EXPECT_TRUE(c.norm_plus_one && c.scale_embeddings && c.sandwich_norms);
+    EXPECT_TRUE(c.qk_norm);
+    EXPECT_EQ(c.hidden_act, "gelu_pytorch_tanh");
+    EXPECT_EQ(c.head_dim, 32);
+    EXPECT_DOUBLE_EQ(c.query_pre_attn_scalar, 24);
+    EXPECT_DOUBLE_EQ(c.final_logit_softcapping, 30);
+    EXPECT_DOUBLE_EQ(c.attn_logit_softcapping, 0);
+    EXPECT_TRUE(c.tie_word_embeddings);
+    ASSERT_EQ(c.layers.size(), 3u);
+    EXPECT_EQ(c.layers[0].sliding_window, 6);
+    EXPECT_EQ(c.layers[1].sliding_window, 6);
+    EXPECT_EQ(c.layers[2].sliding_window, 0);
+    EXPECT_DOUBLE_EQ(c.layers[0].rope.theta, 10000.0);
+    EXPECT_EQ(c.layers[0].rope.type, RopeType::kDefault);
+    EXPECT_DOUBLE_EQ(c.layers[2].rope.theta, 1000000.0);
+    EXPECT_EQ(c.layers[2].rope.type, RopeType::kLinear);
+    EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{1, 106}));
+  } else if (GetParam() == "mistral") {
+    EXPECT_EQ(c.arch, ModelArch::kMistral);
+    EXPECT_EQ(c.head_dim, 32);
+    for (const LayerConfig& layer : c.layers) {
+      EXPECT_EQ(layer.sliding_window, 6);
+    }
+    EXPECT_FALSE(c.tie_word_embeddings);
+  } else if (GetParam() == "llama32") {
+    EXPECT_EQ(c.arch, ModelArch::kLlama);
+    EXPECT_EQ(c.rope.type, RopeType::kLlama3);
+    EXPECT_DOUBLE_EQ(c.rope.factor, 32.0);
+    EXPECT_DOUBLE_EQ(c.rope.theta, 500000.0);
+    EXPECT_EQ(c.rope.original_max_position_embeddings, 8192);
+    EXPECT_TRUE(c.tie_word_embeddings);
   } else {
     EXPECT_EQ(c.arch, ModelArch::kLlama);
     EXPECT_EQ(c.rope.type, RopeType::kLlama3);
@@ -147,8 +185,67 @@ TEST_P(GoldenTest, ConfigMatchesWhatTransformersWrote) {
   }
 }
 
+TEST_P(GoldenTest, GappedPositionsMatchTransformersPaddedSequence) {
+  // C2C's aligned mode: HF ran the padded sequence with the padding masked
+  // out and position_ids = arange; kvwire drops the padding and runs the
+  // real tokens at their positions. Sliding windows then compare positions.
+  const std::string path = dir_ + "/gapped.safetensors";
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) GTEST_SKIP() << "no gapped golden";
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto get = [&](const std::string& name) {
+    auto t = (*file)->GetTensor(name);
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? *t : at::Tensor();
+  };
+  const std::vector<int64_t> ids = ToVector(get("input_ids"));
+  const std::vector<int64_t> positions = ToVector(get("positions"));
+  const std::vector<int64_t> expected = ToVector(get("greedy_tokens"));
+  const int64_t n = static_cast<int64_t>(ids.size());
+  ASSERT_EQ(positions.size(), ids.size());
+  ASSERT_GT(positions.back(), n - 1) << "the golden has no gaps";
+
+  auto cache = decoder_->NewCache(n);
+  ASSERT_TRUE(cache.ok());
+  auto logits =
+      decoder_->PrefillAt(ids, positions, *cache, nullptr, LogitsMode::kAll);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  const double diff = MaxDiff(*logits, get("logits"));
+  std::cout << GetParam() << " gapped: max |logits - HF| = " << diff << "\n";
+  EXPECT_LE(diff, kAbsTolerance);
+  for (int64_t l = 0; l < decoder_->config().num_hidden_layers; ++l) {
+    EXPECT_LE(MaxDiff(cache->Keys(l), get(absl::StrCat("keys.", l))),
+              kAbsTolerance)
+        << "keys, layer " << l;
+    EXPECT_LE(MaxDiff(cache->Values(l), get(absl::StrCat("values.", l))),
+              kAbsTolerance)
+        << "values, layer " << l;
+  }
+  EXPECT_EQ(cache->rope_offset(), positions.back() + 1 - n);
+
+  // The receiver's flow: all but the last token, then Generate from it at
+  // its own position (set through the offset).
+  auto gen_cache =
+      decoder_->NewCache(n + static_cast<int64_t>(expected.size()));
+  ASSERT_TRUE(gen_cache.ok());
+  ASSERT_TRUE(decoder_
+                  ->PrefillAt(absl::MakeConstSpan(ids).subspan(0, n - 1),
+                              absl::MakeConstSpan(positions).subspan(0, n - 1),
+                              *gen_cache, nullptr, LogitsMode::kNone)
+                  .ok());
+  ASSERT_TRUE(gen_cache->SetRopeOffset(0, positions.back() - (n - 1)).ok());
+  GenerationOptions options;
+  options.max_new_tokens = static_cast<int64_t>(expected.size());
+  options.eos_token_ids = std::vector<int64_t>{};
+  auto result = decoder_->Generate(*gen_cache, {ids.back()}, options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->tokens, expected);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, GoldenTest,
-                         ::testing::Values("qwen2", "qwen3", "llama"),
+                         ::testing::Values("qwen2", "qwen3", "llama", "gemma3",
+                                           "mistral", "llama32"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -167,6 +167,221 @@ TEST(ModelConfigTest, PerLayerTypeRopeAndSlidingWindows) {
   EXPECT_DOUBLE_EQ(c->rope.theta, 1e6);
 }
 
+// google/gemma-3-1b-it's config.json (transformers 4.50 layout; c2c-spec
+// §7): no layer_types, so HF derives them from sliding_window_pattern.
+constexpr char kGemma3Config[] = R"({
+  "architectures": ["Gemma3ForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "attn_logit_softcapping": null,
+  "bos_token_id": 2,
+  "cache_implementation": "hybrid",
+  "eos_token_id": [1, 106],
+  "final_logit_softcapping": null,
+  "head_dim": 256,
+  "hidden_activation": "gelu_pytorch_tanh",
+  "hidden_size": 1152,
+  "initializer_range": 0.02,
+  "intermediate_size": 6912,
+  "max_position_embeddings": 32768,
+  "model_type": "gemma3_text",
+  "num_attention_heads": 4,
+  "num_hidden_layers": 26,
+  "num_key_value_heads": 1,
+  "pad_token_id": 0,
+  "query_pre_attn_scalar": 256,
+  "rms_norm_eps": 1e-06,
+  "rope_local_base_freq": 10000,
+  "rope_scaling": null,
+  "rope_theta": 1000000,
+  "sliding_window": 512,
+  "sliding_window_pattern": 6,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.50.0.dev0",
+  "use_cache": true,
+  "vocab_size": 262144
+})";
+
+TEST(ModelConfigTest, ParsesGemma3AsPublished) {
+  auto c = ParseModelConfig(kGemma3Config, "");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->arch, ModelArch::kGemma3);
+  EXPECT_EQ(c->architecture, "Gemma3ForCausalLM");
+  EXPECT_EQ(c->head_dim, 256);
+  EXPECT_EQ(c->hidden_act, "gelu_pytorch_tanh");
+  EXPECT_TRUE(c->norm_plus_one && c->scale_embeddings && c->sandwich_norms);
+  EXPECT_TRUE(c->qk_norm);
+  EXPECT_FALSE(c->qkv_bias);
+  EXPECT_DOUBLE_EQ(c->query_pre_attn_scalar, 256);
+  EXPECT_DOUBLE_EQ(c->attn_logit_softcapping, 0);
+  EXPECT_DOUBLE_EQ(c->final_logit_softcapping, 0);
+  EXPECT_TRUE(c->tie_word_embeddings);  // Gemma3TextConfig's default.
+  ASSERT_EQ(c->layers.size(), 26u);
+  for (int i = 0; i < 26; ++i) {
+    const bool full = (i + 1) % 6 == 0;  // Layers 5, 11, 17, 23.
+    SCOPED_TRACE(i);
+    EXPECT_EQ(c->layers[i].attention_type,
+              full ? "full_attention" : "sliding_attention");
+    EXPECT_EQ(c->layers[i].sliding_window, full ? 0 : 512);
+    EXPECT_DOUBLE_EQ(c->layers[i].rope.theta, full ? 1e6 : 1e4);
+    EXPECT_EQ(c->layers[i].rope.type, RopeType::kDefault);
+  }
+  EXPECT_EQ(c->eos_token_ids, (std::vector<int64_t>{1, 106}));
+
+  // What the preset says is what the checkpoint says.
+  auto preset = PresetModelConfig("gemma-3-1b");
+  ASSERT_TRUE(preset.ok());
+  EXPECT_EQ(preset->hidden_size, c->hidden_size);
+  EXPECT_EQ(preset->intermediate_size, c->intermediate_size);
+  EXPECT_EQ(preset->num_key_value_heads, c->num_key_value_heads);
+  ASSERT_EQ(preset->layers.size(), c->layers.size());
+  for (size_t i = 0; i < c->layers.size(); ++i) {
+    EXPECT_EQ(preset->layers[i].sliding_window, c->layers[i].sliding_window);
+    EXPECT_EQ(preset->layers[i].rope, c->layers[i].rope);
+  }
+  EXPECT_DOUBLE_EQ(preset->query_pre_attn_scalar, 256);
+
+  // A round trip through the writer (the tiny-checkpoint tool's config).
+  auto again = ParseModelConfig(ModelConfigToJson(*c), "");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->hidden_act, "gelu_pytorch_tanh");
+  for (size_t i = 0; i < c->layers.size(); ++i) {
+    EXPECT_EQ(again->layers[i].attention_type, c->layers[i].attention_type);
+    EXPECT_EQ(again->layers[i].sliding_window, c->layers[i].sliding_window);
+    EXPECT_EQ(again->layers[i].rope, c->layers[i].rope);
+  }
+}
+
+TEST(ModelConfigTest, Gemma3Transformers5LayoutAndDefaults) {
+  // 5.x: layer_types written out, RoPE per layer type (linear scaling on
+  // the full layers, as Gemma-3-4B has), soft-capping on.
+  const std::string json = R"({"architectures": ["Gemma3ForCausalLM"],
+    "model_type": "gemma3_text", "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "vocab_size": 512, "sliding_window": 6, "final_logit_softcapping": 30.0,
+    "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+    "rope_parameters": {
+      "full_attention": {"rope_type": "linear", "factor": 8.0,
+                         "rope_theta": 1000000.0},
+      "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}})";
+  auto c = ParseModelConfig(json, "");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->head_dim, 256);  // Gemma3TextConfig's default head_dim.
+  EXPECT_DOUBLE_EQ(c->final_logit_softcapping, 30.0);
+  EXPECT_EQ(c->layers[1].attention_type, "full_attention");
+  EXPECT_EQ(c->layers[1].sliding_window, 0);
+  EXPECT_EQ(c->layers[1].rope.type, RopeType::kLinear);
+  EXPECT_DOUBLE_EQ(c->layers[1].rope.factor, 8.0);
+  EXPECT_EQ(c->layers[2].sliding_window, 6);
+  EXPECT_EQ(c->layers[2].rope.type, RopeType::kDefault);
+  EXPECT_DOUBLE_EQ(c->layers[2].rope.theta, 10000.0);
+
+  // Only the required fields: HF's defaults (window 4096, pattern 6, theta
+  // 1e6 / 1e4, query_pre_attn_scalar 256).
+  auto bare = ParseModelConfig(R"({"model_type": "gemma3_text",
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 7,
+    "num_attention_heads": 4, "vocab_size": 512})",
+                               "");
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(bare->layers[0].sliding_window, 4096);
+  EXPECT_EQ(bare->layers[5].sliding_window, 0);
+  EXPECT_EQ(bare->layers[6].sliding_window, 4096);
+  EXPECT_DOUBLE_EQ(bare->layers[5].rope.theta, 1e6);
+  EXPECT_DOUBLE_EQ(bare->layers[0].rope.theta, 1e4);
+  EXPECT_DOUBLE_EQ(bare->query_pre_attn_scalar, 256);
+
+  auto bidirectional = ParseModelConfig(R"({"model_type": "gemma3_text",
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "vocab_size": 512,
+    "use_bidirectional_attention": true})",
+                                        "");
+  EXPECT_EQ(bidirectional.status().code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST(ModelConfigTest, MistralSlidingWindowOnEveryLayer) {
+  // Mistral-7B-v0.1 (window 4096) and v0.3 (null: none) shapes.
+  const std::string v01 = R"({"architectures": ["MistralForCausalLM"],
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+    "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
+    "tie_word_embeddings": false})";
+  auto c = ParseModelConfig(v01, "");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->arch, ModelArch::kMistral);
+  EXPECT_EQ(c->head_dim, 128);
+  EXPECT_FALSE(c->qkv_bias);
+  for (const LayerConfig& layer : c->layers) {
+    EXPECT_EQ(layer.sliding_window, 4096);
+  }
+  std::string v03 = v01;
+  const std::string window = "\"sliding_window\": 4096";
+  v03.replace(v03.find(window), window.size(), "\"sliding_window\": null");
+  c = ParseModelConfig(v03, "");
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (const LayerConfig& layer : c->layers) {
+    EXPECT_EQ(layer.sliding_window, 0);
+  }
+  auto preset = PresetModelConfig("mistral-7b-v0.3");
+  ASSERT_TRUE(preset.ok());
+  EXPECT_EQ(preset->vocab_size, 32768);
+  EXPECT_EQ(preset->layers[0].sliding_window, 0);
+  auto again = ParseModelConfig(ModelConfigToJson(*preset), "");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->layers[0].sliding_window, 0);
+  EXPECT_DOUBLE_EQ(again->rope.theta, 1e6);
+}
+
+TEST(ModelConfigTest, PresetsOfTheReleasedC2CPairs) {
+  struct Shape {
+    const char* name;
+    ModelArch arch;
+    int64_t vocab, hidden, inter, layers, heads, kv_heads, head_dim;
+    bool tied;
+  };
+  const Shape shapes[] = {
+      {"qwen3-0.6b", ModelArch::kQwen3, 151936, 1024, 3072, 28, 16, 8, 128,
+       true},
+      {"qwen3-1.7b", ModelArch::kQwen3, 151936, 2048, 6144, 28, 16, 8, 128,
+       true},
+      {"qwen3-4b", ModelArch::kQwen3, 151936, 2560, 9728, 36, 32, 8, 128, true},
+      {"qwen3-8b", ModelArch::kQwen3, 151936, 4096, 12288, 36, 32, 8, 128,
+       false},
+      {"qwen2.5-0.5b-instruct", ModelArch::kQwen2, 151936, 896, 4864, 24, 14, 2,
+       64, true},
+      {"qwen2.5-1.5b", ModelArch::kQwen2, 151936, 1536, 8960, 28, 12, 2, 128,
+       true},
+      {"qwen2.5-7b-instruct", ModelArch::kQwen2, 152064, 3584, 18944, 28, 28, 4,
+       128, false},
+      {"llama-3.2-1b", ModelArch::kLlama, 128256, 2048, 8192, 16, 32, 8, 64,
+       true},
+      {"gemma-3-1b", ModelArch::kGemma3, 262144, 1152, 6912, 26, 4, 1, 256,
+       true},
+      {"mistral-7b-v0.3", ModelArch::kMistral, 32768, 4096, 14336, 32, 32, 8,
+       128, false},
+  };
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    auto c = PresetModelConfig(s.name);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->arch, s.arch);
+    EXPECT_EQ(c->vocab_size, s.vocab);
+    EXPECT_EQ(c->hidden_size, s.hidden);
+    EXPECT_EQ(c->intermediate_size, s.inter);
+    EXPECT_EQ(c->num_hidden_layers, s.layers);
+    EXPECT_EQ(c->num_attention_heads, s.heads);
+    EXPECT_EQ(c->num_key_value_heads, s.kv_heads);
+    EXPECT_EQ(c->head_dim, s.head_dim);
+    EXPECT_EQ(c->tie_word_embeddings, s.tied);
+    EXPECT_TRUE(ValidateModelConfig(*c).ok());
+  }
+  auto llama = PresetModelConfig("llama-3.2-1b");
+  EXPECT_EQ(llama->rope.type, RopeType::kLlama3);
+  EXPECT_EQ(llama->layers[0].rope, llama->rope);
+  auto unknown = PresetModelConfig("gpt-2");
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("gemma-3-1b"));
+}
+
 TEST(ModelConfigTest, UnknownArchitectureIsNamed) {
   const std::string json = R"({"architectures": ["MambaForCausalLM"],
     "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 10})";

@@ -18,7 +18,8 @@ using Slot = WeightSpec::Slot;
 
 TEST(ModelFamilyTest, NamesMapToFamiliesAndBack) {
   for (ModelArch arch :
-       {ModelArch::kQwen2, ModelArch::kQwen3, ModelArch::kLlama}) {
+       {ModelArch::kQwen2, ModelArch::kQwen3, ModelArch::kLlama,
+        ModelArch::kMistral, ModelArch::kGemma3}) {
     const ModelFamily& family = GetModelFamily(arch);
     EXPECT_EQ(family.arch, arch);
     for (const std::string& name :
@@ -34,13 +35,20 @@ TEST(ModelFamilyTest, NamesMapToFamiliesAndBack) {
   EXPECT_EQ((*lower)->arch, ModelArch::kQwen2);
   auto unknown = FindModelFamily("GPT2LMHeadModel");
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(unknown.status().message().find("LlamaForCausalLM"),
-            std::string::npos);
+  for (const char* name :
+       {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+        "MistralForCausalLM", "Gemma3ForCausalLM"}) {
+    EXPECT_NE(unknown.status().message().find(name), std::string::npos) << name;
+  }
+  auto gemma = FindModelFamily("gemma3_text");
+  ASSERT_TRUE(gemma.ok());
+  EXPECT_EQ((*gemma)->arch, ModelArch::kGemma3);
 }
 
 TEST(ModelFamilyTest, WeightListsGroupFusedTensorsBySlot) {
   for (ModelArch arch :
-       {ModelArch::kQwen2, ModelArch::kQwen3, ModelArch::kLlama}) {
+       {ModelArch::kQwen2, ModelArch::kQwen3, ModelArch::kLlama,
+        ModelArch::kMistral, ModelArch::kGemma3}) {
     ModelConfig c = MakeModelConfig(arch, 32, 16, 24, 2, 4, 2, 0);
     if (arch == ModelArch::kLlama) c.mlp_bias = true;
     SCOPED_TRACE(c.architecture);
@@ -63,6 +71,10 @@ TEST(ModelFamilyTest, WeightListsGroupFusedTensorsBySlot) {
       EXPECT_EQ((parts[{l, Slot::kQkvBias}]), c.qkv_bias ? 3 : 0);
       EXPECT_EQ((parts[{l, Slot::kQNorm}]), c.qk_norm ? 1 : 0);
       EXPECT_EQ((parts[{l, Slot::kGateUpBias}]), c.mlp_bias ? 2 : 0);
+      // Gemma's sandwich norms.
+      EXPECT_EQ((parts[{l, Slot::kAttnOutNorm}]), c.sandwich_norms ? 1 : 0);
+      EXPECT_EQ((parts[{l, Slot::kMlpOutNorm}]), c.sandwich_norms ? 1 : 0);
+      EXPECT_EQ((parts[{l, Slot::kPostNorm}]), 1);
     }
     EXPECT_EQ((parts[{-1, Slot::kEmbedding}]), 1);
     EXPECT_EQ((parts[{-1, Slot::kFinalNorm}]), 1);

@@ -35,9 +35,16 @@ struct Variant {
 };
 
 ModelConfig VariantConfig(const Variant& v) {
-  ModelConfig c = MakeModelConfig(v.arch, kVocab, 32, 64, 3, 4, 2,
-                                  v.arch == ModelArch::kQwen3 ? 16 : 0);
+  ModelConfig c = MakeModelConfig(
+      v.arch, kVocab, 32, 64, 3, 4, 2,
+      v.arch == ModelArch::kQwen3 || v.arch == ModelArch::kGemma3 ? 16 : 0);
   c.eos_token_ids = {kVocab - 1};
+  if (v.arch == ModelArch::kGemma3) {
+    // A full layer between sliding ones, each with its RoPE; the fused
+    // kernels must decline Gemma's norms.
+    c.layers[1] = LayerConfig{"full_attention", 0, c.rope};
+    c.final_logit_softcapping = 15;
+  }
   if (v.arch == ModelArch::kLlama) {
     c.rope = RopeConfig{RopeType::kLlama3, 10000.0, 8.0, 1.0, 4.0, 64};
     c.tie_word_embeddings = false;
@@ -283,6 +290,14 @@ TEST_P(StaticDecodeTest, StepKernelsReplaceSingleStepsOfTheLayer) {
 
   const int64_t layers = decoder_->config().num_hidden_layers;
   const bool qk_norm = decoder_->config().qk_norm;
+  if (decoder_->config().norm_plus_one) {
+    // Gemma: the kernels implement the Llama-style norm and SiLU, so the
+    // norms, the QKV step (its q/k norm) and the GeLU run as ATen ops;
+    // RoPE is shared.
+    EXPECT_EQ(qkv + norms + activations, 0);
+    EXPECT_EQ(ropes, 2 * layers);
+    return;
+  }
   EXPECT_EQ(qkv, layers);
   EXPECT_EQ(norms, layers * (qk_norm ? 4 : 2) + 1);
   EXPECT_EQ(ropes, 2 * layers);
@@ -359,12 +374,90 @@ TEST_P(StaticDecodeTest, PrefillAcceleratorServesPromptPrefills) {
   decoder_->SetPrefillAccelerator(nullptr);
 }
 
+TEST_P(StaticDecodeTest, RopeOffsetAfterGappedPrefillMatchesEager) {
+  // A gapped PrefillAt (C2C token alignment) leaves a RoPE offset; the
+  // static step reads it from io.rope_offset on the device.
+  constexpr int64_t kCapacity = 24;
+  const std::vector<int64_t> prompt = Tokens(6);
+  const std::vector<int64_t> positions = {0, 3, 4, 8, 9, 11};
+  auto eager = decoder_->NewCache(kCapacity);
+  auto fixed = decoder_->NewCache(kCapacity);
+  ASSERT_TRUE(eager.ok() && fixed.ok());
+  ASSERT_TRUE(decoder_->PrefillAt(prompt, positions, *eager).ok());
+  ASSERT_TRUE(decoder_->PrefillAt(prompt, positions, *fixed).ok());
+  ASSERT_EQ(eager->rope_offset(), 6);
+
+  const auto index =
+      at::TensorOptions().dtype(at::kLong).device(decoder_->device());
+  StaticDecodeIo io;
+  io.token = at::empty({1}, index);
+  io.position = at::empty({1}, index);
+  io.rope_offset = at::full({1}, fixed->rope_offset(), index);
+  io.logits = at::empty({kVocab}, index.dtype(at::kFloat));
+  int64_t token = prompt.back();
+  for (int64_t pos = 6; pos < 14; ++pos) {
+    SCOPED_TRACE(absl::StrCat("index ", pos));
+    auto expected = decoder_->DecodeStep(token, *eager);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    io.token.fill_(token);
+    io.position.fill_(pos);
+    ASSERT_TRUE(decoder_
+                    ->StaticDecodeStep(io, fixed->storage(),
+                                       StaticDecodeSpan(pos, kCapacity, 4))
+                    .ok());
+    ASSERT_TRUE(fixed->SetLength(0, pos + 1).ok());
+    EXPECT_LT(MaxDiff(io.logits, *expected), 1e-5);
+    token = expected->argmax().item<int64_t>();
+  }
+  EXPECT_LT(MaxDiff(fixed->storage(), eager->storage()), 1e-5);
+
+  // Generate through the static accelerator after a gapped prefill: the
+  // eager tokens.
+  GenerationOptions options;
+  options.max_new_tokens = 12;
+  options.eos_token_ids = std::vector<int64_t>{};
+  auto run = [&]() -> std::vector<int64_t> {
+    auto cache = decoder_->NewCache(kCapacity);
+    EXPECT_TRUE(cache.ok());
+    EXPECT_TRUE(decoder_
+                    ->PrefillAt(absl::MakeConstSpan(prompt).subspan(0, 5),
+                                absl::MakeConstSpan(positions).subspan(0, 5),
+                                *cache, nullptr, LogitsMode::kNone)
+                    .ok());
+    EXPECT_EQ(cache->rope_offset(), 5);
+    // The last prompt token goes to the next position (10, not 11).
+    auto out = decoder_->Generate(*cache, {prompt.back()}, options);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? out->tokens : std::vector<int64_t>{};
+  };
+  const std::vector<int64_t> expected_tokens = run();
+  auto accelerator = std::make_shared<StaticDecodeAccelerator>(/*min_span=*/4);
+  decoder_->SetDecodeAccelerator(accelerator);
+  EXPECT_EQ(run(), expected_tokens);
+  EXPECT_EQ(accelerator->steps(), options.max_new_tokens);
+  decoder_->SetDecodeAccelerator(nullptr);
+
+  // Prefill accelerators are not handed rows with an offset.
+  auto prefill = std::make_shared<StaticPrefillAccelerator>(16);
+  decoder_->SetPrefillAccelerator(prefill);
+  auto cache = decoder_->NewCache(kCapacity);
+  ASSERT_TRUE(cache.ok());
+  ASSERT_TRUE(cache->SetRopeOffset(0, 3).ok());
+  ASSERT_TRUE(decoder_->Prefill(prompt, *cache).ok());
+  cache->Clear();
+  ASSERT_TRUE(decoder_->PrefillAt(prompt, positions, *cache).ok());
+  EXPECT_EQ(prefill->prefills(), 0);
+  decoder_->SetPrefillAccelerator(nullptr);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Models, StaticDecodeTest,
     ::testing::Values(Variant{"qwen3", ModelArch::kQwen3, 0},
                       Variant{"qwen2", ModelArch::kQwen2, 0},
                       Variant{"llama", ModelArch::kLlama, 0},
-                      Variant{"qwen3_window", ModelArch::kQwen3, 6}),
+                      Variant{"qwen3_window", ModelArch::kQwen3, 6},
+                      Variant{"gemma3_window", ModelArch::kGemma3, 6},
+                      Variant{"mistral_window", ModelArch::kMistral, 5}),
     [](const ::testing::TestParamInfo<Variant>& info) {
       return info.param.name;
     });

@@ -4,6 +4,7 @@
 #include "common/tokenizer/chat_template.h"
 
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -92,6 +93,184 @@ TEST(ChatTemplateTest, Qwen25MatchesTransformers) {
 
 TEST(ChatTemplateTest, Llama3MatchesTransformers) {
   CheckTemplate("llama3", ChatTemplateFamily::kLlama3);
+}
+
+// Llama-3.1/3.2 and Gemma-3 renders carry date_string (null: not passed)
+// and either the text or the template's exception.
+void CheckDatedTemplate(const std::string& key, ChatTemplateFamily family) {
+  const json goldens = LoadGoldens();
+  ASSERT_TRUE(goldens["templates"].contains(key));
+  const json& spec = goldens["templates"][key];
+  auto tmpl = ChatTemplate::FromString(spec["chat_template"].get<std::string>(),
+                                       BosOf(spec));
+  ASSERT_TRUE(tmpl.ok()) << tmpl.status();
+  EXPECT_EQ(tmpl->family(), family);
+  int checked = 0;
+  for (const json& render : spec["renders"]) {
+    const std::string name = render["conversation"].get<std::string>();
+    ChatTemplateOptions options;
+    options.add_generation_prompt = render["add_generation_prompt"].get<bool>();
+    if (render["date_string"].is_string()) {
+      options.date_string = render["date_string"].get<std::string>();
+    }
+    const std::string context = key + " / " + name + " add_generation_prompt=" +
+                                (options.add_generation_prompt ? "1" : "0") +
+                                " date_string=" + render["date_string"].dump();
+    auto text = tmpl->Apply(Messages(goldens["conversations"][name]), options);
+    if (render.contains("error")) {
+      EXPECT_EQ(text.status().code(), absl::StatusCode::kInvalidArgument)
+          << context;
+      EXPECT_THAT(std::string(text.status().message()),
+                  HasSubstr(render["error"].get<std::string>()))
+          << context;
+    } else {
+      ASSERT_TRUE(text.ok()) << context << ": " << text.status();
+      EXPECT_EQ(*text, render["text"].get<std::string>()) << context;
+    }
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+TEST(ChatTemplateTest, Llama31MatchesTransformers) {
+  CheckDatedTemplate("llama3_1", ChatTemplateFamily::kLlama3_1);
+}
+
+TEST(ChatTemplateTest, Llama32MatchesTransformers) {
+  CheckDatedTemplate("llama3_2", ChatTemplateFamily::kLlama3_2);
+}
+
+TEST(ChatTemplateTest, Gemma3MatchesTransformers) {
+  CheckDatedTemplate("gemma3", ChatTemplateFamily::kGemma3);
+}
+
+absl::StatusOr<ChatTemplate> FromGoldens(const std::string& key) {
+  const json goldens = LoadGoldens();
+  const json& spec = goldens["templates"][key];
+  return ChatTemplate::FromString(spec["chat_template"].get<std::string>(),
+                                  BosOf(spec));
+}
+
+TEST(ChatTemplateTest, Llama3xDates) {
+  const std::vector<ChatMessage> messages = {
+      {"system", "  Be brief.\n", std::nullopt}, {"user", "Hi", std::nullopt}};
+  const auto header = [](const std::string& date) {
+    return "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+           "Cutting Knowledge Date: December 2023\nToday Date: " +
+           date +
+           "\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>"
+           "\n\nHi<|eot_id|>";
+  };
+  auto llama31 = FromGoldens("llama3_1");
+  ASSERT_TRUE(llama31.ok()) << llama31.status();
+  ChatTemplateOptions options;
+  EXPECT_EQ(*llama31->Apply(messages, options), header("26 Jul 2024"));
+  options.date_string = "01 Jan 2025";
+  EXPECT_EQ(*llama31->Apply(messages, options), header("01 Jan 2025"));
+
+  // Llama-3.2's default is transformers' strftime_now("%d %b %Y"):
+  // Python's datetime.now().strftime in the C locale. This test never calls
+  // setlocale, so std::strftime computes the same thing independently.
+  auto llama32 = FromGoldens("llama3_2");
+  ASSERT_TRUE(llama32.ok()) << llama32.status();
+  options.date_string.reset();
+  const auto today = [] {
+    const std::time_t now = std::time(nullptr);
+    std::tm local{};
+    localtime_r(&now, &local);
+    char buffer[32];
+    return std::string(
+        buffer, std::strftime(buffer, sizeof(buffer), "%d %b %Y", &local));
+  };
+  const std::string before = today();
+  auto text = llama32->Apply(messages, options);
+  const std::string after = today();
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_TRUE(*text == header(before) || *text == header(after)) << *text;
+  options.date_string = "";
+  EXPECT_EQ(*llama32->Apply(messages, options), header(""));
+}
+
+TEST(ChatTemplateTest, Gemma3RoleAlternation) {
+  auto gemma = FromGoldens("gemma3");
+  ASSERT_TRUE(gemma.ok()) << gemma.status();
+  ChatTemplateOptions options;
+  options.add_generation_prompt = true;
+  auto folded = gemma->Apply({{"system", " Sys ", std::nullopt},
+                              {"user", " Q ", std::nullopt},
+                              {"assistant", " A ", std::nullopt},
+                              {"user", "Q2", std::nullopt}},
+                             options);
+  ASSERT_TRUE(folded.ok()) << folded.status();
+  EXPECT_EQ(*folded,
+            "<bos><start_of_turn>user\n Sys \n\nQ<end_of_turn>\n"
+            "<start_of_turn>model\nA<end_of_turn>\n"
+            "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\n");
+  auto two_users = gemma->Apply(
+      {{"user", "a", std::nullopt}, {"user", "b", std::nullopt}}, options);
+  EXPECT_EQ(two_users.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(two_users.status().message()),
+              HasSubstr("Conversation roles must alternate "
+                        "user/assistant/user/assistant/..."));
+  EXPECT_EQ(gemma
+                ->Apply({{"system", "s", std::nullopt},
+                         {"assistant", "a", std::nullopt}},
+                        options)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ChatTemplateTest, Llama3xAndGemma3RefuseTools) {
+  for (const std::string key : {"llama3_1", "llama3_2", "gemma3"}) {
+    auto tmpl = FromGoldens(key);
+    ASSERT_TRUE(tmpl.ok()) << key << ": " << tmpl.status();
+    for (const std::string role : {"ipython", "tool"}) {
+      auto status = tmpl->Apply({{"user", "q", std::nullopt},
+                                 {"assistant", "call", std::nullopt},
+                                 {role, "42", std::nullopt}},
+                                ChatTemplateOptions())
+                        .status();
+      EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << key;
+      EXPECT_THAT(std::string(status.message()), HasSubstr("'" + role + "'"));
+      EXPECT_THAT(std::string(status.message()), HasSubstr("tool calling"));
+    }
+    // These templates need bos_token.
+    const json goldens = LoadGoldens();
+    EXPECT_EQ(ChatTemplate::FromString(
+                  goldens["templates"][key]["chat_template"].get<std::string>())
+                  .status()
+                  .code(),
+              absl::StatusCode::kFailedPrecondition)
+        << key;
+  }
+}
+
+TEST(ChatTemplateTest, RefusesOtherLlama3xAndGemma3Revisions) {
+  const json goldens = LoadGoldens();
+  const auto edit = [&](const std::string& key, const std::string& from,
+                        const std::string& to) {
+    std::string source =
+        goldens["templates"][key]["chat_template"].get<std::string>();
+    const size_t pos = source.find(from);
+    EXPECT_NE(pos, std::string::npos) << key << ": " << from;
+    if (pos != std::string::npos) source.replace(pos, from.size(), to);
+    return ChatTemplate::FromString(source, "<bos>").status();
+  };
+  // A Llama-3.2 template that no longer trims the system message.
+  absl::Status status =
+      edit("llama3_2", "messages[0]['content']|trim", "messages[0]['content']");
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("Llama-3.2"));
+  // A Llama-3.1 template with a different knowledge cutoff.
+  status = edit("llama3_1", "December 2023", "December 2024");
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("Llama-3.1"));
+  // Gemma-3's first revision read a system message only as a list of parts.
+  status = edit("gemma3", "{%- if messages[0]['content'] is string -%}",
+                "{%- if false -%}");
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("Gemma-3"));
 }
 
 TEST(ChatTemplateTest, C2CPromptIsExact) {

@@ -1,9 +1,12 @@
 // Unit tests of kvwire::Tokenizer on small synthetic byte-level BPE
-// tokenizers. Parity with real Qwen3 / Llama-3 files is checked by
-// tokenizer_parity_test.cc.
+// tokenizers, offsets included. SentencePiece-style BPE is tested in
+// sentencepiece_bpe_test.cc; parity with real Qwen3 / Llama-3 / Llama-3.1 /
+// Gemma-3 / Llama-2 files is checked by tokenizer_parity_test.cc.
 #include "common/tokenizer/tokenizer.h"
 
 #include <chrono>
+#include <initializer_list>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -15,6 +18,11 @@
 #include "nlohmann/json.hpp"
 
 namespace kvwire {
+
+void PrintTo(const TokenOffsets& o, std::ostream* os) {
+  *os << "(" << o.begin << "," << o.end << ")";
+}
+
 namespace {
 
 using json = nlohmann::json;
@@ -447,6 +455,166 @@ TEST(TokenizerTest, ConcurrentEncodeAgrees) {
   for (int t = 0; t < 4; ++t) EXPECT_TRUE(ok[t]) << t;
 }
 
+// Offsets of byte-level BPE, as Hugging Face tokenizers 0.23.2 gives them
+// (return_offsets_mapping, converted to bytes) for the same tokenizer.json.
+std::vector<TokenOffsets> Offsets(
+    std::initializer_list<std::pair<size_t, size_t>> spans) {
+  std::vector<TokenOffsets> out;
+  for (const auto& [b, e] : spans) out.push_back({b, e});
+  return out;
+}
+
+Builder OffsetsBuilder() {
+  Builder b;
+  b.merges = {{"l", "l"},    {"h", "e"}, {"he", "ll"},
+              {"hell", "o"}, {" ", "w"}, {"\xC3", "\xA9"}};
+  // Ids right after the vocabulary, as tokenizers requires.
+  b.AddToken(262, "<|s|>", true);
+  b.AddToken(263, "<l>", true, /*lstrip=*/true);
+  b.AddToken(264, "<r>", true, false, /*rstrip=*/true);
+  b.post_processor = {{"type", "ByteLevel"},
+                      {"add_prefix_space", false},
+                      {"trim_offsets", false},
+                      {"use_regex", false}};
+  return b;
+}
+
+json BosTemplate(uint32_t id, const std::string& token) {
+  return json{
+      {"type", "Sequence"},
+      {"processors",
+       json::array(
+           {json{{"type", "ByteLevel"}, {"trim_offsets", false}},
+            json{{"type", "TemplateProcessing"},
+                 {"single",
+                  json::array(
+                      {json{{"SpecialToken", {{"id", token}, {"type_id", 0}}}},
+                       json{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+                 {"pair", json::array()},
+                 {"special_tokens",
+                  {{token,
+                    {{"id", token},
+                     {"ids", json::array({id})},
+                     {"tokens", json::array({token})}}}}}}})}};
+}
+
+// A token that covers part of a multi-byte character gets the whole
+// character ("ö" is two byte tokens, the emoji four); added tokens get
+// their own span, lstrip/rstrip whitespace included; the template's BOS
+// gets (0, 0).
+TEST(TokenizerTest, OffsetsByteLevel) {
+  Builder b = OffsetsBuilder();
+  b.post_processor = BosTemplate(262, "<|s|>");
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  const std::string text = "hello w\xC3\xB6rld \xF0\x9F\xA4\x96";
+  EncodingWithOffsets enc = tok->EncodeWithOffsets(text, true);
+  EXPECT_THAT(enc.ids, ElementsAre(262, 259, 260, 195, 182, 114, 108, 100, 32,
+                                   240, 159, 164, 150));
+  EXPECT_EQ(enc.offsets, Offsets({{0, 0},
+                                  {0, 5},
+                                  {5, 7},
+                                  {7, 9},
+                                  {7, 9},
+                                  {9, 10},
+                                  {10, 11},
+                                  {11, 12},
+                                  {12, 13},
+                                  {13, 17},
+                                  {13, 17},
+                                  {13, 17},
+                                  {13, 17}}));
+  EXPECT_EQ(enc.ids, tok->Encode(text, true));
+  enc = tok->EncodeWithOffsets("a  <l> b <r>  c", true);
+  EXPECT_THAT(enc.ids, ElementsAre(262, 'a', 263, ' ', 'b', ' ', 264, 'c'));
+  EXPECT_EQ(
+      enc.offsets,
+      Offsets(
+          {{0, 0}, {0, 1}, {1, 6}, {6, 7}, {7, 8}, {8, 9}, {9, 14}, {14, 15}}));
+  enc = tok->EncodeWithOffsets("x<|s|>y", false);
+  EXPECT_THAT(enc.ids, ElementsAre('x', 262, 'y'));
+  EXPECT_EQ(enc.offsets, Offsets({{0, 1}, {1, 6}, {6, 7}}));
+  EXPECT_TRUE(tok->EncodeWithOffsets("").ids.empty());
+}
+
+// ByteLevel pre-tokenizer with add_prefix_space: the added space shares the
+// first character's span, as tokenizers' NormalizedString::prepend does.
+TEST(TokenizerTest, OffsetsByteLevelPrefixSpace) {
+  Builder b = OffsetsBuilder();
+  b.pre_tokenizer = {{"type", "ByteLevel"},
+                     {"add_prefix_space", true},
+                     {"trim_offsets", false},
+                     {"use_regex", true}};
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EncodingWithOffsets enc = tok->EncodeWithOffsets("x<|s|>y");
+  EXPECT_THAT(enc.ids, ElementsAre(' ', 'x', 262, ' ', 'y'));
+  EXPECT_EQ(enc.offsets, Offsets({{0, 1}, {0, 1}, {1, 6}, {6, 7}, {6, 7}}));
+  enc = tok->EncodeWithOffsets("  hi");
+  EXPECT_THAT(enc.ids, ElementsAre(' ', ' ', 'h', 'i'));
+  EXPECT_EQ(enc.offsets, Offsets({{0, 1}, {1, 2}, {2, 3}, {3, 4}}));
+}
+
+// The ByteLevel post-processor's trim_offsets (its default) moves leading
+// and trailing spaces out of a token's span, keeping a first token's one
+// leading space when add_prefix_space is set.
+TEST(TokenizerTest, OffsetsTrimOffsets) {
+  Builder b = OffsetsBuilder();
+  b.post_processor = {{"type", "ByteLevel"},
+                      {"add_prefix_space", true},
+                      {"trim_offsets", true},
+                      {"use_regex", true}};
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EncodingWithOffsets enc =
+      tok->EncodeWithOffsets("hello w\xC3\xB6rld \xF0\x9F\xA4\x96");
+  EXPECT_EQ(enc.offsets, Offsets({{0, 5},
+                                  {6, 7},
+                                  {7, 9},
+                                  {7, 9},
+                                  {9, 10},
+                                  {10, 11},
+                                  {11, 12},
+                                  {13, 13},
+                                  {13, 17},
+                                  {13, 17},
+                                  {13, 17},
+                                  {13, 17}}));
+  enc = tok->EncodeWithOffsets("a  <l> b <r>  c");
+  EXPECT_EQ(
+      enc.offsets,
+      Offsets({{0, 1}, {3, 6}, {7, 7}, {7, 8}, {9, 9}, {9, 12}, {14, 15}}));
+  enc = tok->EncodeWithOffsets("  hi");
+  EXPECT_EQ(enc.offsets, Offsets({{0, 0}, {2, 2}, {2, 3}, {3, 4}}));
+}
+
+// NFC composes "e" + U+0301 into "é": the token maps to the "e" only and
+// the combining mark to no token, as in tokenizers; later marks of the
+// segment keep their own spans.
+TEST(TokenizerTest, OffsetsThroughNfc) {
+  Builder b = OffsetsBuilder();
+  auto tok = b.Make();
+  ASSERT_NE(tok, nullptr);
+  EncodingWithOffsets enc = tok->EncodeWithOffsets("Cafe\xCC\x81 ok");
+  EXPECT_THAT(enc.ids, ElementsAre('C', 'a', 'f', 261, ' ', 'o', 'k'));
+  EXPECT_EQ(enc.offsets,
+            Offsets({{0, 1}, {1, 2}, {2, 3}, {3, 4}, {6, 7}, {7, 8}, {8, 9}}));
+  // e + dot below + acute -> U+1EB9 + acute; a + acute + dot below is
+  // reordered, then composes the same way.
+  enc = tok->EncodeWithOffsets("e\xCC\xA3\xCC\x81 a\xCC\x81\xCC\xA3");
+  EXPECT_EQ(enc.offsets, Offsets({{0, 1},
+                                  {0, 1},
+                                  {0, 1},
+                                  {3, 5},
+                                  {3, 5},
+                                  {5, 6},
+                                  {6, 7},
+                                  {6, 7},
+                                  {6, 7},
+                                  {9, 11},
+                                  {9, 11}}));
+}
+
 // Unsupported parts of a tokenizer.json fail with an error naming them.
 TEST(TokenizerTest, UnsupportedComponentsAreNamed) {
   const auto expect_error = [](json j, absl::StatusCode code,
@@ -470,8 +638,18 @@ TEST(TokenizerTest, UnsupportedComponentsAreNamed) {
   }
   {
     json j = base;
-    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}};
-    expect_error(j, absl::StatusCode::kUnimplemented, "'Metaspace'");
+    j["pre_tokenizer"] = {{"type", "Whitespace"}};
+    expect_error(j, absl::StatusCode::kUnimplemented, "'Whitespace'");
+  }
+  {
+    // Metaspace words start from characters, which a ByteLevel decoder
+    // could decode, but together with a ByteLevel pre-tokenizer they make
+    // no tokenizer anyone ships.
+    json j = base;
+    j["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Metaspace"},
+                                              {"replacement", "_"}};
+    expect_error(j, absl::StatusCode::kUnimplemented,
+                 "ByteLevel together with Metaspace");
   }
   {
     json j = base;
@@ -490,8 +668,19 @@ TEST(TokenizerTest, UnsupportedComponentsAreNamed) {
   }
   {
     json j = base;
-    j["model"]["byte_fallback"] = true;
-    expect_error(j, absl::StatusCode::kUnimplemented, "byte_fallback");
+    j["model"]["end_of_word_suffix"] = "</w>";
+    expect_error(j, absl::StatusCode::kUnimplemented, "end_of_word_suffix");
+  }
+  {
+    json j = base;
+    j["model"]["dropout"] = 0.1;
+    expect_error(j, absl::StatusCode::kUnimplemented, "dropout");
+  }
+  {
+    // A ByteLevel pre-tokenizer needs the 256 byte-level characters.
+    json j = base;
+    j["model"]["vocab"].erase(ByteChar(0));
+    expect_error(j, absl::StatusCode::kUnimplemented, "byte-level token");
   }
   {
     json j = base;
