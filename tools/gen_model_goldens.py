@@ -190,6 +190,18 @@ def randomize_(model, seed, std):
             p.copy_(value.to(torch.bfloat16).to(p.dtype).to(p.device))
 
 
+def full_cache():
+    """A cache that keeps every position of every layer. transformers 5.x
+    builds sliding-window layers from the config (Gemma3, Mistral), which
+    keep only the last window - 1 positions after a prefill; a DynamicCache
+    made without a config keeps them all (attention is masked the same)."""
+    try:
+        from transformers import DynamicCache
+        return DynamicCache()
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def cache_kv(cache, layer):
     if hasattr(cache, "layers"):
         entry = cache.layers[layer]
@@ -253,7 +265,7 @@ def gapped_golden(model, ids, new_tokens):
             out = model(input_ids=torch.tensor([seq]),
                         attention_mask=torch.tensor([msk]),
                         position_ids=torch.arange(n).unsqueeze(0),
-                        use_cache=True)
+                        use_cache=True, past_key_values=full_cache())
             if first is None:
                 first = out
             logits = out.logits[0, -1].float()
@@ -273,6 +285,8 @@ def gapped_golden(model, ids, new_tokens):
     }
     for layer in range(model.config.num_hidden_layers):
         k, v = cache_kv(first.past_key_values, layer)
+        if k.shape[2] != len(padded):  # A truncated sliding layer.
+            continue
         tensors[f"keys.{layer}"] = k[0].float().index_select(1, index).contiguous()
         tensors[f"values.{layer}"] = v[0].float().index_select(1, index).contiguous()
     return tensors, margins
@@ -292,7 +306,8 @@ def cmd_tiny(out_dir, only=None):
             randomize_(model, seed, std=0.15)
             ids = torch.tensor([[(i * 37 + 11) % TINY_VOCAB for i in range(TINY_T)]])
             with torch.no_grad():
-                out = model(input_ids=ids, use_cache=True)
+                out = model(input_ids=ids, use_cache=True,
+                            past_key_values=full_cache())
             gen_model = model
             saved_eos = (model.generation_config.eos_token_id,
                          model.config.eos_token_id)
@@ -328,6 +343,9 @@ def cmd_tiny(out_dir, only=None):
         }
         for layer in range(config.num_hidden_layers):
             k, v = cache_kv(out.past_key_values, layer)
+            if k.shape[2] != ids.shape[1]:  # A truncated sliding layer.
+                log(f"{arch}: layer {layer} cache holds {k.shape[2]} positions; no K/V golden")
+                continue
             tensors[f"keys.{layer}"] = k[0].float().contiguous().clone()
             tensors[f"values.{layer}"] = v[0].float().contiguous().clone()
         meta = {

@@ -138,10 +138,11 @@ absl::StatusOr<std::vector<int64_t>> C2cPipeline::PromptFor(
 
 v1::ShareRequest C2cPipeline::ShareRequestFor(
     absl::Span<const int64_t> token_ids, const v1::TransferSpec& spec,
-    const std::string& request_id) const {
+    const std::string& request_id, absl::Span<const int64_t> positions) const {
   v1::ShareRequest request;
   request.set_request_id(request_id);
   for (int64_t id : token_ids) request.add_token_ids(static_cast<uint32_t>(id));
+  for (int64_t p : positions) request.add_positions(static_cast<uint32_t>(p));
   *request.mutable_spec() = spec;
   return request;
 }
@@ -149,11 +150,13 @@ v1::ShareRequest C2cPipeline::ShareRequestFor(
 absl::StatusOr<ShareReport> C2cPipeline::Share(
     absl::Span<const int64_t> token_ids, const v1::TransferSpec& spec,
     const std::string& request_id,
-    const std::function<absl::Status(v1::KvChunk)>& sink) const {
+    const std::function<absl::Status(v1::KvChunk)>& sink,
+    absl::Span<const int64_t> positions) const {
   if (sharer_ == nullptr) {
     return absl::FailedPreconditionError("no sharer model is loaded");
   }
-  const v1::ShareRequest request = ShareRequestFor(token_ids, spec, request_id);
+  const v1::ShareRequest request =
+      ShareRequestFor(token_ids, spec, request_id, positions);
   RETURN_IF_ERROR(ValidateShareRequest(request, sharer_->info()));
   CallbackChunkSink chunks(sink);
   ShareReport report;
@@ -387,11 +390,9 @@ absl::Status C2cPipeline::AnswerC2C(const PipelineRequest& request,
       return session->AddChunk(chunk);
     });
     RestrictSelectionToFusedTokens(session->plan(), spec);
-    v1::ShareRequest share =
-        ShareRequestFor(session->share_token_ids(), spec, request.request_id);
-    for (int64_t p : session->share_positions()) {
-      share.add_positions(static_cast<uint32_t>(p));
-    }
+    const v1::ShareRequest share =
+        ShareRequestFor(session->share_token_ids(), spec, request.request_id,
+                        session->share_positions());
     RETURN_IF_ERROR(ValidateShareRequest(share, sharer_->info()));
     ShareReport report;
     if (sharer_cache.defined()) {

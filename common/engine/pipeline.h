@@ -178,14 +178,16 @@ class C2cPipeline {
   absl::StatusOr<std::vector<int64_t>> ReceiverPrompt(
       absl::Span<const ChatMessage> messages) const;
 
-  // The sharer engine's stream of `token_ids` under `spec`, each chunk
+  // The sharer engine's stream of `token_ids` (at `positions`, empty:
+  // contiguous from 0; ShareRequest.positions) under `spec`, each chunk
   // handed to `sink` in order (ValidateShareRequest first).
   // FAILED_PRECONDITION without a sharer; the validation's and the
   // engine's errors; the sink's first error.
   absl::StatusOr<ShareReport> Share(
       absl::Span<const int64_t> token_ids, const v1::TransferSpec& spec,
       const std::string& request_id,
-      const std::function<absl::Status(v1::KvChunk)>& sink) const;
+      const std::function<absl::Status(v1::KvChunk)>& sink,
+      absl::Span<const int64_t> positions = {}) const;
 
   const ReceiverEngine& receiver_engine() const { return *receiver_; }
   const SharerEngine* sharer_engine() const { return sharer_.get(); }
@@ -216,9 +218,10 @@ class C2cPipeline {
                          PipelineResult& result) const;
   absl::Status AnswerTextToText(const PipelineRequest& request, TimePoint start,
                                 PipelineResult& result) const;
-  v1::ShareRequest ShareRequestFor(absl::Span<const int64_t> token_ids,
-                                   const v1::TransferSpec& spec,
-                                   const std::string& request_id) const;
+  v1::ShareRequest ShareRequestFor(
+      absl::Span<const int64_t> token_ids, const v1::TransferSpec& spec,
+      const std::string& request_id,
+      absl::Span<const int64_t> positions = {}) const;
 
   PipelineOptions options_;
   std::unique_ptr<ReceiverEngine> receiver_;

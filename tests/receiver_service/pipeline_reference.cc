@@ -24,16 +24,21 @@ absl::StatusOr<const C2cPipeline*> PipelineFor(const ReferenceAssets& assets) {
   static std::mutex mu;
   static auto* cache = new std::map<std::string, std::unique_ptr<C2cPipeline>>;
   std::lock_guard<std::mutex> lock(mu);
-  auto it = cache->find(assets.receiver_dir);
+  const std::string key = absl::StrCat(assets.receiver_dir, "|",
+                                       assets.sharer_dir, "|",
+                                       assets.fuser_dir);
+  auto it = cache->find(key);
   if (it != cache->end()) return it->second.get();
   at::set_num_threads(1);  // As the services under test.
   PipelineOptions options;
   options.receiver.model.dir = assets.receiver_dir;
   options.sharer.model.dir = assets.sharer_dir;
   options.receiver.fuser_dir = assets.fuser_dir;
+  options.receiver.tokenizer_dir = assets.tokenizer_dir;
+  options.receiver.sharer_tokenizer_dir = assets.sharer_tokenizer_dir;
   ASSIGN_OR_RETURN(std::unique_ptr<C2cPipeline> p, C2cPipeline::Load(options));
   const C2cPipeline* raw = p.get();
-  cache->emplace(assets.receiver_dir, std::move(p));
+  cache->emplace(key, std::move(p));
   return raw;
 }
 
@@ -60,18 +65,11 @@ absl::StatusOr<ReferenceAssets> MakeReferenceAssets(const std::string& root) {
   return a;
 }
 
-absl::StatusOr<ReferenceResult> ReferenceAnswer(
-    const ReferenceAssets& assets, const std::string& question, bool c2c,
-    const v1::TransferSpec& spec, const v1::GenerationParams& generation,
-    const std::string& selection, const std::string& request_id) {
+namespace {
+
+absl::StatusOr<ReferenceResult> Answer(const ReferenceAssets& assets,
+                                       PipelineRequest request) {
   ASSIGN_OR_RETURN(const C2cPipeline* pipeline, PipelineFor(assets));
-  PipelineRequest request;
-  request.request_id = request_id;
-  request.messages = {ChatMessage{"user", question, std::nullopt}};
-  request.mode = c2c ? PipelineMode::kC2C : PipelineMode::kReceiverOnly;
-  request.spec = spec;
-  ASSIGN_OR_RETURN(request.selection, ParseSelectionStrategy(selection));
-  request.generation = ToGenerationOptions(generation);
   ASSIGN_OR_RETURN(PipelineResult r, pipeline->Answer(request));
   ReferenceResult out;
   out.token_ids.assign(r.token_ids.begin(), r.token_ids.end());
@@ -87,6 +85,38 @@ absl::StatusOr<ReferenceResult> ReferenceAnswer(
     out.layers_sent = t.layers_sent;
   }
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<ReferenceResult> ReferenceAnswer(
+    const ReferenceAssets& assets, const std::string& question, bool c2c,
+    const v1::TransferSpec& spec, const v1::GenerationParams& generation,
+    const std::string& selection, const std::string& request_id) {
+  PipelineRequest request;
+  request.request_id = request_id;
+  request.messages = {ChatMessage{"user", question, std::nullopt}};
+  request.mode = c2c ? PipelineMode::kC2C : PipelineMode::kReceiverOnly;
+  request.spec = spec;
+  ASSIGN_OR_RETURN(request.selection, ParseSelectionStrategy(selection));
+  request.generation = ToGenerationOptions(generation);
+  return Answer(assets, std::move(request));
+}
+
+absl::StatusOr<ReferenceResult> ReferenceAnswer(
+    const ReferenceAssets& assets,
+    const std::vector<std::pair<std::string, std::string>>& messages,
+    const std::string& mode, const v1::TransferSpec& spec,
+    const v1::GenerationParams& generation, const std::string& request_id) {
+  PipelineRequest request;
+  request.request_id = request_id;
+  for (const auto& [role, content] : messages) {
+    request.messages.push_back(ChatMessage{role, content, std::nullopt});
+  }
+  ASSIGN_OR_RETURN(request.mode, ParsePipelineMode(mode));
+  request.spec = spec;
+  request.generation = ToGenerationOptions(generation);
+  return Answer(assets, std::move(request));
 }
 
 absl::StatusOr<TextToTextReference> ReferenceTextToText(

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,6 +21,10 @@ struct ReferenceAssets {
   std::string fuser_dir;
   // A Qwen2 sharer whose KV heads differ from what the fuser reads.
   std::string mismatched_sharer_dir;
+  // Tokenizer directories when the model directories have none (empty:
+  // the receiver's own; the sharer's directory or the receiver's).
+  std::string tokenizer_dir;
+  std::string sharer_tokenizer_dir;
 };
 
 // Writes the assets under `root`.
@@ -45,6 +50,15 @@ absl::StatusOr<ReferenceResult> ReferenceAnswer(
     const ReferenceAssets& assets, const std::string& question, bool c2c,
     const v1::TransferSpec& spec, const v1::GenerationParams& generation,
     const std::string& selection = "spec",
+    const std::string& request_id = "reference");
+
+// The same for a list of (role, content) messages in any PipelineMode
+// ("c2c", "receiver-only", "sharer-only", "text-to-text").
+absl::StatusOr<ReferenceResult> ReferenceAnswer(
+    const ReferenceAssets& assets,
+    const std::vector<std::pair<std::string, std::string>>& messages,
+    const std::string& mode, const v1::TransferSpec& spec,
+    const v1::GenerationParams& generation,
     const std::string& request_id = "reference");
 
 // C2cPipeline's text-to-text answer (its default background prompt and 256

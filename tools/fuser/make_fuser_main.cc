@@ -41,6 +41,17 @@ ABSL_FLAG(double, weight_scale, 1.0,
           "Scale of the Linear weights relative to torch's default init.");
 ABSL_FLAG(double, norm_jitter, 0.1,
           "RMSNorm weights are 1 + U(-jitter, jitter).");
+ABSL_FLAG(std::string, base_model, "Qwen/Qwen3-0.6B",
+          "Recipe (config.json) model.base_model: the receiver.");
+ABSL_FLAG(std::string, teacher_model, "Qwen/Qwen2.5-0.5B-Instruct",
+          "Recipe (config.json) model.teacher_model: the sharer.");
+ABSL_FLAG(bool, is_do_alignment, false,
+          "Recipe model.is_do_alignment: the fuser was trained with token "
+          "alignment (a sharer with another tokenizer); receivers in "
+          "--token_alignment=auto then align.");
+ABSL_FLAG(std::string, alignment_strategy, "",
+          "Recipe model.alignment_strategy: first or longest (empty: not "
+          "written; only with --is_do_alignment).");
 
 namespace kvwire {
 namespace {
@@ -85,7 +96,28 @@ absl::Status Run() {
   o.open_gate_fraction = absl::GetFlag(FLAGS_open_gates);
   o.weight_scale = absl::GetFlag(FLAGS_weight_scale);
   o.norm_jitter = absl::GetFlag(FLAGS_norm_jitter);
+  o.base_model = absl::GetFlag(FLAGS_base_model);
+  o.teacher_model = absl::GetFlag(FLAGS_teacher_model);
+  const std::string strategy = absl::GetFlag(FLAGS_alignment_strategy);
+  const bool align = absl::GetFlag(FLAGS_is_do_alignment);
+  if (!strategy.empty() && strategy != "first" && strategy != "longest") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown --alignment_strategy '", strategy, "' (first, longest)"));
+  }
+  if (!strategy.empty() && !align) {
+    return absl::InvalidArgumentError(
+        "--alignment_strategy needs --is_do_alignment");
+  }
   ASSIGN_OR_RETURN(FuserCheckpoint ckpt, MakeRandomFuserCheckpoint(o));
+  if (align) {
+    if (!ckpt.recipe.has_value()) {
+      return absl::InternalError("the random checkpoint has no recipe");
+    }
+    ckpt.recipe->is_do_alignment = true;
+    ckpt.recipe->alignment_strategy = strategy;
+    ckpt.recipe->raw_json = FuserRecipeJson(
+        *ckpt.recipe, ckpt.args.empty() ? C2CProjectorArgs{} : ckpt.args[0]);
+  }
   return WriteFuserCheckpoint(out, ckpt, format);
 }
 

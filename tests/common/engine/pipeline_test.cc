@@ -198,6 +198,53 @@ TEST_F(PipelineTest, AllFourModesAnswer) {
   EXPECT_GT(t2t.timings.sharer_generation_seconds, 0);
 }
 
+TEST_F(PipelineTest, ShareAtPositionsStreamsThePositionedPrefill) {
+  // A gapped prompt, as token alignment makes: the stream must carry the
+  // K/V of a prefill at those RoPE positions, not at 0, 1, ...
+  const std::vector<int64_t> prompt = Prompt();
+  ASSERT_GE(prompt.size(), 8u);
+  const std::vector<int64_t> ids(prompt.begin(), prompt.begin() + 6);
+  const std::vector<int64_t> positions = {0, 1, 4, 5, 6, 9};
+  std::vector<DecodedLayer> layers;
+  KvStreamDecoder decoder(at::kFloat, at::kCPU);
+  auto report = pipeline_->Share(
+      ids, Spec(v1::SCHEME_BF16), "positions",
+      [&](v1::KvChunk chunk) -> absl::Status {
+        auto d = decoder.Consume(chunk);
+        if (!d.ok()) return d.status();
+        if (d->has_value()) layers.push_back(std::move(**d));
+        return absl::OkStatus();
+      },
+      positions);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_FALSE(layers.empty());
+  const Decoder& sharer = *pipeline_->sharer();
+  auto gapped = sharer.NewCache(16);
+  auto plain = sharer.NewCache(16);
+  ASSERT_TRUE(gapped.ok() && plain.ok());
+  ASSERT_TRUE(sharer.PrefillAt(ids, positions, *gapped, nullptr,
+                               LogitsMode::kNone)
+                  .ok());
+  ASSERT_TRUE(sharer.Prefill(ids, *plain, nullptr, LogitsMode::kNone).ok());
+  for (const DecodedLayer& layer : layers) {
+    SCOPED_TRACE(absl::StrCat("sharer layer ", layer.layer));
+    // bf16 passthrough: the cache rounded to bf16 is what arrives.
+    const at::Tensor want = gapped->Keys(layer.layer)
+                                .to(at::kBFloat16)
+                                .to(at::kFloat);
+    EXPECT_TRUE(at::equal(layer.keys, want));
+    EXPECT_FALSE(
+        at::allclose(layer.keys, plain->Keys(layer.layer), 1e-2, 1e-3));
+  }
+  // Positions that do not increase are refused with a reason.
+  auto bad = pipeline_->Share(
+      ids, Spec(v1::SCHEME_BF16), "bad",
+      [](v1::KvChunk) { return absl::OkStatus(); },
+      std::vector<int64_t>{0, 1, 1, 2, 3, 4});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("strictly"));
+}
+
 TEST_F(PipelineTest, ModesReadSameIdsWhenGivenIds) {
   PipelineRequest r = Request(PipelineMode::kReceiverOnly);
   r.messages.clear();

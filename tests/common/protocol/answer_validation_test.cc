@@ -133,7 +133,10 @@ TEST(AnswerValidationTest, NamesRoundTrip) {
   ASSERT_TRUE(ParseAnswerMode("receiver_only", &mode).ok());
   EXPECT_EQ(mode, v1::ANSWER_MODE_RECEIVER_ONLY);
   EXPECT_EQ(AnswerModeName(mode), "receiver-only");
-  EXPECT_FALSE(ParseAnswerMode("sharer-only", &mode).ok());
+  ASSERT_TRUE(ParseAnswerMode("sharer_only", &mode).ok());
+  EXPECT_EQ(mode, v1::ANSWER_MODE_SHARER_ONLY);
+  EXPECT_EQ(AnswerModeName(mode), "sharer-only");
+  EXPECT_FALSE(ParseAnswerMode("sharer", &mode).ok());
   v1::FallbackPolicy policy;
   ASSERT_TRUE(ParseFallbackPolicy("fail", &policy).ok());
   EXPECT_EQ(policy, v1::FALLBACK_POLICY_FAIL);

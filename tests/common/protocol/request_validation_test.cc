@@ -54,6 +54,27 @@ TEST(RequestValidationTest, PromptLimits) {
               "token_ids[4] = 100 is outside the model's vocabulary [0, 100)");
 }
 
+TEST(RequestValidationTest, PositionsAreOnePerTokenIncreasingAndInRange) {
+  v1::SharerInfo info = Info();
+  info.mutable_model()->set_max_position_embeddings(64);
+  v1::ShareRequest r = Request(4);
+  for (uint32_t p : {0, 3, 4, 9}) r.add_positions(p);
+  EXPECT_TRUE(ValidateShareRequest(r, info).ok());
+  r.add_positions(10);
+  EXPECT_THAT(std::string(ValidateShareRequest(r, info).message()),
+              HasSubstr("positions has 5 entries for 4 token ids"));
+  r.clear_positions();
+  for (uint32_t p : {0, 3, 3, 9}) r.add_positions(p);
+  EXPECT_THAT(std::string(ValidateShareRequest(r, info).message()),
+              HasSubstr("positions[2] = 3 after 3"));
+  r.clear_positions();
+  for (uint32_t p : {0, 3, 4, 64}) r.add_positions(p);
+  const absl::Status s = ValidateShareRequest(r, info);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("past the model's max_position_embeddings 64"));
+}
+
 TEST(RequestValidationTest, FingerprintAndRequestId) {
   v1::ShareRequest r = Request(5);
   r.set_expected_model_fingerprint("abc");

@@ -5,6 +5,9 @@
 // Qwen3 / Qwen2.5 chat templates). Checks the machinery, not accuracy: every
 // file is written, the byte columns equal what the pipeline reported, prompt
 // lengths match the local template rendering, and a rerun asks nothing.
+// Then M7's machinery: a grid that switches sharers, fusers and token
+// alignment per run, with a sharer of another vocabulary whose alignment-off
+// runs are refused rows.
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -17,11 +20,14 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "common/file_util.h"
+#include "common/model/model_config.h"
 #include "tests/common/engine/test_assets.h"
 #include "tests/tools/eval/test_util.h"
 #include "tools/eval/inprocess_backend.h"
 #include "tools/eval/prompt.h"
 #include "tools/eval/runner.h"
+#include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
 
 namespace kvwire {
 namespace eval {
@@ -42,6 +48,12 @@ class RecordingBackend : public AnswerBackend {
   std::string kind() const override { return inner_->kind(); }
   std::string Describe() const override { return inner_->Describe(); }
   BackendLayout layout() const override { return inner_->layout(); }
+  absl::Status CheckPairSupported(const PairOverride& pair) const override {
+    return inner_->CheckPairSupported(pair);
+  }
+  absl::Status UsePair(const PairOverride& pair) override {
+    return inner_->UsePair(pair);
+  }
   absl::StatusOr<BackendAnswer> Answer(const BackendRequest& r) override {
     ++calls_;
     absl::StatusOr<BackendAnswer> a = inner_->Answer(r);
@@ -207,6 +219,155 @@ TEST_F(EndToEndTest, FixtureGridThroughThePipeline) {
   auto rerun = RunGrid(*grid, datasets, again, options);
   ASSERT_TRUE(rerun.ok()) << rerun.status();
   EXPECT_EQ(again.calls(), 0);
+}
+
+// M7 in process: the fixture pair plus a "wide" sharer (the fixture
+// sharer's shapes and tokenizer, a vocabulary of 384 instead of 320, so only
+// token alignment can pair it with the receiver) and a copy of the fuser
+// whose recipe says is_do_alignment: true. Alignment on works for both
+// sharers (for the same-vocabulary one, it aligns the Qwen3 template's
+// tokens with the Qwen2.5 template's); off is refused for the wide sharer,
+// by the vocabulary check (plain fuser) or by the aligned recipe, and those
+// runs are refused rows while the grid goes on.
+TEST_F(EndToEndTest, SharerAndAlignmentAxesSwitchPairsAndRecordRefusals) {
+  const std::string wide = *root_ + "/models/sharer-wide";
+  TinyCheckpointOptions s;
+  s.config = MakeModelConfig(ModelArch::kQwen2, 384, 32, 64, 3, 4, 2, 0);
+  s.config.eos_token_ids = {assets_->im_end};
+  s.config.bos_token_id = 256;
+  s.seed = 77;
+  s.dtype = SafetensorsDtype::kF32;
+  s.init_std = 0.2;
+  ASSERT_TRUE(WriteRandomCheckpoint(wide, s).ok());
+  fs::copy_file(assets_->receiver_dir + "/tokenizer.json",
+                wide + "/tokenizer.json");
+  fs::copy_file(assets_->sharer_dir + "/tokenizer_config.json",
+                wide + "/tokenizer_config.json");
+  const std::string aligned_fuser = *root_ + "/models/fuser-aligned";
+  fs::copy(assets_->fuser_dir, aligned_fuser, fs::copy_options::recursive);
+  json recipe = json::parse(ReadAll(aligned_fuser + "/config.json"));
+  recipe["model"]["is_do_alignment"] = true;
+  recipe["model"]["alignment_strategy"] = "first";
+  ASSERT_TRUE(
+      WriteStringToFile(aligned_fuser + "/config.json", recipe.dump(2)).ok());
+
+  auto grid = ParseGridYaml(R"(
+sharers:
+  same: {sharer_dir: "${H5_SAME}"}
+  wide: {sharer_dir: "${H5_WIDE}", fuser_dir: "${H5_ALIGNED_FUSER}"}
+  wide_plain: {sharer_dir: "${H5_WIDE}"}
+runs:
+  - name: own
+    scheme: int8
+  - name: m7
+    method: [sharer-only, c2c]
+    scheme: int8
+    sharer: [same, wide]
+    token_alignment: [on, off]
+  - name: recipe_decides
+    scheme: int8
+    sharer: [wide, wide_plain]
+    token_alignment: auto
+)",
+                            "/",
+                            {{"H5_SAME", assets_->sharer_dir},
+                             {"H5_WIDE", wide},
+                             {"H5_ALIGNED_FUSER", aligned_fuser}});
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  ASSERT_TRUE(grid->notes.empty());
+
+  InProcessBackendOptions o;
+  o.receiver_dir = assets_->receiver_dir;
+  o.sharer_dir = assets_->sharer_dir;
+  o.fuser_dir = assets_->fuser_dir;
+  o.threads = 1;
+  auto inner = CreateInProcessBackend(o);
+  ASSERT_TRUE(inner.ok()) << inner.status();
+  RecordingBackend backend(*std::move(inner));
+  auto ds = LoadDataset(RepoDir() + "/tests/data/eval/obqa_ai2.jsonl",
+                        DatasetKind::kOpenBookQA);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  auto renderer = PromptRenderer::FromDirectory(assets_->receiver_dir);
+  ASSERT_TRUE(renderer.ok()) << renderer.status();
+
+  RunOptions options;
+  options.out_dir = *root_ + "/out-m7";
+  options.limit = 2;
+  options.renderer = renderer->get();
+  options.plots.enabled = false;
+  std::ostringstream log;
+  options.log = &log;
+  auto result = RunGrid(*grid, {*ds}, backend, options);
+  ASSERT_TRUE(result.ok()) << result.status() << "\n" << log.str();
+
+  const std::map<std::string, std::string> refused_because = {
+      {"c2c-int8-head-all-sharer_wide-align_off",
+       "trained with token alignment"},
+      {"c2c-int8-head-all-sharer_wide_plain-align_auto",
+       "do not share a vocabulary"}};
+  const std::set<std::string> answered = {
+      "c2c-int8-head-all",
+      "sharer-only-sharer_same",
+      "sharer-only-sharer_wide",
+      "c2c-int8-head-all-sharer_same-align_on",
+      "c2c-int8-head-all-sharer_same-align_off",
+      "c2c-int8-head-all-sharer_wide-align_on",
+      "c2c-int8-head-all-sharer_wide-align_auto"};
+  ASSERT_EQ(result->summaries.size(),
+            answered.size() + refused_because.size());
+  EXPECT_EQ(backend.calls(), static_cast<int>(answered.size()) * 2);
+  const std::string dir = options.out_dir + "/openbookqa";
+  for (const RunSummary& summary : result->summaries) {
+    const std::string& id = summary.run.run_id;
+    SCOPED_TRACE(id);
+    const json j = json::parse(ReadAll(dir + "/" + id + "/summary.json"));
+    if (auto it = refused_because.find(id); it != refused_because.end()) {
+      EXPECT_THAT(summary.refused, ::testing::HasSubstr("FAILED_PRECONDITION"));
+      EXPECT_THAT(summary.refused, ::testing::HasSubstr(it->second));
+      EXPECT_EQ(summary.n, 0);
+      EXPECT_EQ(summary.expected, 2);
+      EXPECT_EQ(j["refused"], summary.refused);
+      EXPECT_EQ(j["run"]["sharer"], id.find("wide_plain") != std::string::npos
+                                        ? "wide_plain"
+                                        : "wide");
+      EXPECT_FALSE(fs::exists(dir + "/" + id + "/predictions.jsonl"));
+      continue;
+    }
+    ASSERT_TRUE(answered.count(id)) << "unexpected run";
+    EXPECT_EQ(summary.refused, "");
+    EXPECT_EQ(j["refused"], "");
+    EXPECT_EQ(summary.n, 2);
+    EXPECT_EQ(Lines(ReadAll(dir + "/" + id + "/predictions.jsonl")).size(),
+              2u);
+    for (const EvalItem* item : SelectItems(*ds, 2)) {
+      const BackendAnswer& a =
+          backend.answers().at("openbookqa/" + id + "/" + item->id);
+      const bool c2c = id.rfind("c2c", 0) == 0;
+      EXPECT_EQ(a.has_transfer, c2c);
+      if (!c2c) continue;
+      EXPECT_GT(a.transfer.wire_bytes(), 0u);
+      // The receiver read its own rendering, whichever the sharer.
+      auto ids =
+          (*renderer)->Tokenize(BuildEvalPrompt(item->question, item->choices));
+      ASSERT_TRUE(ids.ok());
+      EXPECT_EQ(a.prompt_tokens, static_cast<int64_t>(ids->size()));
+    }
+  }
+  // The refused rows are in the CSV, with the reason.
+  const std::vector<std::string> csv =
+      Lines(ReadAll(dir + "/budget_curve.csv"));
+  EXPECT_EQ(csv.size(), 1 + result->summaries.size());
+  EXPECT_THAT(csv[0], ::testing::EndsWith(
+                          "sharer,token_alignment,alignment_strategy,refused"));
+  int refused_rows = 0;
+  for (const std::string& line : csv) {
+    if (line.find("do not share a vocabulary") != std::string::npos ||
+        line.find("trained with token alignment") != std::string::npos) {
+      ++refused_rows;
+    }
+  }
+  EXPECT_EQ(refused_rows, 2);
+  EXPECT_THAT(log.str(), ::testing::HasSubstr("REFUSED"));
 }
 
 }  // namespace

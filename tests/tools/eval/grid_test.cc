@@ -1,5 +1,7 @@
 #include "tools/eval/grid.h"
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <fstream>
 #include <set>
@@ -333,6 +335,205 @@ TEST(GridTest, SingleRunFlagsBuildOneBlock) {
   auto g2 = GridFromConfig(baseline);
   ASSERT_TRUE(g2.ok()) << g2.status();
   EXPECT_THAT(Ids(*g2), ElementsAre("receiver-only", "text-to-text"));
+}
+
+// M7: named sharers swept against token alignment; ${VAR}s from the
+// variables (then the environment); the id and series name the pair.
+TEST(GridTest, SharerAndAlignmentAxes) {
+  const std::string yaml = R"(
+sharers:
+  llama: {sharer_dir: "${H5_TEST_LLAMA}", fuser_dir: fusers/llama}
+  gemma:
+    sharer_dir: /models/gemma
+    sharer_tokenizer_dir: /tok/gemma
+    fuser_dir: /fusers/gemma
+runs:
+  - name: m7
+    method: [receiver-only, sharer-only, c2c]
+    scheme: int8
+    sharer: [default, llama, gemma]
+    token_alignment: [on, off]
+    alignment_strategy: first
+)";
+  auto grid = ParseGridYaml(yaml, "/grids", {{"H5_TEST_LLAMA", "/m/llama"}});
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_TRUE(grid->notes.empty());
+  EXPECT_THAT(
+      Ids(*grid),
+      UnorderedElementsAre(
+          "receiver-only", "sharer-only", "sharer-only-sharer_llama",
+          "sharer-only-sharer_gemma", "c2c-int8-head-all-align_on_first",
+          "c2c-int8-head-all-align_off_first",
+          "c2c-int8-head-all-sharer_llama-align_on_first",
+          "c2c-int8-head-all-sharer_llama-align_off_first",
+          "c2c-int8-head-all-sharer_gemma-align_on_first",
+          "c2c-int8-head-all-sharer_gemma-align_off_first"));
+  // Receiver-only has no pair; sharer-only keeps the sharer, no fuser.
+  EXPECT_TRUE(Find(*grid, "receiver-only")->pair.empty());
+  EXPECT_TRUE(Find(*grid, "sharer-only")->pair.empty());
+  const RunSpec* alone = Find(*grid, "sharer-only-sharer_gemma");
+  ASSERT_NE(alone, nullptr);
+  EXPECT_EQ(alone->pair.sharer_dir, "/models/gemma");
+  EXPECT_EQ(alone->pair.sharer_tokenizer_dir, "/tok/gemma");
+  EXPECT_TRUE(alone->pair.no_fuser);
+  EXPECT_EQ(alone->pair.fuser_dir, "");
+  EXPECT_EQ(alone->pair.token_alignment, "");
+  EXPECT_EQ(alone->series, "sharer-only gemma");
+  const RunSpec* llama =
+      Find(*grid, "c2c-int8-head-all-sharer_llama-align_off_first");
+  ASSERT_NE(llama, nullptr);
+  EXPECT_EQ(llama->pair.sharer, "llama");
+  EXPECT_EQ(llama->pair.sharer_dir, "/m/llama");
+  EXPECT_EQ(llama->pair.fuser_dir, "/grids/fusers/llama");  // Relative.
+  EXPECT_FALSE(llama->pair.no_fuser);
+  EXPECT_EQ(llama->pair.token_alignment, "off");
+  EXPECT_EQ(llama->pair.alignment_strategy, "first");
+  EXPECT_EQ(llama->series, "all int8 llama align off/first");
+  // Only alignment: the backend's own sharer.
+  const RunSpec* own = Find(*grid, "c2c-int8-head-all-align_on_first");
+  ASSERT_NE(own, nullptr);
+  EXPECT_EQ(own->pair.sharer, "");
+  EXPECT_EQ(own->pair.sharer_dir, "");
+  EXPECT_EQ(own->pair.token_alignment, "on");
+  EXPECT_FALSE(own->pair.empty());
+  EXPECT_THAT(own->pair.Describe(), HasSubstr("token_alignment=on/first"));
+}
+
+TEST(GridTest, UnsetSharerVariablesLeaveTheirRunsOutWithANote) {
+  const std::string yaml = R"(
+sharers:
+  missing: {sharer_dir: "${H5_TEST_UNSET_DIR_1234}/model"}
+runs:
+  - name: base
+    scheme: int8
+  - name: m7
+    method: [receiver-only, c2c]
+    scheme: int8
+    sharer: missing
+    token_alignment: [on, off]
+)";
+  ::unsetenv("H5_TEST_UNSET_DIR_1234");
+  auto grid = ParseGridYaml(yaml, "/grids");
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  // receiver-only drops the sharer, so it stays.
+  EXPECT_THAT(Ids(*grid),
+              ElementsAre("c2c-int8-head-all", "receiver-only"));
+  ASSERT_EQ(grid->notes.size(), 1u);
+  EXPECT_THAT(grid->notes[0], HasSubstr("block m7"));
+  EXPECT_THAT(grid->notes[0], HasSubstr("${H5_TEST_UNSET_DIR_1234}"));
+  EXPECT_THAT(grid->notes[0],
+              HasSubstr("--grid_var=H5_TEST_UNSET_DIR_1234=..."));
+  // The environment is the fallback.
+  ::setenv("H5_TEST_UNSET_DIR_1234", "/env", 1);
+  auto from_env = ParseGridYaml(yaml, "/grids");
+  ::unsetenv("H5_TEST_UNSET_DIR_1234");
+  ASSERT_TRUE(from_env.ok()) << from_env.status();
+  EXPECT_TRUE(from_env->notes.empty());
+  const RunSpec* on =
+      Find(*from_env, "c2c-int8-head-all-sharer_missing-align_on");
+  ASSERT_NE(on, nullptr);
+  EXPECT_EQ(on->pair.sharer_dir, "/env/model");
+}
+
+TEST(GridTest, SharerAndAlignmentErrors) {
+  auto error = [](const std::string& yaml) {
+    absl::StatusOr<Grid> g = ParseGridYaml(yaml, "/tmp");
+    return g.ok() ? std::string("ok") : std::string(g.status().message());
+  };
+  EXPECT_THAT(error("runs: [{name: a, sharer: nope}]"),
+              HasSubstr("unknown sharer 'nope' (known: default"));
+  EXPECT_THAT(error("runs: [{name: a, token_alignment: maybe}]"),
+              HasSubstr("`token_alignment` is auto, on or off"));
+  EXPECT_THAT(error("runs: [{name: a, alignment_strategy: best}]"),
+              HasSubstr("first or longest"));
+  EXPECT_THAT(error("sharers: {x: {fuser_dir: /f}}\nruns: [{name: a}]"),
+              HasSubstr("needs sharer_dir"));
+  EXPECT_THAT(
+      error("sharers: {x: {sharer_dir: /s, tokenizer: /t}}\nruns: [{name: a}]"),
+      HasSubstr("unknown key 'tokenizer'"));
+  EXPECT_THAT(error("sharers: {default: {sharer_dir: /s}}\nruns: [{name: a}]"),
+              HasSubstr("not 'default'"));
+  EXPECT_THAT(
+      error("sharers: {x: {sharer_dir: \"${1BAD}\"}}\nruns: [{name: a}]"),
+      HasSubstr("bad variable name '1BAD'"));
+  // YAML's booleans are on/off.
+  auto grid = ParseGridYaml(
+      "runs: [{name: a, scheme: int8, token_alignment: [true, no, auto]}]",
+      "/tmp");
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_THAT(Ids(*grid), ElementsAre("c2c-int8-head-all-align_on",
+                                      "c2c-int8-head-all-align_off",
+                                      "c2c-int8-head-all-align_auto"));
+}
+
+TEST(GridTest, ParsesGridVariables) {
+  auto vars = ParseGridVariables("A=/x, B_2=/y=z,");
+  ASSERT_TRUE(vars.ok()) << vars.status();
+  EXPECT_EQ(vars->size(), 2u);
+  EXPECT_EQ(vars->at("A"), "/x");
+  EXPECT_EQ(vars->at("B_2"), "/y=z");
+  EXPECT_EQ(ParseGridVariables("A").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseGridVariables("A-B=1").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The CLI hands them to the grid; without a grid they are an error.
+  CliConfig c;
+  c.grid = RepoDir() + "/tools/eval/grids/prototype_m0_m8.yaml";
+  c.grid_vars =
+      "LLAMA_SHARER_DIR=/m/llama,LLAMA_FUSER_DIR=/f/llama,"
+      "GEMMA_SHARER_DIR=/m/gemma,GEMMA_FUSER_DIR=/f/gemma";
+  auto grid = GridFromConfig(c);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_TRUE(grid->notes.empty());
+  const RunSpec* off =
+      Find(*grid, "c2c-int8-head-all-sharer_gemma3_1b-align_off");
+  ASSERT_NE(off, nullptr);
+  EXPECT_EQ(off->pair.sharer_dir, "/m/gemma");
+  EXPECT_EQ(off->pair.fuser_dir, "/f/gemma");
+  CliConfig bad;
+  bad.methods = "c2c";
+  bad.grid_vars = "A=1";
+  EXPECT_EQ(GridFromConfig(bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The prototype grid's M7 block: each sharer alone and through C2C at bf16
+// and INT8, alignment on and off; without its variables it is left out and
+// everything else is unchanged.
+TEST(GridTest, PrototypeM7Block) {
+  const std::string path = RepoDir() + "/tools/eval/grids/prototype_m0_m8.yaml";
+  for (const char* v : {"LLAMA_SHARER_DIR", "LLAMA_FUSER_DIR",
+                        "GEMMA_SHARER_DIR", "GEMMA_FUSER_DIR"}) {
+    ::unsetenv(v);
+  }
+  auto without = LoadGridFile(path);
+  ASSERT_TRUE(without.ok()) << without.status();
+  EXPECT_EQ(without->notes.size(), 2u);
+  for (const RunSpec& r : without->runs) EXPECT_TRUE(r.pair.empty()) << r.id;
+  auto with = LoadGridFile(path, {{"LLAMA_SHARER_DIR", "/l"},
+                                  {"LLAMA_FUSER_DIR", "/lf"},
+                                  {"GEMMA_SHARER_DIR", "/g"},
+                                  {"GEMMA_FUSER_DIR", "/gf"}});
+  ASSERT_TRUE(with.ok()) << with.status();
+  std::vector<std::string> m7;
+  for (const RunSpec& r : with->runs) {
+    if (std::find(r.blocks.begin(), r.blocks.end(), "m7_heterogeneous") !=
+        r.blocks.end()) {
+      m7.push_back(r.id);
+    }
+  }
+  EXPECT_EQ(with->runs.size(), without->runs.size() + m7.size());
+  EXPECT_THAT(m7, UnorderedElementsAre(
+                      "sharer-only-sharer_llama3.2_1b",
+                      "sharer-only-sharer_gemma3_1b",
+                      "c2c-bf16-head-all-sharer_llama3.2_1b-align_on",
+                      "c2c-bf16-head-all-sharer_llama3.2_1b-align_off",
+                      "c2c-int8-head-all-sharer_llama3.2_1b-align_on",
+                      "c2c-int8-head-all-sharer_llama3.2_1b-align_off",
+                      "c2c-bf16-head-all-sharer_gemma3_1b-align_on",
+                      "c2c-bf16-head-all-sharer_gemma3_1b-align_off",
+                      "c2c-int8-head-all-sharer_gemma3_1b-align_on",
+                      "c2c-int8-head-all-sharer_gemma3_1b-align_off"));
 }
 
 }  // namespace

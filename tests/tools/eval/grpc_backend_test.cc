@@ -205,8 +205,11 @@ TEST_F(GrpcBackendTest, ModesAndErrors) {
   EXPECT_FALSE(service_.requests().back().has_spec());
 
   request.method = EvalMethod::kSharerOnly;
-  EXPECT_EQ(backend->Answer(request).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  auto sharer = backend->Answer(request);
+  ASSERT_TRUE(sharer.ok()) << sharer.status();
+  EXPECT_EQ(service_.requests().back().mode(), v1::ANSWER_MODE_SHARER_ONLY);
+  EXPECT_FALSE(service_.requests().back().has_spec());
+  EXPECT_FALSE(sharer->has_transfer);  // What crossed is text, not KV.
   request.method = EvalMethod::kC2C;
   request.selection_strategy = "proj_vnorm_topk";
   EXPECT_EQ(backend->Answer(request).status().code(),
@@ -217,6 +220,53 @@ TEST_F(GrpcBackendTest, ModesAndErrors) {
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(failed.status().message(), HasSubstr("Receiver.Answer(r1)"));
   EXPECT_THAT(failed.status().message(), HasSubstr("sharer down"));
+}
+
+// The sharer, fuser and alignment are the receiver service's flags: a grid
+// run that asks for its own pair is refused before any question.
+TEST_F(GrpcBackendTest, PerRunModelPairsAreRefusedBeforeAnyQuestion) {
+  auto ds =
+      LoadDataset(FixturePath("obqa_ai2.jsonl"), DatasetKind::kOpenBookQA);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  auto backend = Backend();
+  ASSERT_NE(backend, nullptr);
+  EXPECT_TRUE(backend->CheckPairSupported(PairOverride()).ok());
+  EXPECT_TRUE(backend->UsePair(PairOverride()).ok());
+  auto grid = ParseGridYaml(R"(
+sharers:
+  other: {sharer_dir: /models/other}
+runs:
+  - name: plain
+    scheme: int8
+  - name: m7
+    scheme: int8
+    sharer: other
+    token_alignment: [on, off]
+)",
+                            "/tmp");
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  for (const RunSpec& run : grid->runs) {
+    const absl::Status st = backend->CheckPairSupported(run.pair);
+    if (run.pair.empty()) {
+      EXPECT_TRUE(st.ok()) << st;
+    } else {
+      EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << run.id;
+      EXPECT_THAT(st.message(), HasSubstr("--token_alignment"));
+      EXPECT_THAT(st.message(), HasSubstr("--fuser_dir"));
+    }
+  }
+  PairOverride alignment_only;
+  alignment_only.token_alignment = "on";
+  EXPECT_EQ(backend->UsePair(alignment_only).code(),
+            absl::StatusCode::kInvalidArgument);
+  RunOptions options;
+  options.out_dir = TempDir("eval-grpc-pairs");
+  options.limit = 2;
+  auto result = RunGrid(*grid, {*ds}, *backend, options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(result.status().message(),
+              HasSubstr("c2c-int8-head-all-sharer_other-align_on"));
+  EXPECT_TRUE(service_.requests().empty());  // Nothing was asked.
 }
 
 TEST(GrpcBackendOptionsTest, Refusals) {
