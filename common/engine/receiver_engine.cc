@@ -48,6 +48,7 @@ ReceiverEngine::~ReceiverEngine() = default;
 absl::StatusOr<std::unique_ptr<ReceiverEngine>> ReceiverEngine::Load(
     const ReceiverEngineOptions& options) {
   std::unique_ptr<ReceiverEngine> e(new ReceiverEngine());
+  e->chat_template_date_ = options.chat_template_date;
   ASSIGN_OR_RETURN(e->decoder_, LoadModel(options.model));
   e->info_.model = DescribeModel(*e->decoder_, options.model.dir);
   RETURN_IF_ERROR(e->LoadText(options));
@@ -237,7 +238,7 @@ absl::StatusOr<ChatAlignment> ReceiverEngine::AlignMessages(
     return absl::FailedPreconditionError("token alignment is off");
   }
   RETURN_IF_ERROR(CheckRoles(messages));
-  return aligner_->AlignChatMessages(messages);
+  return aligner_->AlignChatMessages(messages, TemplateOptions());
 }
 
 absl::StatusOr<PromptPlan> ReceiverEngine::PlanC2C(
@@ -250,18 +251,24 @@ absl::StatusOr<PromptPlan> ReceiverEngine::PlanC2C(
   return AlignedPromptPlan(alignment);
 }
 
+ChatTemplateOptions ReceiverEngine::TemplateOptions() const {
+  ChatTemplateOptions o;
+  o.add_generation_prompt = true;
+  o.enable_thinking = false;
+  if (!chat_template_date_.empty()) o.date_string = chat_template_date_;
+  return o;
+}
+
 absl::StatusOr<std::vector<int64_t>> ReceiverEngine::Render(
-    const TextModel& text_model, absl::Span<const ChatMessage> messages) {
+    const TextModel& text_model,
+    absl::Span<const ChatMessage> messages) const {
   if (text_model.tokenizer == nullptr ||
       !text_model.chat_template.has_value()) {
     return absl::FailedPreconditionError(
         "no tokenizer with a chat template is loaded: give prompt ids");
   }
   RETURN_IF_ERROR(CheckRoles(messages));
-  ChatTemplateOptions o;
-  o.add_generation_prompt = true;
-  o.enable_thinking = false;
-  auto text = text_model.chat_template->Apply(messages, o);
+  auto text = text_model.chat_template->Apply(messages, TemplateOptions());
   if (!text.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("chat template: ", text.status().message()));

@@ -61,6 +61,10 @@ struct ReceiverEngineOptions {
   // "first" / "longest"; empty: "longest", what C2C's evaluator uses (the
   // recipe's alignment_strategy is the one training used).
   std::string alignment_strategy;
+  // The date templates that print one (Llama-3.1/3.2's "Today Date: ...")
+  // render, e.g. "26 Jul 2024"; empty: the template's default (today for
+  // Llama-3.2). Fixing it makes answers reproducible across days.
+  std::string chat_template_date;
   // C2C fuser checkpoint; empty: receiver-only answers (C2C requests fail
   // or fall back).
   std::string fuser_dir;
@@ -172,8 +176,12 @@ class ReceiverEngine {
     std::optional<ChatTemplate> chat_template;
   };
   ReceiverEngine();
-  static absl::StatusOr<std::vector<int64_t>> Render(
-      const TextModel& text_model, absl::Span<const ChatMessage> messages);
+  absl::StatusOr<std::vector<int64_t>> Render(
+      const TextModel& text_model,
+      absl::Span<const ChatMessage> messages) const;
+  // What every rendering passes: add_generation_prompt,
+  // enable_thinking=false, the configured date.
+  ChatTemplateOptions TemplateOptions() const;
   static std::string Decode(const TextModel& text_model,
                             absl::Span<const int64_t> ids, bool strip_newlines);
   absl::Status LoadText(const ReceiverEngineOptions& options);
@@ -189,6 +197,7 @@ class ReceiverEngine {
   TextModel receiver_text_;
   TextModel sharer_text_;
   std::optional<TokenAligner> aligner_;
+  std::string chat_template_date_;
   int sharer_layers_ = 0;
   ReceiverModelInfo info_;
 };

@@ -193,9 +193,7 @@ absl::Status ReceiverSession::Prefill(const StopCheck& should_stop) {
   const auto start = Clock::now();
   const int64_t end = plan_.stage_ends.front();
   RETURN_IF_ERROR(
-      Guarded("receiver prefill", [&] {
-        return PrefillRange(0, end, /*logits=*/false, should_stop).status();
-      }));
+      PrefillRange(0, end, /*logits=*/false, should_stop).status());
   Trace("receiver model", absl::StrCat("prefill (", end, " tokens)"), start);
   absl::MutexLock lock(&mu_);
   timings_.prefill_seconds = SecondsSince(start);

@@ -43,17 +43,17 @@ bool IsInProcessSelectionStrategy(absl::string_view name) {
 }
 
 bool PairOverride::empty() const {
-  return sharer.empty() && sharer_dir.empty() &&
-         sharer_tokenizer_dir.empty() && fuser_dir.empty() && !no_fuser &&
-         token_alignment.empty() && alignment_strategy.empty();
+  return sharer.empty() && sharer_dir.empty() && sharer_tokenizer_dir.empty() &&
+         fuser_dir.empty() && !no_fuser && token_alignment.empty() &&
+         alignment_strategy.empty();
 }
 
 std::string PairOverride::Describe() const {
   std::vector<std::string> parts;
   if (!sharer.empty() || !sharer_dir.empty()) {
     parts.push_back(absl::StrCat("sharer=", sharer.empty() ? "?" : sharer,
-                                 sharer_dir.empty() ? "" : " (",
-                                 sharer_dir, sharer_dir.empty() ? "" : ")"));
+                                 sharer_dir.empty() ? "" : " (", sharer_dir,
+                                 sharer_dir.empty() ? "" : ")"));
   }
   if (!sharer_tokenizer_dir.empty()) {
     parts.push_back(absl::StrCat("sharer_tokenizer=", sharer_tokenizer_dir));
@@ -82,8 +82,10 @@ bool PairOverride::operator==(const PairOverride& o) const {
 absl::Status AnswerBackend::CheckPairSupported(const PairOverride& pair) const {
   if (pair.empty()) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      absl::StrCat("the ", kind(), " backend cannot change the model pair per "
-                   "run (", pair.Describe(), ")"));
+      absl::StrCat("the ", kind(),
+                   " backend cannot change the model pair per "
+                   "run (",
+                   pair.Describe(), ")"));
 }
 
 absl::Status AnswerBackend::UsePair(const PairOverride& pair) {

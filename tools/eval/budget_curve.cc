@@ -439,11 +439,10 @@ absl::StatusOr<CurveFiles> WriteBudgetCurve(const std::string& dataset_dir,
         absl::StrCat("cannot create ", plot_dir.string(), ": ", ec.message()));
   }
   // Refused runs have no point (their rows stay in the CSV).
-  summaries.erase(std::remove_if(summaries.begin(), summaries.end(),
-                                 [](const RunSummary& s) {
-                                   return !s.refused.empty();
-                                 }),
-                  summaries.end());
+  summaries.erase(
+      std::remove_if(summaries.begin(), summaries.end(),
+                     [](const RunSummary& s) { return !s.refused.empty(); }),
+      summaries.end());
   std::vector<std::pair<std::string, std::string>> data;
   std::string script = GnuplotScript(summaries, dataset_name, "plots", &data);
   for (const auto& [name, text] : data) {

@@ -22,7 +22,7 @@ struct CliConfig {
   // (comma-separated, each an axis).
   std::string grid;
   std::string grid_vars;  // --grid_var: NAME=VALUE,NAME=VALUE.
-  std::string methods;  // Default "c2c" when no grid.
+  std::string methods;    // Default "c2c" when no grid.
   std::string schemes;
   std::string granularities;
   std::string selections;

@@ -290,9 +290,9 @@ absl::StatusOr<SharerDef> ParseSharerDef(const YAML::Node& node,
     return Err(node, absl::StrCat("sharer '", name,
                                   "' must be a map with sharer_dir"));
   }
-  RETURN_IF_ERROR(CheckKeys(node, absl::StrCat("sharer '", name, "'"),
-                            {"sharer_dir", "sharer_tokenizer_dir",
-                             "fuser_dir"}));
+  RETURN_IF_ERROR(
+      CheckKeys(node, absl::StrCat("sharer '", name, "'"),
+                {"sharer_dir", "sharer_tokenizer_dir", "fuser_dir"}));
   if (!node["sharer_dir"].IsDefined()) {
     return Err(node, absl::StrCat("sharer '", name, "' needs sharer_dir"));
   }
@@ -317,8 +317,7 @@ absl::StatusOr<SharerDef> ParseSharerDef(const YAML::Node& node,
     for (const std::string& m : missing) flags.push_back(m + "=...");
     def.unavailable = absl::StrCat(
         "sharer '", name, "' needs ${", absl::StrJoin(missing, "}, ${"),
-        "} (--grid_var=", absl::StrJoin(flags, ","),
-        " or the environment)");
+        "} (--grid_var=", absl::StrJoin(flags, ","), " or the environment)");
   } else if (def.pair.sharer_dir.empty()) {
     return Err(node, absl::StrCat("sharer '", name, "': empty sharer_dir"));
   }
@@ -346,8 +345,8 @@ absl::Status ApplyKey(const std::string& key, const YAML::Node& v,
     if (it == ctx.sharers.end()) {
       std::vector<std::string> known = {"default"};
       for (const auto& [n, d] : ctx.sharers) known.push_back(n);
-      return Err(v, absl::StrCat("unknown sharer '", s, "' (known: ",
-                                 absl::StrJoin(known, ", "),
+      return Err(v, absl::StrCat("unknown sharer '", s,
+                                 "' (known: ", absl::StrJoin(known, ", "),
                                  "; define it under `sharers:`)"));
     }
     if (!it->second.unavailable.empty()) {
@@ -372,9 +371,9 @@ absl::Status ApplyKey(const std::string& key, const YAML::Node& v,
     ASSIGN_OR_RETURN(std::string s, ScalarString(v, key));
     s = absl::AsciiStrToLower(s);
     if (s != "first" && s != "longest") {
-      return Err(v, absl::StrCat(
-                        "`alignment_strategy` is first or longest, got '", s,
-                        "'"));
+      return Err(
+          v, absl::StrCat("`alignment_strategy` is first or longest, got '", s,
+                          "'"));
     }
     run->pair.alignment_strategy = s;
   } else if (key == "method") {
@@ -498,8 +497,7 @@ absl::Status Normalize(const YAML::Node& where, RunSpec* run) {
     clean.series = std::move(run->series);
     // The receiver answers alone: no pair. The other methods keep the
     // sharer (no fuser, no alignment: nothing is fused).
-    if (run->method != EvalMethod::kReceiverOnly &&
-        !run->pair.sharer.empty()) {
+    if (run->method != EvalMethod::kReceiverOnly && !run->pair.sharer.empty()) {
       clean.pair.sharer = run->pair.sharer;
       clean.pair.sharer_dir = run->pair.sharer_dir;
       clean.pair.sharer_tokenizer_dir = run->pair.sharer_tokenizer_dir;
@@ -621,14 +619,13 @@ absl::StatusOr<GridVariables> ParseGridVariables(absl::string_view text) {
     if (entry.empty()) continue;
     const size_t eq = entry.find('=');
     if (eq == absl::string_view::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--grid_var entry '", entry, "' is not NAME=VALUE"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--grid_var entry '", entry, "' is not NAME=VALUE"));
     }
     const std::string name(entry.substr(0, eq));
     if (!VariableName(name)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--grid_var name '", name,
-                       "' must be [A-Za-z_][A-Za-z0-9_]*"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--grid_var name '", name, "' must be [A-Za-z_][A-Za-z0-9_]*"));
     }
     out[name] = std::string(entry.substr(eq + 1));
   }
@@ -647,10 +644,9 @@ absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
   }
   const YAML::Node root(loaded);
   if (!root.IsMap()) return Err(root, "expected a map with `runs`");
-  RETURN_IF_ERROR(CheckKeys(
-      root, "the grid",
-      {"name", "description", "datasets", "defaults", "schedules", "sharers",
-       "runs"}));
+  RETURN_IF_ERROR(CheckKeys(root, "the grid",
+                            {"name", "description", "datasets", "defaults",
+                             "schedules", "sharers", "runs"}));
   Grid grid;
   Context ctx;
   ctx.base_dir = base_dir;
@@ -682,8 +678,8 @@ absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
     if (!s.IsMap()) return Err(s, "`sharers` must be a map of name: sharer");
     for (const auto& entry : s) {
       const std::string name = entry.first.Scalar();
-      ASSIGN_OR_RETURN(SharerDef def, ParseSharerDef(entry.second, name,
-                                                     base_dir, variables));
+      ASSIGN_OR_RETURN(SharerDef def,
+                       ParseSharerDef(entry.second, name, base_dir, variables));
       ctx.sharers[name] = std::move(def);
     }
   }
@@ -765,9 +761,8 @@ absl::StatusOr<Grid> ParseGridYaml(absl::string_view yaml,
       RETURN_IF_ERROR(Normalize(block, &run));
       run.id = RunId(run);
       if (!unavailable.empty() && !run.pair.sharer.empty()) {
-        const std::string note =
-            absl::StrCat("block ", name, ": left out the runs with ",
-                         unavailable);
+        const std::string note = absl::StrCat(
+            "block ", name, ": left out the runs with ", unavailable);
         if (noted.insert(note).second) grid.notes.push_back(note);
         size_t a = 0;
         for (; a < axes.size(); ++a) {

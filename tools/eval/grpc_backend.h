@@ -13,12 +13,11 @@
 // --alignment_strategy), fixed for its lifetime. Both are INVALID_ARGUMENT
 // before any call; to sweep pairs over gRPC, start one receiver per pair and
 // run a grid without those keys against each.
-// Text-to-text is sent as ANSWER_MODE_TEXT_TO_TEXT, which the receiver
-// service currently answers UNIMPLEMENTED (the sharer has no text RPC); if it
-// ever does, note that AnswerRequest has no separate background question, so
-// its sharer would read the whole multiple-choice prompt (the reference gives
-// it the question without its options), and the text bytes are taken from
-// the response's transfer.wire_bytes.
+// Text-to-text is sent as ANSWER_MODE_TEXT_TO_TEXT (the receiver runs it
+// through Sharer.Generate); AnswerRequest has no separate background
+// question, so its sharer reads the whole multiple-choice prompt (the
+// reference gives it the question without its options), and the text bytes
+// are taken from the response's transfer.wire_bytes.
 #ifndef KVWIRE_TOOLS_EVAL_GRPC_BACKEND_H_
 #define KVWIRE_TOOLS_EVAL_GRPC_BACKEND_H_
 

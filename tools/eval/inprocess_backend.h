@@ -38,7 +38,7 @@ struct InProcessBackendOptions {
   // strategy "first" / "longest" ("": the recipe's, else longest).
   std::string token_alignment = "auto";
   std::string alignment_strategy;
-  std::string device = "cpu";        // "cpu", "cuda", "cuda:1", ...
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:1", ...
   // "bf16", "fp16", "fp32", or "auto" (bf16 on CUDA, fp32 on CPU).
   std::string dtype = "auto";
   int64_t text_to_text_max_new_tokens = 256;  // The paper's setting.

@@ -243,6 +243,22 @@ std::vector<const EvalItem*> SelectItems(const Dataset& dataset, int limit) {
   return items;
 }
 
+std::string EvalRequestId(const std::string& dataset, const std::string& run_id,
+                          const std::string& item_id) {
+  // common/protocol's request_id limit (AnswerRequest and ShareRequest).
+  constexpr size_t kMaxRequestIdBytes = 64;
+  std::string id = absl::StrCat(dataset, "/", run_id, "/", item_id);
+  if (id.size() <= kMaxRequestIdBytes) return id;
+  uint64_t h = 14695981039346656037ull;  // FNV-1a, 64 bits.
+  for (unsigned char c : run_id) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  id = absl::StrCat(dataset, "/", absl::StrFormat("%016x", h), "/", item_id);
+  if (id.size() > kMaxRequestIdBytes) id.resize(kMaxRequestIdBytes);
+  return id;
+}
+
 absl::StatusOr<RunSummary> RunOne(const Dataset& dataset,
                                   const ResolvedRun& run,
                                   AnswerBackend& backend,
@@ -357,7 +373,7 @@ absl::StatusOr<RunSummary> RunOne(const Dataset& dataset,
       }
     }
     BackendRequest request;
-    request.request_id = absl::StrCat(ds_name, "/", run.spec.id, "/", item.id);
+    request.request_id = EvalRequestId(ds_name, run.spec.id, item.id);
     const std::string prompt = BuildEvalPrompt(item.question, item.choices);
     request.messages = {ChatMessage{"user", prompt, std::nullopt}};
     request.background_question = item.question;
@@ -436,10 +452,10 @@ absl::StatusOr<RunSummary> WriteRefused(const Dataset& dataset,
   const std::string ds_name = DatasetKindName(dataset.kind);
   const fs::path dir = fs::path(options.out_dir) / ds_name / run.spec.id;
   RETURN_IF_ERROR(MakeDirs(dir));
-  RunSummary summary =
-      Summarize(InfoOf(dataset, run), {},
-                static_cast<int64_t>(SelectItems(dataset, options.limit).size()),
-                static_cast<int64_t>(dataset.skipped.size()));
+  RunSummary summary = Summarize(
+      InfoOf(dataset, run), {},
+      static_cast<int64_t>(SelectItems(dataset, options.limit).size()),
+      static_cast<int64_t>(dataset.skipped.size()));
   summary.refused = why.ToString();
   RETURN_IF_ERROR(WriteSummary(dir, summary));
   return summary;
@@ -511,9 +527,8 @@ absl::StatusOr<GridResult> RunGrid(const Grid& grid,
         }
         absl::StatusOr<ResolvedRun> unresolved =
             ResolveRun(runs[r].spec, BackendLayout());
-        absl::StatusOr<RunSummary> refused =
-            WriteRefused(dataset, unresolved.ok() ? *unresolved : runs[r], st,
-                         options);
+        absl::StatusOr<RunSummary> refused = WriteRefused(
+            dataset, unresolved.ok() ? *unresolved : runs[r], st, options);
         if (!refused.ok()) {
           stop = refused.status();
           break;

@@ -46,6 +46,13 @@ struct RunOptions {
   std::string grid_name;  // Recorded in run.json.
 };
 
+// The request id of one question: "<dataset>/<run id>/<item id>", or, when
+// that exceeds the 64 bytes the protocol allows (long grid ids such as
+// M7's "-sharer_NAME-align_MODE"), "<dataset>/<16 hex digits of the run
+// id's FNV-1a hash>/<item id>", cut to 64 bytes. Stable across runs.
+std::string EvalRequestId(const std::string& dataset, const std::string& run_id,
+                          const std::string& item_id);
+
 // The items a run covers (the first `limit`, or all).
 std::vector<const EvalItem*> SelectItems(const Dataset& dataset, int limit);
 

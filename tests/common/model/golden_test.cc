@@ -15,6 +15,7 @@
 #include <ATen/ops/abs.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -125,12 +126,17 @@ TEST_P(GoldenTest, IncrementalDecodeMatchesFullForwardOnGoldenModel) {
   auto full_cache = decoder_->NewCache(static_cast<int64_t>(all.size()));
   auto full = decoder_->Prefill(all, *full_cache, nullptr, LogitsMode::kAll);
   ASSERT_TRUE(full.ok());
+  const double tolerance =
+      1e-5 * std::max(1.0, full->abs().max().item<double>());
   auto cache = decoder_->NewCache(static_cast<int64_t>(all.size()));
   ASSERT_TRUE(decoder_->Prefill(input_ids_, *cache).ok());
   for (size_t i = input_ids_.size(); i < all.size(); ++i) {
     auto step = decoder_->DecodeStep(all[i], *cache);
     ASSERT_TRUE(step.ok());
-    EXPECT_LE(MaxDiff(*step, full->select(0, i)), 1e-5) << "position " << i;
+    // 1e-5 of the logits' scale: CUDA's fp32 SDPA reduces in another
+    // order (Gemma3's logits reach ~8: 1.6e-5 seen on an H100).
+    EXPECT_LE(MaxDiff(*step, full->select(0, i)), tolerance)
+        << "position " << i;
   }
 }
 

@@ -17,11 +17,11 @@
 #include <utility>
 #include <vector>
 
+#include "common/file_util.h"
+#include "common/model/model_config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "common/file_util.h"
-#include "common/model/model_config.h"
 #include "tests/common/engine/test_assets.h"
 #include "tests/tools/eval/test_util.h"
 #include "tools/eval/inprocess_backend.h"
@@ -253,7 +253,9 @@ TEST_F(EndToEndTest, SharerAndAlignmentAxesSwitchPairsAndRecordRefusals) {
 
   auto grid = ParseGridYaml(R"(
 sharers:
-  same: {sharer_dir: "${H5_SAME}"}
+  # The fixture sharer has only its template; alignment also needs its
+  # tokenizer.json: the wide sharer's directory has both (same tokenizer).
+  same: {sharer_dir: "${H5_SAME}", sharer_tokenizer_dir: "${H5_WIDE}"}
   wide: {sharer_dir: "${H5_WIDE}", fuser_dir: "${H5_ALIGNED_FUSER}"}
   wide_plain: {sharer_dir: "${H5_WIDE}"}
 runs:
@@ -313,8 +315,7 @@ runs:
       "c2c-int8-head-all-sharer_same-align_off",
       "c2c-int8-head-all-sharer_wide-align_on",
       "c2c-int8-head-all-sharer_wide-align_auto"};
-  ASSERT_EQ(result->summaries.size(),
-            answered.size() + refused_because.size());
+  ASSERT_EQ(result->summaries.size(), answered.size() + refused_because.size());
   EXPECT_EQ(backend.calls(), static_cast<int>(answered.size()) * 2);
   const std::string dir = options.out_dir + "/openbookqa";
   for (const RunSummary& summary : result->summaries) {
@@ -337,8 +338,7 @@ runs:
     EXPECT_EQ(summary.refused, "");
     EXPECT_EQ(j["refused"], "");
     EXPECT_EQ(summary.n, 2);
-    EXPECT_EQ(Lines(ReadAll(dir + "/" + id + "/predictions.jsonl")).size(),
-              2u);
+    EXPECT_EQ(Lines(ReadAll(dir + "/" + id + "/predictions.jsonl")).size(), 2u);
     for (const EvalItem* item : SelectItems(*ds, 2)) {
       const BackendAnswer& a =
           backend.answers().at("openbookqa/" + id + "/" + item->id);

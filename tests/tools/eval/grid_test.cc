@@ -416,8 +416,7 @@ runs:
   auto grid = ParseGridYaml(yaml, "/grids");
   ASSERT_TRUE(grid.ok()) << grid.status();
   // receiver-only drops the sharer, so it stays.
-  EXPECT_THAT(Ids(*grid),
-              ElementsAre("c2c-int8-head-all", "receiver-only"));
+  EXPECT_THAT(Ids(*grid), ElementsAre("c2c-int8-head-all", "receiver-only"));
   ASSERT_EQ(grid->notes.size(), 1u);
   EXPECT_THAT(grid->notes[0], HasSubstr("block m7"));
   EXPECT_THAT(grid->notes[0], HasSubstr("${H5_TEST_UNSET_DIR_1234}"));
@@ -523,17 +522,17 @@ TEST(GridTest, PrototypeM7Block) {
     }
   }
   EXPECT_EQ(with->runs.size(), without->runs.size() + m7.size());
-  EXPECT_THAT(m7, UnorderedElementsAre(
-                      "sharer-only-sharer_llama3.2_1b",
-                      "sharer-only-sharer_gemma3_1b",
-                      "c2c-bf16-head-all-sharer_llama3.2_1b-align_on",
-                      "c2c-bf16-head-all-sharer_llama3.2_1b-align_off",
-                      "c2c-int8-head-all-sharer_llama3.2_1b-align_on",
-                      "c2c-int8-head-all-sharer_llama3.2_1b-align_off",
-                      "c2c-bf16-head-all-sharer_gemma3_1b-align_on",
-                      "c2c-bf16-head-all-sharer_gemma3_1b-align_off",
-                      "c2c-int8-head-all-sharer_gemma3_1b-align_on",
-                      "c2c-int8-head-all-sharer_gemma3_1b-align_off"));
+  EXPECT_THAT(
+      m7, UnorderedElementsAre("sharer-only-sharer_llama3.2_1b",
+                               "sharer-only-sharer_gemma3_1b",
+                               "c2c-bf16-head-all-sharer_llama3.2_1b-align_on",
+                               "c2c-bf16-head-all-sharer_llama3.2_1b-align_off",
+                               "c2c-int8-head-all-sharer_llama3.2_1b-align_on",
+                               "c2c-int8-head-all-sharer_llama3.2_1b-align_off",
+                               "c2c-bf16-head-all-sharer_gemma3_1b-align_on",
+                               "c2c-bf16-head-all-sharer_gemma3_1b-align_off",
+                               "c2c-int8-head-all-sharer_gemma3_1b-align_on",
+                               "c2c-int8-head-all-sharer_gemma3_1b-align_off"));
 }
 
 }  // namespace

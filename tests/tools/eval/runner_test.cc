@@ -218,6 +218,40 @@ TEST(RunnerTest, RefusesToMixConfigurationsUnlessOverwriting) {
             6u);
 }
 
+// Request ids stay within the protocol's 64 bytes for M7's long run ids.
+TEST(RunnerTest, RequestIdsFitTheProtocolLimit) {
+  EXPECT_EQ(EvalRequestId("openbookqa", "c2c-int8-head-all", "q1"),
+            "openbookqa/c2c-int8-head-all/q1");
+  const std::string long_run =
+      "c2c-int8-head-all-sharer_llama3.2_1b-align_on_first-max8";
+  const std::string id = EvalRequestId("arc_challenge", long_run, "Mercury_7");
+  EXPECT_LE(id.size(), 64u);
+  EXPECT_THAT(id,
+              ::testing::MatchesRegex("arc_challenge/[0-9a-f]{16}/Mercury_7"));
+  EXPECT_EQ(id, EvalRequestId("arc_challenge", long_run, "Mercury_7"));
+  EXPECT_NE(id, EvalRequestId("arc_challenge", long_run + "x", "Mercury_7"));
+  EXPECT_LE(
+      EvalRequestId("arc_challenge", long_run, std::string(80, 'q')).size(),
+      64u);
+
+  // What the backend receives.
+  RunSpec spec;
+  spec.scheme = v1::SCHEME_INT8;
+  spec.pair.sharer = "a_rather_long_sharer_name";
+  spec.pair.token_alignment = "on";
+  spec.id = RunId(spec);
+  auto run = ResolveRun(spec, {});
+  ASSERT_TRUE(run.ok()) << run.status();
+  FakeBackend backend;
+  RunOptions o = Options(TempDir("eval-reqid"));
+  o.limit = 2;
+  ASSERT_TRUE(RunOne(Obqa(), *run, backend, o).ok());
+  ASSERT_EQ(backend.answers().size(), 2u);
+  for (const auto& [request_id, answer] : backend.answers()) {
+    EXPECT_LE(request_id.size(), 64u) << request_id;
+  }
+}
+
 TEST(RunnerTest, LimitTakesTheFirstItems) {
   const std::string out = TempDir("eval-limit");
   const Dataset ds = Obqa();
