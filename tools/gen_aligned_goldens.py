@@ -591,6 +591,24 @@ def run_generate(rosetta, kv_list, inputs, slm_len):
     return {"tokens": tokens, "margins": margins, "first_top5": top5}
 
 
+def greedy(logits, cache, step):
+    """NEW_TOKENS greedy tokens from `logits` on, with each step's top-1/top-2
+    margin; step(token, k, cache) runs decode step k and returns the new
+    (cache, logits)."""
+    tokens, margins, top5 = [], [], None
+    for k in range(NEW_TOKENS):
+        top = torch.topk(logits.float(), 5)
+        if k == 0:
+            top5 = [[int(a), float(b)] for a, b in zip(top.indices, top.values)]
+        tok = int(top.indices[0])
+        tokens.append(tok)
+        margins.append(float(top.values[0] - top.values[1]))
+        if k + 1 == NEW_TOKENS:
+            break
+        cache, logits = step(tok, k, cache)
+    return {"tokens": tokens, "margins": margins, "first_top5": top5}
+
+
 def run_masked_decode(rosetta, kv_list, inputs):
     """The reference's prefill (RosettaModel.forward: the section loop, its
     fusion and its padding masks), then greedy decode on the receiver with
@@ -603,49 +621,32 @@ def run_masked_decode(rosetta, kv_list, inputs):
     leaves every key after the first unmasked, the padding included;
     transformers 5.x pads the short mask with zeros, so each decode step
     attends to token 0 alone. Both are recorded ("fused" is generate's)."""
+    receiver = rosetta.model_list[rosetta.base_model_idx]
+    mask = inputs["attention_mask"][0].long()
+    length = mask.shape[1]
+
+    def step(tok, k, cache):
+        full = torch.cat([mask, torch.ones((1, k + 1), dtype=mask.dtype)], dim=1)
+        o = receiver(input_ids=torch.tensor([[tok]]), attention_mask=full,
+                     position_ids=torch.tensor([[length + k]]), past_key_values=cache,
+                     use_cache=True)
+        return o.past_key_values, o.logits[0, -1]
+
     with torch.no_grad():
         out = rosetta.forward(kv_cache_index=kv_list, input_ids=inputs["input_ids"],
                               attention_mask=inputs["attention_mask"],
                               position_ids=inputs["position_ids"], use_cache=True)
-        cache, logits = out.past_key_values, out.logits[0, -1]
-        mask = inputs["attention_mask"][0].long()
-        length = mask.shape[1]
-        tokens, margins, top5 = [], [], None
-        for step in range(NEW_TOKENS):
-            top = torch.topk(logits.float(), 5)
-            if step == 0:
-                top5 = [[int(a), float(b)] for a, b in zip(top.indices, top.values)]
-            tok = int(top.indices[0])
-            tokens.append(tok)
-            margins.append(float(top.values[0] - top.values[1]))
-            if step + 1 == NEW_TOKENS:
-                break
-            mask = torch.cat([mask, torch.ones((1, 1), dtype=mask.dtype)], dim=1)
-            o = rosetta.model_list[rosetta.base_model_idx](
-                input_ids=torch.tensor([[tok]]), attention_mask=mask,
-                position_ids=torch.tensor([[length + step]]), past_key_values=cache,
-                use_cache=True)
-            cache, logits = o.past_key_values, o.logits[0, -1]
-    return {"tokens": tokens, "margins": margins, "first_top5": top5}
+        return greedy(out.logits[0, -1], out.past_key_values, step)
 
 
 def receiver_alone(model, ids):
+    def step(tok, k, cache):
+        o = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+        return o.past_key_values, o.logits[0, -1]
+
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids]), use_cache=True)
-        cache, logits = out.past_key_values, out.logits[0, -1]
-        tokens, margins, top5 = [], [], None
-        for step in range(NEW_TOKENS):
-            top = torch.topk(logits.float(), 5)
-            if step == 0:
-                top5 = [[int(a), float(b)] for a, b in zip(top.indices, top.values)]
-            tok = int(top.indices[0])
-            tokens.append(tok)
-            margins.append(float(top.values[0] - top.values[1]))
-            if step + 1 == NEW_TOKENS:
-                break
-            out = model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[0, -1]
-    return {"tokens": tokens, "margins": margins, "first_top5": top5}
+        return greedy(out.logits[0, -1], out.past_key_values, step)
 
 
 def to_plain(x):
