@@ -153,12 +153,12 @@ elif ((given == 0)) && ((heterogeneous)); then
     --sharer_layers=$sharer_layers --source_heads=$source_heads \
     --source_dim=$source_dim --target_heads=8 --target_dim=128 --hidden=64 \
     --intermediate=96 --dtype=fp32 --seed=3 --teacher_model=$teacher \
-    --is_do_alignment --alignment_strategy=first >/dev/null
+    --is_do_alignment >/dev/null
   "$KVWIRE_ROOT/scripts/fetch_tokenizer.sh" qwen3 "$receiver_model"
   "$KVWIRE_ROOT/scripts/fetch_tokenizer.sh" "$tokenizer_name" "$sharer_model"
-  # The receiver aligns because the recipe says so (--token_alignment=auto);
-  # its strategy flag is the one the recipe names.
-  tokenizer_flag=(--sharer_tokenizer_dir="$sharer_model" --alignment_strategy=first)
+  # The receiver aligns because the recipe says so (--token_alignment=auto),
+  # with its default strategy (longest, as C2C's evaluator).
+  tokenizer_flag=(--sharer_tokenizer_dir="$sharer_model")
 elif ((given == 0)); then
   receiver_model=$work/receiver-qwen3-random
   sharer_model=$work/sharer-qwen2-random

@@ -50,6 +50,10 @@ ABSL_FLAG(bool, encode_on_cpu, true,
           "With --device=cuda: copy each computed layer to the host and "
           "encode it with the CPU quantizer (false: quantize on the GPU). "
           "See docs/perf/sharer.md.");
+ABSL_FLAG(int64_t, sliding_window_override, 0,
+          "Replaces the sliding window of the model's windowed layers "
+          "(Gemma-3, Mistral); 0: config.json's. C2C runs Gemma-3 sharers "
+          "with 4096.");
 ABSL_FLAG(int, intra_op_threads, 0,
           "LibTorch intra-op threads per worker (0: LibTorch's default).");
 ABSL_FLAG(int64_t, max_buffered_bytes_per_stream, int64_t{64} << 20,
@@ -106,6 +110,8 @@ int main(int argc, char** argv) {
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   config.engine.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   config.engine.model.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  config.engine.model.sliding_window_override =
+      absl::GetFlag(FLAGS_sliding_window_override);
   config.engine.encode_on_cpu = absl::GetFlag(FLAGS_encode_on_cpu);
   config.engine.testing_layer_delay =
       absl::Milliseconds(absl::GetFlag(FLAGS_testing_layer_delay_ms));

@@ -51,6 +51,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> LoadModel(
     const ModelLoadOptions& options) {
   ASSIGN_OR_RETURN(DecoderOptions decoder_options,
                    ParseDecoderOptions(options.dtype, options.device));
+  decoder_options.sliding_window_override = options.sliding_window_override;
   return LoadModel(options.dir, decoder_options, options);
 }
 

@@ -34,6 +34,9 @@ struct ModelLoadOptions {
   // positions per slot (CudaGraphInstallOptions).
   int64_t decode_batch_slots = 0;
   int64_t decode_slot_capacity = 1024;
+  // Replaces the sliding window of every windowed layer (DecoderOptions);
+  // 0: the config's. C2C loads Gemma-3 with 4096.
+  int64_t sliding_window_override = 0;
 };
 
 // The dtype and device `dtype` / `device` name ("auto": bf16 on CUDA, fp32

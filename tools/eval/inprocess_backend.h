@@ -35,7 +35,7 @@ struct InProcessBackendOptions {
   std::string tokenizer_dir;         // Empty: the receiver's directory.
   std::string sharer_tokenizer_dir;  // Empty: see PipelineOptions.
   // ReceiverEngineOptions: "auto" (the fuser's recipe decides), "on", "off";
-  // strategy "first" / "longest" ("": the recipe's, else longest).
+  // strategy "first" / "longest" ("": longest, what C2C's evaluator uses).
   std::string token_alignment = "auto";
   std::string alignment_strategy;
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1", ...

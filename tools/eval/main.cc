@@ -87,8 +87,8 @@ ABSL_FLAG(std::string, token_alignment, "auto",
           "(when the fuser's config.json says is_do_alignment), on, off. Grid "
           "runs may override it (`token_alignment:`).");
 ABSL_FLAG(std::string, alignment_strategy, "",
-          "In-process: first or longest (default: the fuser recipe's, else "
-          "longest).");
+          "In-process: first or longest (default: longest, what C2C's "
+          "evaluator uses).");
 ABSL_FLAG(std::string, device, "cpu", "In-process: cpu, cuda, cuda:N.");
 ABSL_FLAG(std::string, dtype, "auto",
           "In-process: bf16, fp16, fp32, or auto (bf16 on CUDA, fp32 on "

@@ -30,15 +30,11 @@ void WriteConfig(const ModelConfig& c, nlohmann::json& j) {
 }  // namespace
 
 const ModelFamily& LlamaFamily() {
-  static const ModelFamily family{ModelArch::kLlama,
-                                  "LlamaForCausalLM",
-                                  "llama",
-                                  /*default_head_dim=*/0,
-                                  ParseConfig,
-                                  SetDefaults,
-                                  WriteConfig,
-                                  AppendPreNormLayerWeights,
-                                  /*finish_config=*/nullptr};
+  static const ModelFamily family{
+      ModelArch::kLlama,         "LlamaForCausalLM", "llama",
+      /*default_head_dim=*/0,    ParseConfig,        SetDefaults, WriteConfig,
+      AppendPreNormLayerWeights,
+      /*finish_config=*/nullptr};
   return family;
 }
 
