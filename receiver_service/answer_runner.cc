@@ -105,9 +105,9 @@ absl::StatusOr<std::optional<v1::SharerInfo>> AnswerRunner::SharerInfoFor(
     std::lock_guard<std::mutex> lock(sharer_info_mu_);
     if (sharer_info_.has_value() || !fetch) return sharer_info_;
   }
-  ASSIGN_OR_RETURN(v1::SharerInfo info,
-                   sharer_->GetInfo(std::max(deadline - absl::Now(),
-                                             absl::ZeroDuration())));
+  ASSIGN_OR_RETURN(
+      v1::SharerInfo info,
+      sharer_->GetInfo(std::max(deadline - absl::Now(), absl::ZeroDuration())));
   std::lock_guard<std::mutex> lock(sharer_info_mu_);
   sharer_info_ = info;
   return sharer_info_;
@@ -153,8 +153,8 @@ absl::Status AnswerRunner::RunC2C(const v1::AnswerRequest& request,
   // naming both models.
   const bool positioned = !session->share_positions().empty();
   auto info = SharerInfoFor(
-      positioned, std::min(control.deadline(),
-                           absl::Now() + options_.sharer_timeout));
+      positioned,
+      std::min(control.deadline(), absl::Now() + options_.sharer_timeout));
   if (!info.ok()) {
     return path_failure(absl::Status(
         info.status().code(),

@@ -10,8 +10,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/string_view.h"
 #include "common/clock.h"
-#include "common/engine/prompt_plan.h"
 #include "common/codec/kv_codec.h"
+#include "common/engine/prompt_plan.h"
 #include "common/file_util.h"
 #include "common/fuser/fuser.h"
 #include "common/protocol/request_validation.h"
@@ -262,10 +262,10 @@ absl::Status C2cPipeline::AnswerC2C(const PipelineRequest& request,
   result.prompt_ids = plan.receiver_ids;
   result.timings.tokenize_seconds = SecondsSince(t0);
   PipelineTimings& times = result.timings;
-  ASSIGN_OR_RETURN(auto session,
-                   receiver_->NewSession(std::move(plan),
-                                         request.generation.max_new_tokens,
-                                         /*fuse=*/true));
+  ASSIGN_OR_RETURN(
+      auto session,
+      receiver_->NewSession(std::move(plan), request.generation.max_new_tokens,
+                            /*fuse=*/true));
   if (!session->share_positions().empty() &&
       request.selection != SelectionStrategy::kSpec) {
     return absl::InvalidArgumentError(
@@ -288,13 +288,11 @@ absl::Status C2cPipeline::AnswerC2C(const PipelineRequest& request,
     ASSIGN_OR_RETURN(sharer_cache, sharer_->model().NewCache(total));
     auto logits =
         session->share_positions().empty()
-            ? sharer_->model().Prefill(session->share_token_ids(),
-                                       sharer_cache, nullptr,
-                                       LogitsMode::kNone)
-            : sharer_->model().PrefillAt(session->share_token_ids(),
-                                         session->share_positions(),
-                                         sharer_cache, nullptr,
-                                         LogitsMode::kNone);
+            ? sharer_->model().Prefill(session->share_token_ids(), sharer_cache,
+                                       nullptr, LogitsMode::kNone)
+            : sharer_->model().PrefillAt(
+                  session->share_token_ids(), session->share_positions(),
+                  sharer_cache, nullptr, LogitsMode::kNone);
     times.sharer_prefill_seconds += SecondsSince(s0);
     return logits.status();
   };

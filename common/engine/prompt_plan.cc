@@ -114,9 +114,8 @@ PromptPlan AlignedPromptPlan(const ChatAlignment& alignment) {
   if (plan.stage_ends.empty()) {
     // Nothing to fuse: one stage of everything but the receiver's last
     // token, as without alignment.
-    plan.stage_ends.push_back(
-        std::max<int64_t>(static_cast<int64_t>(plan.receiver_ids.size()) - 1,
-                          0));
+    plan.stage_ends.push_back(std::max<int64_t>(
+        static_cast<int64_t>(plan.receiver_ids.size()) - 1, 0));
   }
   return plan;
 }

@@ -176,13 +176,13 @@ absl::StatusOr<TokenAlignmentMode> ParseTokenAlignmentMode(
   if (name == "auto") return TokenAlignmentMode::kAuto;
   if (name == "on") return TokenAlignmentMode::kOn;
   if (name == "off") return TokenAlignmentMode::kOff;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown token alignment mode '", name,
-                   "' (auto, on, off)"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown token alignment mode '", name, "' (auto, on, off)"));
 }
 
 absl::Status ReceiverEngine::LoadAligner(const ReceiverEngineOptions& options) {
-  const bool recipe_aligns = fuser_ != nullptr && fuser_->recipe().has_value() &&
+  const bool recipe_aligns = fuser_ != nullptr &&
+                             fuser_->recipe().has_value() &&
                              fuser_->recipe()->is_do_alignment;
   if (sharer_text_.chat_template.has_value()) {
     info_.sharer_chat_template_family =
@@ -208,9 +208,10 @@ absl::Status ReceiverEngine::LoadAligner(const ReceiverEngineOptions& options) {
                     : "--token_alignment=on";
   if (sharer_tokenizer_ == nullptr || !sharer_text_.chat_template.has_value()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        why, ": give the sharer's tokenizer.json and tokenizer_config.json "
-             "with its chat template (--sharer_tokenizer_dir=<the sharer "
-             "model's directory>)"));
+        why,
+        ": give the sharer's tokenizer.json and tokenizer_config.json "
+        "with its chat template (--sharer_tokenizer_dir=<the sharer "
+        "model's directory>)"));
   }
   if (tokenizer_ == nullptr || !receiver_text_.chat_template.has_value()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -222,10 +223,9 @@ absl::Status ReceiverEngine::LoadAligner(const ReceiverEngineOptions& options) {
                                               : options.alignment_strategy));
   ASSIGN_OR_RETURN(
       TokenAligner aligner,
-      TokenAligner::Create({tokenizer_.get(), &*receiver_text_.chat_template},
-                           {sharer_tokenizer_.get(),
-                            &*sharer_text_.chat_template},
-                           strategy));
+      TokenAligner::Create(
+          {tokenizer_.get(), &*receiver_text_.chat_template},
+          {sharer_tokenizer_.get(), &*sharer_text_.chat_template}, strategy));
   aligner_.emplace(std::move(aligner));
   info_.token_alignment = true;
   info_.alignment_strategy = AlignmentStrategyName(strategy);
@@ -260,8 +260,7 @@ ChatTemplateOptions ReceiverEngine::TemplateOptions() const {
 }
 
 absl::StatusOr<std::vector<int64_t>> ReceiverEngine::Render(
-    const TextModel& text_model,
-    absl::Span<const ChatMessage> messages) const {
+    const TextModel& text_model, absl::Span<const ChatMessage> messages) const {
   if (text_model.tokenizer == nullptr ||
       !text_model.chat_template.has_value()) {
     return absl::FailedPreconditionError(
@@ -320,10 +319,10 @@ absl::Status ReceiverEngine::CheckSharerModel(
   if (!aligner_.has_value() &&
       sharer.vocab_size() != static_cast<uint32_t>(rc.vocab_size)) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "the receiver (", info_.model.architecture(), " '",
-        info_.model.name(), "', vocabulary ", rc.vocab_size,
-        ") and the sharer (", sharer.architecture(), " '", sharer.name(),
-        "', vocabulary ", sharer.vocab_size(),
+        "the receiver (", info_.model.architecture(), " '", info_.model.name(),
+        "', vocabulary ", rc.vocab_size, ") and the sharer (",
+        sharer.architecture(), " '", sharer.name(), "', vocabulary ",
+        sharer.vocab_size(),
         ") do not share a vocabulary: C2C between them needs token "
         "alignment (a fuser trained with is_do_alignment, or "
         "--token_alignment=on, with --sharer_tokenizer_dir)"));
@@ -352,8 +351,8 @@ absl::Status ReceiverEngine::CheckSharerModel(
 absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverEngine::NewSession(
     absl::Span<const int64_t> prompt_ids, int64_t max_new_tokens,
     bool fuse) const {
-  return NewSession(SameVocabularyPlan(std::vector<int64_t>(
-                        prompt_ids.begin(), prompt_ids.end())),
+  return NewSession(SameVocabularyPlan(std::vector<int64_t>(prompt_ids.begin(),
+                                                            prompt_ids.end())),
                     max_new_tokens, fuse);
 }
 
@@ -375,8 +374,7 @@ absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverEngine::NewSession(
   if (fuse) {
     check = [this](const v1::ModelInfo& m) { return CheckSharerModel(m); };
   }
-  return ReceiverSession::Create(decoder_.get(),
-                                 fuse ? fuser_.get() : nullptr,
+  return ReceiverSession::Create(decoder_.get(), fuse ? fuser_.get() : nullptr,
                                  std::move(plan), max_new_tokens,
                                  std::move(check));
 }

@@ -17,11 +17,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "common/engine/model_loading.h"
-#include "common/engine/receiver_session.h"
-#include "absl/strings/string_view.h"
 #include "common/engine/prompt_plan.h"
+#include "common/engine/receiver_session.h"
 #include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/token_aligner.h"
 #include "common/tokenizer/tokenizer.h"

@@ -81,11 +81,10 @@ ReceiverSession::ReceiverSession(const Decoder* receiver, const C2CFuser* fuser,
       stream_(std::make_unique<KvStreamDecoder>(receiver->dtype(),
                                                 receiver->device())) {
   const PromptPlan same = SameVocabularyPlan(plan_.receiver_ids);
-  same_vocabulary_ = plan_.receiver_positions.empty() &&
-                     plan_.sharer_positions.empty() &&
-                     plan_.sharer_ids == same.sharer_ids &&
-                     plan_.fuse_into == same.fuse_into &&
-                     plan_.stage_ends == same.stage_ends;
+  same_vocabulary_ =
+      plan_.receiver_positions.empty() && plan_.sharer_positions.empty() &&
+      plan_.sharer_ids == same.sharer_ids &&
+      plan_.fuse_into == same.fuse_into && plan_.stage_ends == same.stage_ends;
 }
 
 ReceiverSession::~ReceiverSession() = default;
@@ -134,16 +133,15 @@ absl::StatusOr<at::Tensor> ReceiverSession::PrefillRange(
   if (begin >= end) return at::Tensor();
   LayerCallback check;
   if (should_stop) check = [&](const LayerKv&) { return should_stop(); };
-  const auto ids = absl::MakeConstSpan(plan_.receiver_ids).subspan(
-      begin, end - begin);
+  const auto ids =
+      absl::MakeConstSpan(plan_.receiver_ids).subspan(begin, end - begin);
   const LogitsMode mode = logits ? LogitsMode::kLast : LogitsMode::kNone;
   if (plan_.receiver_positions.empty()) {
     return receiver_->Prefill(ids, *cache_, check, mode);
   }
   return receiver_->PrefillAt(
       ids,
-      absl::MakeConstSpan(plan_.receiver_positions)
-          .subspan(begin, end - begin),
+      absl::MakeConstSpan(plan_.receiver_positions).subspan(begin, end - begin),
       *cache_, check, mode);
 }
 
@@ -192,8 +190,7 @@ absl::Status ReceiverSession::Prefill(const StopCheck& should_stop) {
   }
   const auto start = Clock::now();
   const int64_t end = plan_.stage_ends.front();
-  RETURN_IF_ERROR(
-      PrefillRange(0, end, /*logits=*/false, should_stop).status());
+  RETURN_IF_ERROR(PrefillRange(0, end, /*logits=*/false, should_stop).status());
   Trace("receiver model", absl::StrCat("prefill (", end, " tokens)"), start);
   absl::MutexLock lock(&mu_);
   timings_.prefill_seconds = SecondsSince(start);
@@ -394,10 +391,10 @@ absl::StatusOr<std::vector<int>> ReceiverSession::FusePartLocked(
     return std::vector<int>();
   }
   const auto start = Clock::now();
-  ASSIGN_OR_RETURN(std::vector<int> fused,
-                   fusion_->AddSharerLayer(static_cast<int>(part.layer),
-                                           part.token_indices, part.keys,
-                                           part.values));
+  ASSIGN_OR_RETURN(
+      std::vector<int> fused,
+      fusion_->AddSharerLayer(static_cast<int>(part.layer), part.token_indices,
+                              part.keys, part.values));
   fused_layers_.insert(fused.begin(), fused.end());
   timings_.fuse_seconds += SecondsSince(start);
   Trace("receiver fusion", absl::StrCat("fuse sharer layer ", part.layer),
@@ -494,19 +491,18 @@ absl::StatusOr<GenerationResult> ReceiverSession::Generate(
         PrefillRange(stage_begin_, stage_end_, /*logits=*/false, should_stop)
             .status());
     Trace("receiver model",
-          absl::StrCat("prefill stage ", k, " (",
-                       stage_end_ - stage_begin_, " tokens)"),
+          absl::StrCat("prefill stage ", k, " (", stage_end_ - stage_begin_,
+                       " tokens)"),
           stage_start);
     timings_.prefill_seconds += SecondsSince(stage_start);
     StartStageFusionLocked();
     RETURN_IF_ERROR(FuseHeldLocked(kept_));
   }
   const auto start = Clock::now();
-  ASSIGN_OR_RETURN(
-      at::Tensor logits,
-      PrefillRange(plan_.stage_ends.back(),
-                   static_cast<int64_t>(plan_.receiver_ids.size()),
-                   /*logits=*/true, nullptr));
+  ASSIGN_OR_RETURN(at::Tensor logits,
+                   PrefillRange(plan_.stage_ends.back(),
+                                static_cast<int64_t>(plan_.receiver_ids.size()),
+                                /*logits=*/true, nullptr));
   Clock::time_point first;
   Clock::time_point step_start = start;
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {

@@ -154,18 +154,16 @@ class ReceiverSession {
   int64_t fused_length() const { return fused_length_; }
   // The ids the sharer prefills (ids[0, L-1) without alignment) and their
   // positions (empty: contiguous from 0).
-  absl::Span<const int64_t> share_token_ids() const {
-    return plan_.sharer_ids;
-  }
+  absl::Span<const int64_t> share_token_ids() const { return plan_.sharer_ids; }
   absl::Span<const int64_t> share_positions() const {
     return plan_.sharer_positions;
   }
 
   // The receiver's own prefill of the plan's first stage (ids[0, L-1)
-  // without alignment); then fuses every layer that arrived meanwhile. FAILED_PRECONDITION if called twice. `should_stop`
-  // (optional) is asked after every layer: a long prompt's prefill ends
-  // with its status as soon as the call is cancelled or out of time (the
-  // session is then unusable).
+  // without alignment); then fuses every layer that arrived meanwhile.
+  // FAILED_PRECONDITION if called twice. `should_stop` (optional) is asked
+  // after every layer: a long prompt's prefill ends with its status as soon as
+  // the call is cancelled or out of time (the session is then unusable).
   absl::Status Prefill(const StopCheck& should_stop = nullptr);
 
   // Receiver-guided selection scores, [L-1] fp32 on the CPU (higher = more

@@ -365,10 +365,10 @@ std::vector<absl::Status> SharerEngine::ShareBatchImpl(
   const auto& positions = rows[0]->task->request->positions();
   if (rows.size() == 1 && !positions.empty()) {
     const std::vector<int64_t> at(positions.begin(), positions.end());
-    prefill = decoder_
-                  ->PrefillAt(rows[0]->ids, at, *cache, on_layer,
-                              LogitsMode::kNone)
-                  .status();
+    prefill =
+        decoder_
+            ->PrefillAt(rows[0]->ids, at, *cache, on_layer, LogitsMode::kNone)
+            .status();
   } else if (rows.size() == 1) {
     prefill =
         decoder_->Prefill(rows[0]->ids, *cache, on_layer, LogitsMode::kNone)

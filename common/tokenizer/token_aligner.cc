@@ -149,8 +149,8 @@ absl::StatusOr<AlignmentStrategy> ParseAlignmentStrategy(
   const std::string n = absl::AsciiStrToLower(name);
   if (n == "first") return AlignmentStrategy::kFirst;
   if (n == "longest") return AlignmentStrategy::kLongest;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown alignment strategy '", name, "' (first, longest)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown alignment strategy '", name, "' (first, longest)"));
 }
 
 const char* AlignmentStrategyName(AlignmentStrategy strategy) {
@@ -166,10 +166,10 @@ absl::StatusOr<TokenAligner> TokenAligner::Create(AlignmentSide receiver,
                                                   AlignmentStrategy strategy) {
   for (const AlignmentSide* side : {&receiver, &sharer}) {
     if (side->tokenizer == nullptr || side->chat_template == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "token alignment needs the ",
-          side == &receiver ? "receiver" : "sharer",
-          "'s tokenizer and chat template"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("token alignment needs the ",
+                       side == &receiver ? "receiver" : "sharer",
+                       "'s tokenizer and chat template"));
     }
   }
   return TokenAligner(receiver, sharer, strategy);
@@ -190,8 +190,7 @@ int64_t TokenAligner::MapSpecialToken(uint32_t receiver_id,
   // a later key replaces an earlier equal one; a None value falls through.
   std::optional<int64_t> mapped;
   bool matched = false;
-  auto entry = [&](std::optional<uint32_t> key,
-                   std::optional<int64_t> value) {
+  auto entry = [&](std::optional<uint32_t> key, std::optional<int64_t> value) {
     if (key.has_value() && *key == receiver_id) {
       matched = true;
       mapped = value;
@@ -260,8 +259,8 @@ absl::StatusOr<ChatAlignment> TokenAligner::AlignChatMessages(
                    receiver_.chat_template->Apply(messages, options));
   ASSIGN_OR_RETURN(a.sharer_text,
                    sharer_.chat_template->Apply(messages, options));
-  const EncodedText slm = EncodeWithOffsets(*receiver_.tokenizer,
-                                            a.receiver_text);
+  const EncodedText slm =
+      EncodeWithOffsets(*receiver_.tokenizer, a.receiver_text);
   const EncodedText llm = EncodeWithOffsets(*sharer_.tokenizer, a.sharer_text);
   const std::vector<ChatAlignment::Section> slm_sections = BuildSections(
       static_cast<int64_t>(slm.ids.size()),
@@ -303,8 +302,8 @@ absl::StatusOr<ChatAlignment> TokenAligner::AlignChatMessages(
         a.sharer_padding.push_back(!llm_real);
       }
     } else {
-      const auto slm_message = absl::MakeConstSpan(slm.ids).subspan(
-          s.begin, s.end - s.begin);
+      const auto slm_message =
+          absl::MakeConstSpan(slm.ids).subspan(s.begin, s.end - s.begin);
       const std::vector<int64_t> llm_message = AlignTokens(slm_message);
       for (size_t i = 0; i < slm_message.size(); ++i) {
         a.receiver_ids.push_back(slm_message[i]);

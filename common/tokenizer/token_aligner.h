@@ -75,7 +75,8 @@ class TokenAligner {
                                              AlignmentStrategy strategy);
 
   // The sharer token standing for each receiver token (align_tokens).
-  std::vector<int64_t> AlignTokens(absl::Span<const int64_t> receiver_ids) const;
+  std::vector<int64_t> AlignTokens(
+      absl::Span<const int64_t> receiver_ids) const;
 
   // Renders and aligns `messages`. `options` is passed to both templates
   // with add_generation_prompt and enable_thinking=false forced, as C2C's
@@ -91,8 +92,7 @@ class TokenAligner {
  private:
   TokenAligner(AlignmentSide receiver, AlignmentSide sharer,
                AlignmentStrategy strategy);
-  int64_t MapSpecialToken(uint32_t receiver_id,
-                          const std::string& text) const;
+  int64_t MapSpecialToken(uint32_t receiver_id, const std::string& text) const;
   int64_t PadId(const Tokenizer& tokenizer) const;
 
   AlignmentSide receiver_, sharer_;

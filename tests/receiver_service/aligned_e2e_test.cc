@@ -99,8 +99,8 @@ class AlignedE2eTest : public ::testing::Test {
                                        const std::string& ready) {
     Service service;
     ASSIGN_OR_RETURN(service.process,
-                     ChildProcess::Start(argv, test_util::MakeTempDir("svc") +
-                                                   "/stderr.log"));
+                     ChildProcess::Start(
+                         argv, test_util::MakeTempDir("svc") + "/stderr.log"));
     auto line = service.process->WaitForLine(ready, kStartTimeout);
     if (!line.ok()) {
       return absl::Status(line.status().code(),
@@ -150,9 +150,9 @@ class AlignedE2eTest : public ::testing::Test {
 
   // What a receiver started with `flags` prints before exiting non-zero.
   std::string RefusedAtStart(std::vector<std::string> flags) {
-    auto child = ChildProcess::Start(ReceiverArgv(std::move(flags)),
-                                     test_util::MakeTempDir("svc") +
-                                         "/stderr.log");
+    auto child =
+        ChildProcess::Start(ReceiverArgv(std::move(flags)),
+                            test_util::MakeTempDir("svc") + "/stderr.log");
     EXPECT_TRUE(child.ok()) << child.status();
     if (!child.ok()) return "";
     auto status = (*child)->Wait(absl::Seconds(60));
@@ -227,9 +227,9 @@ TEST_F(AlignedE2eTest, EveryModeEqualsTheInProcessPipeline) {
       EXPECT_EQ(got->transfer().tokens_sent(), want->tokens_sent);
       EXPECT_EQ(got->transfer().payload_bytes(), want->payload_bytes);
       EXPECT_GT(got->transfer().tokens_sent(), 0u);
-      EXPECT_LT(got->transfer().tokens_sent(),
-                got->transfer().prompt_tokens() *
-                    got->transfer().layers_sent());
+      EXPECT_LT(
+          got->transfer().tokens_sent(),
+          got->transfer().prompt_tokens() * got->transfer().layers_sent());
     }
   }
 }
@@ -238,10 +238,10 @@ TEST_F(AlignedE2eTest, AFuserThatNeedsAlignmentIsRefusedWithoutIt) {
   ASSERT_NO_FATAL_FAILURE(StartSharer());
   // No sharer tokenizer: the fuser's recipe asks for alignment.
   EXPECT_THAT(RefusedAtStart({}), HasSubstr("--sharer_tokenizer_dir"));
-  EXPECT_THAT(RefusedAtStart({"--sharer_tokenizer_dir=" +
-                                  assets_->sharer_tokenizer_dir,
-                              "--token_alignment=off"}),
-              HasSubstr("is_do_alignment: true"));
+  EXPECT_THAT(
+      RefusedAtStart({"--sharer_tokenizer_dir=" + assets_->sharer_tokenizer_dir,
+                      "--token_alignment=off"}),
+      HasSubstr("is_do_alignment: true"));
 }
 
 TEST_F(AlignedE2eTest, DifferentVocabulariesWithoutAlignmentNameBothModels) {

@@ -24,9 +24,8 @@ absl::StatusOr<const C2cPipeline*> PipelineFor(const ReferenceAssets& assets) {
   static std::mutex mu;
   static auto* cache = new std::map<std::string, std::unique_ptr<C2cPipeline>>;
   std::lock_guard<std::mutex> lock(mu);
-  const std::string key = absl::StrCat(assets.receiver_dir, "|",
-                                       assets.sharer_dir, "|",
-                                       assets.fuser_dir);
+  const std::string key = absl::StrCat(
+      assets.receiver_dir, "|", assets.sharer_dir, "|", assets.fuser_dir);
   auto it = cache->find(key);
   if (it != cache->end()) return it->second.get();
   at::set_num_threads(1);  // As the services under test.

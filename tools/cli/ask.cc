@@ -175,6 +175,11 @@ std::string FormatAnswer(const v1::AnswerResponse& r) {
         " tokens, ", Thousands(t.serialized_bytes()), " bytes serialized, ",
         Thousands(t.wire_bytes()), " on the wire):\n  ",
         absl::StrReplaceAll(r.background_text(), {{"\n", "\n  "}}), "\n");
+  } else if (r.mode() == v1::ANSWER_MODE_SHARER_ONLY) {
+    absl::StrAppend(&out,
+                    "\nSharer's answer: ", Thousands(t.serialized_bytes()),
+                    " bytes serialized (GenerateResponse), ",
+                    Thousands(t.wire_bytes()), " on the wire\n");
   } else if (t.serialized_bytes() > 0) {
     absl::StrAppend(&out, "\nTransfer: ", DescribeTransferSpec(t.spec()), "\n");
     auto row = [&](const std::string& name, const std::string& value,
@@ -205,7 +210,8 @@ std::string FormatAnswer(const v1::AnswerResponse& r) {
     absl::StrAppendFormat(&out, "  %-22s %10s\n", name, Ms(seconds));
   };
   stage("sharer compute", s.sharer_compute_seconds());
-  if (r.mode() == v1::ANSWER_MODE_TEXT_TO_TEXT) {
+  if (r.mode() == v1::ANSWER_MODE_TEXT_TO_TEXT ||
+      r.mode() == v1::ANSWER_MODE_SHARER_ONLY) {
     stage("sharer Generate call", s.sharer_generation_seconds());
   }
   stage("encode", s.encode_seconds());

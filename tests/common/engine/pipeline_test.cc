@@ -222,16 +222,15 @@ TEST_F(PipelineTest, ShareAtPositionsStreamsThePositionedPrefill) {
   auto gapped = sharer.NewCache(16);
   auto plain = sharer.NewCache(16);
   ASSERT_TRUE(gapped.ok() && plain.ok());
-  ASSERT_TRUE(sharer.PrefillAt(ids, positions, *gapped, nullptr,
-                               LogitsMode::kNone)
-                  .ok());
+  ASSERT_TRUE(
+      sharer.PrefillAt(ids, positions, *gapped, nullptr, LogitsMode::kNone)
+          .ok());
   ASSERT_TRUE(sharer.Prefill(ids, *plain, nullptr, LogitsMode::kNone).ok());
   for (const DecodedLayer& layer : layers) {
     SCOPED_TRACE(absl::StrCat("sharer layer ", layer.layer));
     // bf16 passthrough: the cache rounded to bf16 is what arrives.
-    const at::Tensor want = gapped->Keys(layer.layer)
-                                .to(at::kBFloat16)
-                                .to(at::kFloat);
+    const at::Tensor want =
+        gapped->Keys(layer.layer).to(at::kBFloat16).to(at::kFloat);
     EXPECT_TRUE(at::equal(layer.keys, want));
     EXPECT_FALSE(
         at::allclose(layer.keys, plain->Keys(layer.layer), 1e-2, 1e-3));

@@ -53,8 +53,7 @@ TEST(PromptPlanTest, AlignedPlanDropsPaddingAndKeepsAlignedPositions) {
   EXPECT_THAT(plan.sharer_positions,
               ElementsAre(0, 1, 2, 3, 4, 5, 6, 7, 10, 11));
   // Message tokens fuse into their receiver counterparts.
-  EXPECT_THAT(plan.fuse_into,
-              ElementsAre(-1, -1, -1, -1, 2, 3, 4, -1, 8, 9));
+  EXPECT_THAT(plan.fuse_into, ElementsAre(-1, -1, -1, -1, 2, 3, 4, -1, 8, 9));
   // One stage per message section: each fused before what follows runs.
   EXPECT_THAT(plan.stage_ends, ElementsAre(5, 10));
   EXPECT_TRUE(ValidatePromptPlan(plan).ok()) << ValidatePromptPlan(plan);

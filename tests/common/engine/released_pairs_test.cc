@@ -24,11 +24,11 @@ namespace {
 // without it, which these are.
 TEST(ReleasedPairsTest, PresetsHaveThePublishedParameterCounts) {
   const std::vector<std::pair<std::string, int64_t>> published = {
-      {"qwen3-0.6b", 596049920},     {"qwen3-1.7b", 1720574976},
-      {"qwen3-4b", 4022468096},      {"qwen3-8b", 8190735360},
-      {"qwen2.5-0.5b", 494032768},   {"qwen2.5-1.5b", 1543714304},
-      {"qwen2.5-7b", 7615616512},    {"llama-3.2-1b", 1235814400},
-      {"gemma-3-1b", 999885952},     {"mistral-7b-v0.3", 7248023552},
+      {"qwen3-0.6b", 596049920},   {"qwen3-1.7b", 1720574976},
+      {"qwen3-4b", 4022468096},    {"qwen3-8b", 8190735360},
+      {"qwen2.5-0.5b", 494032768}, {"qwen2.5-1.5b", 1543714304},
+      {"qwen2.5-7b", 7615616512},  {"llama-3.2-1b", 1235814400},
+      {"gemma-3-1b", 999885952},   {"mistral-7b-v0.3", 7248023552},
   };
   for (const auto& [name, count] : published) {
     SCOPED_TRACE(name);
@@ -91,8 +91,7 @@ TEST(ReleasedPairsTest, AFuserForEachPairFitsItsModelsAndNoOtherSharer) {
                     ->CheckModels(o.receiver_layers,
                                   receiver->num_key_value_heads,
                                   receiver->head_dim, o.sharer_layers,
-                                  sharer->num_key_value_heads,
-                                  sharer->head_dim)
+                                  sharer->num_key_value_heads, sharer->head_dim)
                     .ok());
     for (const Pair& other : ReleasedPairs()) {
       auto s = PresetModelConfig(other.sharer);

@@ -9,6 +9,7 @@ namespace kvwire {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(AskTest, FormatsMultipleChoiceItems) {
   EXPECT_EQ(FormatQuestion("Why?", {}).value_or(""), "Why?");
@@ -96,6 +97,20 @@ TEST(AskTest, TablesCarryTheReport) {
   EXPECT_THAT(table, HasSubstr("bf16 fell back: UNAVAILABLE: sharer down"));
   EXPECT_THAT(ComparisonJson({a, b}), HasSubstr("\"label\": \"bf16\""));
   EXPECT_THAT(AnswerJson(r), HasSubstr("\"wire_bytes\": \"285266\""));
+}
+
+TEST(AskTest, SharerOnlyAnswersShowTheGenerateCallNotATransfer) {
+  v1::AnswerResponse r;
+  r.set_mode(v1::ANSWER_MODE_SHARER_ONLY);
+  r.set_text("Carbon dioxide.");
+  r.mutable_transfer()->set_serialized_bytes(118);
+  r.mutable_transfer()->set_wire_bytes(123);
+  r.mutable_timings()->set_sharer_generation_seconds(0.5);
+  const std::string detail = FormatAnswer(r);
+  EXPECT_THAT(detail, HasSubstr("Answer (sharer-only"));
+  EXPECT_THAT(detail, HasSubstr("118 bytes serialized (GenerateResponse)"));
+  EXPECT_THAT(detail, HasSubstr("sharer Generate call"));
+  EXPECT_THAT(detail, Not(HasSubstr("received before the failure")));
 }
 
 }  // namespace
