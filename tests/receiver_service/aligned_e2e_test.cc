@@ -207,7 +207,8 @@ TEST_F(AlignedE2eTest, EveryModeEqualsTheInProcessPipeline) {
        std::vector<std::pair<v1::AnswerMode, std::string>>{
            {v1::ANSWER_MODE_C2C, "c2c"},
            {v1::ANSWER_MODE_RECEIVER_ONLY, "receiver-only"},
-           {v1::ANSWER_MODE_SHARER_ONLY, "sharer-only"}}) {
+           {v1::ANSWER_MODE_SHARER_ONLY, "sharer-only"},
+           {v1::ANSWER_MODE_TEXT_TO_TEXT, "text-to-text"}}) {
     SCOPED_TRACE(name);
     const v1::AnswerRequest request = Request(mode);
     auto got = Answer(request);
