@@ -45,11 +45,11 @@ if [[ "${KVWIRE_SANITIZE_E2E:-1}" != 0 ]]; then
     -DCMAKE_CXX_FLAGS="-O1 -g1" -DCMAKE_C_FLAGS="-O1 -g1" \
     -DKVWIRE_SANITIZE=ON -DKVWIRE_BUILD_TESTS=ON -DKVWIRE_BUILD_BENCHMARKS=OFF
   cmake --build "$ASAN_BUILD" -j "$KVWIRE_JOBS" --target kvwire_sharer_e2e_test \
-    kvwire_receiver_e2e_test
+    kvwire_receiver_e2e_test kvwire_aligned_e2e_test
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
     LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$KVWIRE_ROOT/tests/lsan_suppressions.txt} \
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-    ctest --test-dir "$ASAN_BUILD" -R '^(SharerE2eTest|ReceiverE2eTest)\.' \
+    ctest --test-dir "$ASAN_BUILD" -R '^(SharerE2eTest|ReceiverE2eTest|AlignedE2eTest)\.' \
     --output-on-failure -j "$KVWIRE_JOBS" --timeout 900
   echo "kvwire: sanitizer e2e step took $((SECONDS - asan_start)) s"
 fi
