@@ -30,6 +30,14 @@
 // Hidden states of prompt positions are never recomputed: fusion changes only
 // what the last prompt token and the generated tokens attend to.
 //
+// A token-aligned request (pairs whose tokenizers differ) is the same flow
+// over a PromptPlan (prompt_plan.h): the sharer gets its own ids and
+// positions (share_token_ids / share_positions), sharer token j fuses into
+// receiver token plan().fuse_into[j], Prefill runs the first stage only, and
+// Generate runs each later stage and fuses it (from the layers kept since
+// they arrived) before the tokens after it; the stream must be complete by
+// then.
+//
 // Threading: Prefill may run on one thread while AddChunk / AddLayer run on
 // another (layers arriving meanwhile are held, and decoding chunks overlaps
 // the prefill); every other call must not overlap. The decoder and fuser must
