@@ -80,11 +80,17 @@ ReceiverSession::ReceiverSession(const Decoder* receiver, const C2CFuser* fuser,
       check_sharer_(std::move(check_sharer)),
       stream_(std::make_unique<KvStreamDecoder>(receiver->dtype(),
                                                 receiver->device())) {
-  const PromptPlan same = SameVocabularyPlan(plan_.receiver_ids);
+  // SameVocabularyPlan's shape: one stage of L - 1 tokens, j fused into j.
   same_vocabulary_ =
       plan_.receiver_positions.empty() && plan_.sharer_positions.empty() &&
-      plan_.sharer_ids == same.sharer_ids &&
-      plan_.fuse_into == same.fuse_into && plan_.stage_ends == same.stage_ends;
+      plan_.stage_ends.size() == 1 && plan_.stage_ends[0] == fused_length_ &&
+      fused_length_ ==
+          std::max<int64_t>(static_cast<int64_t>(plan_.receiver_ids.size()) - 1,
+                            0);
+  for (int64_t j = 0; same_vocabulary_ && j < fused_length_; ++j) {
+    same_vocabulary_ =
+        plan_.fuse_into[j] == j && plan_.sharer_ids[j] == plan_.receiver_ids[j];
+  }
 }
 
 ReceiverSession::~ReceiverSession() = default;
