@@ -40,6 +40,7 @@
 #include "common/model/safetensors.h"
 #include "kvwire/v1/kvwire.pb.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/tokenizer/tokenizer_fixtures.h"
 #include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
 
 namespace {
@@ -219,81 +220,17 @@ bool FuserConfigSeeds(const fs::path& dir) {
   return true;
 }
 
-// GPT-2's bytes_to_unicode.
-std::string ByteChar(unsigned b) {
-  unsigned cp = b;
-  if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
-    unsigned n = 0;
-    for (unsigned k = 0; k < b; ++k) {
-      if (!((k >= 33 && k <= 126) || (k >= 161 && k <= 172) || k >= 174)) ++n;
-    }
-    cp = 256 + n;
-  }
-  std::string s;
-  if (cp < 0x80) {
-    s.push_back(static_cast<char>(cp));
-  } else {
-    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return s;
-}
-
 // A byte-level BPE tokenizer.json in Qwen's layout, with a few merges and
 // added tokens.
 std::string GeneratedTokenizerJson() {
-  json vocab = json::object();
-  for (unsigned b = 0; b < 256; ++b) vocab[ByteChar(b)] = b;
-  json merges = json::array();
-  uint32_t next = 256;
-  for (const char* pair : {"h e", "l l", "he ll", "hell o", "Ġ w", "o r"}) {
-    const std::string p(pair);
-    const size_t space = p.find(' ');
-    const std::string a = p.substr(0, space), b = p.substr(space + 1);
-    merges.push_back(json::array({a, b}));
-    if (!vocab.contains(a + b)) vocab[a + b] = next++;
-  }
-  json added = json::array();
+  kvwire::ByteLevelBpeBuilder b;
+  b.merges = {{"h", "e"},    {"l", "l"}, {"he", "ll"},
+              {"hell", "o"}, {" ", "w"}, {"o", "r"}};
+  uint32_t next = b.NextId();
   for (const char* token : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
-    added.push_back({{"id", next++},
-                     {"content", token},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", false},
-                     {"special", true}});
+    b.AddToken(next++, token, /*special=*/true);
   }
-  const std::string pattern =
-      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
-      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-  json tok = {
-      {"version", "1.0"},
-      {"added_tokens", added},
-      {"normalizer", {{"type", "NFC"}}},
-      {"pre_tokenizer",
-       {{"type", "Sequence"},
-        {"pretokenizers", json::array({json{{"type", "Split"},
-                                            {"pattern", {{"Regex", pattern}}},
-                                            {"behavior", "Isolated"},
-                                            {"invert", false}},
-                                       json{{"type", "ByteLevel"},
-                                            {"add_prefix_space", false},
-                                            {"trim_offsets", false},
-                                            {"use_regex", false}}})}}},
-      {"post_processor", {{"type", "ByteLevel"}}},
-      {"decoder", {{"type", "ByteLevel"}}},
-      {"model",
-       {{"type", "BPE"},
-        {"dropout", nullptr},
-        {"unk_token", nullptr},
-        {"continuing_subword_prefix", ""},
-        {"end_of_word_suffix", ""},
-        {"fuse_unk", false},
-        {"byte_fallback", false},
-        {"ignore_merges", false},
-        {"vocab", vocab},
-        {"merges", merges}}}};
-  return tok.dump();
+  return b.Build().dump();
 }
 
 // The real tokenizer.json with the vocabulary cut to ids < keep and the

@@ -404,8 +404,17 @@ LLAMA32_1B = dict(
     head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5,
     tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
     bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
+# Mistral-7B-v0.3's shapes with v0.1's sliding attention at a 512-token
+# window, so the 640-token prompt exceeds it at the 7B shape too.
+MISTRAL_7B_W512 = dict(
+    vocab_size=32768, hidden_size=4096, intermediate_size=14336,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+    head_dim=128, max_position_embeddings=32768, rms_norm_eps=1e-5,
+    sliding_window=512, tie_word_embeddings=False, bos_token_id=1,
+    eos_token_id=2)
 REAL32_T = 640
 REAL32_NEW = 64
+REAL32_NAMES = ("gemma-3-1b", "llama-3.2-1b", "mistral-7b-w512")
 
 
 def real32_config(name):
@@ -420,6 +429,10 @@ def real32_config(name):
         except TypeError:
             return t.Gemma3ForCausalLM, t.Gemma3TextConfig(
                 rope_theta=1000000.0, rope_local_base_freq=10000.0, **GEMMA3_1B)
+    if name == "mistral-7b-w512":
+        return t.MistralForCausalLM, make_config(
+            t.MistralConfig, {"rope_type": "default", "rope_theta": 1000000.0},
+            **MISTRAL_7B_W512)
     return t.LlamaForCausalLM, make_config(
         t.LlamaConfig,
         {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
@@ -825,6 +838,8 @@ def main():
     p.add_argument("--only", nargs="*", help="architectures to (re)write")
     p = sub.add_parser("real32")
     p.add_argument("work_dir")
+    p.add_argument("--names", nargs="*", default=list(REAL32_NAMES[:2]),
+                   choices=REAL32_NAMES)
     p = sub.add_parser("gpucheck")
     p.add_argument("out")
     p.add_argument("--budget", type=float, default=540.0)
@@ -848,7 +863,7 @@ def main():
     if a.cmd == "tiny":
         print(json.dumps(cmd_tiny(a.out_dir, a.only), indent=1))
     elif a.cmd == "real32":
-        print(json.dumps(cmd_real32(a.work_dir), indent=1))
+        print(json.dumps(cmd_real32(a.work_dir, a.names), indent=1))
     elif a.cmd == "gpucheck":
         cmd_gpucheck(a.out, a.budget)
     elif a.cmd == "real":

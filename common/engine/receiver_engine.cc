@@ -14,6 +14,7 @@
 #include "common/file_util.h"
 #include "common/fuser/fuser.h"
 #include "common/model/decoder.h"
+#include "common/model/model_family.h"
 #include "common/status_macros.h"
 
 #ifdef KVWIRE_WITH_CUDA
@@ -316,8 +317,13 @@ absl::Status ReceiverEngine::CheckSharerModel(
     const v1::ModelInfo& sharer) const {
   if (fuser_ == nullptr) return absl::OkStatus();
   const ModelConfig& rc = decoder_->config();
-  if (!aligner_.has_value() &&
-      sharer.vocab_size() != static_cast<uint32_t>(rc.vocab_size)) {
+  auto sharer_family = FindModelFamily(sharer.architecture());
+  const bool same_ids =
+      sharer.vocab_size() == static_cast<uint32_t>(rc.vocab_size) ||
+      (sharer_family.ok() &&
+       ReadSameTokenIds(GetModelFamily(rc.arch), rc.vocab_size, **sharer_family,
+                        sharer.vocab_size()));
+  if (!aligner_.has_value() && !same_ids) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the receiver (", info_.model.architecture(), " '", info_.model.name(),
         "', vocabulary ", rc.vocab_size, ") and the sharer (",

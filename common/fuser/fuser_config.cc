@@ -5,11 +5,13 @@
 #include <limits>
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "common/codec/layer_schedule.h"
 #include "common/status_macros.h"
@@ -117,6 +119,37 @@ C2CProjectorArgs ReleasedQwen3Qwen25Args() {
   a.anneal_steps = 1929;
   a.dtype = "bfloat16";
   return a;
+}
+
+absl::StatusOr<std::string> PresetHuggingFaceId(absl::string_view preset) {
+  // The same names (and -instruct / -it spellings) PresetModelConfig takes.
+  static constexpr std::pair<const char*, const char*> kIds[] = {
+      {"qwen3-0.6b", "Qwen/Qwen3-0.6B"},
+      {"qwen3-1.7b", "Qwen/Qwen3-1.7B"},
+      {"qwen3-4b", "Qwen/Qwen3-4B"},
+      {"qwen3-8b", "Qwen/Qwen3-8B"},
+      {"qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct"},
+      {"qwen2.5-1.5b", "Qwen/Qwen2.5-1.5B-Instruct"},
+      {"qwen2.5-7b", "Qwen/Qwen2.5-7B-Instruct"},
+      {"llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct"},
+      {"gemma-3-1b", "google/gemma-3-1b-it"},
+      {"mistral-7b-v0.3", "mistralai/Mistral-7B-Instruct-v0.3"},
+  };
+  std::string lower = absl::AsciiStrToLower(preset);
+  absl::string_view name = lower;
+  if (absl::StartsWith(name, "qwen2.5-")) {
+    absl::ConsumeSuffix(&name, "-instruct");
+  } else if (absl::StartsWith(name, "gemma-")) {
+    absl::ConsumeSuffix(&name, "-it");
+  }
+  std::vector<std::string> known;
+  for (const auto& [key, id] : kIds) {
+    if (name == key) return std::string(id);
+    known.push_back(key);
+  }
+  return absl::NotFoundError(
+      absl::StrCat("unknown model preset '", preset,
+                   "' (known: ", absl::StrJoin(known, ", "), ")"));
 }
 
 absl::Status ValidateProjectorArgs(const C2CProjectorArgs& a) {

@@ -52,6 +52,16 @@ struct C2CProjectorArgs {
 // The args of the released Qwen3-0.6B <- Qwen2.5-0.5B fuser (spec §2.1).
 C2CProjectorArgs ReleasedQwen3Qwen25Args();
 
+// The Hugging Face id a fuser recipe names (model.base_model /
+// model.teacher_model) for a model preset of PresetModelConfig
+// (common/model/model_config.h), case-insensitive: "qwen3-8b" ->
+// "Qwen/Qwen3-8B"; the Qwen2.5, Llama, Gemma and Mistral presets name the
+// instruction-tuned checkpoints C2C pairs with ("qwen2.5-7b" ->
+// "Qwen/Qwen2.5-7B-Instruct", "llama-3.2-1b" ->
+// "meta-llama/Llama-3.2-1B-Instruct", "gemma-3-1b" -> "google/gemma-3-1b-it").
+// NOT_FOUND, listing the known names, otherwise.
+absl::StatusOr<std::string> PresetHuggingFaceId(absl::string_view preset);
+
 // INVALID_ARGUMENT unless every size is positive and num_layers >= 3.
 absl::Status ValidateProjectorArgs(const C2CProjectorArgs& args);
 

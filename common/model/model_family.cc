@@ -50,6 +50,13 @@ absl::StatusOr<const ModelFamily*> FindModelFamily(absl::string_view name) {
       ")"));
 }
 
+bool ReadSameTokenIds(const ModelFamily& a, int64_t a_vocab_size,
+                      const ModelFamily& b, int64_t b_vocab_size) {
+  if (a_vocab_size == b_vocab_size) return true;
+  return a.shared_tokenizer != nullptr && b.shared_tokenizer != nullptr &&
+         absl::string_view(a.shared_tokenizer) == b.shared_tokenizer;
+}
+
 void AppendAttentionWeights(const ModelConfig& c, int64_t layer,
                             const AttentionWeightOptions& options,
                             std::vector<WeightSpec>& out) {

@@ -51,7 +51,17 @@ struct ModelFamily {
   // every layer). INVALID_ARGUMENT naming `source` and the field.
   absl::Status (*finish_config)(const nlohmann::json& j,
                                 absl::string_view source, ModelConfig& c);
+  // Families that share one tokenizer under embeddings padded to different
+  // sizes name it alike (Qwen2 and Qwen3: "qwen"; Qwen2.5-7B has 152064 rows,
+  // Qwen3 151936, over the same 151,669 tokens). Null: a vocabulary is known
+  // to be shared only when the sizes are equal.
+  const char* shared_tokenizer = nullptr;
 };
+
+// Whether a model of family `a` with `a_vocab_size` embedding rows and one of
+// family `b` with `b_vocab_size` rows read the same token ids.
+bool ReadSameTokenIds(const ModelFamily& a, int64_t a_vocab_size,
+                      const ModelFamily& b, int64_t b_vocab_size);
 
 // Every ModelArch has a family.
 const ModelFamily& GetModelFamily(ModelArch arch);

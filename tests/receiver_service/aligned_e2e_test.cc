@@ -13,7 +13,6 @@
 #include <grpcpp/client_context.h>
 #include <sys/wait.h>
 
-#include <fstream>
 #include <memory>
 #include <string>
 #include <utility>
@@ -27,16 +26,9 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
-#include "nlohmann/json.hpp"
+#include "tests/common/engine/aligned_goldens.h"
 #include "tests/common/service/testing_util.h"
 #include "tests/receiver_service/pipeline_reference.h"
-
-#ifndef KVWIRE_NPM_MODULES_DEFAULT
-#define KVWIRE_NPM_MODULES_DEFAULT ""
-#endif
-#ifndef KVWIRE_SOURCE_DIR_DEFAULT
-#define KVWIRE_SOURCE_DIR_DEFAULT ""
-#endif
 
 namespace kvwire {
 namespace {
@@ -49,16 +41,6 @@ const std::vector<std::pair<std::string, std::string>> kMessages = {
     {"system", "You answer in one short sentence."},
     {"user", "Which gas do plants take in to make their food?"}};
 
-std::string SourceDir() {
-  const char* env = std::getenv("KVWIRE_SOURCE_DIR");
-  return env != nullptr ? env : KVWIRE_SOURCE_DIR_DEFAULT;
-}
-
-std::string NpmModules() {
-  const char* env = std::getenv("KVWIRE_NPM_MODULES");
-  return env != nullptr ? env : KVWIRE_NPM_MODULES_DEFAULT;
-}
-
 struct Service {
   std::unique_ptr<ChildProcess> process;
   int port = 0;
@@ -67,25 +49,14 @@ struct Service {
 class AlignedE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string data = SourceDir() + "/tests/data/aligned";
-    std::ifstream in(data + "/qwen3-llama3.2/reference.json");
-    ASSERT_TRUE(in.good());
-    const nlohmann::json reference = nlohmann::json::parse(in);
-    auto tokenizer_dir = [&](const char* side) {
-      std::string package =
-          reference["tokenizers"][side]["source"]["npm"].get<std::string>();
-      package = package.substr(0, package.rfind('@'));
-      return absl::StrCat(NpmModules(), "/", package, "/models");
-    };
+    auto goldens = LoadAlignedGoldens("qwen3-llama3.2");
+    ASSERT_TRUE(goldens.ok()) << goldens.status();
     assets_ = new ReferenceAssets();
-    assets_->receiver_dir =
-        SourceDir() + "/" + reference["receiver_dir_repo"].get<std::string>();
-    assets_->sharer_dir =
-        SourceDir() + "/" + reference["sharer_dir_repo"].get<std::string>();
-    assets_->fuser_dir =
-        SourceDir() + "/" + reference["fuser_dir_repo"].get<std::string>();
-    assets_->tokenizer_dir = tokenizer_dir("receiver_slm");
-    assets_->sharer_tokenizer_dir = tokenizer_dir("sharer_llm");
+    assets_->receiver_dir = goldens->receiver_dir;
+    assets_->sharer_dir = goldens->sharer_dir;
+    assets_->fuser_dir = goldens->fuser_dir;
+    assets_->tokenizer_dir = goldens->tokenizer_dir;
+    assets_->sharer_tokenizer_dir = goldens->sharer_tokenizer_dir;
   }
 
   void TearDown() override {

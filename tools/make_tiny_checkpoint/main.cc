@@ -4,6 +4,7 @@
 //   kvwire-make-checkpoint --out=/tmp/tiny-qwen3 --arch=qwen3 --layers=2
 //       --hidden=64 --heads=4 --kv_heads=2 --head_dim=32 --vocab=512
 //   kvwire-make-checkpoint --out=/tmp/qwen3-0.6b-random --preset=qwen3-0.6b
+//   kvwire-make-checkpoint --out=/tmp/m --config=/path/to/hf/config.json
 #include <cstdint>
 #include <iostream>
 #include <string>
@@ -22,8 +23,14 @@
 
 ABSL_FLAG(std::string, out, "", "Output model directory (created).");
 ABSL_FLAG(std::string, preset, "",
-          "Real model shapes: qwen3-0.6b, qwen2.5-0.5b or llama-3.2-1b "
-          "(overrides the size flags).");
+          "Real model shapes: qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, "
+          "qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, llama-3.2-1b, gemma-3-1b "
+          "or mistral-7b-v0.3 (overrides the size flags).");
+ABSL_FLAG(std::string, config, "",
+          "A Hugging Face config.json, or a directory holding one: the model "
+          "comes from it and it is copied byte for byte (with the "
+          "generation_config.json next to it, if any); overrides the size "
+          "flags; not with --preset or --eos_ids.");
 ABSL_FLAG(std::string, arch, "qwen3",
           "qwen2 | qwen3 | llama | mistral | gemma3_text (or the HF "
           "architecture name).");
@@ -47,6 +54,11 @@ ABSL_FLAG(std::string, eos_ids, "",
 ABSL_FLAG(uint64_t, seed, 0, "Random seed");
 ABSL_FLAG(std::string, dtype, "bf16", "bf16 | fp16 | fp32");
 ABSL_FLAG(double, init_std, 0.02, "Std of linear/embedding weights");
+ABSL_FLAG(double, norm_std, 0.1, "Norm weights are 1 + N(0, norm_std)");
+ABSL_FLAG(double, bias_std, 0.02, "Std of biases");
+ABSL_FLAG(int, threads, 0,
+          "Generator threads (0: all cores); the output does not depend on "
+          "it.");
 ABSL_FLAG(int, shards, 1, "Number of safetensors shards (>1 writes an index)");
 
 namespace kvwire {
@@ -56,6 +68,36 @@ absl::Status Run() {
   const std::string out = absl::GetFlag(FLAGS_out);
   if (out.empty()) return absl::InvalidArgumentError("--out is required");
   TinyCheckpointOptions options;
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.init_std = absl::GetFlag(FLAGS_init_std);
+  options.norm_std = absl::GetFlag(FLAGS_norm_std);
+  options.bias_std = absl::GetFlag(FLAGS_bias_std);
+  options.num_shards = absl::GetFlag(FLAGS_shards);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype == "bf16") {
+    options.dtype = SafetensorsDtype::kBF16;
+  } else if (dtype == "fp16") {
+    options.dtype = SafetensorsDtype::kF16;
+  } else if (dtype == "fp32") {
+    options.dtype = SafetensorsDtype::kF32;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown --dtype '", dtype, "' (bf16, fp16, fp32)"));
+  }
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  if (!config_path.empty()) {
+    if (!absl::GetFlag(FLAGS_preset).empty()) {
+      return absl::InvalidArgumentError("--config and --preset are exclusive");
+    }
+    // The config.json copy is what Hugging Face reads, so EOS ids that
+    // differ from it would make the two disagree.
+    if (!absl::GetFlag(FLAGS_eos_ids).empty()) {
+      return absl::InvalidArgumentError(
+          "--eos_ids does not apply with --config (edit the config instead)");
+    }
+    return WriteRandomCheckpointForConfigFile(config_path, out, options);
+  }
   ModelConfig& c = options.config;
   if (!absl::GetFlag(FLAGS_preset).empty()) {
     auto preset = PresetModelConfig(absl::GetFlag(FLAGS_preset));
@@ -112,20 +154,6 @@ absl::Status Run() {
       c.eos_token_ids.push_back(id);
     }
   }
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype == "bf16") {
-    options.dtype = SafetensorsDtype::kBF16;
-  } else if (dtype == "fp16") {
-    options.dtype = SafetensorsDtype::kF16;
-  } else if (dtype == "fp32") {
-    options.dtype = SafetensorsDtype::kF32;
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown --dtype '", dtype, "' (bf16, fp16, fp32)"));
-  }
-  options.seed = absl::GetFlag(FLAGS_seed);
-  options.init_std = absl::GetFlag(FLAGS_init_std);
-  options.num_shards = absl::GetFlag(FLAGS_shards);
   return WriteRandomCheckpoint(out, options);
 }
 

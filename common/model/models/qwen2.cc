@@ -33,11 +33,16 @@ void WriteConfig(const ModelConfig& c, nlohmann::json& j) {
 }  // namespace
 
 const ModelFamily& Qwen2Family() {
-  static const ModelFamily family{
-      ModelArch::kQwen2,         "Qwen2ForCausalLM", "qwen2",
-      /*default_head_dim=*/0,    ParseConfig,        SetDefaults, WriteConfig,
-      AppendPreNormLayerWeights,
-      /*finish_config=*/nullptr};
+  static const ModelFamily family{ModelArch::kQwen2,
+                                  "Qwen2ForCausalLM",
+                                  "qwen2",
+                                  /*default_head_dim=*/0,
+                                  ParseConfig,
+                                  SetDefaults,
+                                  WriteConfig,
+                                  AppendPreNormLayerWeights,
+                                  /*finish_config=*/nullptr,
+                                  /*shared_tokenizer=*/"qwen"};
   return family;
 }
 

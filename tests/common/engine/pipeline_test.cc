@@ -744,5 +744,21 @@ TEST_F(PipelineTest, DescribeModelFingerprintsTheCheckpoint) {
       info.fingerprint());
 }
 
+// Qwen2.5-7B pads its embeddings to 152064 rows, Qwen3 to 151936, over one
+// tokenizer: the released qwen3_8b+qwen2.5_7b fuser needs no alignment. A
+// family with another tokenizer and a different size still does.
+TEST_F(PipelineTest, SharerOfAPaddedQwenVocabularyNeedsNoAlignment) {
+  v1::ModelInfo sharer = pipeline_->sharer_info();
+  const ReceiverEngine& engine = pipeline_->receiver_engine();
+  ASSERT_TRUE(engine.CheckSharerModel(sharer).ok());
+  sharer.set_vocab_size(sharer.vocab_size() + 128);
+  EXPECT_TRUE(engine.CheckSharerModel(sharer).ok());
+  sharer.set_architecture("LlamaForCausalLM");
+  const absl::Status st = engine.CheckSharerModel(sharer);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(st.message()),
+              ::testing::HasSubstr("do not share a vocabulary"));
+}
+
 }  // namespace
 }  // namespace kvwire

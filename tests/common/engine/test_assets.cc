@@ -13,36 +13,13 @@
 #include "common/model/model_config.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/tokenizer/tokenizer_fixtures.h"
 #include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
 
 namespace kvwire {
 namespace {
 
 using json = nlohmann::json;
-
-constexpr char kQwenPattern[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
-    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-
-// GPT-2's bytes_to_unicode.
-std::string ByteChar(unsigned b) {
-  unsigned cp = b;
-  if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
-    unsigned n = 0;
-    for (unsigned k = 0; k < b; ++k) {
-      if (!((k >= 33 && k <= 126) || (k >= 161 && k <= 172) || k >= 174)) ++n;
-    }
-    cp = 256 + n;
-  }
-  std::string s;
-  if (cp < 0x80) {
-    s.push_back(static_cast<char>(cp));
-  } else {
-    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return s;
-}
 
 absl::StatusOr<json> TemplateGoldens() {
   const std::string path =
@@ -54,52 +31,18 @@ absl::StatusOr<json> TemplateGoldens() {
   return json::parse(ss.str());
 }
 
-// Bytes 0..255, a few merges, then the special tokens from id 256.
+// Bytes 0..255, then the special tokens from id 256, in the vocabulary too.
 const std::vector<std::string> kSpecial = {"<|endoftext|>", "<|im_start|>",
                                            "<|im_end|>", "<think>", "</think>"};
 
 json TokenizerJson() {
-  json vocab = json::object();
-  for (unsigned b = 0; b < 256; ++b) vocab[ByteChar(b)] = b;
-  json added = json::array();
+  ByteLevelBpeBuilder b;
+  b.extra_tokens = kSpecial;
   for (size_t i = 0; i < kSpecial.size(); ++i) {
     const bool special = kSpecial[i][0] == '<' && kSpecial[i][1] == '|';
-    vocab[kSpecial[i]] = 256 + i;
-    added.push_back({{"id", 256 + i},
-                     {"content", kSpecial[i]},
-                     {"single_word", false},
-                     {"lstrip", false},
-                     {"rstrip", false},
-                     {"normalized", false},
-                     {"special", special}});
+    b.AddToken(256 + i, kSpecial[i], special);
   }
-  return json{{"version", "1.0"},
-              {"added_tokens", added},
-              {"normalizer", {{"type", "NFC"}}},
-              {"pre_tokenizer",
-               {{"type", "Sequence"},
-                {"pretokenizers",
-                 json::array({json{{"type", "Split"},
-                                   {"pattern", {{"Regex", kQwenPattern}}},
-                                   {"behavior", "Isolated"},
-                                   {"invert", false}},
-                              json{{"type", "ByteLevel"},
-                                   {"add_prefix_space", false},
-                                   {"trim_offsets", false},
-                                   {"use_regex", false}}})}}},
-              {"post_processor", {{"type", "ByteLevel"}}},
-              {"decoder", {{"type", "ByteLevel"}}},
-              {"model",
-               {{"type", "BPE"},
-                {"dropout", nullptr},
-                {"unk_token", nullptr},
-                {"continuing_subword_prefix", ""},
-                {"end_of_word_suffix", ""},
-                {"fuse_unk", false},
-                {"byte_fallback", false},
-                {"ignore_merges", false},
-                {"vocab", vocab},
-                {"merges", json::array()}}}};
+  return b.Build();
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/tokenizer/tokenizer_fixtures.h"
 
 namespace kvwire {
 
@@ -78,33 +79,15 @@ struct SpBuilder {
       if (!vocab.contains(p)) vocab[p] = next++;
     }
     json added = json::array();
-    for (int id = 0; id < 3; ++id) {
-      added.push_back({{"id", id},
-                       {"content", id == 0   ? "<unk>"
-                                   : id == 1 ? "<s>"
-                                             : "</s>"},
-                       {"single_word", false},
-                       {"lstrip", false},
-                       {"rstrip", false},
-                       {"normalized", false},
-                       {"special", true}});
+    for (const char* t : {"<unk>", "<s>", "</s>"}) {
+      added.push_back(
+          AddedTokenJson(vocab[t].get<uint32_t>(), t, /*special=*/true));
     }
-    const json post = {
-        {"type", "TemplateProcessing"},
-        {"single",
-         json::array({json{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                      json{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
-        {"pair", json::array()},
-        {"special_tokens",
-         {{"<s>",
-           {{"id", "<s>"},
-            {"ids", json::array({1})},
-            {"tokens", json::array({"<s>"})}}}}}};
     return json{{"version", "1.0"},
                 {"added_tokens", added},
                 {"normalizer", normalizer},
                 {"pre_tokenizer", pre_tokenizer},
-                {"post_processor", post},
+                {"post_processor", BosTemplateProcessing(1, "<s>")},
                 {"decoder", decoder},
                 {"model",
                  {{"type", "BPE"},
@@ -186,6 +169,62 @@ struct Case {
   std::string decoded;  // Decode of the ids after <s>.
 };
 
+// `c` decoding to `decoded` instead.
+Case WithDecoded(Case c, const std::string& decoded) {
+  c.decoded = decoded;
+  return c;
+}
+
+// Encodings that several layouts below give.
+
+// "hello world" as "▁hello" "▁world".
+Case HelloWorldAsWords() {
+  return {
+      "hello world", {1, 276, 281}, {{0, 0}, {0, 5}, {5, 11}}, "hello world"};
+}
+
+// "hello world" with no "▁" before "hello", which then takes its pieces.
+Case HelloWorldAsPieces() {
+  return {"hello world",
+          {1, 265, 273, 274, 281},
+          {{0, 0}, {0, 1}, {1, 3}, {3, 5}, {5, 11}},
+          "hello world"};
+}
+
+// Every space its own "▁", none prepended.
+Case SpacedHelloWorld() {
+  return {"  hello  world ",
+          {1, 259, 276, 259, 281, 259},
+          {{0, 0}, {0, 1}, {1, 7}, {7, 8}, {8, 14}, {14, 15}},
+          "  hello  world "};
+}
+
+// Special tokens in the text, "hello" after <s> without a "▁".
+Case SpecialTokensThenPieces() {
+  return {"<s>hello</s> world",
+          {1, 1, 265, 273, 274, 2, 281},
+          {{0, 0}, {0, 3}, {3, 4}, {4, 6}, {6, 8}, {8, 12}, {12, 18}},
+          "<s>hello</s> world"};
+}
+
+// A special token between words, the space before it a "▁" of its own.
+Case SpecialTokenBetweenWords() {
+  return {"hello <s> world",
+          {1, 276, 259, 1, 281},
+          {{0, 0}, {0, 5}, {5, 6}, {6, 9}, {9, 15}},
+          "hello <s> world"};
+}
+
+// A lone space, one "▁".
+Case SingleSpace() { return {" ", {1, 259}, {{0, 0}, {0, 1}}, " "}; }
+
+// Offsets of <s> and "xyz hello qq" with a "▁" prepended (sharing "x"'s
+// span) and each character of "xyz" and "qq" a token of its own.
+std::vector<std::pair<size_t, size_t>> XyzHelloQqCharacterOffsets() {
+  return {{0, 0}, {0, 1},  {0, 1},   {1, 2},  {2, 3},
+          {3, 9}, {9, 10}, {10, 11}, {11, 12}};
+}
+
 void Check(const Tokenizer& tok, const std::vector<Case>& cases) {
   for (const Case& c : cases) {
     const EncodingWithOffsets enc =
@@ -201,240 +240,194 @@ void Check(const Tokenizer& tok, const std::vector<Case>& cases) {
   }
 }
 
+class SentencePieceBpeTest : public ::testing::Test {
+ protected:
+  // Makes tok_ from `b`; a fatal failure if `b` is refused.
+  void Make(SpBuilder b) {
+    tok_ = b.Make();
+    ASSERT_NE(tok_, nullptr);
+  }
+
+  std::unique_ptr<Tokenizer> tok_;
+};
+
 // Llama-2 layout: Prepend("▁") then Replace(" " -> "▁"), no pre-tokenizer.
 // The prepended "▁" shares the first character's offsets; a "▁" made from
 // a space maps to that space; the four byte-fallback tokens of an emoji all
 // map to the whole emoji; characters without a piece or merge use bytes.
-TEST(SentencePieceBpeTest, Llama2Layout) {
-  SpBuilder b = Llama2Style();
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
-  Check(*tok, {
-                  {"hello world",
-                   {1, 276, 281},
-                   {{0, 0}, {0, 5}, {5, 11}},
-                   "hello world"},
-                  {"  hello  world ",
-                   {1, 282, 276, 259, 281, 259},
-                   {{0, 0}, {0, 1}, {1, 7}, {7, 8}, {8, 14}, {14, 15}},
-                   "  hello  world "},
-                  {"hello\nworld\n",
-                   {1, 276, 271, 269, 278, 266, 263, 271},
-                   {{0, 0},
-                    {0, 5},
-                    {5, 6},
-                    {6, 7},
-                    {7, 9},
-                    {9, 10},
-                    {10, 11},
-                    {11, 12}},
-                   "hello\nworld\n"},
-                  {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
-                   {1, 272, 270, 266, 274, 259, 243, 162, 167, 153, 36},
-                   {{0, 0},
-                    {0, 1},
-                    {1, 3},
-                    {3, 4},
-                    {4, 6},
-                    {6, 7},
-                    {7, 11},
-                    {7, 11},
-                    {7, 11},
-                    {7, 11},
-                    {11, 12}},
-                   "h\xC3\xA9llo \xF0\x9F\xA4\x96!"},
-                  {"<s>hello</s> world",
-                   {1, 1, 276, 2, 259, 281},
-                   {{0, 0}, {0, 3}, {3, 8}, {8, 12}, {12, 13}, {12, 18}},
-                   "<s> hello</s>  world"},
-                  {"xyz hello qq",
-                   {1, 259, 123, 124, 125, 276, 259, 116, 116},
-                   {{0, 0},
-                    {0, 1},
-                    {0, 1},
-                    {1, 2},
-                    {2, 3},
-                    {3, 9},
-                    {9, 10},
-                    {10, 11},
-                    {11, 12}},
-                   "xyz hello qq"},
-                  {"", {1}, {{0, 0}}, ""},
-                  {" ", {1, 282}, {{0, 0}, {0, 1}}, " "},
-                  {"hello <s> world",
-                   {1, 276, 259, 1, 259, 281},
-                   {{0, 0}, {0, 5}, {5, 6}, {6, 9}, {9, 10}, {9, 15}},
-                   "hello <s>  world"},
-                  {"\xE2\x96\x81hello",
-                   {1, 259, 276},
-                   {{0, 0}, {0, 3}, {0, 8}},
-                   " hello"},
-              });
-  EXPECT_EQ(tok->vocab_size(), 285u);
-  EXPECT_EQ(tok->TokenToId("<0x0A>"), 13u);
-  EXPECT_EQ(tok->TokenToId(std::string(kSp) + "hello"), 276u);
-  EXPECT_EQ(tok->IdToToken(243), "<0xF0>");
-  EXPECT_EQ(tok->unk_token_id(), 0u);  // The model's, without a config.
-  EXPECT_TRUE(tok->IsSpecialToken(1));
-  EXPECT_FALSE(tok->IsSpecialToken(276));
+TEST_F(SentencePieceBpeTest, Llama2Layout) {
+  ASSERT_NO_FATAL_FAILURE(Make(Llama2Style()));
+  Check(*tok_, {
+                   HelloWorldAsWords(),
+                   {"  hello  world ",
+                    {1, 282, 276, 259, 281, 259},
+                    {{0, 0}, {0, 1}, {1, 7}, {7, 8}, {8, 14}, {14, 15}},
+                    "  hello  world "},
+                   {"hello\nworld\n",
+                    {1, 276, 271, 269, 278, 266, 263, 271},
+                    {{0, 0},
+                     {0, 5},
+                     {5, 6},
+                     {6, 7},
+                     {7, 9},
+                     {9, 10},
+                     {10, 11},
+                     {11, 12}},
+                    "hello\nworld\n"},
+                   {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
+                    {1, 272, 270, 266, 274, 259, 243, 162, 167, 153, 36},
+                    {{0, 0},
+                     {0, 1},
+                     {1, 3},
+                     {3, 4},
+                     {4, 6},
+                     {6, 7},
+                     {7, 11},
+                     {7, 11},
+                     {7, 11},
+                     {7, 11},
+                     {11, 12}},
+                    "h\xC3\xA9llo \xF0\x9F\xA4\x96!"},
+                   {"<s>hello</s> world",
+                    {1, 1, 276, 2, 259, 281},
+                    {{0, 0}, {0, 3}, {3, 8}, {8, 12}, {12, 13}, {12, 18}},
+                    "<s> hello</s>  world"},
+                   {"xyz hello qq",
+                    {1, 259, 123, 124, 125, 276, 259, 116, 116},
+                    XyzHelloQqCharacterOffsets(),
+                    "xyz hello qq"},
+                   {"", {1}, {{0, 0}}, ""},
+                   {" ", {1, 282}, {{0, 0}, {0, 1}}, " "},
+                   {"hello <s> world",
+                    {1, 276, 259, 1, 259, 281},
+                    {{0, 0}, {0, 5}, {5, 6}, {6, 9}, {9, 10}, {9, 15}},
+                    "hello <s>  world"},
+                   {"\xE2\x96\x81hello",
+                    {1, 259, 276},
+                    {{0, 0}, {0, 3}, {0, 8}},
+                    " hello"},
+               });
+  EXPECT_EQ(tok_->vocab_size(), 285u);
+  EXPECT_EQ(tok_->TokenToId("<0x0A>"), 13u);
+  EXPECT_EQ(tok_->TokenToId(std::string(kSp) + "hello"), 276u);
+  EXPECT_EQ(tok_->IdToToken(243), "<0xF0>");
+  EXPECT_EQ(tok_->unk_token_id(), 0u);  // The model's, without a config.
+  EXPECT_TRUE(tok_->IsSpecialToken(1));
+  EXPECT_FALSE(tok_->IsSpecialToken(276));
   // Strip removes one leading space of the whole decode, not of each token.
-  EXPECT_EQ(tok->Decode({259, 259, 262}), " c");
-  EXPECT_EQ(tok->Decode({1, 276, 2}, /*skip_special_tokens=*/true), "hello");
+  EXPECT_EQ(tok_->Decode({259, 259, 262}), " c");
+  EXPECT_EQ(tok_->Decode({1, 276, 2}, /*skip_special_tokens=*/true), "hello");
 }
 
 // Gemma layout: Replace(" " -> "▁") and a Split on " " that never fires
 // (the spaces are gone by then), so the whole text is one word.
-TEST(SentencePieceBpeTest, GemmaLayout) {
-  SpBuilder b = GemmaStyle();
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
-  Check(*tok, {
-                  {"hello world",
-                   {1, 265, 273, 274, 281},
-                   {{0, 0}, {0, 1}, {1, 3}, {3, 5}, {5, 11}},
-                   "hello world"},
-                  {"  hello  world ",
-                   {1, 259, 276, 259, 281, 259},
-                   {{0, 0}, {0, 1}, {1, 7}, {7, 8}, {8, 14}, {14, 15}},
-                   "  hello  world "},
-                  {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
-                   {1, 284, 274, 259, 243, 162, 167, 153, 36},
-                   {{0, 0},
-                    {0, 4},
-                    {4, 6},
-                    {6, 7},
-                    {7, 11},
-                    {7, 11},
-                    {7, 11},
-                    {7, 11},
-                    {11, 12}},
-                   "h\xC3\xA9llo \xF0\x9F\xA4\x96!"},
-                  {"<s>hello</s> world",
-                   {1, 1, 265, 273, 274, 2, 281},
-                   {{0, 0}, {0, 3}, {3, 4}, {4, 6}, {6, 8}, {8, 12}, {12, 18}},
-                   "<s>hello</s> world"},
-                  {" ", {1, 259}, {{0, 0}, {0, 1}}, " "},
-                  {"hello <s> world",
-                   {1, 265, 273, 274, 259, 1, 281},
-                   {{0, 0}, {0, 1}, {1, 3}, {3, 5}, {5, 6}, {6, 9}, {9, 15}},
-                   "hello <s> world"},
-                  {"\xE2\x96\x81hello", {1, 276}, {{0, 0}, {0, 8}}, " hello"},
-              });
+TEST_F(SentencePieceBpeTest, GemmaLayout) {
+  ASSERT_NO_FATAL_FAILURE(Make(GemmaStyle()));
+  Check(*tok_, {
+                   HelloWorldAsPieces(),
+                   SpacedHelloWorld(),
+                   {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
+                    {1, 284, 274, 259, 243, 162, 167, 153, 36},
+                    {{0, 0},
+                     {0, 4},
+                     {4, 6},
+                     {6, 7},
+                     {7, 11},
+                     {7, 11},
+                     {7, 11},
+                     {7, 11},
+                     {11, 12}},
+                    "h\xC3\xA9llo \xF0\x9F\xA4\x96!"},
+                   SpecialTokensThenPieces(),
+                   SingleSpace(),
+                   {"hello <s> world",
+                    {1, 265, 273, 274, 259, 1, 281},
+                    {{0, 0}, {0, 1}, {1, 3}, {3, 5}, {5, 6}, {6, 9}, {9, 15}},
+                    "hello <s> world"},
+                   {"\xE2\x96\x81hello", {1, 276}, {{0, 0}, {0, 8}}, " hello"},
+               });
 }
 
 // tokenizers' ByteFallback decoder: a run of byte tokens that is not valid
 // UTF-8 gives one U+FFFD per byte (transformers.js would give one per
 // maximal subpart); a valid run gives its text.
-TEST(SentencePieceBpeTest, ByteFallbackDecode) {
-  SpBuilder b = GemmaStyle();
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
+TEST_F(SentencePieceBpeTest, ByteFallbackDecode) {
+  ASSERT_NO_FATAL_FAILURE(Make(GemmaStyle()));
   const std::string fffd = "\xEF\xBF\xBD";
-  EXPECT_EQ(tok->Decode({230, 161}), fffd + fffd);  // E3 9E, truncated.
-  EXPECT_EQ(tok->Decode({230, 262}), fffd + "c");
-  EXPECT_EQ(tok->Decode({262, 230}), "c" + fffd);
-  EXPECT_EQ(tok->Decode({230, 161, 160, 262}),
+  EXPECT_EQ(tok_->Decode({230, 161}), fffd + fffd);  // E3 9E, truncated.
+  EXPECT_EQ(tok_->Decode({230, 262}), fffd + "c");
+  EXPECT_EQ(tok_->Decode({262, 230}), "c" + fffd);
+  EXPECT_EQ(tok_->Decode({230, 161, 160, 262}),
             "\xE3\x9E\x9D"
             "c");
   // Each byte token of a character alone, as a token aligner decodes them.
   for (uint32_t id : {243u, 162u, 167u, 153u}) {
-    EXPECT_EQ(tok->Decode({id}), fffd) << id;
+    EXPECT_EQ(tok_->Decode({id}), fffd) << id;
   }
-  EXPECT_EQ(tok->Decode({1, 276, 2}), "<s> hello</s>");
-  EXPECT_EQ(tok->Decode({1, 276, 2}, /*skip_special_tokens=*/true), " hello");
+  EXPECT_EQ(tok_->Decode({1, 276, 2}), "<s> hello</s>");
+  EXPECT_EQ(tok_->Decode({1, 276, 2}, /*skip_special_tokens=*/true), " hello");
 }
 
 // Metaspace pre-tokenizer and decoder, every prepend scheme, with and
 // without split; no byte fallback, so unknown characters become <unk>,
 // consecutive ones fused.
-TEST(SentencePieceBpeTest, MetaspaceFirstSplit) {
-  SpBuilder b = MetaspaceStyle("first", true);
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
-  Check(*tok, {
-                  {"hello world",
-                   {1, 276, 281},
-                   {{0, 0}, {0, 5}, {5, 11}},
-                   "hello world"},
-                  {"  hello  world ",
-                   {1, 259, 276, 259, 281, 259},
-                   {{0, 0}, {0, 1}, {1, 7}, {7, 8}, {8, 14}, {14, 15}},
-                   " hello  world "},
-                  {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
-                   {1, 272, 270, 266, 274, 259, 0},
-                   {{0, 0}, {0, 1}, {1, 3}, {3, 4}, {4, 6}, {6, 7}, {7, 12}},
-                   "h\xC3\xA9llo <unk>"},
-                  // Only the piece at the start of the input gets the "▁".
-                  {"<s>hello</s> world",
-                   {1, 1, 265, 273, 274, 2, 281},
-                   {{0, 0}, {0, 3}, {3, 4}, {4, 6}, {6, 8}, {8, 12}, {12, 18}},
-                   "<s>hello</s> world"},
-                  {"xyz hello qq",
-                   {1, 259, 0, 276, 259, 0},
-                   {{0, 0}, {0, 1}, {0, 3}, {3, 9}, {9, 10}, {10, 12}},
-                   "<unk> hello <unk>"},
-                  {" ", {1, 259}, {{0, 0}, {0, 1}}, ""},
-                  {"hello <s> world",
-                   {1, 276, 259, 1, 281},
-                   {{0, 0}, {0, 5}, {5, 6}, {6, 9}, {9, 15}},
-                   "hello <s> world"},
-              });
+TEST_F(SentencePieceBpeTest, MetaspaceFirstSplit) {
+  ASSERT_NO_FATAL_FAILURE(Make(MetaspaceStyle("first", true)));
+  Check(*tok_, {
+                   HelloWorldAsWords(),
+                   WithDecoded(SpacedHelloWorld(), " hello  world "),
+                   {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
+                    {1, 272, 270, 266, 274, 259, 0},
+                    {{0, 0}, {0, 1}, {1, 3}, {3, 4}, {4, 6}, {6, 7}, {7, 12}},
+                    "h\xC3\xA9llo <unk>"},
+                   // Only the piece at the start of the input gets the "▁".
+                   SpecialTokensThenPieces(),
+                   {"xyz hello qq",
+                    {1, 259, 0, 276, 259, 0},
+                    {{0, 0}, {0, 1}, {0, 3}, {3, 9}, {9, 10}, {10, 12}},
+                    "<unk> hello <unk>"},
+                   WithDecoded(SingleSpace(), ""),
+                   SpecialTokenBetweenWords(),
+               });
   // The first token loses its replacement characters, later ones become
   // spaces.
-  EXPECT_EQ(tok->Decode({282, 262, 259, 262}), "c c");
+  EXPECT_EQ(tok_->Decode({282, 262, 259, 262}), "c c");
 }
 
-TEST(SentencePieceBpeTest, MetaspaceAlwaysNoSplit) {
-  SpBuilder b = MetaspaceStyle("always", false);
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
-  Check(*tok, {
-                  {"hello world",
-                   {1, 276, 281},
-                   {{0, 0}, {0, 5}, {5, 11}},
-                   "hello world"},
-                  {"<s>hello</s> world",
-                   {1, 1, 276, 2, 281},
-                   {{0, 0}, {0, 3}, {3, 8}, {8, 12}, {12, 18}},
-                   "<s> hello</s> world"},
-                  {"hello <s> world",
-                   {1, 276, 259, 1, 281},
-                   {{0, 0}, {0, 5}, {5, 6}, {6, 9}, {9, 15}},
-                   "hello <s> world"},
-              });
-  EXPECT_EQ(tok->Decode({262, 282}), "c  ");
+TEST_F(SentencePieceBpeTest, MetaspaceAlwaysNoSplit) {
+  ASSERT_NO_FATAL_FAILURE(Make(MetaspaceStyle("always", false)));
+  Check(*tok_, {
+                   HelloWorldAsWords(),
+                   {"<s>hello</s> world",
+                    {1, 1, 276, 2, 281},
+                    {{0, 0}, {0, 3}, {3, 8}, {8, 12}, {12, 18}},
+                    "<s> hello</s> world"},
+                   SpecialTokenBetweenWords(),
+               });
+  EXPECT_EQ(tok_->Decode({262, 282}), "c  ");
 }
 
-TEST(SentencePieceBpeTest, MetaspaceNeverSplit) {
-  SpBuilder b = MetaspaceStyle("never", true);
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
-  Check(*tok, {
-                  {"hello world",
-                   {1, 265, 273, 274, 281},
-                   {{0, 0}, {0, 1}, {1, 3}, {3, 5}, {5, 11}},
-                   "hello world"},
-                  {"  hello  world ",
-                   {1, 259, 276, 259, 281, 259},
-                   {{0, 0}, {0, 1}, {1, 7}, {7, 8}, {8, 14}, {14, 15}},
-                   "  hello  world "},
-                  {"xyz hello qq",
-                   {1, 0, 276, 259, 0},
-                   {{0, 0}, {0, 3}, {3, 9}, {9, 10}, {10, 12}},
-                   "<unk> hello <unk>"},
-                  {" ", {1, 259}, {{0, 0}, {0, 1}}, " "},
-              });
-  EXPECT_EQ(tok->Decode({282, 262, 259, 262}), "  c c");
+TEST_F(SentencePieceBpeTest, MetaspaceNeverSplit) {
+  ASSERT_NO_FATAL_FAILURE(Make(MetaspaceStyle("never", true)));
+  Check(*tok_, {
+                   HelloWorldAsPieces(),
+                   SpacedHelloWorld(),
+                   {"xyz hello qq",
+                    {1, 0, 276, 259, 0},
+                    {{0, 0}, {0, 3}, {3, 9}, {9, 10}, {10, 12}},
+                    "<unk> hello <unk>"},
+                   SingleSpace(),
+               });
+  EXPECT_EQ(tok_->Decode({282, 262, 259, 262}), "  c c");
 }
 
 // Without fuse_unk every unknown character is its own <unk>.
-TEST(SentencePieceBpeTest, UnkWithoutFusing) {
+TEST_F(SentencePieceBpeTest, UnkWithoutFusing) {
   SpBuilder b = MetaspaceStyle("first", true);
   b.fuse_unk = false;
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
+  ASSERT_NO_FATAL_FAILURE(Make(b));
   Check(
-      *tok,
+      *tok_,
       {
           {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
            {1, 272, 270, 266, 274, 259, 0, 0},
@@ -442,40 +435,31 @@ TEST(SentencePieceBpeTest, UnkWithoutFusing) {
            "h\xC3\xA9llo <unk><unk>"},
           {"xyz hello qq",
            {1, 259, 0, 0, 0, 276, 259, 0, 0},
-           {{0, 0},
-            {0, 1},
-            {0, 1},
-            {1, 2},
-            {2, 3},
-            {3, 9},
-            {9, 10},
-            {10, 11},
-            {11, 12}},
+           XyzHelloQqCharacterOffsets(),
            "<unk><unk><unk> hello <unk><unk>"},
       });
 }
 
 // byte_fallback needs every <0xNN> of a character in the vocabulary; a
 // vocabulary without them falls back to <unk>.
-TEST(SentencePieceBpeTest, ByteFallbackWithoutByteTokensGivesUnk) {
+TEST_F(SentencePieceBpeTest, ByteFallbackWithoutByteTokensGivesUnk) {
   SpBuilder b = GemmaStyle();
   b.byte_tokens = false;
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
-  Check(*tok, {
-                  {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
-                   {1, 28, 18, 3, 0},
-                   {{0, 0}, {0, 4}, {4, 6}, {6, 7}, {7, 12}},
-                   "h\xC3\xA9llo <unk>"},
-                  {"xyz hello qq",
-                   {1, 0, 20, 3, 0},
-                   {{0, 0}, {0, 3}, {3, 9}, {9, 10}, {10, 12}},
-                   "<unk> hello <unk>"},
-              });
+  ASSERT_NO_FATAL_FAILURE(Make(b));
+  Check(*tok_, {
+                   {"h\xC3\xA9llo \xF0\x9F\xA4\x96!",
+                    {1, 28, 18, 3, 0},
+                    {{0, 0}, {0, 4}, {4, 6}, {6, 7}, {7, 12}},
+                    "h\xC3\xA9llo <unk>"},
+                   {"xyz hello qq",
+                    {1, 0, 20, 3, 0},
+                    {{0, 0}, {0, 3}, {3, 9}, {9, 10}, {10, 12}},
+                    "<unk> hello <unk>"},
+               });
 }
 
 // ignore_merges: a word that is itself a vocabulary piece is one token.
-TEST(SentencePieceBpeTest, IgnoreMergesTakesWholeWord) {
+TEST_F(SentencePieceBpeTest, IgnoreMergesTakesWholeWord) {
   SpBuilder b = GemmaStyle();
   b.extra_pieces = {"abc"};
   b.ignore_merges = true;
@@ -492,11 +476,9 @@ TEST(SentencePieceBpeTest, IgnoreMergesTakesWholeWord) {
 
 // Invalid UTF-8 input is repaired before encoding, and offsets still index
 // the input as given: each U+FFFD maps to the bytes it replaced.
-TEST(SentencePieceBpeTest, OffsetsOfRepairedInput) {
-  SpBuilder b = GemmaStyle();
-  auto tok = b.Make();
-  ASSERT_NE(tok, nullptr);
-  const EncodingWithOffsets enc = tok->EncodeWithOffsets(
+TEST_F(SentencePieceBpeTest, OffsetsOfRepairedInput) {
+  ASSERT_NO_FATAL_FAILURE(Make(GemmaStyle()));
+  const EncodingWithOffsets enc = tok_->EncodeWithOffsets(
       "a\xFF\xE2\x82"
       "b");
   // "a", then U+FFFD twice as byte tokens (EF BF BD each), then "b".
@@ -511,69 +493,45 @@ TEST(SentencePieceBpeTest, OffsetsOfRepairedInput) {
   EXPECT_EQ(enc.offsets[7], (TokenOffsets{4, 5}));
 }
 
-TEST(SentencePieceBpeTest, UnsupportedComponentsAreNamed) {
-  const auto expect_error = [](json j, const std::string& needle) {
-    auto tok = Tokenizer::FromJson(j.dump());
-    ASSERT_FALSE(tok.ok()) << needle;
-    EXPECT_THAT(std::string(tok.status().message()), HasSubstr(needle));
+TEST_F(SentencePieceBpeTest, UnsupportedComponentsAreNamed) {
+  // A good tokenizer.json with `value` set at `path` (a JSON pointer), and a
+  // substring of the error that gives.
+  struct Broken {
+    std::string path;
+    json value;
+    std::string needle;
+  };
+  const std::vector<Broken> cases = {
+      {"/decoder/decoders/1", {{"type", "CTC"}}, "'CTC'"},
+      {"/decoder", nullptr, "'null'"},
+      {"/normalizer/normalizers/0", {{"type", "Lowercase"}}, "'Lowercase'"},
+      {"/normalizer/normalizers/1/pattern", {{"Glob", "*"}}, "Replace pattern"},
+      {"/pre_tokenizer",
+       {{"type", "Metaspace"},
+        {"replacement", kSp},
+        {"prepend_scheme", "sometimes"}},
+       "'sometimes'"},
+      {"/pre_tokenizer",
+       {{"type", "Metaspace"}, {"replacement", "ab"}},
+       "one-character"},
+      {"/pre_tokenizer",
+       {{"type", "Sequence"},
+        {"pretokenizers",
+         json::array({json{{"type", "Metaspace"}, {"replacement", kSp}},
+                      json{{"type", "ByteLevel"}}})}},
+       "ByteLevel together with Metaspace"},
+      {"/pre_tokenizer", {{"type", "Whitespace"}}, "'Whitespace'"},
+      {"/model/continuing_subword_prefix", "##", "continuing_subword_prefix"},
+      {"/model/type", "Unigram", "'Unigram'"},
   };
   SpBuilder b = Llama2Style();
   const json base = b.Build();
-  {
+  for (const Broken& c : cases) {
     json j = base;
-    j["decoder"]["decoders"][1] = {{"type", "CTC"}};
-    expect_error(j, "'CTC'");
-  }
-  {
-    json j = base;
-    j["decoder"] = nullptr;
-    expect_error(j, "'null'");
-  }
-  {
-    json j = base;
-    j["normalizer"]["normalizers"][0] = {{"type", "Lowercase"}};
-    expect_error(j, "'Lowercase'");
-  }
-  {
-    json j = base;
-    j["normalizer"]["normalizers"][1]["pattern"] = {{"Glob", "*"}};
-    expect_error(j, "Replace pattern");
-  }
-  {
-    json j = base;
-    j["pre_tokenizer"] = {{"type", "Metaspace"},
-                          {"replacement", kSp},
-                          {"prepend_scheme", "sometimes"}};
-    expect_error(j, "'sometimes'");
-  }
-  {
-    json j = base;
-    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "ab"}};
-    expect_error(j, "one-character");
-  }
-  {
-    json j = base;
-    j["pre_tokenizer"] = {
-        {"type", "Sequence"},
-        {"pretokenizers",
-         json::array({json{{"type", "Metaspace"}, {"replacement", kSp}},
-                      json{{"type", "ByteLevel"}}})}};
-    expect_error(j, "ByteLevel together with Metaspace");
-  }
-  {
-    json j = base;
-    j["pre_tokenizer"] = {{"type", "Whitespace"}};
-    expect_error(j, "'Whitespace'");
-  }
-  {
-    json j = base;
-    j["model"]["continuing_subword_prefix"] = "##";
-    expect_error(j, "continuing_subword_prefix");
-  }
-  {
-    json j = base;
-    j["model"]["type"] = "Unigram";
-    expect_error(j, "'Unigram'");
+    j[json::json_pointer(c.path)] = c.value;
+    auto tok = Tokenizer::FromJson(j.dump());
+    EXPECT_FALSE(tok.ok()) << c.needle;
+    EXPECT_THAT(std::string(tok.status().message()), HasSubstr(c.needle));
   }
 }
 

@@ -19,6 +19,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <ostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -86,6 +87,20 @@ const json& Goldens() {
   return *goldens;
 }
 
+// tests/data/tokenizer_corpus.json (no entries if it cannot be read).
+const json& Corpus() {
+  static const json* const corpus = [] {
+    auto* j = new json();
+    const std::string path = SourceDir() + "/tests/data/tokenizer_corpus.json";
+    if (!ReadJson(path, j)) {
+      ADD_FAILURE() << "cannot read " << path;
+      *j = json{{"entries", json::array()}};
+    }
+    return j;
+  }();
+  return *corpus;
+}
+
 std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& key) {
   const json& ref = Reference();
   if (!ref.contains("tokenizers") || !ref["tokenizers"].contains(key)) {
@@ -111,15 +126,40 @@ std::string Describe(const std::vector<uint32_t>& ids, size_t at) {
   return os.str();
 }
 
-void CheckCorpus(const std::string& key) {
-  std::unique_ptr<Tokenizer> tok = LoadTokenizer(key);
-  ASSERT_NE(tok, nullptr);
-  json corpus;
-  ASSERT_TRUE(
-      ReadJson(SourceDir() + "/tests/data/tokenizer_corpus.json", &corpus));
-  const json& entries = Reference()["tokenizers"][key]["entries"];
-  ASSERT_EQ(entries.size(), corpus["entries"].size())
-      << "reference is stale; rerun scripts/tokenizer_reference.sh";
+// A real tokenizer of the reference, and whether its normalizer is NFC
+// (Qwen3's).
+struct RealTokenizer {
+  std::string key;
+  bool nfc_normalizer;
+};
+
+void PrintTo(const RealTokenizer& t, std::ostream* os) { *os << t.key; }
+
+// The tokenizer loaded, and the reference's entries for it, one per corpus
+// entry.
+class TokenizerCorpusParityTest
+    : public ::testing::TestWithParam<RealTokenizer> {
+ protected:
+  void SetUp() override {
+    tok_ = LoadTokenizer(key());
+    ASSERT_NE(tok_, nullptr);
+    ASSERT_EQ(entries().size(), Corpus()["entries"].size())
+        << "reference is stale; rerun scripts/tokenizer_reference.sh";
+  }
+
+  const std::string& key() const { return GetParam().key; }
+  const json& entries() const {
+    return Reference()["tokenizers"][key()]["entries"];
+  }
+
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_P(TokenizerCorpusParityTest, CorpusMatchesTransformersJs) {
+  const std::string& key = this->key();
+  const Tokenizer* tok = tok_.get();
+  const json& corpus = Corpus();
+  const json& entries = this->entries();
   DecodeOptions config_cleanup;
   config_cleanup.clean_up_tokenization_spaces =
       tok->config_clean_up_tokenization_spaces();
@@ -147,53 +187,40 @@ void CheckCorpus(const std::string& key) {
                     << ")\n  got:  " << Describe(ids, at)
                     << "\n  want: " << Describe(expected, at);
     }
+    // Unless `same`, records a failure of the entry: `what`.
+    const auto expect = [&](bool same, const char* what) {
+      if (same) return;
+      ok = false;
+      ADD_FAILURE() << key << " '" << name << "': " << what;
+    };
     const std::vector<uint32_t> expected_special =
         ref["ids_with_special"].get<std::vector<uint32_t>>();
-    if (tok->Encode(text, /*add_special_tokens=*/true) != expected_special) {
-      ok = false;
-      ADD_FAILURE() << key << " '" << name
-                    << "': ids with special tokens differ";
-    }
-    if (tok->Decode(expected_special, skip) !=
-        ref["decoded_with_special_skip"].get<std::string>()) {
-      ok = false;
-      ADD_FAILURE() << key << " '" << name
-                    << "': decode(ids with special, skip) differs";
-    }
+    const std::vector<uint32_t> ids_special =
+        tok->Encode(text, /*add_special_tokens=*/true);
+    expect(ids_special == expected_special, "ids with special tokens differ");
+    expect(tok->Decode(expected_special, skip) ==
+               ref["decoded_with_special_skip"].get<std::string>(),
+           "decode(ids with special, skip) differs");
     // Hugging Face tokenizers agrees with transformers.js on every entry
     // today; checking both keeps either from drifting unnoticed.
     const json& hf = ref["hf"];
-    if (hf["ids"].get<std::vector<uint32_t>>() != ids ||
-        hf["ids_with_special"].get<std::vector<uint32_t>>() !=
-            tok->Encode(text, /*add_special_tokens=*/true)) {
-      ok = false;
-      ADD_FAILURE() << key << " '" << name << "': ids differ from tokenizers";
-    }
-    if (tok->Decode(hf["ids"].get<std::vector<uint32_t>>()) !=
-            hf["decoded"].get<std::string>() ||
-        tok->Decode(hf["ids_with_special"].get<std::vector<uint32_t>>(),
-                    skip) != hf["decoded_skip_special"].get<std::string>()) {
-      ok = false;
-      ADD_FAILURE() << key << " '" << name
-                    << "': decode differs from tokenizers";
-    }
-    const std::string decoded = tok->Decode(expected);
-    if (decoded != ref["decoded"].get<std::string>()) {
-      ok = false;
-      ADD_FAILURE() << key << " '" << name << "': decode differs";
-    }
-    if (tok->Decode(expected, skip) !=
-        ref["decoded_skip_special"].get<std::string>()) {
-      ok = false;
-      ADD_FAILURE() << key << " '" << name
-                    << "': decode(skip_special_tokens) differs";
-    }
-    if (tok->Decode(expected, config_cleanup) !=
-        ref["decoded_config_cleanup"].get<std::string>()) {
-      ok = false;
-      ADD_FAILURE() << key << " '" << name
-                    << "': decode(clean_up_tokenization_spaces) differs";
-    }
+    const std::vector<uint32_t> hf_ids = hf["ids"].get<std::vector<uint32_t>>();
+    const std::vector<uint32_t> hf_ids_special =
+        hf["ids_with_special"].get<std::vector<uint32_t>>();
+    expect(hf_ids == ids && hf_ids_special == ids_special,
+           "ids differ from tokenizers");
+    expect(tok->Decode(hf_ids) == hf["decoded"].get<std::string>() &&
+               tok->Decode(hf_ids_special, skip) ==
+                   hf["decoded_skip_special"].get<std::string>(),
+           "decode differs from tokenizers");
+    expect(tok->Decode(expected) == ref["decoded"].get<std::string>(),
+           "decode differs");
+    expect(tok->Decode(expected, skip) ==
+               ref["decoded_skip_special"].get<std::string>(),
+           "decode(skip_special_tokens) differs");
+    expect(tok->Decode(expected, config_cleanup) ==
+               ref["decoded_config_cleanup"].get<std::string>(),
+           "decode(clean_up_tokenization_spaces) differs");
     if (ok) ++exact;
   }
   std::cout << key << ": " << exact << "/" << entries.size()
@@ -234,15 +261,12 @@ std::string Show(const std::vector<TokenOffsets>& offsets, size_t at) {
 // within the text and non-decreasing; and, except where Qwen3's NFC
 // normalizer changes the text, offsets that cover every byte and whose
 // substrings decode and re-encode to what the tokens decode to.
-void CheckOffsets(const std::string& key, bool nfc_normalizer) {
-  std::unique_ptr<Tokenizer> tok = LoadTokenizer(key);
-  ASSERT_NE(tok, nullptr);
-  json corpus;
-  ASSERT_TRUE(
-      ReadJson(SourceDir() + "/tests/data/tokenizer_corpus.json", &corpus));
-  const json& entries = Reference()["tokenizers"][key]["entries"];
-  ASSERT_EQ(entries.size(), corpus["entries"].size())
-      << "reference is stale; rerun scripts/tokenizer_reference.sh";
+TEST_P(TokenizerCorpusParityTest, OffsetsMatchTokenizers) {
+  const std::string& key = this->key();
+  const bool nfc_normalizer = GetParam().nfc_normalizer;
+  const Tokenizer* tok = tok_.get();
+  const json& corpus = Corpus();
+  const json& entries = this->entries();
   size_t exact = 0, compared = 0, runs = 0;
   for (size_t i = 0; i < entries.size(); ++i) {
     const json& ref = entries[i];
@@ -346,54 +370,23 @@ void CheckOffsets(const std::string& key, bool nfc_normalizer) {
   EXPECT_EQ(exact, compared);
 }
 
-TEST(TokenizerParityTest, Qwen3CorpusMatchesTransformersJs) {
-  CheckCorpus("qwen3");
-}
-
-TEST(TokenizerParityTest, Llama3CorpusMatchesTransformersJs) {
-  CheckCorpus("llama3");
-}
-
-TEST(TokenizerParityTest, Llama31CorpusMatchesTransformersJs) {
-  CheckCorpus("llama3_1");
-}
-
-TEST(TokenizerParityTest, Gemma3CorpusMatchesTransformersJs) {
-  CheckCorpus("gemma3");
-}
-
-TEST(TokenizerParityTest, Llama2CorpusMatchesTransformersJs) {
-  CheckCorpus("llama2");
-}
-
-TEST(TokenizerParityTest, Qwen3OffsetsMatchTokenizers) {
-  CheckOffsets("qwen3", /*nfc_normalizer=*/true);
-}
-
-TEST(TokenizerParityTest, Llama3OffsetsMatchTokenizers) {
-  CheckOffsets("llama3", /*nfc_normalizer=*/false);
-}
-
-TEST(TokenizerParityTest, Llama31OffsetsMatchTokenizers) {
-  CheckOffsets("llama3_1", /*nfc_normalizer=*/false);
-}
-
-TEST(TokenizerParityTest, Gemma3OffsetsMatchTokenizers) {
-  CheckOffsets("gemma3", /*nfc_normalizer=*/false);
-}
-
-TEST(TokenizerParityTest, Llama2OffsetsMatchTokenizers) {
-  CheckOffsets("llama2", /*nfc_normalizer=*/false);
-}
+INSTANTIATE_TEST_SUITE_P(
+    RealTokenizers, TokenizerCorpusParityTest,
+    ::testing::Values(RealTokenizer{"qwen3", /*nfc_normalizer=*/true},
+                      RealTokenizer{"llama3", /*nfc_normalizer=*/false},
+                      RealTokenizer{"llama3_1", /*nfc_normalizer=*/false},
+                      RealTokenizer{"gemma3", /*nfc_normalizer=*/false},
+                      RealTokenizer{"llama2", /*nfc_normalizer=*/false}),
+    [](const ::testing::TestParamInfo<RealTokenizer>& info) {
+      return info.param.key;
+    });
 
 // Gemma-3 has only Replace(" " -> "▁") as normalizer, so decoding gives
 // back the input unless it held a literal "▁" (decoded as a space).
 TEST(TokenizerParityTest, Gemma3RoundTripsExactly) {
   std::unique_ptr<Tokenizer> tok = LoadTokenizer("gemma3");
   ASSERT_NE(tok, nullptr);
-  json corpus;
-  ASSERT_TRUE(
-      ReadJson(SourceDir() + "/tests/data/tokenizer_corpus.json", &corpus));
+  const json& corpus = Corpus();
   for (const json& e : corpus["entries"]) {
     const std::string text = e["text"].get<std::string>();
     if (text.find("\u2581") != std::string::npos) continue;
@@ -465,9 +458,7 @@ TEST(TokenizerParityTest, MessageSpansMapToTokenRanges) {
 TEST(TokenizerParityTest, Llama3RoundTripsExactly) {
   std::unique_ptr<Tokenizer> tok = LoadTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
-  json corpus;
-  ASSERT_TRUE(
-      ReadJson(SourceDir() + "/tests/data/tokenizer_corpus.json", &corpus));
+  const json& corpus = Corpus();
   for (const json& e : corpus["entries"]) {
     const std::string text = e["text"].get<std::string>();
     EXPECT_EQ(tok->Decode(tok->Encode(text)), text) << e["name"];
@@ -575,9 +566,7 @@ TEST(TokenizerParityTest, C2CPromptInputIdsMatchTransformers) {
 TEST(TokenizerParityTest, Throughput) {
   std::unique_ptr<Tokenizer> tok = LoadTokenizer("qwen3");
   ASSERT_NE(tok, nullptr);
-  json corpus;
-  ASSERT_TRUE(
-      ReadJson(SourceDir() + "/tests/data/tokenizer_corpus.json", &corpus));
+  const json& corpus = Corpus();
   std::string text;
   for (const json& e : corpus["entries"]) text += e["text"].get<std::string>();
   std::string big;

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <initializer_list>
+#include <memory>
 #include <ostream>
 #include <string>
 #include <thread>
@@ -16,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/tokenizer/tokenizer_fixtures.h"
 
 namespace kvwire {
 
@@ -29,117 +31,13 @@ using json = nlohmann::json;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-constexpr char kQwenPattern[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
-    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-
-// GPT-2's bytes_to_unicode, written out independently of the library.
-std::string ByteChar(unsigned b) {
-  unsigned cp = b;
-  if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
-    unsigned n = 0;
-    for (unsigned k = 0; k < b; ++k) {
-      if (!((k >= 33 && k <= 126) || (k >= 161 && k <= 172) || k >= 174)) ++n;
-    }
-    cp = 256 + n;
-  }
-  std::string s;
-  if (cp < 0x80) {
-    s.push_back(static_cast<char>(cp));
-  } else {
-    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return s;
-}
-
-std::string Mapped(const std::string& raw) {
-  std::string s;
-  for (unsigned char c : raw) s += ByteChar(c);
-  return s;
-}
-
-// Builds a tokenizer.json: ids 0..255 are the bytes, then one token per
-// merge (raw byte strings), in order.
-struct Builder {
-  std::vector<std::pair<std::string, std::string>> merges;
-  std::vector<std::string> extra_tokens;  // Raw strings, vocab only.
-  bool array_merges = true;
-  bool ignore_merges = false;
-  json normalizer = {{"type", "NFC"}};
-  json pre_tokenizer =
-      json{{"type", "Sequence"},
-           {"pretokenizers",
-            json::array({json{{"type", "Split"},
-                              {"pattern", {{"Regex", kQwenPattern}}},
-                              {"behavior", "Isolated"},
-                              {"invert", false}},
-                         json{{"type", "ByteLevel"},
-                              {"add_prefix_space", false},
-                              {"trim_offsets", false},
-                              {"use_regex", false}}})}};
-  json post_processor = {{"type", "ByteLevel"}};
-  json decoder = {{"type", "ByteLevel"}};
-  json added_tokens = json::array();
-
-  uint32_t next_id = 256;
-  json vocab = json::object();
-
-  json Build() {
-    vocab = json::object();
-    for (unsigned b = 0; b < 256; ++b) vocab[ByteChar(b)] = b;
-    next_id = 256;
-    json merge_list = json::array();
-    for (const auto& [a, b] : merges) {
-      const std::string ma = Mapped(a), mb = Mapped(b);
-      if (!vocab.contains(ma + mb)) vocab[ma + mb] = next_id++;
-      if (array_merges) {
-        merge_list.push_back(json::array({ma, mb}));
-      } else {
-        merge_list.push_back(ma + " " + mb);
-      }
-    }
-    for (const std::string& t : extra_tokens) {
-      if (!vocab.contains(Mapped(t))) vocab[Mapped(t)] = next_id++;
-    }
-    return json{{"version", "1.0"},
-                {"added_tokens", added_tokens},
-                {"normalizer", normalizer},
-                {"pre_tokenizer", pre_tokenizer},
-                {"post_processor", post_processor},
-                {"decoder", decoder},
-                {"model",
-                 {{"type", "BPE"},
-                  {"dropout", nullptr},
-                  {"unk_token", nullptr},
-                  {"continuing_subword_prefix", ""},
-                  {"end_of_word_suffix", ""},
-                  {"fuse_unk", false},
-                  {"byte_fallback", false},
-                  {"ignore_merges", ignore_merges},
-                  {"vocab", vocab},
-                  {"merges", merge_list}}}};
-  }
-
-  void AddToken(uint32_t id, const std::string& content, bool special,
-                bool lstrip = false, bool rstrip = false,
-                bool single_word = false, bool normalized = false) {
-    added_tokens.push_back({{"id", id},
-                            {"content", content},
-                            {"single_word", single_word},
-                            {"lstrip", lstrip},
-                            {"rstrip", rstrip},
-                            {"normalized", normalized},
-                            {"special", special}});
-  }
-
+// The builder of tokenizer_fixtures.h, plus the tokenizer it describes.
+struct Builder : ByteLevelBpeBuilder {
   std::unique_ptr<Tokenizer> Make(const std::string& config = "") {
     auto tok = Tokenizer::FromJson(Build().dump(), config);
     EXPECT_TRUE(tok.ok()) << tok.status();
     return tok.ok() ? std::move(*tok) : nullptr;
   }
-
-  uint32_t Id(const std::string& raw) { return vocab[Mapped(raw)]; }
 };
 
 std::vector<uint32_t> Bytes(const std::string& s) {
@@ -388,23 +286,10 @@ TEST(TokenizerTest, CleanUpTokenizationMatchesTransformers) {
 TEST(TokenizerTest, TemplatePostProcessorAddsBos) {
   Builder b;
   b.AddToken(300, "<bos>", true);
-  b.post_processor = json{
-      {"type", "Sequence"},
-      {"processors",
-       json::array(
-           {json{{"type", "ByteLevel"}},
-            json{
-                {"type", "TemplateProcessing"},
-                {"single",
-                 json::array(
-                     {json{{"SpecialToken", {{"id", "<bos>"}, {"type_id", 0}}}},
-                      json{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
-                {"pair", json::array()},
-                {"special_tokens",
-                 {{"<bos>",
-                   {{"id", "<bos>"},
-                    {"ids", json::array({300})},
-                    {"tokens", json::array({"<bos>"})}}}}}}})}};
+  b.post_processor =
+      json{{"type", "Sequence"},
+           {"processors", json::array({json{{"type", "ByteLevel"}},
+                                       BosTemplateProcessing(300, "<bos>")})}};
   auto tok = b.Make();
   ASSERT_NE(tok, nullptr);
   EXPECT_THAT(tok->Encode("hi", /*add_special_tokens=*/true),
@@ -472,10 +357,8 @@ Builder OffsetsBuilder() {
   b.AddToken(262, "<|s|>", true);
   b.AddToken(263, "<l>", true, /*lstrip=*/true);
   b.AddToken(264, "<r>", true, false, /*rstrip=*/true);
-  b.post_processor = {{"type", "ByteLevel"},
-                      {"add_prefix_space", false},
-                      {"trim_offsets", false},
-                      {"use_regex", false}};
+  b.post_processor = ByteLevelJson(/*add_prefix_space=*/false,
+                                   /*trim_offsets=*/false, /*use_regex=*/false);
   return b;
 }
 
@@ -483,19 +366,8 @@ json BosTemplate(uint32_t id, const std::string& token) {
   return json{
       {"type", "Sequence"},
       {"processors",
-       json::array(
-           {json{{"type", "ByteLevel"}, {"trim_offsets", false}},
-            json{{"type", "TemplateProcessing"},
-                 {"single",
-                  json::array(
-                      {json{{"SpecialToken", {{"id", token}, {"type_id", 0}}}},
-                       json{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
-                 {"pair", json::array()},
-                 {"special_tokens",
-                  {{token,
-                    {{"id", token},
-                     {"ids", json::array({id})},
-                     {"tokens", json::array({token})}}}}}}})}};
+       json::array({json{{"type", "ByteLevel"}, {"trim_offsets", false}},
+                    BosTemplateProcessing(id, token)})}};
 }
 
 // A token that covers part of a multi-byte character gets the whole
@@ -541,10 +413,8 @@ TEST(TokenizerTest, OffsetsByteLevel) {
 // first character's span, as tokenizers' NormalizedString::prepend does.
 TEST(TokenizerTest, OffsetsByteLevelPrefixSpace) {
   Builder b = OffsetsBuilder();
-  b.pre_tokenizer = {{"type", "ByteLevel"},
-                     {"add_prefix_space", true},
-                     {"trim_offsets", false},
-                     {"use_regex", true}};
+  b.pre_tokenizer = ByteLevelJson(/*add_prefix_space=*/true,
+                                  /*trim_offsets=*/false, /*use_regex=*/true);
   auto tok = b.Make();
   ASSERT_NE(tok, nullptr);
   EncodingWithOffsets enc = tok->EncodeWithOffsets("x<|s|>y");
@@ -560,10 +430,8 @@ TEST(TokenizerTest, OffsetsByteLevelPrefixSpace) {
 // leading space when add_prefix_space is set.
 TEST(TokenizerTest, OffsetsTrimOffsets) {
   Builder b = OffsetsBuilder();
-  b.post_processor = {{"type", "ByteLevel"},
-                      {"add_prefix_space", true},
-                      {"trim_offsets", true},
-                      {"use_regex", true}};
+  b.post_processor = ByteLevelJson(/*add_prefix_space=*/true,
+                                   /*trim_offsets=*/true, /*use_regex=*/true);
   auto tok = b.Make();
   ASSERT_NE(tok, nullptr);
   EncodingWithOffsets enc =
@@ -617,99 +485,74 @@ TEST(TokenizerTest, OffsetsThroughNfc) {
 
 // Unsupported parts of a tokenizer.json fail with an error naming them.
 TEST(TokenizerTest, UnsupportedComponentsAreNamed) {
-  const auto expect_error = [](json j, absl::StatusCode code,
+  const auto expect_error = [](const json& j, absl::StatusCode code,
                                const std::string& needle) {
     auto tok = Tokenizer::FromJson(j.dump());
     ASSERT_FALSE(tok.ok()) << needle;
     EXPECT_EQ(tok.status().code(), code) << tok.status();
     EXPECT_THAT(std::string(tok.status().message()), HasSubstr(needle));
   };
+  // A good tokenizer.json with `value` set at `path` (a JSON pointer), the
+  // error it gives and a substring of that error's message.
+  struct Broken {
+    std::string path;
+    json value;
+    absl::StatusCode code;
+    std::string needle;
+  };
+  constexpr absl::StatusCode kUnimplemented = absl::StatusCode::kUnimplemented;
+  constexpr absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
+  const std::vector<Broken> cases = {
+      {"/model/type", "WordPiece", kUnimplemented, "'WordPiece'"},
+      {"/normalizer", {{"type", "Lowercase"}}, kUnimplemented, "'Lowercase'"},
+      {"/pre_tokenizer",
+       {{"type", "Whitespace"}},
+       kUnimplemented,
+       "'Whitespace'"},
+      // Metaspace words start from characters, which a ByteLevel decoder
+      // could decode, but together with a ByteLevel pre-tokenizer they make
+      // no tokenizer anyone ships.
+      {"/pre_tokenizer/pretokenizers/0",
+       {{"type", "Metaspace"}, {"replacement", "_"}},
+       kUnimplemented,
+       "ByteLevel together with Metaspace"},
+      {"/pre_tokenizer/pretokenizers/0",
+       {{"type", "Digits"}},
+       kUnimplemented,
+       "'Digits'"},
+      {"/decoder", {{"type", "WordPiece"}}, kUnimplemented, "'WordPiece'"},
+      {"/post_processor",
+       {{"type", "RobertaProcessing"}},
+       kUnimplemented,
+       "'RobertaProcessing'"},
+      {"/model/end_of_word_suffix", "</w>", kUnimplemented,
+       "end_of_word_suffix"},
+      {"/model/dropout", 0.1, kUnimplemented, "dropout"},
+      {"/model/merges", json::array({"a b c"}), kInvalid, "merge #1"},
+      {"/model/merges", json::array({json::array({"q", "z"})}), kInvalid,
+       "missing from the vocabulary"},
+      {"/pre_tokenizer/pretokenizers/0/pattern/Regex", "(unclosed", kInvalid,
+       "PCRE2"},
+      // Found by fuzz/tokenizer_fuzzer.cc: ids past 32 bits were truncated
+      // and sized the id tables (a 42 GB allocation); 0xFFFFFFFF wrapped the
+      // table size to 0 and was written past its end.
+      {"/model/vocab/huge", 151649151650LL, kInvalid, "'huge' has id"},
+      {"/added_tokens",
+       json::array(
+           {{{"id", 4294967295LL}, {"content", "<x>"}, {"special", true}}}),
+       kInvalid, "'<x>' has id"},
+  };
   Builder b;
-  json base = b.Build();
-  {
+  const json base = b.Build();
+  for (const Broken& c : cases) {
     json j = base;
-    j["model"]["type"] = "WordPiece";
-    expect_error(j, absl::StatusCode::kUnimplemented, "'WordPiece'");
+    j[json::json_pointer(c.path)] = c.value;
+    expect_error(j, c.code, c.needle);
   }
-  {
-    json j = base;
-    j["normalizer"] = {{"type", "Lowercase"}};
-    expect_error(j, absl::StatusCode::kUnimplemented, "'Lowercase'");
-  }
-  {
-    json j = base;
-    j["pre_tokenizer"] = {{"type", "Whitespace"}};
-    expect_error(j, absl::StatusCode::kUnimplemented, "'Whitespace'");
-  }
-  {
-    // Metaspace words start from characters, which a ByteLevel decoder
-    // could decode, but together with a ByteLevel pre-tokenizer they make
-    // no tokenizer anyone ships.
-    json j = base;
-    j["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Metaspace"},
-                                              {"replacement", "_"}};
-    expect_error(j, absl::StatusCode::kUnimplemented,
-                 "ByteLevel together with Metaspace");
-  }
-  {
-    json j = base;
-    j["pre_tokenizer"]["pretokenizers"][0] = {{"type", "Digits"}};
-    expect_error(j, absl::StatusCode::kUnimplemented, "'Digits'");
-  }
-  {
-    json j = base;
-    j["decoder"] = {{"type", "WordPiece"}};
-    expect_error(j, absl::StatusCode::kUnimplemented, "'WordPiece'");
-  }
-  {
-    json j = base;
-    j["post_processor"] = {{"type", "RobertaProcessing"}};
-    expect_error(j, absl::StatusCode::kUnimplemented, "'RobertaProcessing'");
-  }
-  {
-    json j = base;
-    j["model"]["end_of_word_suffix"] = "</w>";
-    expect_error(j, absl::StatusCode::kUnimplemented, "end_of_word_suffix");
-  }
-  {
-    json j = base;
-    j["model"]["dropout"] = 0.1;
-    expect_error(j, absl::StatusCode::kUnimplemented, "dropout");
-  }
-  {
-    // A ByteLevel pre-tokenizer needs the 256 byte-level characters.
-    json j = base;
-    j["model"]["vocab"].erase(ByteChar(0));
-    expect_error(j, absl::StatusCode::kUnimplemented, "byte-level token");
-  }
-  {
-    json j = base;
-    j["model"]["merges"] = json::array({"a b c"});
-    expect_error(j, absl::StatusCode::kInvalidArgument, "merge #1");
-  }
-  {
-    json j = base;
-    j["model"]["merges"] = json::array({json::array({"q", "z"})});
-    expect_error(j, absl::StatusCode::kInvalidArgument,
-                 "missing from the vocabulary");
-  }
-  {
-    json j = base;
-    j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
-    expect_error(j, absl::StatusCode::kInvalidArgument, "PCRE2");
-  }
-  {
-    // Found by fuzz/tokenizer_fuzzer.cc: ids past 32 bits were truncated
-    // and sized the id tables (a 42 GB allocation); 0xFFFFFFFF wrapped the
-    // table size to 0 and was written past its end.
-    json j = base;
-    j["model"]["vocab"]["huge"] = 151649151650LL;
-    expect_error(j, absl::StatusCode::kInvalidArgument, "'huge' has id");
-    j = base;
-    j["added_tokens"] = json::array(
-        {{{"id", 4294967295LL}, {"content", "<x>"}, {"special", true}}});
-    expect_error(j, absl::StatusCode::kInvalidArgument, "'<x>' has id");
-  }
+  // A ByteLevel pre-tokenizer needs the 256 byte-level characters.
+  json j = base;
+  j["model"]["vocab"].erase(ByteLevelChar(0));
+  expect_error(j, kUnimplemented, "byte-level token");
   EXPECT_FALSE(Tokenizer::FromJson("{not json").ok());
   EXPECT_EQ(Tokenizer::FromFile("/nonexistent/tokenizer.json").status().code(),
             absl::StatusCode::kNotFound);
