@@ -78,8 +78,9 @@ What it does
   MIN_MARGIN; fusion changes the greedy answer (vs. the receiver on the same
   padded input) for some conversation of every pair and strategy; how many
   answers fusion changes; the smallest margin. Margins are recorded either
-  way, so a C++ test can tell a real mismatch from a near tie. --shapes
-  real tries seed 0 only.
+  way, so a C++ test can tell a real mismatch from a near tie. (The
+  committed goldens: seeds 0-6 tried in 97 s on the GPU host's CPU, seed 5
+  kept, smallest margin 1.03e-3.) --shapes real tries seed 0 only.
 
 Compatibility shim (the only deviation from the reference code, which is
 otherwise imported verbatim): transformers >= 4.56 / 5.x DynamicCache keeps
