@@ -153,7 +153,7 @@ elif ((given == 0)) && ((heterogeneous)); then
     --sharer_layers=$sharer_layers --source_heads=$source_heads \
     --source_dim=$source_dim --target_heads=8 --target_dim=128 --hidden=64 \
     --intermediate=96 --dtype=fp32 --seed=3 --teacher_model=$teacher \
-    --is_do_alignment >/dev/null
+    --is_do_alignment=true >/dev/null
   "$KVWIRE_ROOT/scripts/fetch_tokenizer.sh" qwen3 "$receiver_model"
   "$KVWIRE_ROOT/scripts/fetch_tokenizer.sh" "$tokenizer_name" "$sharer_model"
   # The receiver aligns because the recipe says so (--token_alignment=auto),

@@ -8,6 +8,7 @@
 //   kvwire-make-fuser --out=/tmp/fuser-real --preset=qwen3-0.6b+qwen2.5-0.5b
 //   kvwire-make-fuser --out=/tmp/fuser-llama --preset=qwen3-0.6b+llama-3.2-1b
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,12 +17,11 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/string_view.h"
-#include "absl/strings/strip.h"
 #include "common/flags_help.h"
 #include "common/fuser/checkpoint.h"
 #include "common/fuser/fuser_config.h"
 #include "common/model/model_config.h"
+#include "common/model/model_family.h"
 #include "common/status_macros.h"
 
 ABSL_FLAG(std::string, out, "", "Output checkpoint directory (created).");
@@ -66,64 +66,19 @@ ABSL_FLAG(std::string, teacher_model, "",
           "Recipe (config.json) model.teacher_model: the sharer (empty: the "
           "--preset sharer's Hugging Face id, else "
           "Qwen/Qwen2.5-0.5B-Instruct).");
-ABSL_FLAG(bool, is_do_alignment, false,
-          "Recipe model.is_do_alignment: the fuser was trained with token "
-          "alignment (a sharer with another tokenizer); receivers in "
-          "--token_alignment=auto then align. Default: false, or whether "
-          "the --preset models' tokenizers differ.");
-ABSL_FLAG(std::string, alignment_strategy, "",
-          "Recipe model.alignment_strategy: first or longest (empty: not "
+ABSL_FLAG(
+    std::optional<bool>, is_do_alignment, std::nullopt,
+    "Recipe model.is_do_alignment: the fuser was trained with token "
+    "alignment (a sharer with another tokenizer); receivers in "
+    "--token_alignment=auto then align (=true / =false). Unset: false, or "
+    "whether the --preset models' tokenizers differ.");
+ABSL_FLAG(std::optional<std::string>, alignment_strategy, std::nullopt,
+          "Recipe model.alignment_strategy: first or longest (unset: not "
           "written, or longest when --preset turns alignment on; only with "
           "alignment).");
 
 namespace kvwire {
 namespace {
-
-// argv as given, for WasGiven (absl has no public "set on the command line"
-// query, and the alignment defaults of a preset must yield to explicit
-// flags, including an explicit false).
-std::vector<std::string>& Argv() {
-  static auto* argv = new std::vector<std::string>();
-  return *argv;
-}
-
-// Whether --name, --name=..., --noname (or the single-dash forms) was given.
-// Flags read from a --flagfile are not seen.
-bool WasGiven(absl::string_view name) {
-  for (const std::string& arg : Argv()) {
-    absl::string_view a = arg;
-    if (a == "--") break;
-    if (!absl::ConsumePrefix(&a, "--") && !absl::ConsumePrefix(&a, "-")) {
-      continue;
-    }
-    a = a.substr(0, a.find('='));
-    if (a == name || (absl::ConsumePrefix(&a, "no") && a == name)) return true;
-  }
-  return false;
-}
-
-// The tokenizer a model family uses. Qwen2.5 and Qwen3 share one (Qwen2.5-7B's
-// larger vocab_size pads its embedding rows; the tokens are the same).
-absl::string_view TokenizerFamily(ModelArch arch) {
-  switch (arch) {
-    case ModelArch::kQwen2:
-    case ModelArch::kQwen3:
-      return "qwen";
-    case ModelArch::kLlama:
-      return "llama";
-    case ModelArch::kMistral:
-      return "mistral";
-    case ModelArch::kGemma3:
-      return "gemma";
-  }
-  return "";
-}
-
-bool SameTokenizer(const ModelConfig& a, const ModelConfig& b) {
-  const absl::string_view family = TokenizerFamily(a.arch);
-  return family == TokenizerFamily(b.arch) &&
-         (family == "qwen" || a.vocab_size == b.vocab_size);
-}
 
 // What a RECEIVER+SHARER preset fixes.
 struct PairPreset {
@@ -174,7 +129,9 @@ absl::StatusOr<PairPreset> ResolvePairPreset(const std::string& preset) {
   p.sharer_layers = static_cast<int>(sharer.num_hidden_layers);
   p.base_model = ids[0];
   p.teacher_model = ids[1];
-  p.needs_alignment = !SameTokenizer(receiver, sharer);
+  p.needs_alignment =
+      !ReadSameTokenIds(GetModelFamily(receiver.arch), receiver.vocab_size,
+                        GetModelFamily(sharer.arch), sharer.vocab_size);
   return p;
 }
 
@@ -183,8 +140,11 @@ absl::Status Run() {
   if (out.empty()) return absl::InvalidArgumentError("--out is required");
   RandomFuserOptions o;
   const std::string preset = absl::GetFlag(FLAGS_preset);
-  bool align = absl::GetFlag(FLAGS_is_do_alignment);
-  std::string strategy = absl::GetFlag(FLAGS_alignment_strategy);
+  const std::optional<bool> align_flag = absl::GetFlag(FLAGS_is_do_alignment);
+  const std::optional<std::string> strategy_flag =
+      absl::GetFlag(FLAGS_alignment_strategy);
+  bool align = align_flag.value_or(false);
+  std::string strategy = strategy_flag.value_or("");
   o.base_model = "Qwen/Qwen3-0.6B";
   o.teacher_model = "Qwen/Qwen2.5-0.5B-Instruct";
   if (!preset.empty()) {
@@ -197,8 +157,8 @@ absl::Status Run() {
     // A sharer with another tokenizer needs token alignment; the released
     // fusers for such pairs were trained with the "longest" strategy.
     if (p.needs_alignment) {
-      if (!WasGiven("is_do_alignment")) align = true;
-      if (align && !WasGiven("alignment_strategy")) strategy = "longest";
+      align = align_flag.value_or(true);
+      if (align && !strategy_flag.has_value()) strategy = "longest";
     }
   } else {
     o.args.source_num_heads = absl::GetFlag(FLAGS_source_heads);
@@ -271,7 +231,6 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Writes a random C2C fuser checkpoint in the released layout.");
   kvwire::HelpListsFlagsOf({"tools/fuser/make_fuser_main.cc"});
-  kvwire::Argv().assign(argv, argv + argc);
   absl::ParseCommandLine(argc, argv);
   const absl::Status status = kvwire::Run();
   if (!status.ok()) {
