@@ -8,6 +8,8 @@
 // Then M7's machinery: a grid that switches sharers, fusers and token
 // alignment per run, with a sharer of another vocabulary whose alignment-off
 // runs are refused rows.
+#include <stdlib.h>
+
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -17,13 +19,16 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/model/model_config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/common/engine/test_assets.h"
+#include "tests/common/hub_cache_testing.h"
 #include "tests/tools/eval/test_util.h"
+#include "tools/eval/cli.h"
 #include "tools/eval/inprocess_backend.h"
 #include "tools/eval/prompt.h"
 #include "tools/eval/runner.h"
@@ -222,8 +227,9 @@ TEST_F(EndToEndTest, FixtureGridThroughThePipeline) {
 }
 
 // M7 in process: the fixture pair plus a "wide" sharer (the fixture
-// sharer's shapes and tokenizer, a vocabulary of 384 instead of 320, so only
-// token alignment can pair it with the receiver) and a copy of the fuser
+// sharer's shapes and tokenizer in a Llama model with a vocabulary of 384
+// instead of 320: another family with another size, so only token
+// alignment can pair it with the receiver) and a copy of the fuser
 // whose recipe says is_do_alignment: true. Alignment on works for both
 // sharers (for the same-vocabulary one, it aligns the Qwen3 template's
 // tokens with the Qwen2.5 template's); off is refused for the wide sharer,
@@ -232,7 +238,7 @@ TEST_F(EndToEndTest, FixtureGridThroughThePipeline) {
 TEST_F(EndToEndTest, SharerAndAlignmentAxesSwitchPairsAndRecordRefusals) {
   const std::string wide = *root_ + "/models/sharer-wide";
   TinyCheckpointOptions s;
-  s.config = MakeModelConfig(ModelArch::kQwen2, 384, 32, 64, 3, 4, 2, 0);
+  s.config = MakeModelConfig(ModelArch::kLlama, 384, 32, 64, 3, 4, 2, 0);
   s.config.eos_token_ids = {assets_->im_end};
   s.config.bos_token_id = 256;
   s.seed = 77;
@@ -368,6 +374,67 @@ runs:
   }
   EXPECT_EQ(refused_rows, 2);
   EXPECT_THAT(log.str(), ::testing::HasSubstr("REFUSED"));
+}
+
+// Models by name: kvwire-eval's --receiver_dir, --sharer_dir and --fuser_dir
+// as Hugging Face ids (the fuser a subfolder of its repository) read from a
+// hub cache; an id absent from it stops the run with the `hf download`
+// command that fetches it.
+TEST_F(EndToEndTest, HuggingFaceIdsThroughTheCommandLine) {
+  const std::string cache = *root_ + "/hub";
+  ASSERT_TRUE(test_util::StoreInHubCache(assets_->receiver_dir, cache,
+                                         "kvwire-test/tiny-receiver")
+                  .ok());
+  ASSERT_TRUE(test_util::StoreInHubCache(assets_->sharer_dir, cache,
+                                         "kvwire-test/tiny-sharer")
+                  .ok());
+  ASSERT_TRUE(test_util::StoreInHubCache(assets_->fuser_dir, cache,
+                                         "kvwire-test/C2C_Fuser",
+                                         "tiny_pair_Fuser")
+                  .ok());
+  CliConfig c;
+  c.methods = "c2c";
+  c.schemes = "int8";
+  c.max_new_tokens = 4;
+  c.openbookqa = RepoDir() + "/tests/data/eval/obqa_ai2.jsonl";
+  c.limit = 1;
+  c.out = *root_ + "/out-hub";
+  c.progress = false;
+  c.plots = false;
+  c.inprocess.receiver_dir = "kvwire-test/tiny-receiver";
+  c.inprocess.sharer_dir = "kvwire-test/tiny-sharer@main";
+  c.inprocess.fuser_dir = "kvwire-test/C2C_Fuser/tiny_pair_Fuser";
+  c.inprocess.threads = 1;
+  ASSERT_EQ(::setenv("HF_HUB_CACHE", cache.c_str(), 1), 0);
+  std::ostringstream out, err;
+  const int rc = RunEvalCli(c, out, err);
+
+  CliConfig absent = c;
+  absent.out = *root_ + "/out-hub-absent";
+  absent.inprocess.fuser_dir = "kvwire-test/C2C_Fuser/other_Fuser";
+  std::ostringstream absent_out, absent_err;
+  const int absent_rc = RunEvalCli(absent, absent_out, absent_err);
+  ::unsetenv("HF_HUB_CACHE");
+
+  EXPECT_EQ(rc, 0) << err.str();
+  const std::string snapshot =
+      absl::StrCat("/snapshots/", std::string(40, 'c'));
+  EXPECT_THAT(
+      err.str(),
+      ::testing::AllOf(
+          ::testing::HasSubstr(absl::StrCat("receiver=", cache,
+                                            "/models--kvwire-test--tiny-"
+                                            "receiver",
+                                            snapshot)),
+          ::testing::HasSubstr(absl::StrCat("fuser=", cache,
+                                            "/models--kvwire-test--C2C_Fuser",
+                                            snapshot, "/tiny_pair_Fuser"))));
+  EXPECT_EQ(absent_rc, 2);
+  EXPECT_THAT(
+      absent_err.str(),
+      ::testing::AllOf(::testing::HasSubstr("NOT_FOUND: --fuser_dir: "),
+                       ::testing::HasSubstr("hf download kvwire-test/C2C_Fuser "
+                                            "--include 'other_Fuser/*'")));
 }
 
 }  // namespace
