@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/hub_cache.h"
 #include "common/protocol/answer_validation.h"
 #include "common/service/process.h"
 #include "common/service/security.h"
@@ -21,16 +22,22 @@
 ABSL_FLAG(std::string, model_dir, "",
           "Receiver model directory in the Hugging Face layout (config.json, "
           "model.safetensors or shards, tokenizer.json and "
-          "tokenizer_config.json with the chat template). Required.");
+          "tokenizer_config.json with the chat template). Required. This "
+          "flag and every *_dir below take a directory, or a Hugging Face id "
+          "OWNER/NAME[/SUBFOLDER][@REVISION] resolved offline from the hub "
+          "cache (HF_HUB_CACHE, else HF_HOME/hub; fetch it with `hf "
+          "download OWNER/NAME`), e.g. Qwen/Qwen3-0.6B.");
 ABSL_FLAG(std::string, tokenizer_dir, "",
-          "Directory with tokenizer.json and tokenizer_config.json when "
-          "--model_dir has none.");
+          "Directory (or Hugging Face id) with tokenizer.json and "
+          "tokenizer_config.json when --model_dir has none.");
 ABSL_FLAG(std::string, sharer_tokenizer_dir, "",
           "The sharer's tokenizer.json and tokenizer_config.json (or "
           "tokenizer_config.json alone, for the sharer's chat template over "
           "the receiver's vocabulary): text-to-text mode writes the sharer's "
           "background prompt and reads its answer with them, and C2C token "
-          "alignment (--token_alignment) needs them. Empty: the receiver's.");
+          "alignment (--token_alignment) needs them. A directory or a "
+          "Hugging Face id (e.g. the sharer's, Qwen/Qwen2.5-0.5B-Instruct). "
+          "Empty: the receiver's.");
 ABSL_FLAG(std::string, token_alignment, "auto",
           "C2C token alignment for pairs whose tokenizers differ (C2C's "
           "TokenAligner; docs/PROTOCOL.md): auto (when the fuser's "
@@ -49,7 +56,9 @@ ABSL_FLAG(uint32_t, text_to_text_max_new_tokens, 256,
           "(the C2C paper: 256).");
 ABSL_FLAG(std::string, fuser_dir, "",
           "C2C fuser checkpoint (the released layout: config.json, "
-          "final/projector_*.pt or .safetensors, projector_config.json). "
+          "final/projector_*.pt or .safetensors, projector_config.json): a "
+          "directory or a Hugging Face id with the pair's subfolder, e.g. "
+          "nics-efc/C2C_Fuser/qwen3_0.6b+qwen2.5_0.5b_Fuser. "
           "Without it C2C requests fall back to receiver-only answers (or "
           "fail, per --fallback).");
 ABSL_FLAG(int, sharer_layers, 0,
@@ -139,9 +148,11 @@ constexpr char kUsage[] =
     "(Cache-to-Cache), streamed layer by layer over gRPC from kvwire-sharer "
     "(kvwire.v1.Receiver: Answer, AnswerStream), with health, reflection, "
     "TLS / mutual TLS, bearer tokens and Prometheus metrics.\n\n"
-    "Example:\n"
-    "  kvwire-receiver --model_dir=/models/Qwen3-0.6B "
-    "--fuser_dir=/models/c2c-fuser \\\n"
+    "Example (models by Hugging Face id, from the hub cache; directories "
+    "work too):\n"
+    "  kvwire-receiver --model_dir=Qwen/Qwen3-0.6B \\\n"
+    "      --fuser_dir=nics-efc/C2C_Fuser/qwen3_0.6b+qwen2.5_0.5b_Fuser "
+    "\\\n"
     "      --sharer_target=dns:///sharers:50051 --sharer_tls_ca=ca.pem \\\n"
     "      --tls_cert=server.pem --tls_key=server.key "
     "--auth_token_file=token.txt\n"
@@ -273,5 +284,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   kvwire::LogEffectiveFlags("kvwire-receiver");
+  if (absl::Status st = kvwire::ResolveModelDirFlags(
+          {{"--model_dir", &config.engine.model.dir},
+           {"--tokenizer_dir", &config.engine.tokenizer_dir},
+           {"--sharer_tokenizer_dir", &config.engine.sharer_tokenizer_dir},
+           {"--fuser_dir", &config.engine.fuser_dir}});
+      !st.ok()) {
+    LOG(ERROR) << st;
+    return 1;
+  }
   return kvwire::RunReceiverProcess(config);
 }

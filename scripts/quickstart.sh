@@ -16,7 +16,9 @@
 #   scripts/quickstart.sh --receiver-model /models/Qwen3-0.6B \
 #       --sharer-model /models/Qwen2.5-0.5B-Instruct --fuser /models/c2c-fuser
 #
-# or set KVWIRE_RECEIVER_MODEL_DIR, KVWIRE_SHARER_MODEL_DIR and
+# (each also a Hugging Face id from the hub cache, e.g. --receiver-model
+# Qwen/Qwen3-0.6B --fuser nics-efc/C2C_Fuser/qwen3_0.6b+qwen2.5_0.5b_Fuser;
+# docs/DEPLOY.md), or set KVWIRE_RECEIVER_MODEL_DIR, KVWIRE_SHARER_MODEL_DIR and
 # KVWIRE_FUSER_DIR. Other settings: --device (KVWIRE_DEVICE, default cpu;
 # cuda needs a CUDA build, see README; KVWIRE_SHARER_DEVICE and
 # KVWIRE_RECEIVER_DEVICE put the two services on different GPUs),
@@ -109,7 +111,8 @@ given=0
 for d in "$receiver_model" "$sharer_model" "$fuser_dir"; do [[ -n "$d" ]] && ((given++)) || true; done
 if ((given == 3)); then
   echo "quickstart: real models: receiver $receiver_model, sharer $sharer_model, fuser $fuser_dir"
-  if [[ ! -f "$receiver_model/tokenizer.json" ]]; then
+  # (A Hugging Face id is no local directory: the receiver reads its own.)
+  if [[ -d "$receiver_model" && ! -f "$receiver_model/tokenizer.json" ]]; then
     echo "quickstart: $receiver_model has no tokenizer.json; fetching Qwen3's"
     "$KVWIRE_ROOT/scripts/fetch_qwen3_tokenizer.sh" "$work/tokenizer"
     tokenizer_flag=(--tokenizer_dir="$work/tokenizer")

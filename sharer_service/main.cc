@@ -10,14 +10,18 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/hub_cache.h"
 #include "common/service/process.h"
 #include "common/service/server_flags.h"
 #include "glog/logging.h"
 #include "sharer_service/sharer_server.h"
 
 ABSL_FLAG(std::string, model_dir, "",
-          "Sharer model directory in the Hugging Face layout (config.json, "
-          "model.safetensors or shards). Required.");
+          "Sharer model: a directory in the Hugging Face layout "
+          "(config.json, model.safetensors or shards), or a Hugging Face id "
+          "OWNER/NAME[/SUBFOLDER][@REVISION] resolved offline from the hub "
+          "cache (HF_HUB_CACHE, else HF_HOME/hub; fetch it with `hf "
+          "download OWNER/NAME`). Required.");
 ABSL_FLAG(std::string, dtype, "auto",
           "Model dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.");
 ABSL_FLAG(std::string, device, "cpu", "Model device: cpu, cuda, cuda:N.");
@@ -77,9 +81,11 @@ constexpr char kUsage[] =
     "baseline), with health, reflection, TLS / "
     "mutual TLS, bearer tokens and Prometheus metrics.\n\n"
     "Example:\n"
-    "  kvwire-sharer --model_dir=/models/Qwen2.5-0.5B-Instruct --device=cuda "
+    "  kvwire-sharer --model_dir=Qwen/Qwen2.5-0.5B-Instruct --device=cuda "
     "\\\n      --tls_cert=server.pem --tls_key=server.key "
     "--auth_token_file=token.txt\n"
+    "(a Hugging Face id, from the hub cache: `hf download "
+    "Qwen/Qwen2.5-0.5B-Instruct` first; or a directory)\n"
     "Local plaintext (development only):\n"
     "  kvwire-sharer --model_dir=/tmp/tiny --allow_insecure "
     "--listen_address=127.0.0.1:50051";
@@ -150,5 +156,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   kvwire::LogEffectiveFlags("kvwire-sharer");
+  if (absl::Status st = kvwire::ResolveModelDirFlags(
+          {{"--model_dir", &config.engine.model.dir}});
+      !st.ok()) {
+    LOG(ERROR) << st;
+    return 1;
+  }
   return kvwire::RunSharerProcess(config);
 }

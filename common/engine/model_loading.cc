@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "common/hub_cache.h"
 #include "common/model/decoder.h"
 #include "common/model/model_fingerprint.h"
 #include "common/status_macros.h"
@@ -26,12 +27,6 @@ v1::DType WireDType(at::ScalarType type) {
     default:
       return v1::DTYPE_UNSPECIFIED;
   }
-}
-
-std::string BaseName(std::string path) {
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 }  // namespace
@@ -81,7 +76,7 @@ v1::ModelInfo DescribeModel(const Decoder& decoder,
   v1::ModelInfo m;
   m.set_architecture(c.architecture.empty() ? ArchitectureName(c.arch)
                                             : c.architecture);
-  m.set_name(model_dir.empty() ? c.model_type : BaseName(model_dir));
+  m.set_name(model_dir.empty() ? c.model_type : ModelDirDisplayName(model_dir));
   m.set_num_layers(static_cast<uint32_t>(c.num_hidden_layers));
   m.set_num_kv_heads(static_cast<uint32_t>(c.num_key_value_heads));
   m.set_head_dim(static_cast<uint32_t>(c.head_dim));

@@ -22,7 +22,8 @@ struct DecoderOptions;
 
 // Where a model comes from and how it runs.
 struct ModelLoadOptions {
-  // Hugging Face model directory (config.json + safetensors).
+  // Hugging Face model directory (config.json + safetensors); a hub id is
+  // resolved to its snapshot before (ResolveModelDirFlags, hub_cache.h).
   std::string dir;
   // "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16" or "fp32".
   std::string dtype = "auto";
@@ -60,7 +61,8 @@ absl::StatusOr<std::unique_ptr<Decoder>> LoadModel(
 // The codec's and the wire's description of a loaded model: architecture,
 // shapes, dtype, and CheckpointFingerprint(model_dir) (without a readable
 // directory, the fingerprint of the config alone); name: the directory's
-// base name.
+// base name, or OWNER/NAME for a Hugging Face hub snapshot
+// (ModelDirDisplayName).
 v1::ModelInfo DescribeModel(const Decoder& decoder,
                             const std::string& model_dir);
 

@@ -11,6 +11,7 @@
 #include <grpcpp/client_context.h>
 #include <grpcpp/server_context.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 
 #include <atomic>
@@ -33,6 +34,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
+#include "tests/common/hub_cache_testing.h"
 #include "tests/common/service/testing_util.h"
 #include "tests/receiver_service/pipeline_reference.h"
 
@@ -42,6 +44,7 @@ namespace {
 using test_util::ChildProcess;
 using test_util::MetricValue;
 using test_util::WaitFor;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -1115,6 +1118,70 @@ TEST_F(ReceiverE2eTest, RoundRobinOverSeveralSharers) {
         return a >= 1 && b >= 1 && a + b == 4;
       },
       absl::Seconds(10)));
+}
+
+// Models by name: the sharer, the receiver and the fuser (a subfolder of
+// its repository, as the released fusers are) named by Hugging Face ids and
+// read from a hub cache; the answers are the local directories' bit for bit.
+TEST_F(ReceiverE2eTest, ModelsNamedByHuggingFaceIdsAnswerAsTheirDirectories) {
+  const std::string cache = test_util::MakeTempDir("hub");
+  ASSERT_TRUE(test_util::StoreInHubCache(assets_->sharer_dir, cache,
+                                         "kvwire-test/tiny-sharer")
+                  .ok());
+  ASSERT_TRUE(test_util::StoreInHubCache(assets_->receiver_dir, cache,
+                                         "kvwire-test/tiny-receiver")
+                  .ok());
+  ASSERT_TRUE(test_util::StoreInHubCache(assets_->fuser_dir, cache,
+                                         "kvwire-test/C2C_Fuser",
+                                         "tiny_pair_Fuser")
+                  .ok());
+  ASSERT_EQ(::setenv("HF_HUB_CACHE", cache.c_str(), 1), 0);
+  StartSharer(sharer_, {}, "kvwire-test/tiny-sharer");
+  if (!HasFatalFailure()) {
+    StartReceiver({"--model_dir=kvwire-test/tiny-receiver",
+                   "--fuser_dir=kvwire-test/C2C_Fuser/tiny_pair_Fuser@main"});
+  }
+  ::unsetenv("HF_HUB_CACHE");
+  ASSERT_FALSE(HasFatalFailure());
+  EXPECT_THAT(receiver_.process->Stderr(),
+              AllOf(HasSubstr("--model_dir=kvwire-test/tiny-receiver: Hugging "
+                              "Face kvwire-test/tiny-receiver revision main"),
+                    HasSubstr("--fuser_dir=kvwire-test/C2C_Fuser/"
+                              "tiny_pair_Fuser@main: Hugging Face "
+                              "kvwire-test/C2C_Fuser folder tiny_pair_Fuser")));
+
+  auto stub = Stub();
+  const v1::AnswerRequest request = Request(Spec(v1::SCHEME_INT8), "e2e-hub");
+  const AnswerResult r = Answer(*stub, request);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.response.mode(), v1::ANSWER_MODE_C2C);
+  EXPECT_FALSE(r.response.fell_back()) << r.response.fallback_reason();
+  const std::vector<uint32_t> expected = Reference(request);
+  ASSERT_FALSE(expected.empty());
+  EXPECT_EQ(Ids(r.response), expected);
+}
+
+TEST_F(ReceiverE2eTest, AbsentFuserIdExitsWithTheDownloadCommand) {
+  const std::string cache = test_util::MakeTempDir("empty-hub");
+  ASSERT_EQ(::setenv("HF_HUB_CACHE", cache.c_str(), 1), 0);
+  auto child = ChildProcess::Start(
+      {KVWIRE_RECEIVER_BINARY, "--model_dir=" + assets_->receiver_dir,
+       "--fuser_dir=nics-efc/C2C_Fuser/qwen3_0.6b+qwen2.5_0.5b_Fuser",
+       "--listen_address=127.0.0.1:0",
+       "--metrics_address=", "--allow_insecure"},
+      test_util::MakeTempDir("receiver") + "/stderr.log");
+  ::unsetenv("HF_HUB_CACHE");
+  ASSERT_TRUE(child.ok());
+  auto status = (*child)->Wait(kExitTimeout);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 1);
+  EXPECT_THAT((*child)->Stderr(),
+              AllOf(HasSubstr("NOT_FOUND: --fuser_dir: "),
+                    HasSubstr("models--nics-efc--C2C_Fuser"),
+                    HasSubstr("hf download nics-efc/C2C_Fuser --include "
+                              "'qwen3_0.6b+qwen2.5_0.5b_Fuser/*'"),
+                    Not(HasSubstr("huggingface-cli"))));
 }
 
 TEST_F(ReceiverE2eTest, RefusesToStartWithoutTlsOrModel) {

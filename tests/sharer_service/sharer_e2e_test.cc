@@ -6,6 +6,7 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 
 #include <fstream>
@@ -25,6 +26,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
+#include "tests/common/hub_cache_testing.h"
 #include "tests/common/service/testing_util.h"
 #include "tests/sharer_service/kv_reference.h"
 
@@ -34,6 +36,7 @@ namespace {
 using test_util::ChildProcess;
 using test_util::MetricValue;
 using test_util::WaitFor;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -847,6 +850,61 @@ TEST_F(SharerE2eTest, RefusesPlaintextUnlessAllowed) {
   EXPECT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 1);
   EXPECT_THAT((*child)->Stderr(), HasSubstr("--allow_insecure"));
+}
+
+TEST_F(SharerE2eTest, ServesAModelNamedByItsHuggingFaceId) {
+  const std::string cache = test_util::MakeTempDir("hub");
+  ASSERT_TRUE(
+      test_util::StoreInHubCache(*model_dir_, cache, "kvwire-test/tiny-sharer")
+          .ok());
+  ASSERT_EQ(::setenv("HF_HUB_CACHE", cache.c_str(), 1), 0);
+  StartSharer({"--model_dir=kvwire-test/tiny-sharer"});
+  ::unsetenv("HF_HUB_CACHE");
+  ASSERT_FALSE(HasFatalFailure());
+  auto local = CheckpointFingerprint(*model_dir_);
+  ASSERT_TRUE(local.ok()) << local.status();
+  EXPECT_EQ(fingerprint_, *local);
+  EXPECT_THAT(sharer_->Stderr(),
+              HasSubstr("--model_dir=kvwire-test/tiny-sharer: Hugging Face "
+                        "kvwire-test/tiny-sharer revision main"));
+
+  auto stub = Stub();
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  v1::SharerInfo info;
+  ASSERT_TRUE(stub->GetInfo(&context, v1::GetInfoRequest(), &info).ok());
+  EXPECT_EQ(info.model().name(), "kvwire-test/tiny-sharer");
+
+  // The very model: its KV cache is the local directory's, bit for bit.
+  const std::vector<uint32_t> tokens = RandomTokens(40, 61);
+  const ShareResult r = Share(*stub, Request(tokens, v1::SCHEME_BF16));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  auto cmp = CompareWithPrefill(r.chunks, *model_dir_, tokens, 0);
+  ASSERT_TRUE(cmp.ok()) << cmp.status();
+  EXPECT_TRUE(cmp->bf16_bit_exact) << "max abs error " << cmp->max_abs_error;
+}
+
+TEST_F(SharerE2eTest, AbsentHuggingFaceIdExitsWithTheDownloadCommand) {
+  const std::string cache = test_util::MakeTempDir("empty-hub");
+  ASSERT_EQ(::setenv("HF_HUB_CACHE", cache.c_str(), 1), 0);
+  auto child = ChildProcess::Start(
+      {KVWIRE_SHARER_BINARY, "--model_dir=Qwen/Qwen2.5-0.5B-Instruct@v2",
+       "--listen_address=127.0.0.1:0",
+       "--metrics_address=", "--allow_insecure"},
+      test_util::MakeTempDir("sharer") + "/stderr.log");
+  ::unsetenv("HF_HUB_CACHE");
+  ASSERT_TRUE(child.ok());
+  auto status = (*child)->Wait(kExitTimeout);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 1);
+  EXPECT_THAT(
+      (*child)->Stderr(),
+      AllOf(HasSubstr("NOT_FOUND: --model_dir: "),
+            HasSubstr("models--Qwen--Qwen2.5-0.5B-Instruct"), HasSubstr(cache),
+            HasSubstr("hf download Qwen/Qwen2.5-0.5B-Instruct "
+                      "--revision v2"),
+            Not(HasSubstr("huggingface-cli"))));
 }
 
 TEST_F(SharerE2eTest, SigtermDrainsInFlightCallsAndExitsZero) {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/file_util.h"
+#include "common/hub_cache.h"
 #include "common/service/security.h"
 #include "common/status_macros.h"
 #include "tools/eval/dataset.h"
@@ -46,7 +47,10 @@ Backends:
   --backend=inprocess (default): sharer, codec, fuser and receiver in this
       process. --receiver_dir, --sharer_dir, --fuser_dir (Hugging Face model
       directories and a C2C fuser checkpoint), --tokenizer_dir,
-      --sharer_tokenizer_dir, --token_alignment, --alignment_strategy,
+      --sharer_tokenizer_dir (each a directory, or a Hugging Face id
+      OWNER/NAME[/SUBFOLDER][@REVISION] resolved offline from the hub
+      cache: HF_HUB_CACHE, else HF_HOME/hub; `hf download OWNER/NAME`
+      fetches it), --token_alignment, --alignment_strategy,
       --device, --dtype, --threads, --t2t_max_new_tokens. Grid runs may
       switch to another sharer/fuser/alignment (`sharers:`, `sharer:`,
       `token_alignment:`; ${VAR}s in paths from --grid_var or the
@@ -250,24 +254,41 @@ int RunEvalCli(const CliConfig& c, std::ostream& out, std::ostream& err) {
 
   std::unique_ptr<AnswerBackend> backend;
   std::string tokenizer_dir = c.prompt_tokenizer_dir;
+  // Hugging Face ids become their hub-cache snapshots (hub_cache.h).
+  if (absl::Status st =
+          ResolveModelDirFlags({{"--tokenizer_dir", &tokenizer_dir}});
+      !st.ok()) {
+    err << "kvwire-eval: " << st << "\n";
+    return 2;
+  }
   if (c.backend == "inprocess" || c.backend == "in-process") {
     if (c.inprocess.receiver_dir.empty()) {
       err << "kvwire-eval: --receiver_dir is required for the in-process "
              "backend\n";
       return 2;
     }
+    InProcessBackendOptions inprocess = c.inprocess;
+    if (absl::Status st = ResolveModelDirFlags(
+            {{"--receiver_dir", &inprocess.receiver_dir},
+             {"--sharer_dir", &inprocess.sharer_dir},
+             {"--fuser_dir", &inprocess.fuser_dir},
+             {"--tokenizer_dir", &inprocess.tokenizer_dir},
+             {"--sharer_tokenizer_dir", &inprocess.sharer_tokenizer_dir}});
+        !st.ok()) {
+      err << "kvwire-eval: " << st << "\n";
+      return 2;
+    }
     err << "loading models...\n";
     absl::StatusOr<std::unique_ptr<AnswerBackend>> b =
-        CreateInProcessBackend(c.inprocess);
+        CreateInProcessBackend(inprocess);
     if (!b.ok()) {
       err << "kvwire-eval: " << b.status() << "\n";
       return 1;
     }
     backend = *std::move(b);
     if (tokenizer_dir.empty()) {
-      tokenizer_dir = c.inprocess.tokenizer_dir.empty()
-                          ? c.inprocess.receiver_dir
-                          : c.inprocess.tokenizer_dir;
+      tokenizer_dir = inprocess.tokenizer_dir.empty() ? inprocess.receiver_dir
+                                                      : inprocess.tokenizer_dir;
     }
   } else if (c.backend == "grpc") {
     GrpcBackendOptions g = c.grpc;

@@ -12,6 +12,7 @@
 #include "common/engine/pipeline.h"
 #include "common/engine/receiver_engine.h"
 #include "common/engine/selection.h"
+#include "common/hub_cache.h"
 #include "common/model/decoder.h"
 #include "common/status_macros.h"
 
@@ -114,8 +115,15 @@ class InProcessBackend : public AnswerBackend {
       if (!pair.alignment_strategy.empty()) {
         po.receiver.alignment_strategy = pair.alignment_strategy;
       }
+      // The grid's `sharers:` paths may be Hugging Face ids too.
+      const absl::Status resolved = ResolveModelDirFlags(
+          {{"sharer_dir", &po.sharer.model.dir},
+           {"sharer_tokenizer_dir", &po.receiver.sharer_tokenizer_dir},
+           {"fuser_dir", &po.receiver.fuser_dir}});
       absl::StatusOr<std::unique_ptr<C2cPipeline>> loaded =
-          C2cPipeline::Load(po);
+          resolved.ok()
+              ? C2cPipeline::Load(po)
+              : absl::StatusOr<std::unique_ptr<C2cPipeline>>(resolved);
       if (!loaded.ok()) {
         active_ = nullptr;
         return absl::Status(

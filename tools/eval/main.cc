@@ -71,17 +71,25 @@ ABSL_FLAG(bool, list, false, "Print the expanded runs of the grid and exit.");
 // Backend.
 ABSL_FLAG(std::string, backend, "inprocess", "inprocess or grpc.");
 ABSL_FLAG(std::string, receiver_dir, "",
-          "In-process: receiver model directory (Hugging Face layout).");
-ABSL_FLAG(std::string, sharer_dir, "", "In-process: sharer model directory.");
+          "In-process: receiver model directory (Hugging Face layout). This "
+          "flag and the other *_dir flags take a directory, or a Hugging "
+          "Face id OWNER/NAME[/SUBFOLDER][@REVISION] resolved offline from "
+          "the hub cache (HF_HUB_CACHE, else HF_HOME/hub; fetch it with `hf "
+          "download OWNER/NAME`), e.g. Qwen/Qwen3-0.6B.");
+ABSL_FLAG(std::string, sharer_dir, "",
+          "In-process: sharer model directory or Hugging Face id.");
 ABSL_FLAG(std::string, fuser_dir, "",
-          "In-process: C2C fuser checkpoint directory.");
+          "In-process: C2C fuser checkpoint directory, or Hugging Face id "
+          "with the pair's subfolder (e.g. "
+          "nics-efc/C2C_Fuser/qwen3_0.6b+qwen2.5_0.5b_Fuser).");
 ABSL_FLAG(std::string, tokenizer_dir, "",
-          "Receiver tokenizer.json + tokenizer_config.json (default: the "
-          "receiver's directory). With --backend=grpc: only used to count "
-          "prompt tokens.");
+          "Receiver tokenizer.json + tokenizer_config.json, a directory or "
+          "Hugging Face id (default: the receiver's directory). With "
+          "--backend=grpc: only used to count prompt tokens.");
 ABSL_FLAG(std::string, sharer_tokenizer_dir, "",
-          "In-process: the sharer's own tokenizer/template (sharer-only, "
-          "text-to-text, token alignment; default: the sharer's directory).");
+          "In-process: the sharer's own tokenizer/template, a directory or "
+          "Hugging Face id (sharer-only, text-to-text, token alignment; "
+          "default: the sharer's directory).");
 ABSL_FLAG(std::string, token_alignment, "auto",
           "In-process: C2C token alignment for the command line's pair: auto "
           "(when the fuser's config.json says is_do_alignment), on, off. Grid "
