@@ -317,12 +317,13 @@ absl::Status ReceiverEngine::CheckSharerModel(
     const v1::ModelInfo& sharer) const {
   if (fuser_ == nullptr) return absl::OkStatus();
   const ModelConfig& rc = decoder_->config();
+  // A sharer of an unknown family reads the same ids only at the same size.
   auto sharer_family = FindModelFamily(sharer.architecture());
   const bool same_ids =
-      sharer.vocab_size() == static_cast<uint32_t>(rc.vocab_size) ||
-      (sharer_family.ok() &&
-       ReadSameTokenIds(GetModelFamily(rc.arch), rc.vocab_size, **sharer_family,
-                        sharer.vocab_size()));
+      sharer_family.ok()
+          ? ReadSameTokenIds(GetModelFamily(rc.arch), rc.vocab_size,
+                             **sharer_family, sharer.vocab_size())
+          : sharer.vocab_size() == static_cast<uint32_t>(rc.vocab_size);
   if (!aligner_.has_value() && !same_ids) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the receiver (", info_.model.architecture(), " '", info_.model.name(),
