@@ -76,6 +76,10 @@ ABSL_FLAG(int64_t, decode_batch_slots, 16,
 ABSL_FLAG(int64_t, decode_slot_capacity, 1024,
           "Positions (prompt + generated tokens) of one batched-decode slot; "
           "longer requests decode alone.");
+ABSL_FLAG(std::string, fusion_schedule, "when_complete",
+          "When received sharer layers are fused: when_complete (all of them "
+          "in one layer-batched projector call once the stream has arrived) "
+          "or on_arrival (each as it lands, one call per layer).");
 ABSL_FLAG(int64_t, max_prompt_tokens, 8192,
           "Longest templated prompt accepted (capped by "
           "max_position_embeddings).");
@@ -227,6 +231,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   config.engine.token_alignment = *alignment;
+  auto schedule =
+      kvwire::ParseFusionSchedule(absl::GetFlag(FLAGS_fusion_schedule));
+  if (!schedule.ok()) {
+    LOG(ERROR) << "--fusion_schedule: " << schedule.status().message();
+    return 1;
+  }
+  config.engine.fusion_schedule = *schedule;
 
   config.sharer.target = absl::GetFlag(FLAGS_sharer_target);
   kvwire::ChannelOptions& channel = config.sharer.channel;

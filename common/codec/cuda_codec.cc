@@ -207,6 +207,22 @@ bool PrepareEncode(const at::Tensor& x, const at::Tensor& token_index,
   return true;
 }
 
+// Enqueues the encoder: codes, scales, zero points and the flag at
+// `layout`'s offsets from `host_part`, its scratch at `workspace`.
+cudaError_t EnqueueEncode(const CudaBlockView& view, const CudaQuantParams& cp,
+                          const EncodeLayout& layout, uint8_t* host_part,
+                          uint8_t* workspace, cudaStream_t stream) {
+  CudaQuantizeOutput out;
+  out.packed = host_part + layout.packed;
+  out.scales = reinterpret_cast<uint16_t*>(host_part + layout.scales);
+  if (cp.code == CudaCode::kIntAsymmetric) {
+    out.zero_points = reinterpret_cast<uint16_t*>(host_part + layout.zeros);
+  }
+  return CudaQuantize(view, cp, out, workspace,
+                      reinterpret_cast<int32_t*>(host_part + layout.flag),
+                      stream);
+}
+
 // Enqueues the encoder into a fresh device buffer laid out as `layout`.
 absl::StatusOr<at::Tensor> LaunchEncode(const CudaBlockView& view,
                                         const CudaQuantParams& cp,
@@ -216,15 +232,8 @@ absl::StatusOr<at::Tensor> LaunchEncode(const CudaBlockView& view,
   at::Tensor buffer = at::empty(
       {layout.total}, at::TensorOptions().dtype(at::kByte).device(device));
   uint8_t* base = buffer.data_ptr<uint8_t>();
-  CudaQuantizeOutput out;
-  out.packed = base + layout.packed;
-  out.scales = reinterpret_cast<uint16_t*>(base + layout.scales);
-  if (cp.code == CudaCode::kIntAsymmetric) {
-    out.zero_points = reinterpret_cast<uint16_t*>(base + layout.zeros);
-  }
-  cudaError_t e =
-      CudaQuantize(view, cp, out, base + layout.workspace,
-                   reinterpret_cast<int32_t*>(base + layout.flag), stream);
+  const cudaError_t e =
+      EnqueueEncode(view, cp, layout, base, base + layout.workspace, stream);
   if (e != cudaSuccess) return CudaError(e, "CUDA quantize");
   return buffer;
 }
@@ -269,38 +278,84 @@ absl::StatusOr<bool> CudaQuantizeTensor(const at::Tensor& x,
   return true;
 }
 
+absl::StatusOr<std::vector<std::optional<HostQuantizedBlock>>>
+CudaQuantizeBlocksToHost(absl::Span<const CudaBlockToEncode> blocks) {
+  std::vector<std::optional<HostQuantizedBlock>> results(blocks.size());
+  // Per block: the inputs kept alive until the copy is done, and where its
+  // host-visible bytes and its scratch go in the one device arena.
+  struct Prepared {
+    size_t index = 0;
+    at::Tensor xs, token_index;
+    CudaBlockView view;
+    CudaQuantParams cp;
+    EncodeLayout layout;
+    int64_t host_offset = 0, workspace_offset = 0;
+  };
+  std::vector<Prepared> prepared;
+  std::optional<at::Device> device;
+  int64_t host_total = 0, workspace_total = 0;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const CudaBlockToEncode& b = blocks[i];
+    Prepared p;
+    p.index = i;
+    if ((device.has_value() && b.x.defined() && b.x.device() != *device) ||
+        !PrepareEncode(b.x, b.token_index, b.params, &p.xs, &p.token_index,
+                       &p.view, &p.cp)) {
+      continue;  // nullopt: the caller's ATen path.
+    }
+    device = b.x.device();
+    p.layout = MakeEncodeLayout(p.cp, HasZeroPoints(b.params), p.view.heads,
+                                p.view.tokens, p.view.head_dim);
+    p.host_offset = host_total;
+    host_total += AlignUp(p.layout.host_bytes);
+    p.workspace_offset = workspace_total;
+    workspace_total += AlignUp(p.layout.total - p.layout.workspace);
+    prepared.push_back(std::move(p));
+  }
+  if (prepared.empty()) return results;
+  const c10::cuda::CUDAGuard guard(*device);
+  const cudaStream_t stream =
+      c10::cuda::getCurrentCUDAStream(device->index()).stream();
+  // Every block's codes, scales, zero points and flag first, contiguous,
+  // then the scratch: one device-to-host copy brings the whole batch.
+  const at::Tensor arena =
+      at::empty({host_total + workspace_total},
+                at::TensorOptions().dtype(at::kByte).device(*device));
+  uint8_t* base = arena.data_ptr<uint8_t>();
+  for (const Prepared& p : prepared) {
+    const cudaError_t e =
+        EnqueueEncode(p.view, p.cp, p.layout, base + p.host_offset,
+                      base + host_total + p.workspace_offset, stream);
+    if (e != cudaSuccess) return CudaError(e, "CUDA quantize");
+  }
+  PinnedStaging& staging = Staging();
+  absl::StatusOr<uint8_t*> host = staging.Get(host_total);
+  if (!host.ok()) return host.status();
+  cudaError_t e =
+      cudaMemcpyAsync(*host, base, host_total, cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) return CudaError(e, "CUDA quantize copy");
+  for (const Prepared& p : prepared) {
+    const char* h = reinterpret_cast<const char*>(*host) + p.host_offset;
+    int32_t flag;
+    std::memcpy(&flag, h + p.layout.flag, sizeof(flag));
+    if (flag != 0) continue;  // Non-finite input: the ATen path decides.
+    HostQuantizedBlock& out = results[p.index].emplace();
+    out.values.assign(h + p.layout.packed, p.layout.packed_bytes);
+    out.scales.assign(h + p.layout.scales, p.layout.scale_bytes);
+    out.zero_points.assign(h + p.layout.zeros, p.layout.zero_bytes);
+  }
+  return results;
+}
+
 absl::StatusOr<bool> CudaQuantizeToHost(const at::Tensor& x,
                                         const at::Tensor& token_index,
                                         const QuantParams& params,
                                         HostQuantizedBlock* out) {
-  at::Tensor xs, index;
-  CudaBlockView view;
-  CudaQuantParams cp;
-  if (!PrepareEncode(x, token_index, params, &xs, &index, &view, &cp)) {
-    return false;
-  }
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream =
-      c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const EncodeLayout l = MakeEncodeLayout(cp, HasZeroPoints(params), view.heads,
-                                          view.tokens, view.head_dim);
-  absl::StatusOr<at::Tensor> buffer =
-      LaunchEncode(view, cp, l, x.device(), stream);
-  if (!buffer.ok()) return buffer.status();
-  PinnedStaging& staging = Staging();
-  absl::StatusOr<uint8_t*> host = staging.Get(l.host_bytes);
-  if (!host.ok()) return host.status();
-  cudaError_t e = cudaMemcpyAsync(*host, buffer->data_ptr<uint8_t>(),
-                                  l.host_bytes, cudaMemcpyDeviceToHost, stream);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-  if (e != cudaSuccess) return CudaError(e, "CUDA quantize copy");
-  int32_t flag;
-  std::memcpy(&flag, *host + l.flag, sizeof(flag));
-  if (flag != 0) return false;
-  const char* h = reinterpret_cast<const char*>(*host);
-  out->values.assign(h + l.packed, l.packed_bytes);
-  out->scales.assign(h + l.scales, l.scale_bytes);
-  out->zero_points.assign(h + l.zeros, l.zero_bytes);
+  const CudaBlockToEncode block{x, token_index, params};
+  ASSIGN_OR_RETURN(auto results, CudaQuantizeBlocksToHost({&block, 1}));
+  if (!results[0].has_value()) return false;
+  *out = *std::move(results[0]);
   return true;
 }
 

@@ -16,8 +16,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/codec/cuda_quantize.h"
 #include "common/codec/quantizer.h"
 #include "common/codec/scheme.h"
@@ -52,6 +54,21 @@ absl::StatusOr<bool> CudaQuantizeToHost(const at::Tensor& x,
                                         const at::Tensor& token_index,
                                         const QuantParams& params,
                                         HostQuantizedBlock* out);
+
+// One block of a batch: CudaQuantizeToHost's arguments.
+struct CudaBlockToEncode {
+  at::Tensor x;
+  at::Tensor token_index;
+  QuantParams params;
+};
+// CudaQuantizeToHost for several blocks at once: every kernel is enqueued
+// into one device arena, then all their bytes come to the host with one
+// device-to-host copy into pinned memory and one stream synchronization.
+// Entry i is nullopt where the kernels do not apply to block i (as
+// CudaQuantizeToHost's false: the caller's ATen path), including blocks on
+// another device than the first applicable one. INTERNAL for CUDA errors.
+absl::StatusOr<std::vector<std::optional<HostQuantizedBlock>>>
+CudaQuantizeBlocksToHost(absl::Span<const CudaBlockToEncode> blocks);
 
 // Dequantize for `q.packed` on a CUDA device (scales on any device; they
 // must be finite and of the right shapes, as Dequantize checks first).

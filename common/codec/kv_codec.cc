@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <numeric>
@@ -59,68 +60,67 @@ absl::Status CheckLayerTensor(const at::Tensor& t, const v1::ModelInfo& model,
   return absl::OkStatus();
 }
 
-// EncodeBlock of x's tokens at `token_index` (int64 on x's device; all of
-// them when undefined). On CUDA the fused kernels gather, quantize and pack
-// in one pass and only the packed bytes and scales come to the host;
-// otherwise the tokens are gathered with index_select and Quantize runs.
-absl::StatusOr<v1::KvBlock> EncodeSelectedBlock(
-    const at::Tensor& x, const at::Tensor& token_index, uint32_t layer,
-    v1::KvPart part, const QuantParams& params, const EncodedIndices& indices,
-    const v1::EntropyStage& entropy) {
+// One block to encode: x's tokens at `token_index` (int64 on x's device;
+// all of them when undefined).
+struct BlockToEncode {
+  at::Tensor x;
+  at::Tensor token_index;
+  uint32_t layer = 0;
+  v1::KvPart part = v1::KV_PART_KEY;
+  QuantParams params;
+  const EncodedIndices* indices = nullptr;
+};
+
+// A block's wire bytes and the shape they encode.
+struct BlockBytes {
   std::string values, scales, zero_points;
-  bool encoded = false;
-#ifdef KVWIRE_WITH_CUDA
-  if (x.defined() && x.is_cuda()) {
-    HostQuantizedBlock host;
-    const absl::StatusOr<bool> done = Guarded(
-        absl::StrCat("encoding ", layer),
-        [&] { return CudaQuantizeToHost(x, token_index, params, &host); });
-    if (!done.ok()) return done.status();
-    if (*done) {
-      values = std::move(host.values);
-      scales = std::move(host.scales);
-      zero_points = std::move(host.zero_points);
-      encoded = true;
-    }
-  }
-#endif
   int64_t heads = 0, tokens = 0, head_dim = 0;
-  if (encoded) {  // x is a 3-D CUDA tensor.
-    heads = x.size(0);
-    tokens = token_index.defined() ? token_index.numel() : x.size(1);
-    head_dim = x.size(2);
-  } else {
-    at::Tensor selected = x;
-    if (token_index.defined()) {
-      RETURN_IF_ERROR(Guarded("gathering tokens", [&] {
-        selected = x.index_select(1, token_index);
-        return absl::OkStatus();
-      }));
-    }
-    ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(selected, params));
-    RETURN_IF_ERROR(Guarded(absl::StrCat("encoding ", layer), [&] {
-      values = TensorBytes(q.packed);
-      scales = TensorBytes(q.scales);
-      if (HasZeroPoints(params)) zero_points = TensorBytes(q.zero_points);
+};
+
+// The ATen path: index_select, then Quantize.
+absl::StatusOr<BlockBytes> QuantizeBlockBytes(const BlockToEncode& b) {
+  at::Tensor selected = b.x;
+  if (b.token_index.defined()) {
+    RETURN_IF_ERROR(Guarded("gathering tokens", [&] {
+      selected = b.x.index_select(1, b.token_index);
       return absl::OkStatus();
     }));
-    heads = selected.size(0);
-    tokens = selected.size(1);
-    head_dim = selected.size(2);
   }
+  ASSIGN_OR_RETURN(QuantizedTensor q, Quantize(selected, b.params));
+  BlockBytes bytes;
+  RETURN_IF_ERROR(Guarded(absl::StrCat("encoding ", b.layer), [&] {
+    bytes.values = TensorBytes(q.packed);
+    bytes.scales = TensorBytes(q.scales);
+    if (HasZeroPoints(b.params)) bytes.zero_points = TensorBytes(q.zero_points);
+    bytes.heads = selected.size(0);
+    bytes.tokens = selected.size(1);
+    bytes.head_dim = selected.size(2);
+    return absl::OkStatus();
+  }));
+  return bytes;
+}
+
+// The block around `bytes`: metadata, indices, entropy stage, checksum.
+absl::StatusOr<v1::KvBlock> AssembleBlock(const BlockToEncode& b,
+                                          BlockBytes bytes,
+                                          const v1::EntropyStage& entropy) {
   v1::KvBlock block;
   RETURN_IF_ERROR(
-      Guarded(absl::StrCat("encoding ", layer), [&]() -> absl::Status {
-        block = BlockMetadata(layer, part, params, static_cast<uint32_t>(heads),
-                              static_cast<uint32_t>(head_dim),
-                              static_cast<uint32_t>(tokens), indices.encoding);
+      Guarded(absl::StrCat("encoding ", b.layer), [&]() -> absl::Status {
+        const EncodedIndices& indices = *b.indices;
+        block = BlockMetadata(
+            b.layer, b.part, b.params, static_cast<uint32_t>(bytes.heads),
+            static_cast<uint32_t>(bytes.head_dim),
+            static_cast<uint32_t>(bytes.tokens), indices.encoding);
         if (indices.encoding == v1::INDEX_ENCODING_BITMAP ||
             indices.encoding == v1::INDEX_ENCODING_DELTA_VARINT) {
           block.set_token_indices(indices.bytes);
         }
-        block.set_scales(std::move(scales));
-        if (HasZeroPoints(params))
-          block.set_zero_points(std::move(zero_points));
+        block.set_scales(std::move(bytes.scales));
+        if (HasZeroPoints(b.params)) {
+          block.set_zero_points(std::move(bytes.zero_points));
+        }
+        std::string values = std::move(bytes.values);
         block.set_values_raw_size(static_cast<uint32_t>(values.size()));
         block.set_entropy(v1::ENTROPY_CODER_NONE);
         if (entropy.coder() == v1::ENTROPY_CODER_ZSTD) {
@@ -138,6 +138,55 @@ absl::StatusOr<v1::KvBlock> EncodeSelectedBlock(
   return block;
 }
 
+// Encodes `blocks`, in order. On CUDA the fused kernels gather, quantize and
+// pack every block in one pass each, and the whole batch's codes and scales
+// come to the host in one copy; blocks they do not apply to, and blocks
+// elsewhere, take the ATen path.
+absl::StatusOr<std::vector<v1::KvBlock>> EncodeBlocks(
+    absl::Span<const BlockToEncode> blocks, const v1::EntropyStage& entropy) {
+  std::vector<std::optional<BlockBytes>> fused(blocks.size());
+#ifdef KVWIRE_WITH_CUDA
+  std::vector<CudaBlockToEncode> cuda;
+  for (const BlockToEncode& b : blocks) {
+    cuda.push_back({b.x, b.token_index, b.params});
+  }
+  const bool any_cuda = std::any_of(
+      blocks.begin(), blocks.end(),
+      [](const BlockToEncode& b) { return b.x.defined() && b.x.is_cuda(); });
+  if (any_cuda) {
+    ASSIGN_OR_RETURN(auto host, Guarded("encoding on the GPU", [&] {
+                       return CudaQuantizeBlocksToHost(cuda);
+                     }));
+    for (size_t i = 0; i < blocks.size(); ++i) {
+      if (!host[i].has_value()) continue;
+      const BlockToEncode& b = blocks[i];
+      BlockBytes& bytes = fused[i].emplace();
+      bytes.values = std::move(host[i]->values);
+      bytes.scales = std::move(host[i]->scales);
+      bytes.zero_points = std::move(host[i]->zero_points);
+      bytes.heads = b.x.size(0);
+      bytes.tokens =
+          b.token_index.defined() ? b.token_index.numel() : b.x.size(1);
+      bytes.head_dim = b.x.size(2);
+    }
+  }
+#endif
+  std::vector<v1::KvBlock> out;
+  out.reserve(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    BlockBytes bytes;
+    if (fused[i].has_value()) {
+      bytes = *std::move(fused[i]);
+    } else {
+      ASSIGN_OR_RETURN(bytes, QuantizeBlockBytes(blocks[i]));
+    }
+    ASSIGN_OR_RETURN(v1::KvBlock block,
+                     AssembleBlock(blocks[i], std::move(bytes), entropy));
+    out.push_back(std::move(block));
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
@@ -145,8 +194,10 @@ absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
                                         const QuantParams& params,
                                         const EncodedIndices& indices,
                                         const v1::EntropyStage& entropy) {
-  return EncodeSelectedBlock(x, at::Tensor(), layer, part, params, indices,
-                             entropy);
+  const BlockToEncode block{x, at::Tensor(), layer, part, params, &indices};
+  ASSIGN_OR_RETURN(std::vector<v1::KvBlock> out,
+                   EncodeBlocks({&block, 1}, entropy));
+  return std::move(out.front());
 }
 
 absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
@@ -293,48 +344,52 @@ absl::Status KvStreamEncoder::Start(std::vector<v1::KvChunk>* out) {
   return absl::OkStatus();
 }
 
-absl::Status KvStreamEncoder::EncodeLayer(const LayerTransfer& lt,
-                                          const at::Tensor& keys,
-                                          const at::Tensor& values,
-                                          std::vector<v1::KvChunk>* out) {
-  EncodedIndices indices;
+absl::Status KvStreamEncoder::EncodeLayers(
+    const std::vector<PlannedLayer>& layers, std::vector<v1::KvChunk>* out) {
   const bool all_tokens =
       plan_.selected_tokens == plan_.total_tokens &&
       plan_.spec.selection().mode() != v1::SELECTION_EXPLICIT;
-  std::vector<uint32_t> own;
-  const std::vector<uint32_t>* selected = nullptr;
-  if (all_tokens) {
-    indices.encoding = v1::INDEX_ENCODING_ALL;
-  } else if (plan_.shared_selection) {
-    indices = shared_encoded_;
-    selected = &shared_indices_;
-  } else {
-    ASSIGN_OR_RETURN(own, SelectTokens(plan_.spec.selection(),
-                                       plan_.total_tokens, keys, values));
-    ASSIGN_OR_RETURN(indices, EncodeTokenIndices(own, plan_.total_tokens));
-    selected = &own;
-  }
-  // The gather happens inside EncodeSelectedBlock: fused into the CUDA
-  // kernels, index_select elsewhere.
-  at::Tensor idx;
-  if (selected != nullptr) {
-    RETURN_IF_ERROR(Guarded("gathering tokens", [&] {
-      idx = at::tensor(std::vector<int64_t>(selected->begin(), selected->end()),
+  // Per layer: its index encoding and, unless every token goes, the device
+  // tensor of the positions the gather reads (fused into the CUDA kernels,
+  // index_select elsewhere).
+  std::vector<EncodedIndices> indices(layers.size());
+  std::vector<BlockToEncode> blocks;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const PlannedLayer& l = layers[i];
+    std::vector<uint32_t> own;
+    const std::vector<uint32_t>* selected = nullptr;
+    if (all_tokens) {
+      indices[i].encoding = v1::INDEX_ENCODING_ALL;
+    } else if (plan_.shared_selection) {
+      indices[i] = shared_encoded_;
+      selected = &shared_indices_;
+    } else {
+      ASSIGN_OR_RETURN(own, SelectTokens(plan_.spec.selection(),
+                                         plan_.total_tokens, l.keys, l.values));
+      ASSIGN_OR_RETURN(indices[i], EncodeTokenIndices(own, plan_.total_tokens));
+      selected = &own;
+    }
+    at::Tensor idx;
+    if (selected != nullptr) {
+      RETURN_IF_ERROR(Guarded("gathering tokens", [&] {
+        idx =
+            at::tensor(std::vector<int64_t>(selected->begin(), selected->end()),
                        at::TensorOptions().dtype(at::kLong))
-                .to(keys.device());
-      return absl::OkStatus();
-    }));
+                .to(l.keys.device());
+        return absl::OkStatus();
+      }));
+    }
+    blocks.push_back({l.keys, idx, l.transfer->layer, v1::KV_PART_KEY,
+                      l.transfer->key_params, &indices[i]});
+    blocks.push_back({l.values, idx, l.transfer->layer, v1::KV_PART_VALUE,
+                      l.transfer->value_params, &indices[i]});
   }
-  ASSIGN_OR_RETURN(
-      v1::KvBlock kb,
-      EncodeSelectedBlock(keys, idx, lt.layer, v1::KV_PART_KEY, lt.key_params,
-                          indices, plan_.spec.entropy()));
-  RETURN_IF_ERROR(writer_.AddBlock(std::move(kb), out));
-  ASSIGN_OR_RETURN(
-      v1::KvBlock vb,
-      EncodeSelectedBlock(values, idx, lt.layer, v1::KV_PART_VALUE,
-                          lt.value_params, indices, plan_.spec.entropy()));
-  return writer_.AddBlock(std::move(vb), out);
+  ASSIGN_OR_RETURN(std::vector<v1::KvBlock> encoded,
+                   EncodeBlocks(blocks, plan_.spec.entropy()));
+  for (v1::KvBlock& block : encoded) {
+    RETURN_IF_ERROR(writer_.AddBlock(std::move(block), out));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status KvStreamEncoder::EmitBufferedLayers(
@@ -356,10 +411,12 @@ absl::Status KvStreamEncoder::EmitBufferedLayers(
     return absl::OkStatus();
   }));
   RETURN_IF_ERROR(EmitHeader(&shared_indices_, out));
+  std::vector<PlannedLayer> layers;
   for (const LayerTransfer& lt : plan_.layers) {
     const auto& kv = buffered_.at(lt.layer);
-    RETURN_IF_ERROR(EncodeLayer(lt, kv.first, kv.second, out));
+    layers.push_back({&lt, kv.first, kv.second});
   }
+  RETURN_IF_ERROR(EncodeLayers(layers, out));
   buffered_.clear();
   return absl::OkStatus();
 }
@@ -367,28 +424,41 @@ absl::Status KvStreamEncoder::EmitBufferedLayers(
 absl::Status KvStreamEncoder::AddLayer(uint32_t layer, const at::Tensor& keys,
                                        const at::Tensor& values,
                                        std::vector<v1::KvChunk>* out) {
+  const LayerTensors one{layer, keys, values};
+  return AddLayers({&one, 1}, out);
+}
+
+absl::Status KvStreamEncoder::AddLayers(absl::Span<const LayerTensors> layers,
+                                        std::vector<v1::KvChunk>* out) {
   if (!started_) return absl::FailedPreconditionError("AddLayer before Start");
-  auto it = done_.find(layer);
-  if (it == done_.end()) return absl::OkStatus();  // Not planned.
-  if (it->second) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("layer ", layer, " added twice"));
+  std::vector<PlannedLayer> planned;
+  for (const LayerTensors& l : layers) {
+    auto it = done_.find(l.layer);
+    if (it == done_.end()) continue;  // Not planned.
+    if (it->second) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("layer ", l.layer, " added twice"));
+    }
+    RETURN_IF_ERROR(
+        CheckLayerTensor(l.keys, model_, plan_.total_tokens, "keys"));
+    RETURN_IF_ERROR(
+        CheckLayerTensor(l.values, model_, plan_.total_tokens, "values"));
+    it->second = true;
+    for (const LayerTransfer& lt : plan_.layers) {
+      if (lt.layer == l.layer) planned.push_back({&lt, l.keys, l.values});
+    }
   }
-  RETURN_IF_ERROR(CheckLayerTensor(keys, model_, plan_.total_tokens, "keys"));
-  RETURN_IF_ERROR(
-      CheckLayerTensor(values, model_, plan_.total_tokens, "values"));
-  it->second = true;
   const auto start = std::chrono::steady_clock::now();
   absl::Status status;
   if (plan_.needs_all_layers) {
-    buffered_[layer] = {keys, values};
-    if (buffered_.size() == plan_.layers.size()) {
+    for (const PlannedLayer& l : planned) {
+      buffered_[l.transfer->layer] = {l.keys, l.values};
+    }
+    if (!planned.empty() && buffered_.size() == plan_.layers.size()) {
       status = EmitBufferedLayers(out);
     }
-  } else {
-    for (const LayerTransfer& lt : plan_.layers) {
-      if (lt.layer == layer) status = EncodeLayer(lt, keys, values, out);
-    }
+  } else if (!planned.empty()) {
+    status = EncodeLayers(planned, out);
   }
   encode_seconds_ += SecondsSince(start);
   return status;

@@ -50,6 +50,7 @@ absl::StatusOr<std::unique_ptr<ReceiverEngine>> ReceiverEngine::Load(
     const ReceiverEngineOptions& options) {
   std::unique_ptr<ReceiverEngine> e(new ReceiverEngine());
   e->chat_template_date_ = options.chat_template_date;
+  e->fusion_schedule_ = options.fusion_schedule;
   ASSIGN_OR_RETURN(e->decoder_, LoadModel(options.model));
   e->info_.model = DescribeModel(*e->decoder_, options.model.dir);
   RETURN_IF_ERROR(e->LoadText(options));
@@ -381,9 +382,12 @@ absl::StatusOr<std::unique_ptr<ReceiverSession>> ReceiverEngine::NewSession(
   if (fuse) {
     check = [this](const v1::ModelInfo& m) { return CheckSharerModel(m); };
   }
-  return ReceiverSession::Create(decoder_.get(), fuse ? fuser_.get() : nullptr,
-                                 std::move(plan), max_new_tokens,
-                                 std::move(check));
+  ASSIGN_OR_RETURN(std::unique_ptr<ReceiverSession> session,
+                   ReceiverSession::Create(
+                       decoder_.get(), fuse ? fuser_.get() : nullptr,
+                       std::move(plan), max_new_tokens, std::move(check)));
+  session->set_fusion_schedule(fusion_schedule_);
+  return session;
 }
 
 }  // namespace kvwire

@@ -81,6 +81,9 @@ struct ReceiverEngineOptions {
   // Longest templated prompt accepted (capped by max_position_embeddings
   // minus the generated tokens).
   int64_t max_prompt_tokens = 8192;
+  // When sessions fuse the sharer layers they receive (kvwire-receiver's
+  // --fusion_schedule defaults to kWhenComplete).
+  FusionSchedule fusion_schedule = FusionSchedule::kOnArrival;
 };
 
 // What the engine serves, for logs and validation.
@@ -199,6 +202,7 @@ class ReceiverEngine {
   std::optional<TokenAligner> aligner_;
   std::string chat_template_date_;
   int sharer_layers_ = 0;
+  FusionSchedule fusion_schedule_ = FusionSchedule::kOnArrival;
   ReceiverModelInfo info_;
 };
 

@@ -35,6 +35,14 @@ absl::StatusOr<ReceiverSignal> ParseReceiverSignal(absl::string_view name) {
       absl::StrCat("unknown receiver signal '", name, "' (attention, vnorm)"));
 }
 
+absl::StatusOr<FusionSchedule> ParseFusionSchedule(absl::string_view name) {
+  const std::string n = absl::AsciiStrToLower(name);
+  if (n == "when_complete") return FusionSchedule::kWhenComplete;
+  if (n == "on_arrival") return FusionSchedule::kOnArrival;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown fusion schedule '", name, "' (when_complete, on_arrival)"));
+}
+
 absl::Status CheckFuserFitsReceiver(const C2CFuser& fuser,
                                     const Decoder& receiver) {
   const ModelConfig& c = receiver.config();
@@ -204,9 +212,12 @@ absl::Status ReceiverSession::Prefill(const StopCheck& should_stop) {
   stage_end_ = end;
   StartStageFusionLocked();
   prefilled_ = true;
-  std::vector<DecodedLayer> held = std::move(held_);
-  held_.clear();
-  return FuseHeldLocked(held);
+  // kWhenComplete fuses a stream in one call: not before it has ended.
+  if (schedule_ == FusionSchedule::kWhenComplete && stream_->has_header() &&
+      !stream_->Finish().ok()) {
+    return absl::OkStatus();
+  }
+  return FuseAllHeldLocked();
 }
 
 absl::StatusOr<at::Tensor> ReceiverSession::GuidedScores(
@@ -317,13 +328,14 @@ absl::Status ReceiverSession::AddChunk(const v1::KvChunk& chunk) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ReceivedStream> ReceiverSession::FinishStream() const {
+absl::StatusOr<ReceivedStream> ReceiverSession::FinishStream() {
   ReceivedStream r;
   {
     absl::MutexLock lock(&mu_);
     RETURN_IF_ERROR(stream_->Finish());
     r.header = stream_->header();
     if (stream_->stats().has_value()) r.trailer = *stream_->stats();
+    if (prefilled_) RETURN_IF_ERROR(FuseAllHeldLocked());
   }
   r.fused_receiver_layers = FusedLayers();
   return r;
@@ -373,7 +385,7 @@ absl::StatusOr<std::vector<int>> ReceiverSession::AddLayerLocked(
   }
   received_[layer.layer] = layer.token_indices;
   if (plan_.stage_ends.size() > 1) kept_.push_back(layer);  // Shallow.
-  if (!prefilled_) {
+  if (!prefilled_ || schedule_ == FusionSchedule::kWhenComplete) {
     held_.push_back(std::move(layer));
     return std::vector<int>();
   }
@@ -406,6 +418,13 @@ absl::StatusOr<std::vector<int>> ReceiverSession::FusePartLocked(
   Trace("receiver fusion", absl::StrCat("fuse sharer layer ", part.layer),
         start);
   return fused;
+}
+
+absl::Status ReceiverSession::FuseAllHeldLocked() {
+  if (held_.empty()) return absl::OkStatus();
+  std::vector<DecodedLayer> held = std::move(held_);
+  held_.clear();
+  return FuseHeldLocked(held);
 }
 
 absl::Status ReceiverSession::FuseHeldLocked(
@@ -487,6 +506,8 @@ absl::StatusOr<GenerationResult> ReceiverSession::Generate(
                                         ? *options.eos_token_ids
                                         : receiver_->config().eos_token_ids;
   const std::set<int64_t> stop(eos.begin(), eos.end());
+  // Layers added since the prefill (kWhenComplete, without FinishStream).
+  RETURN_IF_ERROR(FuseAllHeldLocked());
   // The later stages of an aligned plan: each runs over the cache fused so
   // far, then its own message tokens are fused.
   for (size_t k = 1; k < plan_.stage_ends.size(); ++k) {

@@ -22,11 +22,16 @@
 //   ASSIGN_OR_RETURN(GenerationResult r, (*session)->Generate(options));
 //
 // Fusion semantics: receiver layer t is fused in place from sharer layer
-// map(t) as soon as that sharer layer is present, over the positions the
-// sharer sent (sparse fuse: the projector runs on those tokens only); every
-// other position, and every layer that never arrives, keeps the receiver's
-// own KV. Layers may arrive in any order (AddLayer), including before
-// Prefill, in which case they are held and fused when the prefill ends.
+// map(t), over the positions the sharer sent (sparse fuse: the projector
+// runs on those tokens only); every other position, and every layer that
+// never arrives, keeps the receiver's own KV. Layers may arrive in any order
+// (AddLayer), including before Prefill. When they are fused is the session's
+// FusionSchedule: by default (kOnArrival) each layer as soon as it is
+// present and the prefill is done (layers that arrive before the prefill
+// ends are held until then); kWhenComplete holds every layer until the
+// stream is complete (FinishStream) and fuses all of them in one
+// layer-batched projector call, which costs about what fusing two layers one
+// by one does.
 // Hidden states of prompt positions are never recomputed: fusion changes only
 // what the last prompt token and the generated tokens attend to.
 //
@@ -119,6 +124,18 @@ GenerationOptions ToGenerationOptions(const v1::GenerationParams& params);
 absl::Status CheckFuserFitsReceiver(const C2CFuser& fuser,
                                     const Decoder& receiver);
 
+// When a session fuses the sharer layers it has received.
+enum class FusionSchedule {
+  // All of them at once when the stream is complete (FinishStream; or when
+  // the prefill ends, if that is later): one layer-batched projector call.
+  kWhenComplete,
+  // Each as soon as it is present and the prefill is done: fusion overlaps
+  // a slow stream, at one projector call per layer.
+  kOnArrival,
+};
+// "when_complete" / "on_arrival"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<FusionSchedule> ParseFusionSchedule(absl::string_view name);
+
 // Per-request timings of the receiver side (seconds).
 struct ReceiverTimings {
   double prefill_seconds = 0;     // Own prefill of ids[0, L-1).
@@ -168,7 +185,8 @@ class ReceiverSession {
   }
 
   // The receiver's own prefill of the plan's first stage (ids[0, L-1)
-  // without alignment); then fuses every layer that arrived meanwhile.
+  // without alignment); then fuses every layer that arrived meanwhile
+  // (kWhenComplete: only once the whole stream has arrived).
   // FAILED_PRECONDITION if called twice. `should_stop` (optional) is asked
   // after every layer: a long prompt's prefill ends with its status as soon as
   // the call is cancelled or out of time (the session is then unusable).
@@ -193,21 +211,23 @@ class ReceiverSession {
   // sharer model the check refuses, or after Generate started.
   absl::Status AddChunk(const v1::KvChunk& chunk);
   // DATA_LOSS unless a complete stream (trailer included) was consumed;
-  // then the header, the trailer's stats and the receiver layers fused.
-  absl::StatusOr<ReceivedStream> FinishStream() const;
+  // then fuses the layers still held if the prefill is done, and returns the
+  // header, the trailer's stats and the receiver layers fused. Fusion's
+  // errors (INVALID_ARGUMENT, INTERNAL).
+  absl::StatusOr<ReceivedStream> FinishStream();
 
   // One decoded sharer layer (positions index [0, L-1), ascending or not),
-  // in any order. Fuses every receiver layer reading it if the prefill is
-  // done, else holds it. Returns the receiver layers fused now (empty when
-  // held or when no receiver layer reads it). FAILED_PRECONDITION for a
-  // layer added twice or after Generate started; INVALID_ARGUMENT for
-  // positions out of range or mis-shaped tensors.
+  // in any order. kOnArrival: fuses every receiver layer reading it if the
+  // prefill is done; otherwise holds it. Returns the receiver layers fused
+  // now (empty when held or when no receiver layer reads it).
+  // FAILED_PRECONDITION for a layer added twice or after Generate started;
+  // INVALID_ARGUMENT for positions out of range or mis-shaped tensors.
   absl::StatusOr<std::vector<int>> AddLayer(DecodedLayer layer);
 
   // Runs the plan's later stages (each followed by its fusion; the stream
   // must be complete by then) and the prompt tokens after the last stage
   // (the last one without alignment) over the fused cache, and generates.
-  // Held layers are fused first if the prefill is done. May be called once.
+  // Layers still held are fused first. May be called once.
   absl::StatusOr<GenerationResult> Generate(
       const GenerationOptions& options, const TokenCallback& on_token = nullptr,
       const StopCheck& should_stop = nullptr);
@@ -239,6 +259,9 @@ class ReceiverSession {
   // GPU each traced stage then waits for the device before its end time.
   // Call before anything else.
   void set_trace(RequestTrace* trace) { trace_ = trace; }
+  // When received layers are fused (default kOnArrival). Call before
+  // anything else.
+  void set_fusion_schedule(FusionSchedule schedule) { schedule_ = schedule; }
 
  private:
   // With a trace: waits for the device (GPU work is asynchronous) and adds
@@ -274,6 +297,8 @@ class ReceiverSession {
   // FusionSession::AddSharerLayers call (one trace event, one fuse timing).
   absl::Status FuseHeldLocked(const std::vector<DecodedLayer>& held)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // FuseHeldLocked(held_), emptying held_.
+  absl::Status FuseAllHeldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<int>> AddLayerLocked(DecodedLayer layer)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -302,6 +327,7 @@ class ReceiverSession {
   std::unique_ptr<KvStreamDecoder> stream_;
   ReceiverTimings timings_;
   RequestTrace* trace_ = nullptr;
+  FusionSchedule schedule_ = FusionSchedule::kOnArrival;
 };
 
 }  // namespace kvwire

@@ -35,11 +35,7 @@ namespace {
 // into the request's KV cache, which outlives the thread.
 class LayerPipe {
  public:
-  struct Item {
-    uint32_t layer;
-    at::Tensor keys;
-    at::Tensor values;
-  };
+  using Item = LayerTensors;
 
   void Push(Item item) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -52,13 +48,16 @@ class LayerPipe {
     closed_ = true;
     cv_.notify_one();
   }
-  std::optional<Item> Pop() {
+  // Every item queued so far (waiting for one); empty once closed and
+  // drained. Layers that queued up while the encoder was busy (or that a
+  // CUDA-graph prefill hands over all at once) are then encoded together.
+  std::vector<Item> PopAll() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return closed_ || !items_.empty(); });
-    if (items_.empty()) return std::nullopt;
-    Item item = std::move(items_.front());
-    items_.pop_front();
-    return item;
+    std::vector<Item> items(std::make_move_iterator(items_.begin()),
+                            std::make_move_iterator(items_.end()));
+    items_.clear();
+    return items;
   }
   // First error of the encoder side; OK while none.
   void Fail(absl::Status status) {
@@ -124,21 +123,21 @@ struct SharerEngine::Row {
     return task->sink->Send(std::move(chunks));
   }
 
-  // Encodes one computed layer and sends its chunks (`to_cpu`: a CUDA
-  // layer is copied to the host first).
-  absl::Status EncodeLayer(uint32_t layer, at::Tensor keys, at::Tensor values,
-                           bool to_cpu,
-                           std::chrono::steady_clock::time_point start) {
+  // Encodes computed layers and sends their chunks (`to_cpu`: CUDA layers
+  // are copied to the host first).
+  absl::Status EncodeLayers(std::vector<LayerTensors> layers, bool to_cpu,
+                            std::chrono::steady_clock::time_point start) {
     std::vector<v1::KvChunk> out;
     RETURN_IF_ERROR(Guarded("encoding", [&]() -> absl::Status {
-      if (to_cpu && keys.is_cuda()) {
-        // One device-to-host copy per tensor (ordered after the layer's
-        // compute on the stream), then the fused CPU quantizer: cheaper
-        // than many small GPU kernels and syncs per block.
-        keys = keys.to(at::kCPU);
-        values = values.to(at::kCPU);
+      for (LayerTensors& l : layers) {
+        if (to_cpu && l.keys.is_cuda()) {
+          // One device-to-host copy per tensor (ordered after the layer's
+          // compute on the stream), then the fused CPU quantizer.
+          l.keys = l.keys.to(at::kCPU);
+          l.values = l.values.to(at::kCPU);
+        }
       }
-      return encoder->AddLayer(layer, keys, values, &out);
+      return encoder->AddLayers(layers, &out);
     }));
     if (out.empty()) return absl::OkStatus();
     RETURN_IF_ERROR(Send(std::move(out)));
@@ -150,10 +149,10 @@ struct SharerEngine::Row {
   void EncoderLoop(bool to_cpu, std::chrono::steady_clock::time_point start) {
     // The cache views come from an inference-mode forward.
     c10::InferenceMode inference_mode;
-    while (std::optional<LayerPipe::Item> item = pipe.Pop()) {
+    for (std::vector<LayerTensors> layers = pipe.PopAll(); !layers.empty();
+         layers = pipe.PopAll()) {
       if (!pipe.error().ok()) continue;  // Drain without work.
-      absl::Status status = EncodeLayer(item->layer, std::move(item->keys),
-                                        std::move(item->values), to_cpu, start);
+      absl::Status status = EncodeLayers(std::move(layers), to_cpu, start);
       if (!status.ok()) pipe.Fail(std::move(status));
     }
   }
@@ -400,12 +399,13 @@ absl::Status SharerEngine::ShareFromCache(const KvCache& cache,
     std::unique_ptr<Row> row = StartRow(task, 0, &status);
     RETURN_IF_ERROR(status);
     const uint32_t total = static_cast<uint32_t>(row->ids.size());
-    for (int64_t l = 0; l < cache.num_layers() && status.ok(); ++l) {
+    std::vector<LayerTensors> layers;
+    for (int64_t l = 0; l < cache.num_layers(); ++l) {
       ASSIGN_OR_RETURN(auto kv, cache.Read(l, 0, total));
-      status = row->EncodeLayer(static_cast<uint32_t>(l), kv.first, kv.second,
-                                options_.encode_on_cpu, start);
+      layers.push_back({static_cast<uint32_t>(l), kv.first, kv.second});
     }
-    RETURN_IF_ERROR(status);
+    RETURN_IF_ERROR(
+        row->EncodeLayers(std::move(layers), options_.encode_on_cpu, start));
     return FinishRow(*row, absl::OkStatus(), 0.0, 1, start);
   });
 }

@@ -35,6 +35,8 @@ absl::StatusOr<const C2cPipeline*> PipelineFor(const ReferenceAssets& assets) {
   options.receiver.fuser_dir = assets.fuser_dir;
   options.receiver.tokenizer_dir = assets.tokenizer_dir;
   options.receiver.sharer_tokenizer_dir = assets.sharer_tokenizer_dir;
+  // kvwire-receiver's default (--fusion_schedule).
+  options.receiver.fusion_schedule = FusionSchedule::kWhenComplete;
   ASSIGN_OR_RETURN(std::unique_ptr<C2cPipeline> p, C2cPipeline::Load(options));
   const C2cPipeline* raw = p.get();
   cache->emplace(key, std::move(p));

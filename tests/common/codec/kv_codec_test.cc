@@ -32,7 +32,9 @@ class KvCodecTest : public ::testing::Test {
     cache_ = MakeSyntheticKv(options_);
   }
 
-  absl::StatusOr<Stream> Encode(const v1::TransferSpec& spec) {
+  // `all_at_once`: every layer in one AddLayers call.
+  absl::StatusOr<Stream> Encode(const v1::TransferSpec& spec,
+                                bool all_at_once = false) {
     auto encoder =
         KvStreamEncoder::Create(model_, options_.tokens, spec, "req");
     if (!encoder.ok()) return encoder.status();
@@ -40,9 +42,19 @@ class KvCodecTest : public ::testing::Test {
     s.plan = (*encoder)->plan();
     s.predicted = (*encoder)->predicted_bytes();
     if (auto st = (*encoder)->Start(&s.chunks); !st.ok()) return st;
+    std::vector<LayerTensors> layers;
     for (size_t l = 0; l < cache_.size(); ++l) {
-      auto st =
-          (*encoder)->AddLayer(l, cache_[l].first, cache_[l].second, &s.chunks);
+      layers.push_back(
+          {static_cast<uint32_t>(l), cache_[l].first, cache_[l].second});
+    }
+    if (all_at_once) {
+      if (auto st = (*encoder)->AddLayers(layers, &s.chunks); !st.ok()) {
+        return st;
+      }
+    }
+    for (const LayerTensors& l :
+         all_at_once ? std::vector<LayerTensors>() : layers) {
+      auto st = (*encoder)->AddLayer(l.layer, l.keys, l.values, &s.chunks);
       if (!st.ok()) return st;
     }
     auto trailer = (*encoder)->Finish(0.5);
@@ -421,6 +433,32 @@ namespace {
 
 // On a CUDA build with a GPU: the same stream from CUDA tensors, byte for
 // byte, and decoding onto the GPU gives the CPU's values.
+TEST_F(KvCodecTest, AddLayersProducesTheStreamOfAddLayerByteForByte) {
+  for (v1::SelectionMode mode :
+       {v1::SELECTION_ALL, v1::SELECTION_VNORM_TOPK, v1::SELECTION_KNORM_TOPK,
+        v1::SELECTION_RANDOM}) {
+    for (bool shared : {false, true}) {
+      v1::TransferSpec spec;
+      spec.set_scheme(v1::SCHEME_INT4);
+      spec.set_granularity(v1::GRANULARITY_PER_TOKEN);
+      spec.mutable_selection()->set_mode(mode);
+      spec.mutable_selection()->set_proportion(0.5);
+      spec.mutable_selection()->set_shared_across_layers(shared);
+      auto one_by_one = Encode(spec);
+      auto at_once = Encode(spec, /*all_at_once=*/true);
+      ASSERT_TRUE(one_by_one.ok()) << one_by_one.status();
+      ASSERT_TRUE(at_once.ok()) << at_once.status();
+      ASSERT_EQ(one_by_one->chunks.size(), at_once->chunks.size());
+      // The trailer carries encode_seconds, which differ.
+      for (size_t i = 0; i + 1 < at_once->chunks.size(); ++i) {
+        EXPECT_EQ(one_by_one->chunks[i].SerializeAsString(),
+                  at_once->chunks[i].SerializeAsString())
+            << "mode " << mode << " shared " << shared << " chunk " << i;
+      }
+    }
+  }
+}
+
 TEST_F(KvCodecTest, CudaTensorsProduceTheCpuStreamBitForBit) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (v1::Scheme scheme :
@@ -445,14 +483,22 @@ TEST_F(KvCodecTest, CudaTensorsProduceTheCpuStreamBitForBit) {
           v = v.to(at::kCUDA);
         }
         auto gpu = Encode(spec);
+        // Every layer's blocks in one batch: one device-to-host copy.
+        auto gpu_batch = Encode(spec, /*all_at_once=*/true);
         cache_ = cpu_cache;
         ASSERT_TRUE(gpu.ok()) << gpu.status();
+        ASSERT_TRUE(gpu_batch.ok()) << gpu_batch.status();
         ASSERT_EQ(cpu->chunks.size(), gpu->chunks.size());
+        ASSERT_EQ(cpu->chunks.size(), gpu_batch->chunks.size());
         for (size_t i = 0; i + 1 < cpu->chunks.size(); ++i) {
           EXPECT_EQ(cpu->chunks[i].SerializeAsString(),
                     gpu->chunks[i].SerializeAsString())
               << SchemeName(scheme) << " " << GranularityName(g) << " asym "
               << asym << " chunk " << i;
+          EXPECT_EQ(cpu->chunks[i].SerializeAsString(),
+                    gpu_batch->chunks[i].SerializeAsString())
+              << SchemeName(scheme) << " " << GranularityName(g) << " asym "
+              << asym << " chunk " << i << " (batched)";
         }
         KvStreamDecoder on_gpu(at::kFloat, at::kCUDA);
         auto layers = Decode(cpu->chunks);

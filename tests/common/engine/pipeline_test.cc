@@ -717,6 +717,56 @@ TEST_F(PipelineTest, SessionRejectsBadInput) {
   EXPECT_FALSE(ParseSelectionStrategy("psychic").ok());
 }
 
+TEST_F(PipelineTest, WhenCompleteScheduleFusesTheWholeStreamInOneCall) {
+  const std::vector<int64_t> prompt = Prompt();
+  const std::vector<int64_t> prefix(prompt.begin(), prompt.end() - 1);
+  auto on_arrival = Session(prompt);
+  auto when_complete = Session(prompt);
+  when_complete->set_fusion_schedule(FusionSchedule::kWhenComplete);
+  ASSERT_TRUE(on_arrival->Prefill().ok());
+  ASSERT_TRUE(when_complete->Prefill().ok());
+  std::vector<v1::KvChunk> chunks;
+  ASSERT_TRUE(pipeline_
+                  ->Share(prefix, Spec(v1::SCHEME_INT8), "schedule",
+                          [&](v1::KvChunk chunk) -> absl::Status {
+                            chunks.push_back(std::move(chunk));
+                            return absl::OkStatus();
+                          })
+                  .ok());
+  for (const v1::KvChunk& chunk : chunks) {
+    ASSERT_TRUE(on_arrival->AddChunk(chunk).ok());
+    ASSERT_TRUE(when_complete->AddChunk(chunk).ok());
+    // Every layer of the stream is held until it is complete.
+    EXPECT_TRUE(when_complete->FusedLayers().empty());
+  }
+  EXPECT_THAT(on_arrival->FusedLayers(), ElementsAreArray({0, 1, 2, 3}));
+  auto received = when_complete->FinishStream();
+  ASSERT_TRUE(received.ok()) << received.status();
+  EXPECT_THAT(received->fused_receiver_layers, ElementsAreArray({0, 1, 2, 3}));
+  for (int t = 0; t < 4; ++t) {
+    for (bool v : {false, true}) {
+      // One batched call: equal up to the GEMMs' accumulation order.
+      EXPECT_TRUE(at::allclose(Layer(*on_arrival, t, v),
+                               Layer(*when_complete, t, v), 1e-5, 1e-6))
+          << t;
+    }
+  }
+  // A stream that ends before the prefill: fused when the prefill ends.
+  auto early = Session(prompt);
+  early->set_fusion_schedule(FusionSchedule::kWhenComplete);
+  for (const v1::KvChunk& chunk : chunks) {
+    ASSERT_TRUE(early->AddChunk(chunk).ok());
+  }
+  EXPECT_TRUE(early->FusedLayers().empty());
+  ASSERT_TRUE(early->Prefill().ok());
+  EXPECT_THAT(early->FusedLayers(), ElementsAreArray({0, 1, 2, 3}));
+  EXPECT_EQ(Generate(*early), Generate(*when_complete));
+  EXPECT_EQ(ParseFusionSchedule("on_arrival").value(),
+            FusionSchedule::kOnArrival);
+  EXPECT_EQ(ParseFusionSchedule("psychic").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ReceiverSignalTest, ParsesItsNames) {
   EXPECT_EQ(ParseReceiverSignal("vnorm").value_or(ReceiverSignal::kAttention),
             ReceiverSignal::kValueNorm);
