@@ -393,71 +393,111 @@ absl::StatusOr<bool> CudaDequantizeTensor(
   return true;
 }
 
-absl::StatusOr<bool> CudaDequantizeFromHost(
-    const std::string& values, const std::string& scales,
-    const std::string& zero_points, const QuantParams& params, int64_t heads,
-    int64_t tokens, int64_t head_dim, at::ScalarType dtype, at::Device device,
-    at::Tensor* out) {
-  if (!device.is_cuda()) return false;
+absl::StatusOr<std::vector<std::optional<at::Tensor>>>
+CudaDequantizeBlocksFromHost(absl::Span<const CudaBlockToDecode> blocks,
+                             at::ScalarType dtype, at::Device device) {
+  std::vector<std::optional<at::Tensor>> results(blocks.size());
   const std::optional<CudaDtype> out_dtype = ToCuda(dtype);
-  const std::optional<CudaQuantParams> cp = ToCudaQuantParams(params);
-  if (!out_dtype || !cp || !CudaQuantizeSupports(*cp, head_dim) ||
-      !CudaBlockFits(heads, tokens, head_dim)) {
-    return false;
-  }
-  const bool asymmetric = cp->code == CudaCode::kIntAsymmetric;
-  const int64_t n_scales = CudaScaleCount(*cp, heads, tokens, head_dim);
-  if (static_cast<int64_t>(values.size()) !=
-          (heads * tokens * head_dim * cp->bits + 7) / 8 ||
-      static_cast<int64_t>(scales.size()) != 2 * n_scales ||
-      static_cast<int64_t>(zero_points.size()) !=
-          (asymmetric ? 2 * n_scales : 0)) {
-    return false;
-  }
-  // Non-finite scales or zero points: the ATen path reports them.
-  for (const std::string* s : {&scales, &zero_points}) {
-    for (size_t i = 0; i + 1 < s->size(); i += 2) {
-      if (((*s)[i + 1] & 0x7C) == 0x7C) return false;
+  if (!device.is_cuda() || !out_dtype) return results;
+  // Per block: its kernel parameters and where its codes, scales and zero
+  // points sit in the one staging buffer (and the one device copy of it).
+  struct Prepared {
+    size_t index = 0;
+    CudaQuantParams cp;
+    int64_t values_at = 0, scales_at = 0, zeros_at = 0;
+  };
+  std::vector<Prepared> prepared;
+  int64_t total = 0;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const CudaBlockToDecode& b = blocks[i];
+    const std::optional<CudaQuantParams> cp = ToCudaQuantParams(b.params);
+    if (!cp || !CudaQuantizeSupports(*cp, b.head_dim) ||
+        !CudaBlockFits(b.heads, b.tokens, b.head_dim)) {
+      continue;
     }
+    const bool asymmetric = cp->code == CudaCode::kIntAsymmetric;
+    const int64_t n_scales = CudaScaleCount(*cp, b.heads, b.tokens, b.head_dim);
+    if (static_cast<int64_t>(b.values->size()) !=
+            (b.heads * b.tokens * b.head_dim * cp->bits + 7) / 8 ||
+        static_cast<int64_t>(b.scales->size()) != 2 * n_scales ||
+        static_cast<int64_t>(b.zero_points->size()) !=
+            (asymmetric ? 2 * n_scales : 0)) {
+      continue;
+    }
+    // Non-finite scales or zero points: the ATen path reports them.
+    bool finite = true;
+    for (const std::string* s : {b.scales, b.zero_points}) {
+      for (size_t j = 0; j + 1 < s->size(); j += 2) {
+        if (((*s)[j + 1] & 0x7C) == 0x7C) finite = false;
+      }
+    }
+    if (!finite) continue;
+    Prepared p;
+    p.index = i;
+    p.cp = *cp;
+    p.values_at = total;
+    p.scales_at = p.values_at + AlignUp(b.values->size());
+    p.zeros_at = p.scales_at + AlignUp(b.scales->size());
+    total = p.zeros_at + AlignUp(b.zero_points->size());
+    prepared.push_back(p);
   }
+  if (prepared.empty()) return results;
   if (device.index() < 0) {
     device = at::Device(at::kCUDA, c10::cuda::current_device());
   }
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream =
       c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  const int64_t scales_at = AlignUp(values.size());
-  const int64_t zeros_at = scales_at + AlignUp(scales.size());
-  const int64_t total = zeros_at + zero_points.size();
   PinnedStaging& staging = Staging();
-  absl::StatusOr<uint8_t*> host = staging.Get(std::max<int64_t>(total, 1));
+  total = std::max<int64_t>(total, 1);
+  absl::StatusOr<uint8_t*> host = staging.Get(total);
   if (!host.ok()) return host.status();
-  std::memcpy(*host, values.data(), values.size());
-  std::memcpy(*host + scales_at, scales.data(), scales.size());
-  std::memcpy(*host + zeros_at, zero_points.data(), zero_points.size());
-  at::Tensor buffer =
-      at::empty({std::max<int64_t>(total, 1)},
-                at::TensorOptions().dtype(at::kByte).device(device));
+  for (const Prepared& p : prepared) {
+    const CudaBlockToDecode& b = blocks[p.index];
+    std::memcpy(*host + p.values_at, b.values->data(), b.values->size());
+    std::memcpy(*host + p.scales_at, b.scales->data(), b.scales->size());
+    std::memcpy(*host + p.zeros_at, b.zero_points->data(),
+                b.zero_points->size());
+  }
+  const at::Tensor buffer =
+      at::empty({total}, at::TensorOptions().dtype(at::kByte).device(device));
   uint8_t* base = buffer.data_ptr<uint8_t>();
   cudaError_t e =
       cudaMemcpyAsync(base, *host, total, cudaMemcpyHostToDevice, stream);
   if (e != cudaSuccess) return CudaError(e, "CUDA decode copy");
   RETURN_IF_ERROR(staging.Record(device.index(), stream));
-  CudaDequantizeInput in;
-  in.packed = base;
-  in.scales = reinterpret_cast<const uint16_t*>(base + scales_at);
-  if (asymmetric) {
-    in.zero_points = reinterpret_cast<const uint16_t*>(base + zeros_at);
+  for (const Prepared& p : prepared) {
+    const CudaBlockToDecode& b = blocks[p.index];
+    CudaDequantizeInput in;
+    in.packed = base + p.values_at;
+    in.scales = reinterpret_cast<const uint16_t*>(base + p.scales_at);
+    if (p.cp.code == CudaCode::kIntAsymmetric) {
+      in.zero_points = reinterpret_cast<const uint16_t*>(base + p.zeros_at);
+    }
+    at::Tensor result =
+        at::empty({b.heads, b.tokens, b.head_dim},
+                  at::TensorOptions().dtype(dtype).device(device));
+    e = CudaDequantize(in, p.cp, b.heads, b.tokens, b.head_dim, *out_dtype,
+                       result.data_ptr(), stream);
+    if (e != cudaSuccess) return CudaError(e, "CUDA dequantize");
+    results[p.index] = std::move(result);
   }
-  at::Tensor result =
-      at::empty({heads, tokens, head_dim},
-                at::TensorOptions().dtype(dtype).device(device));
-  e = CudaDequantize(in, *cp, heads, tokens, head_dim, *out_dtype,
-                     result.data_ptr(), stream);
-  if (e != cudaSuccess) return CudaError(e, "CUDA dequantize");
   // `buffer` goes back to the caching allocator, which orders its reuse
-  // after this stream's kernel.
-  *out = std::move(result);
+  // after this stream's kernels.
+  return results;
+}
+
+absl::StatusOr<bool> CudaDequantizeFromHost(
+    const std::string& values, const std::string& scales,
+    const std::string& zero_points, const QuantParams& params, int64_t heads,
+    int64_t tokens, int64_t head_dim, at::ScalarType dtype, at::Device device,
+    at::Tensor* out) {
+  const CudaBlockToDecode block{&values, &scales, &zero_points, params,
+                                heads,   tokens,  head_dim};
+  ASSIGN_OR_RETURN(auto results,
+                   CudaDequantizeBlocksFromHost({&block, 1}, dtype, device));
+  if (!results[0].has_value()) return false;
+  *out = *std::move(results[0]);
   return true;
 }
 

@@ -86,6 +86,23 @@ absl::StatusOr<bool> CudaDequantizeFromHost(
     int64_t tokens, int64_t head_dim, at::ScalarType dtype, at::Device device,
     at::Tensor* out);
 
+// One block of a decode batch: CudaDequantizeFromHost's arguments (the
+// strings are not owned and must outlive the call).
+struct CudaBlockToDecode {
+  const std::string* values = nullptr;
+  const std::string* scales = nullptr;
+  const std::string* zero_points = nullptr;
+  QuantParams params;
+  int64_t heads = 0, tokens = 0, head_dim = 0;
+};
+// CudaDequantizeFromHost for several blocks at once: one pinned staging
+// buffer (one wait for its previous copy), one host-to-device copy, then a
+// kernel per block. Entry i is nullopt where the kernels do not apply to
+// block i (the caller's ATen path). INTERNAL for CUDA errors.
+absl::StatusOr<std::vector<std::optional<at::Tensor>>>
+CudaDequantizeBlocksFromHost(absl::Span<const CudaBlockToDecode> blocks,
+                             at::ScalarType dtype, at::Device device);
+
 }  // namespace kvwire
 
 #endif  // KVWIRE_COMMON_CODEC_CUDA_CODEC_H_

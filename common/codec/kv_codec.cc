@@ -200,88 +200,145 @@ absl::StatusOr<v1::KvBlock> EncodeBlock(const at::Tensor& x, uint32_t layer,
   return std::move(out.front());
 }
 
-absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
-                                             at::ScalarType dtype,
-                                             at::Device device) {
+namespace {
+
+// A block's values ready to dequantize: metadata checked against every
+// size, entropy stage undone.
+struct BlockToDecode {
+  const v1::KvBlock* block = nullptr;
   QuantParams params;
-  params.scheme = block.scheme();
-  params.granularity = block.granularity();
-  params.group_size = static_cast<int>(block.group_size());
-  params.asymmetric = block.asymmetric();
-  const int64_t heads = block.kv_heads(), tokens = block.selected_tokens(),
-                dim = block.head_dim();
-  if (absl::Status s = ValidateQuantParams(params, heads, tokens, dim);
+  int64_t heads = 0, tokens = 0, head_dim = 0;
+  int64_t scale_bytes = 0, zero_bytes = 0;
+  std::string decompressed;  // When the block is entropy-coded.
+  const std::string& values() const {
+    return block->entropy() == v1::ENTROPY_CODER_ZSTD ? decompressed
+                                                      : block->values();
+  }
+};
+
+absl::Status PrepareDecode(const v1::KvBlock& block, BlockToDecode* out) {
+  BlockToDecode& d = *out;
+  d.block = &block;
+  d.params.scheme = block.scheme();
+  d.params.granularity = block.granularity();
+  d.params.group_size = static_cast<int>(block.group_size());
+  d.params.asymmetric = block.asymmetric();
+  d.heads = block.kv_heads();
+  d.tokens = block.selected_tokens();
+  d.head_dim = block.head_dim();
+  if (absl::Status s =
+          ValidateQuantParams(d.params, d.heads, d.tokens, d.head_dim);
       !s.ok()) {
     return absl::DataLossError(absl::StrCat("block metadata: ", s.message()));
   }
-  if (params.asymmetric && !HasZeroPoints(params)) {
+  if (d.params.asymmetric && !HasZeroPoints(d.params)) {
     return absl::DataLossError("block marks a non-INT scheme asymmetric");
   }
   const int64_t raw_size =
-      PackedValueBytes(params.scheme, heads * tokens * dim);
+      PackedValueBytes(d.params.scheme, d.heads * d.tokens * d.head_dim);
   if (raw_size > kMaxRawBlockBytes || raw_size != block.values_raw_size()) {
     return absl::DataLossError(absl::StrCat(
         "block declares ", block.values_raw_size(), " value bytes, its shape [",
-        heads, ", ", tokens, ", ", dim, "] at ", SchemeName(params.scheme),
-        " needs ", raw_size));
+        d.heads, ", ", d.tokens, ", ", d.head_dim, "] at ",
+        SchemeName(d.params.scheme), " needs ", raw_size));
   }
-  std::string decompressed;
-  const std::string* values = &block.values();
   switch (block.entropy()) {
     case v1::ENTROPY_CODER_NONE:
     case v1::ENTROPY_CODER_UNSPECIFIED:
       break;
     case v1::ENTROPY_CODER_ZSTD: {
-      ASSIGN_OR_RETURN(decompressed, ZstdDecompress(block.values(), raw_size));
-      values = &decompressed;
+      ASSIGN_OR_RETURN(d.decompressed,
+                       ZstdDecompress(block.values(), raw_size));
       break;
     }
     default:
       return absl::DataLossError(absl::StrCat(
           "unknown entropy coder ", static_cast<int>(block.entropy())));
   }
-  if (static_cast<int64_t>(values->size()) != raw_size) {
-    return absl::DataLossError(absl::StrCat(
-        "block carries ", values->size(), " value bytes, expected ", raw_size));
+  if (static_cast<int64_t>(d.values().size()) != raw_size) {
+    return absl::DataLossError(absl::StrCat("block carries ", d.values().size(),
+                                            " value bytes, expected ",
+                                            raw_size));
   }
-  const int64_t scale_bytes = ScaleCount(params, heads, tokens, dim) * 2;
-  const int64_t zero_bytes = HasZeroPoints(params) ? scale_bytes : 0;
-  if (static_cast<int64_t>(block.scales().size()) != scale_bytes ||
-      static_cast<int64_t>(block.zero_points().size()) != zero_bytes) {
+  d.scale_bytes = ScaleCount(d.params, d.heads, d.tokens, d.head_dim) * 2;
+  d.zero_bytes = HasZeroPoints(d.params) ? d.scale_bytes : 0;
+  if (static_cast<int64_t>(block.scales().size()) != d.scale_bytes ||
+      static_cast<int64_t>(block.zero_points().size()) != d.zero_bytes) {
     return absl::DataLossError(
         absl::StrCat("block carries ", block.scales().size(), " scale and ",
                      block.zero_points().size(), " zero-point bytes, expected ",
-                     scale_bytes, " and ", zero_bytes));
+                     d.scale_bytes, " and ", d.zero_bytes));
   }
-#ifdef KVWIRE_WITH_CUDA
-  if (device.is_cuda()) {
-    at::Tensor out;
-    const absl::StatusOr<bool> done = Guarded("decoding block", [&] {
-      return CudaDequantizeFromHost(*values, block.scales(),
-                                    block.zero_points(), params, heads, tokens,
-                                    dim, dtype, device, &out);
-    });
-    if (!done.ok()) return done.status();
-    if (*done) return out;
-  }
-#endif
+  return absl::OkStatus();
+}
+
+// The ATen path of one prepared block.
+absl::StatusOr<at::Tensor> DequantizeBlockAten(const BlockToDecode& d,
+                                               at::ScalarType dtype,
+                                               at::Device device) {
   return Guarded("decoding block", [&]() -> absl::StatusOr<at::Tensor> {
     QuantizedTensor q;
-    q.packed = BytesTensor(*values, at::kByte, {raw_size}, device);
-    if (scale_bytes > 0) {
-      const std::vector<int64_t> shape = ScaleShape(params, heads, tokens, dim);
-      q.scales = BytesTensor(block.scales(), at::kHalf, shape, device);
-      if (zero_bytes > 0) {
+    const std::string& values = d.values();
+    q.packed = BytesTensor(values, at::kByte,
+                           {static_cast<int64_t>(values.size())}, device);
+    if (d.scale_bytes > 0) {
+      const std::vector<int64_t> shape =
+          ScaleShape(d.params, d.heads, d.tokens, d.head_dim);
+      q.scales = BytesTensor(d.block->scales(), at::kHalf, shape, device);
+      if (d.zero_bytes > 0) {
         q.zero_points =
-            BytesTensor(block.zero_points(), at::kHalf, shape, device);
+            BytesTensor(d.block->zero_points(), at::kHalf, shape, device);
       }
     }
-    ASSIGN_OR_RETURN(at::Tensor out,
-                     Dequantize(q, params, heads, tokens, dim, dtype));
-    // On the CPU the inputs are views of `block`'s strings; Dequantize's
+    // On the CPU the inputs are views of the block's strings; Dequantize's
     // output never aliases them.
-    return out;
+    return Dequantize(q, d.params, d.heads, d.tokens, d.head_dim, dtype);
   });
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<at::Tensor>> DecodeBlocksValues(
+    absl::Span<const v1::KvBlock* const> blocks, at::ScalarType dtype,
+    at::Device device) {
+  std::vector<BlockToDecode> prepared(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    RETURN_IF_ERROR(PrepareDecode(*blocks[i], &prepared[i]));
+  }
+  std::vector<std::optional<at::Tensor>> fused(blocks.size());
+#ifdef KVWIRE_WITH_CUDA
+  if (device.is_cuda()) {
+    std::vector<CudaBlockToDecode> cuda;
+    for (const BlockToDecode& d : prepared) {
+      cuda.push_back({&d.values(), &d.block->scales(), &d.block->zero_points(),
+                      d.params, d.heads, d.tokens, d.head_dim});
+    }
+    ASSIGN_OR_RETURN(fused, Guarded("decoding blocks", [&] {
+                       return CudaDequantizeBlocksFromHost(cuda, dtype, device);
+                     }));
+  }
+#endif
+  std::vector<at::Tensor> out;
+  out.reserve(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (fused[i].has_value()) {
+      out.push_back(*std::move(fused[i]));
+    } else {
+      ASSIGN_OR_RETURN(at::Tensor t,
+                       DequantizeBlockAten(prepared[i], dtype, device));
+      out.push_back(std::move(t));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<at::Tensor> DecodeBlockValues(const v1::KvBlock& block,
+                                             at::ScalarType dtype,
+                                             at::Device device) {
+  const v1::KvBlock* one = &block;
+  ASSIGN_OR_RETURN(std::vector<at::Tensor> out,
+                   DecodeBlocksValues({&one, 1}, dtype, device));
+  return std::move(out.front());
 }
 
 // ------------------------------------------------------------ encoder
@@ -496,8 +553,9 @@ absl::StatusOr<v1::KvChunk> KvStreamEncoder::Finish(double compute_seconds) {
 
 // ------------------------------------------------------------ decoder
 
-KvStreamDecoder::KvStreamDecoder(at::ScalarType dtype, at::Device device)
-    : dtype_(dtype), device_(device) {}
+KvStreamDecoder::KvStreamDecoder(at::ScalarType dtype, at::Device device,
+                                 bool defer_decode)
+    : dtype_(dtype), device_(device), defer_(defer_decode) {}
 
 absl::StatusOr<std::vector<uint32_t>> KvStreamDecoder::BlockIndices(
     const v1::KvBlock& block) {
@@ -557,25 +615,56 @@ absl::StatusOr<std::optional<DecodedLayer>> KvStreamDecoder::Consume(
     return absl::DataLossError(absl::StrCat(
         "layer ", block.layer(), " indices: ", indices.status().message()));
   }
+  if (defer_) {
+    held_.push_back({std::move(event.block), *std::move(indices)});
+    decode_seconds_ += SecondsSince(start);
+    return std::optional<DecodedLayer>();
+  }
   ASSIGN_OR_RETURN(at::Tensor tensor,
                    DecodeBlockValues(block, dtype_, device_));
+  auto layer = AddBlock(block, *std::move(indices), std::move(tensor));
+  decode_seconds_ += SecondsSince(start);
+  return layer;
+}
+
+absl::StatusOr<std::optional<DecodedLayer>> KvStreamDecoder::AddBlock(
+    const v1::KvBlock& block, std::vector<uint32_t> indices,
+    at::Tensor tensor) {
   DecodedLayer& layer = pending_[block.layer()];
   layer.layer = block.layer();
   if (layer.token_indices.empty()) {
-    layer.token_indices = *std::move(indices);
-  } else if (layer.token_indices != *indices) {
+    layer.token_indices = std::move(indices);
+  } else if (layer.token_indices != indices) {
     return absl::DataLossError(absl::StrCat(
         "layer ", block.layer(), " K and V blocks select different tokens"));
   }
   (block.part() == v1::KV_PART_KEY ? layer.keys : layer.values) =
       std::move(tensor);
-  decode_seconds_ += SecondsSince(start);
   if (layer.keys.defined() && layer.values.defined()) {
     DecodedLayer done = std::move(layer);
     pending_.erase(block.layer());
     return std::optional<DecodedLayer>(std::move(done));
   }
   return std::optional<DecodedLayer>();
+}
+
+absl::StatusOr<std::vector<DecodedLayer>> KvStreamDecoder::DecodeHeld() {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<HeldBlock> held = std::move(held_);
+  held_.clear();
+  std::vector<const v1::KvBlock*> blocks;
+  for (const HeldBlock& h : held) blocks.push_back(&h.block);
+  ASSIGN_OR_RETURN(std::vector<at::Tensor> tensors,
+                   DecodeBlocksValues(blocks, dtype_, device_));
+  std::vector<DecodedLayer> layers;
+  for (size_t i = 0; i < held.size(); ++i) {
+    ASSIGN_OR_RETURN(std::optional<DecodedLayer> layer,
+                     AddBlock(held[i].block, std::move(held[i].indices),
+                              std::move(tensors[i])));
+    if (layer.has_value()) layers.push_back(*std::move(layer));
+  }
+  decode_seconds_ += SecondsSince(start);
+  return layers;
 }
 
 }  // namespace kvwire

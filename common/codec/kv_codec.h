@@ -50,6 +50,12 @@ struct LayerTensors {
   at::Tensor values;
 };
 
+// DecodeBlockValues for several blocks at once, in order. On CUDA their
+// bytes go to the device in one host-to-device copy.
+absl::StatusOr<std::vector<at::Tensor>> DecodeBlocksValues(
+    absl::Span<const v1::KvBlock* const> blocks, at::ScalarType dtype,
+    at::Device device);
+
 // Streams one KV cache. Create() resolves the spec and applies the byte
 // budget; Start() emits the header; AddLayer() encodes each planned layer
 // as soon as it is computed; Finish() emits the trailer. Not thread-safe.
@@ -122,12 +128,18 @@ struct DecodedLayer {
 };
 
 // Consumes a KvChunk stream and yields each layer once both its blocks have
-// arrived and decoded. Not thread-safe.
+// arrived and decoded. With `defer_decode`, Consume only validates and keeps
+// the blocks (no device work while the stream arrives) and DecodeHeld
+// decodes everything kept in one batch. Not thread-safe.
 class KvStreamDecoder {
  public:
-  KvStreamDecoder(at::ScalarType dtype, at::Device device);
+  KvStreamDecoder(at::ScalarType dtype, at::Device device,
+                  bool defer_decode = false);
 
   absl::StatusOr<std::optional<DecodedLayer>> Consume(const v1::KvChunk& chunk);
+  // The layers completed by the blocks kept so far (defer_decode), decoded
+  // together (DecodeBlocksValues); DATA_LOSS as Consume.
+  absl::StatusOr<std::vector<DecodedLayer>> DecodeHeld();
   // DATA_LOSS unless a complete stream (trailer included) was consumed.
   absl::Status Finish() const { return reader_.Finish(); }
 
@@ -139,9 +151,21 @@ class KvStreamDecoder {
 
  private:
   absl::StatusOr<std::vector<uint32_t>> BlockIndices(const v1::KvBlock& block);
+  // Pairs a decoded block with its layer's other part; the layer once both
+  // are in.
+  absl::StatusOr<std::optional<DecodedLayer>> AddBlock(
+      const v1::KvBlock& block, std::vector<uint32_t> indices,
+      at::Tensor tensor);
+
+  struct HeldBlock {
+    v1::KvBlock block;
+    std::vector<uint32_t> indices;
+  };
 
   at::ScalarType dtype_;
   at::Device device_;
+  bool defer_ = false;
+  std::vector<HeldBlock> held_;
   KvChunkReader reader_;
   std::vector<uint32_t> shared_indices_;
   std::map<uint32_t, DecodedLayer> pending_;

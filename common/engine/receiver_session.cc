@@ -212,10 +212,11 @@ absl::Status ReceiverSession::Prefill(const StopCheck& should_stop) {
   stage_end_ = end;
   StartStageFusionLocked();
   prefilled_ = true;
-  // kWhenComplete fuses a stream in one call: not before it has ended.
-  if (schedule_ == FusionSchedule::kWhenComplete && stream_->has_header() &&
-      !stream_->Finish().ok()) {
-    return absl::OkStatus();
+  // kWhenComplete decodes and fuses a stream in one call each: not before
+  // it has ended.
+  if (schedule_ == FusionSchedule::kWhenComplete && stream_->has_header()) {
+    if (!stream_->Finish().ok()) return absl::OkStatus();
+    RETURN_IF_ERROR(DecodeKeptBlocksLocked());
   }
   return FuseAllHeldLocked();
 }
@@ -335,6 +336,7 @@ absl::StatusOr<ReceivedStream> ReceiverSession::FinishStream() {
     RETURN_IF_ERROR(stream_->Finish());
     r.header = stream_->header();
     if (stream_->stats().has_value()) r.trailer = *stream_->stats();
+    RETURN_IF_ERROR(DecodeKeptBlocksLocked());
     if (prefilled_) RETURN_IF_ERROR(FuseAllHeldLocked());
   }
   r.fused_receiver_layers = FusedLayers();
@@ -418,6 +420,28 @@ absl::StatusOr<std::vector<int>> ReceiverSession::FusePartLocked(
   Trace("receiver fusion", absl::StrCat("fuse sharer layer ", part.layer),
         start);
   return fused;
+}
+
+void ReceiverSession::set_fusion_schedule(FusionSchedule schedule) {
+  absl::MutexLock lock(&mu_);
+  schedule_ = schedule;
+  stream_ = std::make_unique<KvStreamDecoder>(
+      receiver_->dtype(), receiver_->device(),
+      /*defer_decode=*/schedule == FusionSchedule::kWhenComplete);
+}
+
+absl::Status ReceiverSession::DecodeKeptBlocksLocked() {
+  const auto start = Clock::now();
+  ASSIGN_OR_RETURN(std::vector<DecodedLayer> layers, stream_->DecodeHeld());
+  if (layers.empty()) return absl::OkStatus();
+  timings_.decode_seconds += SecondsSince(start);
+  Trace("receiver stream",
+        absl::StrCat("decode ", layers.size(), " sharer layers (batched)"),
+        start);
+  for (DecodedLayer& layer : layers) {
+    RETURN_IF_ERROR(AddLayerLocked(std::move(layer)).status());
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ReceiverSession::FuseAllHeldLocked() {

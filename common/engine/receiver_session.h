@@ -259,9 +259,10 @@ class ReceiverSession {
   // GPU each traced stage then waits for the device before its end time.
   // Call before anything else.
   void set_trace(RequestTrace* trace) { trace_ = trace; }
-  // When received layers are fused (default kOnArrival). Call before
-  // anything else.
-  void set_fusion_schedule(FusionSchedule schedule) { schedule_ = schedule; }
+  // When received layers are fused (default kOnArrival); kWhenComplete
+  // also defers decoding the stream's blocks to its end (one batch, one
+  // host-to-device copy). Call before anything else.
+  void set_fusion_schedule(FusionSchedule schedule);
 
  private:
   // With a trace: waits for the device (GPU work is asynchronous) and adds
@@ -299,6 +300,9 @@ class ReceiverSession {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // FuseHeldLocked(held_), emptying held_.
   absl::Status FuseAllHeldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Decodes the blocks the stream decoder kept (kWhenComplete) and adds
+  // their layers (held).
+  absl::Status DecodeKeptBlocksLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::vector<int>> AddLayerLocked(DecodedLayer layer)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -459,6 +459,52 @@ TEST_F(KvCodecTest, AddLayersProducesTheStreamOfAddLayerByteForByte) {
   }
 }
 
+TEST_F(KvCodecTest, DeferredDecodeYieldsTheLayersOfImmediateDecode) {
+  v1::TransferSpec spec;
+  spec.set_scheme(v1::SCHEME_INT4);
+  spec.set_granularity(v1::GRANULARITY_PER_TOKEN);
+  spec.mutable_selection()->set_mode(v1::SELECTION_VNORM_TOPK);
+  spec.mutable_selection()->set_proportion(0.5);
+  spec.mutable_entropy()->set_coder(v1::ENTROPY_CODER_ZSTD);
+  auto stream = Encode(spec);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  auto immediate = Decode(stream->chunks);
+  ASSERT_TRUE(immediate.ok()) << immediate.status();
+  KvStreamDecoder deferred(at::kFloat, at::kCPU, /*defer_decode=*/true);
+  for (const v1::KvChunk& c : stream->chunks) {
+    auto layer = deferred.Consume(c);
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    EXPECT_FALSE(layer->has_value());  // Kept, not decoded.
+  }
+  ASSERT_TRUE(deferred.Finish().ok());
+  auto layers = deferred.DecodeHeld();
+  ASSERT_TRUE(layers.ok()) << layers.status();
+  ASSERT_EQ(layers->size(), immediate->size());
+  for (size_t i = 0; i < layers->size(); ++i) {
+    EXPECT_EQ((*layers)[i].layer, (*immediate)[i].layer);
+    EXPECT_EQ((*layers)[i].token_indices, (*immediate)[i].token_indices);
+    EXPECT_TRUE(at::equal((*layers)[i].keys, (*immediate)[i].keys));
+    EXPECT_TRUE(at::equal((*layers)[i].values, (*immediate)[i].values));
+  }
+  EXPECT_TRUE(deferred.DecodeHeld()->empty());  // Nothing kept twice.
+  // A corrupt block kept for later still fails the stream where it lands
+  // (the checksum), not at the batched decode.
+  std::vector<v1::KvChunk> bad = stream->chunks;
+  for (v1::KvChunk& c : bad) {
+    if (c.has_block()) {
+      c.mutable_block()->mutable_values()->at(0) ^= 1;
+      break;
+    }
+  }
+  KvStreamDecoder strict(at::kFloat, at::kCPU, /*defer_decode=*/true);
+  absl::Status status;
+  for (const v1::KvChunk& c : bad) {
+    status = strict.Consume(c).status();
+    if (!status.ok()) break;
+  }
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+}
+
 TEST_F(KvCodecTest, CudaTensorsProduceTheCpuStreamBitForBit) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (v1::Scheme scheme :
@@ -500,6 +546,11 @@ TEST_F(KvCodecTest, CudaTensorsProduceTheCpuStreamBitForBit) {
               << SchemeName(scheme) << " " << GranularityName(g) << " asym "
               << asym << " chunk " << i << " (batched)";
         }
+        // Every block in one batch: one host-to-device copy.
+        KvStreamDecoder batched(at::kFloat, at::kCUDA, /*defer_decode=*/true);
+        for (const auto& c : cpu->chunks) ASSERT_TRUE(batched.Consume(c).ok());
+        auto held = batched.DecodeHeld();
+        ASSERT_TRUE(held.ok()) << held.status();
         KvStreamDecoder on_gpu(at::kFloat, at::kCUDA);
         auto layers = Decode(cpu->chunks);
         ASSERT_TRUE(layers.ok());
@@ -511,6 +562,10 @@ TEST_F(KvCodecTest, CudaTensorsProduceTheCpuStreamBitForBit) {
             EXPECT_TRUE((*layer)->keys.is_cuda());
             EXPECT_TRUE(at::equal((*layer)->keys.cpu(), (*layers)[n].keys));
             EXPECT_TRUE(at::equal((*layer)->values.cpu(), (*layers)[n].values));
+            ASSERT_LT(n, held->size());
+            EXPECT_TRUE(at::equal((*held)[n].keys.cpu(), (*layers)[n].keys));
+            EXPECT_TRUE(
+                at::equal((*held)[n].values.cpu(), (*layers)[n].values));
             ++n;
           }
         }
