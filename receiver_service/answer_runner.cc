@@ -87,7 +87,8 @@ AnswerRunner::AnswerRunner(const ReceiverEngine* engine, SharerClient* sharer,
       generation_stage_(
           metrics->Stage(ServiceRole::kReceiver, kStageGeneration)),
       ttft_(metrics->TimeToFirstToken(ServiceRole::kReceiver)),
-      decode_tps_(metrics->DecodeTokensPerSecond(ServiceRole::kReceiver)),
+      time_per_output_token_(
+          metrics->TimePerOutputToken(ServiceRole::kReceiver)),
       generated_tokens_(metrics->GeneratedTokens(ServiceRole::kReceiver)) {}
 
 absl::Status AnswerRunner::Validate(const v1::AnswerRequest& request) const {
@@ -399,8 +400,9 @@ absl::Status AnswerRunner::Generate(ReceiverSession& session,
     generation_stage_.Observe(t.generation_seconds);
     generated_tokens_.Increment(static_cast<double>(tokens.size()));
     if (tokens.size() > 1 && t.generation_seconds > 0) {
-      decode_tps_.Observe(static_cast<double>(tokens.size() - 1) /
-                          t.generation_seconds);
+      // Seconds per token after the first (the first is in the TTFT).
+      time_per_output_token_.Observe(t.generation_seconds /
+                                     static_cast<double>(tokens.size() - 1));
     }
   }
   return absl::OkStatus();

@@ -168,7 +168,7 @@ class AnswerRunner {
   prometheus::Histogram& prefill_stage_;
   prometheus::Histogram& generation_stage_;
   prometheus::Histogram& ttft_;
-  prometheus::Histogram& decode_tps_;
+  prometheus::Histogram& time_per_output_token_;
   prometheus::Counter& generated_tokens_;
 };
 

@@ -2,6 +2,7 @@
 // sharer's KV cache streamed over gRPC (kvwire.v1.Receiver). Flags only;
 // the logic lives in kvwire_receiver_lib.
 #include <cstdint>
+#include <filesystem>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -17,6 +18,7 @@
 #include "common/service/security.h"
 #include "common/service/server_flags.h"
 #include "glog/logging.h"
+#include "receiver_service/openai_mapping.h"
 #include "receiver_service/receiver_server.h"
 
 ABSL_FLAG(std::string, model_dir, "",
@@ -90,7 +92,8 @@ ABSL_FLAG(uint32_t, max_new_tokens_limit, 1024,
 ABSL_FLAG(std::string, listen_address, "0.0.0.0:50052",
           "gRPC listen address host:port (port 0: any free port).");
 ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9465",
-          "Address host:port of Prometheus /metrics and the live page /live, "
+          "Address host:port of Prometheus /metrics, the live page /ui/live "
+          "and the probes /healthz and /readyz, "
           "apart from the "
           "gRPC port; loopback by default (0.0.0.0:9465 where Prometheus "
           "scrapes from elsewhere; see docs/DEPLOY.md). Empty disables it.");
@@ -100,6 +103,16 @@ ABSL_FLAG(int, workers, 1,
 ABSL_FLAG(int, queue_size, 16,
           "Requests that may wait for a worker (until their deadline); "
           "beyond that Answer fails with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, http_address, "",
+          "Address host:port of the OpenAI-compatible HTTP API "
+          "(GET /v1/models, POST /v1/chat/completions; docs/OPENAI_API.md), "
+          "with the gRPC port's TLS files and bearer token; port 0: any free "
+          "port. Empty (the default) disables it; e.g. 0.0.0.0:8000.");
+ABSL_FLAG(std::string, served_model_name, "",
+          "The model name the HTTP API lists and accepts; empty: the Hugging "
+          "Face id given to --model_dir, or the directory's base name.");
+ABSL_FLAG(double, http_request_timeout_seconds, 600,
+          "Deadline of each HTTP API request (queue wait included).");
 ABSL_FLAG(std::string, sharer_target, "",
           "The sharer(s): host:port, ipv4:10.0.0.1:50051,10.0.0.2:50051 or "
           "dns:///sharers:50051 (every resolved address is used). Empty: no "
@@ -115,6 +128,11 @@ ABSL_FLAG(double, sharer_reconnect_backoff_max_seconds, 1,
           "away (the first comes after 0.25 s).");
 ABSL_FLAG(double, sharer_probe_timeout_seconds, 5,
           "Deadline of the GetInfo call made to the sharer at start.");
+ABSL_FLAG(std::string, ready_requires_sharer, "auto",
+          "Whether /readyz and the gRPC health of kvwire.v1.Receiver wait for "
+          "the sharer's own health to be SERVING: auto (when answers fail "
+          "without it: a --sharer_target, a fuser and --fallback=fail), true "
+          "(whenever --sharer_target is set) or false.");
 ABSL_FLAG(std::string, fallback, "receiver-only",
           "When the sharer is down, slow, refuses or sends corrupt data: "
           "receiver-only (answer without it and say so in the response and "
@@ -263,6 +281,14 @@ int main(int argc, char** argv) {
   }
   config.sharer_probe_timeout =
       absl::Seconds(absl::GetFlag(FLAGS_sharer_probe_timeout_seconds));
+  auto sharer_readiness =
+      kvwire::ParseSharerReadiness(absl::GetFlag(FLAGS_ready_requires_sharer));
+  if (!sharer_readiness.ok()) {
+    LOG(ERROR) << "--ready_requires_sharer: "
+               << sharer_readiness.status().message();
+    return 1;
+  }
+  config.sharer_readiness = *sharer_readiness;
 
   config.server.listen_address = absl::GetFlag(FLAGS_listen_address);
   if (absl::Status st = kvwire::ServerOptionsFromFlags(&config.server);
@@ -279,6 +305,17 @@ int main(int argc, char** argv) {
     LOG(ERROR) << st;
     return 1;
   }
+  config.http_address = absl::GetFlag(FLAGS_http_address);
+  config.served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  if (config.served_model_name.empty()) {
+    // From the flag as given: a Hugging Face id is a better name than the
+    // snapshot directory it resolves to.
+    const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
+    config.served_model_name = kvwire::ServedModelNameFor(
+        model_dir, std::filesystem::is_directory(model_dir));
+  }
+  config.http_request_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_http_request_timeout_seconds));
   config.workers = absl::GetFlag(FLAGS_workers);
   config.queue_size = absl::GetFlag(FLAGS_queue_size);
 

@@ -1,15 +1,28 @@
 // Receiver process assembly.
 #include "receiver_service/receiver_server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/service/channel.h"
 #include "common/service/grpc_status.h"
 #include "common/service/process.h"
 #include "glog/logging.h"
+#include "receiver_service/openai_mapping.h"
 
 namespace kvwire {
+
+absl::StatusOr<SharerReadiness> ParseSharerReadiness(absl::string_view text) {
+  if (text == "auto") return SharerReadiness::kAuto;
+  if (text == "true") return SharerReadiness::kRequired;
+  if (text == "false") return SharerReadiness::kIgnored;
+  return absl::InvalidArgumentError(
+      absl::StrCat("expected auto, true or false, got \"", text, "\""));
+}
 
 absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
     const ReceiverConfig& config) {
@@ -21,6 +34,17 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
   // Refuse bad security configurations before spending time on the model.
   if (auto creds = MakeServerCredentials(config.server.security); !creds.ok()) {
     return creds.status();
+  }
+  s->readiness_.Set(kReadyModels, absl::UnavailableError("loading the models"));
+  s->readiness_.Set(kReadyGrpc, absl::UnavailableError("not serving yet"));
+  // The metrics port first: liveness and "not ready" answer while the
+  // models load.
+  if (!config.metrics_address.empty()) {
+    auto metrics_server = MetricsServer::Start(
+        config.metrics_address, metrics->registry(), &metrics->Live(),
+        config.metrics_security, &s->readiness_);
+    if (!metrics_server.ok()) return metrics_server.status();
+    s->metrics_server_ = *std::move(metrics_server);
   }
   if (!config.sharer.target.empty()) {
     auto client = SharerClient::Create(config.sharer);
@@ -35,6 +59,7 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
   auto engine = ReceiverEngine::Load(config.engine);
   if (!engine.ok()) return engine.status();
   s->engine_ = *std::move(engine);
+  s->readiness_.Set(kReadyModels, absl::OkStatus());
   const ReceiverModelInfo& info = s->engine_->info();
   LOG(INFO) << "loaded receiver dir=" << config.engine.model.dir
             << " architecture=" << info.model.architecture()
@@ -90,16 +115,34 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
     }
   }
 
-  if (!config.metrics_address.empty()) {
-    auto metrics_server =
-        MetricsServer::Start(config.metrics_address, metrics->registry(),
-                             &metrics->Live(), config.metrics_security);
-    if (!metrics_server.ok()) return metrics_server.status();
-    s->metrics_server_ = *std::move(metrics_server);
-  }
 #ifdef KVWIRE_VERSION
   metrics->SetBuildInfo(ServiceRole::kReceiver, KVWIRE_VERSION);
 #endif
+  metrics->SetModelInfo(ServiceRole::kReceiver, info.model.name(),
+                        info.model.fingerprint(),
+                        absl::AsciiStrToLower(absl::StripPrefix(
+                            v1::DType_Name(info.model.dtype()), "DTYPE_")),
+                        config.engine.model.device);
+
+  const bool needs_sharer =
+      !config.sharer.target.empty() &&
+      (config.sharer_readiness == SharerReadiness::kRequired ||
+       (config.sharer_readiness == SharerReadiness::kAuto && info.has_fuser &&
+        config.runner.default_fallback == v1::FALLBACK_POLICY_FAIL));
+  if (needs_sharer) {
+    // A channel of its own: health calls carry no token and are not counted
+    // as sharer requests; gRPC shares the connections of equal channels.
+    auto channel =
+        CreateKvwireChannel(config.sharer.target, config.sharer.channel);
+    if (!channel.ok()) return channel.status();
+    PeerHealthMonitor::Options monitor;
+    monitor.channel = *channel;
+    monitor.service = kSharerHealthServiceName;
+    monitor.condition = std::string(kReadySharer);
+    monitor.peer_label = config.sharer.target;
+    monitor.interval = config.sharer_health_interval;
+    s->sharer_monitor_ = PeerHealthMonitor::Start(monitor, &s->readiness_);
+  }
 
   s->runner_ = std::make_unique<AnswerRunner>(
       s->engine_.get(), s->sharer_.get(), metrics, config.runner);
@@ -121,6 +164,37 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
     return server.status();
   }
   s->server_ = *std::move(server);
+  if (!config.http_address.empty()) {
+    OpenAiHttpOptions http;
+    http.address = config.http_address;
+    http.served_model_name =
+        config.served_model_name.empty()
+            ? ServedModelNameFor(config.engine.model.dir,
+                                 /*is_local_directory=*/true)
+            : config.served_model_name;
+    http.security = config.server.security;
+    http.request_timeout = config.http_request_timeout;
+    http.max_body_bytes = config.server.max_receive_message_bytes;
+    // Every admitted request holds a connection; a few more answer errors.
+    http.threads = std::max(16, config.workers + config.queue_size + 8);
+    auto http_server = OpenAiHttpServer::Start(http, s->service_.get(),
+                                               s->engine_.get(), metrics);
+    if (!http_server.ok()) {
+      s->server_->Shutdown();
+      s->queue_->Shutdown();
+      return http_server.status();
+    }
+    s->http_server_ = *std::move(http_server);
+    LOG(INFO) << "OpenAI-compatible HTTP API on " << config.http_address
+              << " (port " << s->http_server_->port() << ", model \""
+              << http.served_model_name << "\")";
+  }
+  s->readiness_.Set(kReadyGrpc, absl::OkStatus());
+  // The gRPC health service says what /readyz says.
+  s->readiness_.SetListener([grpc = s->server_.get()](bool ready) {
+    grpc->SetServing(kReceiverServiceName, ready);
+    grpc->SetServing("", ready);
+  });
   LOG(INFO) << "kvwire-receiver serving on " << config.server.listen_address
             << " (port " << s->server_->port() << ", "
             << DescribeSecurity(config.server.security) << ")"
@@ -138,20 +212,33 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
                     : std::string("disabled"))
             << ", workers=" << config.workers
             << " queue_size=" << config.queue_size << " fallback="
-            << FallbackPolicyName(config.runner.default_fallback);
+            << FallbackPolicyName(config.runner.default_fallback)
+            << " ready_requires_sharer=" << (needs_sharer ? "yes" : "no");
   return s;
 }
 
 ReceiverServer::~ReceiverServer() { Shutdown(); }
+
+int ReceiverServer::http_port() const {
+  return http_server_ != nullptr ? http_server_->port() : 0;
+}
 
 int ReceiverServer::metrics_port() const {
   return metrics_server_ != nullptr ? metrics_server_->port() : 0;
 }
 
 void ReceiverServer::Shutdown() {
+  // Not ready from the first moment of the drain; the monitor stops before
+  // the server it reports to goes away.
+  readiness_.Set(kReadyGrpc, absl::UnavailableError("draining"));
+  readiness_.SetListener(nullptr);
+  sharer_monitor_.reset();
   // The server first (it waits for every call, cancelling the stragglers at
   // the drain deadline, which cancels their Share calls), then the workers.
   if (server_ != nullptr) server_->Shutdown();
+  // Then the HTTP API, whose running requests are cancelled (it has no
+  // drain), before the workers they wait for stop.
+  http_server_.reset();
   if (queue_ != nullptr) queue_->Shutdown();
 }
 
@@ -168,6 +255,7 @@ int RunReceiverProcess(const ReceiverConfig& config) {
   AnnounceReady("kvwire-receiver",
                 {{"grpc_port", absl::StrCat((*server)->port())},
                  {"metrics_port", absl::StrCat((*server)->metrics_port())},
+                 {"http_port", absl::StrCat((*server)->http_port())},
                  {"fuser", (*server)->info().has_fuser ? "1" : "0"}});
   const int signo = WaitForTerminationSignal();
   LOG(INFO) << "kvwire-receiver: signal " << signo

@@ -37,38 +37,51 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 
 class AnswerCall final : public WorkItem {
  public:
-  // Where a call's results go (implemented by the reactors).
-  class Transport {
-   public:
-    virtual ~Transport() = default;
-    // A generated token (AnswerStream only), before Done.
-    virtual void Token(const v1::TokenEvent& event) = 0;
-    // The end of the call; called exactly once.
-    virtual void Done(absl::Status status, v1::AnswerResponse response) = 0;
-  };
+  using Transport = AnswerTransport;
 
-  AnswerCall(ReceiverService* service, grpc::CallbackServerContext* context,
-             v1::AnswerRequest request, bool streaming, Transport* transport)
+  AnswerCall(ReceiverService* service, v1::AnswerRequest request,
+             const AnswerCallOptions& options, Transport* transport)
       : service_(service),
         transport_(transport),
         request_(std::move(request)),
-        streaming_(streaming),
-        rpc_(streaming ? service->stream_rpc_ : service->answer_rpc_),
-        control_(DeadlineOf(*context)),
-        peer_(context->peer()),
+        streaming_(options.streaming),
+        method_(options.method),
+        rpc_(*options.rpc),
+        control_(options.deadline),
+        peer_(options.peer),
         call_id_(service->next_call_id_.fetch_add(1)),
         start_(std::chrono::steady_clock::now()) {
     rpc_.Started();
   }
 
-  // Authenticates, validates and admits the call; completes it at once on
-  // any error. Called once, right after construction.
-  // `parsed`: whether the request's bytes parsed (checked after the token,
-  // so that unauthenticated callers learn nothing).
-  void Begin(const grpc::CallbackServerContext& context,
-             std::shared_ptr<AnswerCall> self, absl::Status parsed) {
-    absl::Status status = service_->auth_->Check(context);
+  // The options of a gRPC call.
+  static AnswerCallOptions GrpcOptions(
+      ReceiverService* service, const grpc::CallbackServerContext& context,
+      bool streaming) {
+    AnswerCallOptions options;
+    options.deadline = DeadlineOf(context);
+    options.peer = context.peer();
+    options.method = streaming ? "AnswerStream" : "Answer";
+    options.streaming = streaming;
+    options.rpc = streaming ? &service->stream_rpc_ : &service->answer_rpc_;
+    return options;
+  }
+
+  // The token first, then whether the request's bytes parsed, so that
+  // unauthenticated callers learn nothing.
+  static absl::Status AuthenticateThenParsed(
+      const ReceiverService& service,
+      const grpc::CallbackServerContext& context, absl::Status parsed) {
+    absl::Status status = service.auth_->Check(context);
     if (status.ok()) status = std::move(parsed);
+    return status;
+  }
+
+  // Validates and admits the call after the front end's own checks
+  // (`checked`); completes it at once on any error. Called once, right
+  // after construction.
+  void Begin(std::shared_ptr<AnswerCall> self, absl::Status checked) {
+    absl::Status status = std::move(checked);
     if (status.ok()) status = service_->runner_->Validate(request_);
     if (status.ok()) {
       status = service_->queue_->Submit(std::move(self), control_.deadline());
@@ -117,8 +130,7 @@ class AnswerCall final : public WorkItem {
                                            streaming_, queue_wait_, seconds,
                                            absl::Now()));
     const v1::TransferReport& t = summary_.transfer();
-    LOG(INFO) << "answer call=" << call_id_
-              << " method=" << (streaming_ ? "AnswerStream" : "Answer")
+    LOG(INFO) << "answer call=" << call_id_ << " method=" << method_
               << " request_id=" << ForLog(request_.request_id())
               << " peer=" << peer_
               << " status=" << StatusCodeName(final_status_.code())
@@ -170,6 +182,7 @@ class AnswerCall final : public WorkItem {
   Transport* const transport_;
   const v1::AnswerRequest request_;  // A copy: the worker may outlive OnDone.
   const bool streaming_;
+  const std::string method_;
   RpcMetrics& rpc_;
   CallControl control_;
   const std::string peer_;
@@ -195,9 +208,11 @@ class UnaryAnswerReactor final : public grpc::ServerUnaryReactor,
       : response_(response) {
     v1::AnswerRequest request;
     absl::Status parsed = ParseRequest(*raw_request, &request);
-    call_ = std::make_shared<AnswerCall>(service, context, std::move(request),
-                                         /*streaming=*/false, this);
-    call_->Begin(*context, call_, std::move(parsed));
+    call_ = std::make_shared<AnswerCall>(
+        service, std::move(request),
+        AnswerCall::GrpcOptions(service, *context, /*streaming=*/false), this);
+    call_->Begin(call_, AnswerCall::AuthenticateThenParsed(*service, *context,
+                                                           std::move(parsed)));
   }
 
   void Token(const v1::TokenEvent&) override {}
@@ -226,9 +241,11 @@ class StreamAnswerReactor final
                       const grpc::ByteBuffer* raw_request) {
     v1::AnswerRequest request;
     absl::Status parsed = ParseRequest(*raw_request, &request);
-    call_ = std::make_shared<AnswerCall>(service, context, std::move(request),
-                                         /*streaming=*/true, this);
-    call_->Begin(*context, call_, std::move(parsed));
+    call_ = std::make_shared<AnswerCall>(
+        service, std::move(request),
+        AnswerCall::GrpcOptions(service, *context, /*streaming=*/true), this);
+    call_->Begin(call_, AnswerCall::AuthenticateThenParsed(*service, *context,
+                                                           std::move(parsed)));
   }
 
   void Token(const v1::TokenEvent& event) override {
@@ -321,6 +338,22 @@ ReceiverService::ReceiverService(const AnswerRunner* runner, WorkQueue* queue,
       answer_rpc_(metrics->Rpc(ServiceRole::kReceiver, "Answer")),
       stream_rpc_(metrics->Rpc(ServiceRole::kReceiver, "AnswerStream")),
       live_(metrics->Live()) {}
+
+AnswerCallHandle::AnswerCallHandle(std::shared_ptr<AnswerCall> call)
+    : call_(std::move(call)) {}
+AnswerCallHandle::~AnswerCallHandle() = default;
+void AnswerCallHandle::Cancel() { call_->OnCancel(); }
+void AnswerCallHandle::Finish() { call_->OnDone(); }
+
+std::unique_ptr<AnswerCallHandle> ReceiverService::StartCall(
+    v1::AnswerRequest request, const AnswerCallOptions& options,
+    absl::Status checked, AnswerTransport* transport) {
+  auto call = std::make_shared<AnswerCall>(this, std::move(request), options,
+                                           transport);
+  auto handle = std::make_unique<AnswerCallHandle>(call);
+  call->Begin(call, std::move(checked));
+  return handle;
+}
 
 grpc::ServerUnaryReactor* ReceiverService::Answer(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,

@@ -11,12 +11,20 @@
 // Modes: C2C (any TransferSpec; receiver-guided selection as described in
 // answer_validation.h), receiver-only, and text-to-text (the sharer writes
 // background text through Sharer.Generate; see docs/PROTOCOL.md).
+//
+// Other front ends (the OpenAI-compatible HTTP API, openai_http_server.h)
+// run their requests through the same call path with StartCall: the same
+// validation, queue, deadline, cancellation, metrics, live page and log.
 #ifndef KVWIRE_RECEIVER_SERVICE_RECEIVER_SERVICE_H_
 #define KVWIRE_RECEIVER_SERVICE_RECEIVER_SERVICE_H_
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <string>
 
+#include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "common/service/metrics.h"
 #include "common/service/security.h"
 #include "common/service/work_queue.h"
@@ -31,6 +39,45 @@ namespace kvwire {
 using RawReceiverService = v1::Receiver::WithRawCallbackMethod_Answer<
     v1::Receiver::WithRawCallbackMethod_AnswerStream<
         v1::Receiver::CallbackService>>;
+
+class AnswerCall;
+
+// Where one call's results go: the gRPC reactors, or another front end.
+class AnswerTransport {
+ public:
+  virtual ~AnswerTransport() = default;
+  // A generated token (streaming calls only), before Done; on a worker.
+  virtual void Token(const v1::TokenEvent& event) = 0;
+  // The end of the call: called exactly once, on any thread (possibly
+  // inside StartCall).
+  virtual void Done(absl::Status status, v1::AnswerResponse response) = 0;
+};
+
+// How a call from another front end is run and recorded.
+struct AnswerCallOptions {
+  absl::Time deadline = absl::InfiniteFuture();
+  std::string peer;        // For the log.
+  std::string method;      // For the log ("ChatCompletions").
+  bool streaming = false;  // Token events wanted.
+  // kvwire_requests_*{method=...}; not owned, from Metrics::Rpc.
+  RpcMetrics* rpc = nullptr;
+};
+
+// A call started by ReceiverService::StartCall. Thread-safe.
+class AnswerCallHandle {
+ public:
+  explicit AnswerCallHandle(std::shared_ptr<AnswerCall> call);
+  ~AnswerCallHandle();
+  // The client went away: stop the call (dequeued at once, or stopped at
+  // its next stage / decode step). Done still comes, with CANCELLED.
+  void Cancel();
+  // After Done, once: records the call's metrics, live-page row and log
+  // line (what a gRPC reactor's OnDone does).
+  void Finish();
+
+ private:
+  std::shared_ptr<AnswerCall> call_;
+};
 
 class ReceiverService final : public RawReceiverService {
  public:
@@ -50,6 +97,17 @@ class ReceiverService final : public RawReceiverService {
   grpc::ServerWriteReactor<grpc::ByteBuffer>* AnswerStream(
       grpc::CallbackServerContext* context,
       const grpc::ByteBuffer* request) override;
+
+  // Runs `request` from a front end that authenticated and parsed it
+  // itself: `checked` is that verdict (not OK: the call completes at once
+  // with it, and is still recorded). Then as Answer / AnswerStream:
+  // validation, admission (RESOURCE_EXHAUSTED when the queue is full),
+  // AnswerRunner::Run on a worker, `transport` told each token (when
+  // streaming) and the end. `transport` must outlive Done.
+  std::unique_ptr<AnswerCallHandle> StartCall(v1::AnswerRequest request,
+                                              const AnswerCallOptions& options,
+                                              absl::Status checked,
+                                              AnswerTransport* transport);
 
  private:
   friend class AnswerCall;

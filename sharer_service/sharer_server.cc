@@ -4,7 +4,9 @@
 #include <chrono>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/service/process.h"
 #include "glog/logging.h"
 
@@ -21,10 +23,22 @@ absl::StatusOr<std::unique_ptr<SharerServer>> SharerServer::Start(
   if (auto creds = MakeServerCredentials(config.server.security); !creds.ok()) {
     return creds.status();
   }
+  s->readiness_.Set(kReadyModels, absl::UnavailableError("loading the model"));
+  s->readiness_.Set(kReadyGrpc, absl::UnavailableError("not serving yet"));
+  // The metrics port first: liveness and "not ready" answer while the model
+  // loads (which takes minutes for large models).
+  if (!config.metrics_address.empty()) {
+    auto metrics_server = MetricsServer::Start(
+        config.metrics_address, metrics->registry(),
+        /*live=*/nullptr, config.metrics_security, &s->readiness_);
+    if (!metrics_server.ok()) return metrics_server.status();
+    s->metrics_server_ = *std::move(metrics_server);
+  }
   const auto load_start = std::chrono::steady_clock::now();
   auto engine = SharerEngine::Load(config.engine);
   if (!engine.ok()) return engine.status();
   s->engine_ = *std::move(engine);
+  s->readiness_.Set(kReadyModels, absl::OkStatus());
   const v1::ModelInfo& model = s->engine_->info().model();
   LOG(INFO) << "loaded model dir=" << config.engine.model.dir
             << " architecture=" << model.architecture()
@@ -37,14 +51,11 @@ absl::StatusOr<std::unique_ptr<SharerServer>> SharerServer::Start(
                                              load_start)
                    .count();
 
-  if (!config.metrics_address.empty()) {
-    auto metrics_server =
-        MetricsServer::Start(config.metrics_address, metrics->registry(),
-                             /*live=*/nullptr, config.metrics_security);
-    if (!metrics_server.ok()) return metrics_server.status();
-    s->metrics_server_ = *std::move(metrics_server);
-  }
   metrics->SetBuildInfo(ServiceRole::kSharer, s->engine_->info().version());
+  metrics->SetModelInfo(ServiceRole::kSharer, model.name(), model.fingerprint(),
+                        absl::AsciiStrToLower(absl::StripPrefix(
+                            v1::DType_Name(model.dtype()), "DTYPE_")),
+                        config.engine.model.device);
 
   WorkQueue::Options queue_options;
   queue_options.workers = config.workers;
@@ -67,6 +78,12 @@ absl::StatusOr<std::unique_ptr<SharerServer>> SharerServer::Start(
     return server.status();
   }
   s->server_ = *std::move(server);
+  s->readiness_.Set(kReadyGrpc, absl::OkStatus());
+  // The gRPC health service says what /readyz says.
+  s->readiness_.SetListener([grpc = s->server_.get()](bool ready) {
+    grpc->SetServing(kSharerServiceName, ready);
+    grpc->SetServing("", ready);
+  });
   LOG(INFO) << "kvwire-sharer serving on " << config.server.listen_address
             << " (port " << s->server_->port() << ", "
             << DescribeSecurity(config.server.security) << ")"
@@ -87,6 +104,10 @@ int SharerServer::metrics_port() const {
 }
 
 void SharerServer::Shutdown() {
+  // Not ready from the first moment of the drain (the gRPC health turns
+  // NOT_SERVING in GrpcServer::Shutdown too).
+  readiness_.Set(kReadyGrpc, absl::UnavailableError("draining"));
+  readiness_.SetListener(nullptr);
   // The server first (it waits for every call, cancelling the stragglers at
   // the drain deadline, which stops their workers between layers), then the
   // workers.

@@ -1,7 +1,13 @@
 // A complete kvwire sharer in one object: the engine (model), the work
 // queue, the gRPC server with SharerService, health and reflection, and the
-// /metrics endpoint. main.cc only fills a SharerConfig from flags; tests and
-// other binaries can run a sharer in-process the same way.
+// metrics port (/metrics, /healthz, /readyz). main.cc only fills a
+// SharerConfig from flags; tests and other binaries can run a sharer
+// in-process the same way.
+//
+// Readiness (/readyz and the gRPC health of kvwire.v1.Sharer alike): the
+// model is loaded and the gRPC port is serving, not draining. The metrics
+// port opens before the model loads, so /healthz answers (and /readyz says
+// 503 "loading") during a long load.
 #ifndef KVWIRE_SHARER_SERVICE_SHARER_SERVER_H_
 #define KVWIRE_SHARER_SERVICE_SHARER_SERVER_H_
 
@@ -10,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/engine/sharer_engine.h"
+#include "common/service/health.h"
 #include "common/service/metrics.h"
 #include "common/service/security.h"
 #include "common/service/server.h"
@@ -55,6 +62,7 @@ class SharerServer {
   // 0 without a metrics endpoint.
   int metrics_port() const;
   const v1::SharerInfo& info() const { return engine_->info(); }
+  const Readiness& readiness() const { return readiness_; }
 
   // Graceful: NOT_SERVING, drain in-flight calls (up to the drain timeout),
   // stop the workers. Idempotent.
@@ -64,6 +72,8 @@ class SharerServer {
   SharerServer() = default;
 
   SharerConfig config_;
+  // Declared before everything that reports into it or reads it.
+  Readiness readiness_;
   std::unique_ptr<SharerEngine> engine_;
   std::unique_ptr<WorkQueue> queue_;
   std::unique_ptr<BearerTokenAuth> auth_;

@@ -489,6 +489,13 @@ class GenerateCall final : public WorkItem {
       service_->generation_stage_.Observe(response.generation_seconds());
       service_->generated_tokens_.Increment(
           static_cast<double>(response.token_ids_size()));
+      // The sharer's generation stage starts at the last prompt token, so
+      // every new token (the first included) shares its time.
+      if (response.token_ids_size() > 0 && response.generation_seconds() > 0) {
+        service_->time_per_output_token_.Observe(
+            response.generation_seconds() /
+            static_cast<double>(response.token_ids_size()));
+      }
       LOG(INFO) << "generate request_id=" << ForLog(request_.request_id())
                 << " peer=" << peer_
                 << " status=OK prompt_tokens=" << request_.token_ids_size()
@@ -534,6 +541,7 @@ SharerService::SharerService(SharerEngine* engine, WorkQueue* queue,
       generate_rpc_(metrics->Rpc(ServiceRole::kSharer, "Generate")),
       generation_stage_(metrics->Stage(ServiceRole::kSharer, kStageGeneration)),
       generated_tokens_(metrics->GeneratedTokens(ServiceRole::kSharer)),
+      time_per_output_token_(metrics->TimePerOutputToken(ServiceRole::kSharer)),
       transfer_(metrics->Transfer(ServiceRole::kSharer)),
       compute_stage_(metrics->Stage(ServiceRole::kSharer, kStageCompute)),
       encode_stage_(metrics->Stage(ServiceRole::kSharer, kStageEncode)),

@@ -107,6 +107,7 @@ class SharerService final : public RawSharerService {
   RpcMetrics& generate_rpc_;
   prometheus::Histogram& generation_stage_;
   prometheus::Counter& generated_tokens_;
+  prometheus::Histogram& time_per_output_token_;
   TransferMetrics& transfer_;
   prometheus::Histogram& compute_stage_;
   prometheus::Histogram& encode_stage_;

@@ -1,7 +1,7 @@
-// The data behind the receiver's live bandwidth page (/live): a bounded
+// The data behind the receiver's live bandwidth page (/ui/live): a bounded
 // ring of the most recent requests (time, transfer spec, scheme, bytes,
 // tokens, stage times, status, fallback) and per-second aggregates over the
-// last few minutes, rendered as JSON for /live/data.json. Prometheus remains
+// last few minutes, rendered as JSON for /ui/live/data.json. Prometheus remains
 // the source of truth for dashboards and alerts (docs/METRICS.md); this is
 // for a developer without Grafana.
 //
@@ -133,8 +133,8 @@ class LiveStats {
   int64_t total_serialized_bytes_ = 0;
 };
 
-// The page served at /live (common/service/live_page.html, embedded at
-// build time): polls /live/data.json every second and draws its charts on
+// The page served at /ui/live (common/service/live_page.html, embedded at
+// build time): polls /ui/live/data.json every second and draws its charts on
 // <canvas> elements.
 absl::string_view LivePageHtml();
 

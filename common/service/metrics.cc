@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/codec/scheme_table.h"
 #include "common/service/grpc_status.h"
+#include "common/service/process_metrics.h"
 #include "common/service/security.h"
 #include "common/service/tls_front.h"
 #include "common/status_macros.h"
@@ -20,14 +21,15 @@
 namespace kvwire {
 namespace {
 
-// ------------------------------------------------------------ live page
+// ------------------------------------------------------------ HTTP paths
 
 // What each metrics port serves beside /metrics and who may read it, by
 // listening port. civetweb's begin_request callback carries no user data of
 // ours (CivetServer keeps the context's user data for itself), so the
 // callback finds its port's settings by the port the request came in on.
 struct MetricsPort {
-  const LiveStats* live = nullptr;  // Null: no /live.
+  const LiveStats* live = nullptr;       // Null: no live page.
+  const Readiness* readiness = nullptr;  // Null: always ready.
   BearerTokenAuth auth{""};
 };
 std::mutex& MetricsPortsMutex() {
@@ -40,9 +42,30 @@ std::map<int, std::shared_ptr<const MetricsPort>>& MetricsPorts() {
   return *ports;
 }
 
-// civetweb's begin_request, before any handler: checks the bearer token,
-// serves /live and /live/data.json, and leaves every other path (/metrics)
-// to the Exposer's handlers (returns 0).
+// Writes a complete small response (HEAD: the headers only).
+int SendResponse(mg_connection* conn, bool head, int code,
+                 absl::string_view reason, absl::string_view content_type,
+                 absl::string_view body, absl::string_view extra_headers = "") {
+  const std::string headers = absl::StrCat(
+      "HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", content_type,
+      "\r\nContent-Length: ", body.size(), "\r\nCache-Control: no-store\r\n",
+      extra_headers, "Connection: close\r\n\r\n");
+  mg_write(conn, headers.data(), headers.size());
+  if (!head) mg_write(conn, body.data(), body.size());
+  return code;
+}
+
+// The new home of an old live-page path, or "" for any other path.
+absl::string_view MovedLivePath(absl::string_view uri) {
+  if (uri == "/live" || uri == "/live/") return kLivePagePath;
+  if (uri == "/live/data.json") return kLiveDataPath;
+  return "";
+}
+
+// civetweb's begin_request, before any handler: serves the probes
+// (/healthz, /readyz) without a token, checks the bearer token, serves the
+// live page and redirects its old paths, and leaves every other path
+// (/metrics) to the Exposer's handlers (returns 0).
 int HandleMetricsRequest(mg_connection* conn) {
   const mg_request_info* info = mg_get_request_info(conn);
   if (info == nullptr || info->local_uri == nullptr) return 0;
@@ -58,38 +81,61 @@ int HandleMetricsRequest(mg_connection* conn) {
     mg_send_http_error(conn, 503, "%s", "starting\n");
     return 503;
   }
+  const absl::string_view uri(info->local_uri);
+  const absl::string_view method(
+      info->request_method != nullptr ? info->request_method : "");
+  const bool head = method == "HEAD";
+  const bool probe = uri == kHealthzPath || uri == kReadyzPath;
+  const bool live_path = uri == kLivePagePath || uri == "/ui/live/" ||
+                         uri == kLiveDataPath || !MovedLivePath(uri).empty();
+  if ((probe || (live_path && port->live != nullptr)) && method != "GET" &&
+      !head) {
+    return SendResponse(conn, false, 405, "Method Not Allowed", "text/plain",
+                        "GET or HEAD only\n", "Allow: GET, HEAD\r\n");
+  }
+  // The probes say only whether the process is up and ready: no token, so
+  // that kubelet's httpGet (which cannot read a Secret) can ask.
+  if (uri == kHealthzPath) {
+    return SendResponse(conn, head, 200, "OK", "text/plain", "ok\n");
+  }
+  if (uri == kReadyzPath) {
+    const absl::Status ready = port->readiness != nullptr
+                                   ? port->readiness->Check()
+                                   : absl::OkStatus();
+    if (ready.ok()) {
+      return SendResponse(conn, head, 200, "OK", "text/plain", "ready\n");
+    }
+    return SendResponse(conn, head, 503, "Service Unavailable", "text/plain",
+                        absl::StrCat(ready.message(), "\n"));
+  }
   if (port->auth.enabled()) {
     const char* header = mg_get_header(conn, "Authorization");
     const absl::string_view value(header != nullptr ? header : "");
     if (!port->auth.CheckHeader(header != nullptr ? &value : nullptr).ok()) {
-      mg_printf(conn,
-                "HTTP/1.1 401 Unauthorized\r\n"
-                "WWW-Authenticate: Bearer realm=\"kvwire metrics\"\r\n"
-                "Content-Type: text/plain\r\nContent-Length: 13\r\n"
-                "Connection: close\r\n\r\nunauthorized\n");
-      return 401;
+      return SendResponse(
+          conn, head, 401, "Unauthorized", "text/plain", "unauthorized\n",
+          "WWW-Authenticate: Bearer realm=\"kvwire metrics\"\r\n");
     }
   }
-  const absl::string_view uri(info->local_uri);
-  const bool data = uri == "/live/data.json";
-  if (port->live == nullptr || (!data && uri != "/live" && uri != "/live/")) {
-    return 0;
-  }
-  const absl::string_view method(
-      info->request_method != nullptr ? info->request_method : "");
-  if (method != "GET" && method != "HEAD") {
-    mg_send_http_error(conn, 405, "%s", "GET or HEAD only\n");
-    return 405;
+  if (port->live == nullptr || !live_path) return 0;
+  // Old bookmarks and scripts: a permanent redirect, query string kept.
+  if (const absl::string_view moved = MovedLivePath(uri); !moved.empty()) {
+    const std::string location =
+        info->query_string != nullptr && info->query_string[0] != '\0'
+            ? absl::StrCat(moved, "?", info->query_string)
+            : std::string(moved);
+    return SendResponse(conn, head, 301, "Moved Permanently", "text/plain",
+                        absl::StrCat("moved to ", location, "\n"),
+                        absl::StrCat("Location: ", location, "\r\n"));
   }
   // The Exposer (and its threads) stop before the port is unregistered, so
   // `live` outlives this request.
-  const std::string json = data ? port->live->ToJson() : std::string();
-  const absl::string_view body =
-      data ? absl::string_view(json) : LivePageHtml();
-  mg_send_http_ok(conn, data ? "application/json" : "text/html; charset=utf-8",
-                  static_cast<long long>(body.size()));
-  if (method == "GET") mg_write(conn, body.data(), body.size());
-  return 200;
+  if (uri == kLiveDataPath) {
+    return SendResponse(conn, head, 200, "OK", "application/json",
+                        port->live->ToJson());
+  }
+  return SendResponse(conn, head, 200, "OK", "text/html; charset=utf-8",
+                      LivePageHtml());
 }
 
 using prometheus::BuildCounter;
@@ -117,9 +163,12 @@ const Histogram::BucketBoundaries& FractionBuckets() {
   return *b;
 }
 
-const Histogram::BucketBoundaries& TokensPerSecondBuckets() {
+// Seconds per output token: from batched small models on a GPU (well
+// under a millisecond) to large ones on a CPU.
+const Histogram::BucketBoundaries& TimePerTokenBuckets() {
   static const auto* const b = new Histogram::BucketBoundaries{
-      1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000};
+      0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03,
+      0.04,   0.05,  0.075,  0.1,   0.15,   0.2,  0.3,   0.5,  1,     2.5};
   return *b;
 }
 
@@ -218,6 +267,13 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                      .Name("kvwire_build_info")
                      .Help("Always 1; labels carry the role and version.")
                      .Register(r);
+  model_info_ =
+      &BuildGauge()
+           .Name("kvwire_model_info")
+           .Help(
+               "Always 1; labels carry the served model, its fingerprint, "
+               "KV dtype and device.")
+           .Register(r);
   requests_ = &BuildCounter()
                    .Name("kvwire_requests_total")
                    .Help("RPCs finished, by role, method and gRPC status code.")
@@ -315,12 +371,13 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                .Name("kvwire_time_to_first_token_seconds")
                .Help("From request arrival to the first generated token.")
                .Register(r);
-  decode_tps_ = &BuildHistogram()
-                     .Name("kvwire_decode_tokens_per_second")
-                     .Help(
-                         "Per generation: generated tokens / generation "
-                         "seconds (after the first token).")
-                     .Register(r);
+  time_per_output_token_ =
+      &BuildHistogram()
+           .Name("kvwire_time_per_output_token_seconds")
+           .Help(
+               "Per generation of 2+ tokens: seconds per output token after "
+               "the first (generation seconds / (tokens - 1)).")
+           .Register(r);
   generated_tokens_ = &BuildCounter()
                            .Name("kvwire_generated_tokens_total")
                            .Help("Tokens generated.")
@@ -413,9 +470,9 @@ prometheus::Histogram& Metrics::TimeToFirstToken(ServiceRole role) {
   return ttft_->Add({{"role", std::string(RoleName(role))}}, SecondsBuckets());
 }
 
-prometheus::Histogram& Metrics::DecodeTokensPerSecond(ServiceRole role) {
-  return decode_tps_->Add({{"role", std::string(RoleName(role))}},
-                          TokensPerSecondBuckets());
+prometheus::Histogram& Metrics::TimePerOutputToken(ServiceRole role) {
+  return time_per_output_token_->Add({{"role", std::string(RoleName(role))}},
+                                     TimePerTokenBuckets());
 }
 
 prometheus::Counter& Metrics::GeneratedTokens(ServiceRole role) {
@@ -435,12 +492,25 @@ void Metrics::SetBuildInfo(ServiceRole role, absl::string_view version) {
       .Set(1);
 }
 
+void Metrics::SetModelInfo(ServiceRole role, absl::string_view model,
+                           absl::string_view fingerprint,
+                           absl::string_view dtype, absl::string_view device) {
+  model_info_
+      ->Add({{"role", std::string(RoleName(role))},
+             {"model", std::string(model)},
+             {"fingerprint", std::string(fingerprint)},
+             {"dtype", std::string(dtype)},
+             {"device", std::string(device)}})
+      .Set(1);
+}
+
 // ------------------------------------------------------------ exposer
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const std::string& address,
     const std::shared_ptr<prometheus::Registry>& registry,
-    const LiveStats* live, const MetricsSecurityOptions& security) {
+    const LiveStats* live, const MetricsSecurityOptions& security,
+    const Readiness* readiness) {
   if (address.empty()) {
     return absl::InvalidArgumentError("metrics address is empty");
   }
@@ -489,6 +559,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
         "install libssl-dev)"));
   }
   server->exposer_->RegisterCollectable(registry);
+  server->exposer_->RegisterCollectable(GlobalProcessCollector());
   const std::vector<int> ports = server->exposer_->GetListeningPorts();
   if (ports.empty() || ports.front() <= 0) {
     return absl::UnavailableError(
@@ -498,6 +569,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   {
     auto port = std::make_shared<MetricsPort>();
     port->live = live;
+    port->readiness = readiness;
     port->auth = BearerTokenAuth(security.auth_token);
     std::lock_guard<std::mutex> lock(MetricsPortsMutex());
     MetricsPorts()[server->civetweb_port_] = std::move(port);

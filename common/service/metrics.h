@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/service/health.h"
 #include "common/service/live_stats.h"
 #include "common/service/tls_front.h"
 
@@ -171,8 +172,10 @@ class Metrics {
   prometheus::Histogram& Stage(ServiceRole role, absl::string_view stage);
   // kvwire_time_to_first_token_seconds{role}.
   prometheus::Histogram& TimeToFirstToken(ServiceRole role);
-  // kvwire_decode_tokens_per_second{role}: one observation per generation.
-  prometheus::Histogram& DecodeTokensPerSecond(ServiceRole role);
+  // kvwire_time_per_output_token_seconds{role}: one observation per
+  // generation of at least two tokens, generation seconds / (tokens - 1)
+  // (the first token is in the time to first token).
+  prometheus::Histogram& TimePerOutputToken(ServiceRole role);
   // kvwire_generated_tokens_total{role}.
   prometheus::Counter& GeneratedTokens(ServiceRole role);
   // kvwire_fallbacks_total{role,reason}; `reason` must come from a small
@@ -180,9 +183,16 @@ class Metrics {
   prometheus::Counter& Fallbacks(ServiceRole role, absl::string_view reason);
   // kvwire_build_info{role,version} = 1.
   void SetBuildInfo(ServiceRole role, absl::string_view version);
+  // kvwire_model_info{role,model,fingerprint,dtype,device} = 1: the model a
+  // process serves (`model` its name or Hugging Face id, `dtype` the KV
+  // dtype such as "bf16", `device` as configured, e.g. "cuda:0").
+  void SetModelInfo(ServiceRole role, absl::string_view model,
+                    absl::string_view fingerprint, absl::string_view dtype,
+                    absl::string_view device);
 
-  // The recent requests and per-second aggregates of the live page (/live,
-  // served by MetricsServer beside /metrics); the receiver records into it.
+  // The recent requests and per-second aggregates of the live page
+  // (/ui/live, served by MetricsServer beside /metrics); the receiver
+  // records into it.
   LiveStats& Live() { return live_; }
 
  private:
@@ -190,6 +200,7 @@ class Metrics {
   LiveStats live_;
 
   prometheus::Family<prometheus::Gauge>* build_info_;
+  prometheus::Family<prometheus::Gauge>* model_info_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Gauge>* in_flight_;
   prometheus::Family<prometheus::Histogram>* request_duration_;
@@ -211,7 +222,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* selected_ratio_;
   prometheus::Family<prometheus::Histogram>* stage_duration_;
   prometheus::Family<prometheus::Histogram>* ttft_;
-  prometheus::Family<prometheus::Histogram>* decode_tps_;
+  prometheus::Family<prometheus::Histogram>* time_per_output_token_;
   prometheus::Family<prometheus::Counter>* generated_tokens_;
   prometheus::Family<prometheus::Counter>* fallbacks_;
 
@@ -227,32 +238,50 @@ class Metrics {
 inline constexpr int kMetricsServerThreads = 16;
 inline constexpr int kMetricsRequestTimeoutMs = 2000;
 
-// Serves a registry over HTTP at /metrics (prometheus-cpp's civetweb
-// Exposer) and, when given a LiveStats, the live bandwidth page on the same
-// port: /live (self-contained HTML + JS, no external assets) and
-// /live/data.json (LiveStats::ToJson).
-// Who may read the metrics port (/metrics, /live) and how.
+// Paths of the metrics port besides /metrics.
+inline constexpr absl::string_view kHealthzPath = "/healthz";
+inline constexpr absl::string_view kReadyzPath = "/readyz";
+inline constexpr absl::string_view kLivePagePath = "/ui/live";
+inline constexpr absl::string_view kLiveDataPath = "/ui/live/data.json";
+
+// Who may read the metrics port and how.
 struct MetricsSecurityOptions {
   // PEM certificate chain and its key: HTTPS (TLS 1.2+, tls_front.h)
   // instead of HTTP. Both or neither.
   std::string tls_cert_path;
   std::string tls_key_path;
-  // Non-empty: every request needs "Authorization: Bearer <token>" (401
-  // otherwise), as Prometheus sends with `authorization: credentials_file`.
+  // Non-empty: every request but the probes' (/healthz, /readyz) needs
+  // "Authorization: Bearer <token>" (401 otherwise), as Prometheus sends
+  // with `authorization: credentials_file`. Kubernetes probes cannot read a
+  // Secret into a header, and the probes say nothing but ready or not.
   std::string auth_token;
 };
 
+// Serves on one port (prometheus-cpp's civetweb Exposer):
+//   /metrics             the registry, plus the process_* metrics
+//                        (process_metrics.h);
+//   /healthz             200 "ok" while the process answers (liveness);
+//   /readyz              200 "ready" when `readiness` (if given) holds, else
+//                        503 with the failing conditions (readiness; the
+//                        same verdict as the gRPC health service);
+//   /ui/live             the live bandwidth page (self-contained HTML + JS,
+//                        no external assets) and /ui/live/data.json
+//                        (LiveStats::ToJson), when given a LiveStats; the
+//                        old paths /live, /live/ and /live/data.json answer
+//                        301 to them.
 class MetricsServer {
  public:
   // `address` is "host:port"; port 0 picks a free port (see port()).
   // UNAVAILABLE when it cannot listen; INVALID_ARGUMENT for an empty address
   // or an incomplete / unreadable / mismatched TLS pair (naming the files).
-  // `live` (not owned, may be null: no /live) must outlive the server.
+  // `live` (not owned, may be null: no live page) and `readiness` (not
+  // owned, may be null: /readyz is always 200) must outlive the server.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const std::string& address,
       const std::shared_ptr<prometheus::Registry>& registry,
       const LiveStats* live = nullptr,
-      const MetricsSecurityOptions& security = {});
+      const MetricsSecurityOptions& security = {},
+      const Readiness* readiness = nullptr);
   ~MetricsServer();
 
   // The port actually bound.

@@ -94,6 +94,8 @@ GrpcServer::~GrpcServer() { Shutdown(); }
 
 void GrpcServer::SetServing(const std::string& service, bool serving) {
   if (server_ == nullptr) return;
+  std::lock_guard<std::mutex> lock(health_mu_);
+  if (serving && shutting_down_) return;
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health != nullptr) health->SetServingStatus(service, serving);
 }
@@ -104,11 +106,15 @@ void GrpcServer::Shutdown() {
     const auto start = std::chrono::steady_clock::now();
     grpc::HealthCheckServiceInterface* health =
         server_->GetHealthCheckService();
-    if (health != nullptr) {
-      for (const std::string& name : health_services_) {
-        health->SetServingStatus(name, false);
+    {
+      std::lock_guard<std::mutex> lock(health_mu_);
+      shutting_down_ = true;
+      if (health != nullptr) {
+        for (const std::string& name : health_services_) {
+          health->SetServingStatus(name, false);
+        }
+        health->SetServingStatus(false);
       }
-      health->SetServingStatus(false);
     }
     if (options_.shutdown_grace > absl::ZeroDuration()) {
       LOG(INFO) << "shutdown: NOT_SERVING, accepting calls for "

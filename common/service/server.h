@@ -66,7 +66,8 @@ class GrpcServer {
   const ServerOptions& options() const { return options_; }
   grpc::Server* server() { return server_.get(); }
 
-  // Health of one registered service (or "" for the overall status).
+  // Health of one registered service (or "" for the overall status). Once
+  // Shutdown() has begun, SERVING is no longer set: a drain stays visible.
   void SetServing(const std::string& service, bool serving);
 
   // Graceful stop: health NOT_SERVING everywhere, shutdown_grace, then no
@@ -82,6 +83,9 @@ class GrpcServer {
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::string> health_services_;
   int port_ = 0;
+  // Orders SetServing against Shutdown's NOT_SERVING.
+  std::mutex health_mu_;
+  bool shutting_down_ = false;
   std::once_flag shutdown_once_;
 };
 

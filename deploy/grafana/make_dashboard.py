@@ -13,6 +13,9 @@ import sys
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job=~"$job"'
 RI = "$__rate_interval"
+# Physical interfaces only: loopback, veth pairs and container bridges carry
+# the same bytes again (or none that leave the host).
+NIC = 'device!~"lo|veth.*|docker.*|br-.*|cali.*|flannel.*|cni.*|virbr.*"'
 
 _next_id = [1]
 
@@ -151,12 +154,17 @@ def build():
          (q(0.99, "kvwire_request_duration_seconds", "role, method"), "p99 {{method}}")],
         "s", 0, y))
     p.append(timeseries(
-        "Decode speed",
-        "Receiver generation speed per answer (tokens/s), median and p10; generated tokens/s overall.",
-        [(q(0.5, "kvwire_decode_tokens_per_second", "role"), "median {{role}}"),
-         (q(0.1, "kvwire_decode_tokens_per_second", "role"), "p10 {{role}}"),
-         (f"sum by (role) (rate(kvwire_generated_tokens_total{{{SEL}}}[{RI}]))", "generated tokens/s")],
-        "none", 12, y))
+        "Time per output token",
+        "Seconds per generated token after the first (kvwire_time_per_output_token_seconds; the first token is in the time to first token), per role: p50, p90, p99.",
+        [(q(0.5, "kvwire_time_per_output_token_seconds", "role"), "p50 {{role}}"),
+         (q(0.9, "kvwire_time_per_output_token_seconds", "role"), "p90 {{role}}"),
+         (q(0.99, "kvwire_time_per_output_token_seconds", "role"), "p99 {{role}}")],
+        "s", 12, y, w=6))
+    p.append(timeseries(
+        "Generated tokens/s",
+        "Tokens generated per second (receiver answers; sharer: text-to-text background).",
+        [(f"sum by (role) (rate(kvwire_generated_tokens_total{{{SEL}}}[{RI}]))", "{{role}}")],
+        "none", 18, y, w=6))
     y += 8
 
     p.append(row("Requests, errors and capacity", y)); y += 1
@@ -197,6 +205,63 @@ def build():
         "Calls in progress by role and method.",
         [(f"sum by (role, method) (kvwire_requests_in_flight{{{SEL}}})", "{{role}} {{method}}")],
         "short", 16, y, w=8))
+    y += 8
+
+    # Exporters beside kvwire: NVIDIA dcgm-exporter (DCGM_FI_*) and
+    # node_exporter (node_*), scraped from deploy/prometheus/targets/ (or the
+    # cluster's own exporters). Their series carry the exporters' labels, not
+    # kvwire's job, so they are grouped by host.
+    p.append(row("GPU (dcgm-exporter)", y)); y += 1
+    p.append(timeseries(
+        "GPU utilization",
+        "DCGM_FI_DEV_GPU_UTIL: percent of time a kernel ran, per GPU.",
+        [("avg by (Hostname, gpu) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} gpu {{gpu}}")],
+        "percent", 0, y, w=8))
+    p.append(timeseries(
+        "GPU memory used",
+        "DCGM_FI_DEV_FB_USED: frame buffer in use (weights, KV caches, decode slots), per GPU.",
+        [("sum by (Hostname, gpu) (DCGM_FI_DEV_FB_USED) * 1024 * 1024", "{{Hostname}} gpu {{gpu}}")],
+        "bytes", 8, y, w=8))
+    p.append(timeseries(
+        "GPU memory bandwidth (DRAM active)",
+        "DCGM_FI_PROF_DRAM_ACTIVE: fraction of cycles the device memory interface was busy (decode is bandwidth-bound). A profiling field: dcgm-exporter must collect it (default counters file of recent versions).",
+        [("avg by (Hostname, gpu) (DCGM_FI_PROF_DRAM_ACTIVE)", "{{Hostname}} gpu {{gpu}}")],
+        "percentunit", 16, y, w=8))
+    y += 8
+
+    p.append(row("Network: NIC bytes beside KV wire bytes", y)); y += 1
+    p.append(timeseries(
+        "NIC bytes/s vs KV wire bytes/s",
+        "node_exporter's node_network_{transmit,receive}_bytes_total per host (physical interfaces; loopback and container bridges left out) beside kvwire_kv_wire_bytes_total. The gap is HTTP/2 and TLS framing, TCP/IP headers and everything else the host sends.",
+        [(f'sum by (instance) (rate(node_network_transmit_bytes_total{{{NIC}}}[{RI}]))', "NIC tx {{instance}}"),
+         (f'sum by (instance) (rate(node_network_receive_bytes_total{{{NIC}}}[{RI}]))', "NIC rx {{instance}}"),
+         (f"sum by (role) (rate(kvwire_kv_wire_bytes_total{{{SEL}}}[{RI}]))", "kvwire wire {{role}}")],
+        "Bps", 0, y, w=16))
+    p.append(timeseries(
+        "KV share of NIC transmit",
+        "Wire bytes the sharers sent / bytes all scraped hosts transmitted: how much of the network the KV cache takes.",
+        [(f'sum(rate(kvwire_kv_wire_bytes_total{{{SEL}, role="sharer"}}[{RI}])) / sum(rate(node_network_transmit_bytes_total{{{NIC}}}[{RI}]))',
+          "KV / NIC tx")],
+        "percentunit", 16, y, w=8))
+    y += 8
+
+    p.append(row("Processes", y)); y += 1
+    p.append(timeseries(
+        "CPU",
+        "process_cpu_seconds_total: CPU cores each kvwire process uses (user + system).",
+        [(f"sum by (job, instance) (rate(process_cpu_seconds_total{{{SEL}}}[{RI}]))", "{{job}} {{instance}}")],
+        "none", 0, y, w=8))
+    p.append(timeseries(
+        "Resident memory",
+        "process_resident_memory_bytes per kvwire process (host memory; GPU memory is in the GPU row).",
+        [(f"sum by (job, instance) (process_resident_memory_bytes{{{SEL}}})", "{{job}} {{instance}}")],
+        "bytes", 8, y, w=8))
+    p.append(timeseries(
+        "Open file descriptors",
+        "process_open_fds / process_max_fds per kvwire process (sockets included).",
+        [(f"sum by (job, instance) (process_open_fds{{{SEL}}}) / sum by (job, instance) (process_max_fds{{{SEL}}})",
+          "{{job}} {{instance}}")],
+        "percentunit", 16, y, w=8))
     y += 8
 
     return {

@@ -426,9 +426,12 @@ TEST_F(ReceiverE2eTest, AnswersEqualTheInProcessPipelineBitForBit) {
   EXPECT_EQ(MetricValue(recv, "kvwire_generated_tokens_total",
                         {{"role", "receiver"}}),
             12 * (cases.size() + 1));
-  EXPECT_EQ(MetricValue(recv, "kvwire_decode_tokens_per_second_count",
+  EXPECT_EQ(MetricValue(recv, "kvwire_time_per_output_token_seconds_count",
                         {{"role", "receiver"}}),
             cases.size() + 1);
+  EXPECT_FALSE(MetricValue(recv, "kvwire_decode_tokens_per_second_count",
+                           {{"role", "receiver"}})
+                   .has_value());
   EXPECT_EQ(MetricValue(recv, "kvwire_requests_in_flight",
                         {{"role", "receiver"}, {"method", "Answer"}}),
             0);
@@ -1199,6 +1202,115 @@ TEST_F(ReceiverE2eTest, RefusesToStartWithoutTlsOrModel) {
     EXPECT_TRUE(WIFEXITED(*status));
     EXPECT_EQ(WEXITSTATUS(*status), 1) << (*child)->Stderr();
   }
+}
+
+// grpc.health.v1 of the receiver's own service: SERVING, NOT_SERVING.
+constexpr char kReceiverHealthName[] = "kvwire.v1.Receiver";
+constexpr int kHealthServing = 1;
+constexpr int kHealthNotServing = 2;
+
+// /readyz on the metrics port (and the gRPC health of kvwire.v1.Receiver)
+// says whether the receiver can answer as configured: with --fallback=fail
+// every C2C answer needs the sharer, so it is not ready while the sharer is
+// unreachable, and becomes ready once the sharer serves.
+TEST_F(ReceiverE2eTest, ReadyzWaitsForTheSharerWhereAnswersNeedIt) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
+  const int sharer_port = sharer_.port;
+  sharer_.process.reset();
+  ASSERT_NO_FATAL_FAILURE(StartReceiver(
+      {"--fallback=fail"}, absl::StrCat("127.0.0.1:", sharer_port)));
+  auto get = [this](const std::string& path) {
+    auto r = test_util::HttpRequest("127.0.0.1", receiver_.metrics_port, "GET",
+                                    path);
+    EXPECT_TRUE(r.ok()) << path << ": " << r.status();
+    return r.value_or(test_util::HttpResponse());
+  };
+  EXPECT_EQ(get("/healthz").status, 200);
+  const test_util::HttpResponse not_ready = get("/readyz");
+  EXPECT_EQ(not_ready.status, 503);
+  EXPECT_THAT(not_ready.body, HasSubstr("sharer: "));
+  Stub();
+  EXPECT_EQ(test_util::HealthCheck(channel_, kReceiverHealthName).value_or(-1),
+            kHealthNotServing);
+
+  ASSERT_NO_FATAL_FAILURE(StartSharer(
+      sharer_, {absl::StrCat("--listen_address=127.0.0.1:", sharer_port)}));
+  EXPECT_TRUE(
+      WaitFor([&] { return get("/readyz").status == 200; }, absl::Seconds(10)))
+      << get("/readyz").body;
+  EXPECT_EQ(test_util::HealthCheck(channel_, kReceiverHealthName).value_or(-1),
+            kHealthServing);
+  auto stub = Stub();
+  const AnswerResult fused = Answer(*stub, Request(Spec(v1::SCHEME_INT4)));
+  ASSERT_TRUE(fused.status.ok()) << fused.status.error_message();
+  EXPECT_FALSE(fused.response.fell_back());
+
+  // The sharer goes away again: not ready again within a few checks.
+  sharer_.process.reset();
+  EXPECT_TRUE(
+      WaitFor([&] { return get("/readyz").status == 503; }, absl::Seconds(10)));
+  EXPECT_EQ(get("/healthz").status, 200);
+}
+
+TEST_F(ReceiverE2eTest, ReadyzIgnoresTheSharerWhenAnswersFallBack) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
+  const std::string dead = absl::StrCat("127.0.0.1:", sharer_.port);
+  sharer_.process.reset();
+  // Default policy receiver-only: answers still come, so it is ready.
+  ASSERT_NO_FATAL_FAILURE(StartReceiver({}, dead));
+  auto readyz = test_util::HttpRequest("127.0.0.1", receiver_.metrics_port,
+                                       "GET", "/readyz");
+  ASSERT_TRUE(readyz.ok()) << readyz.status();
+  EXPECT_EQ(readyz->status, 200) << readyz->body;
+  // Unless told to wait for the sharer anyway.
+  receiver_.process.reset();
+  ASSERT_NO_FATAL_FAILURE(
+      StartReceiver({"--ready_requires_sharer=true"}, dead));
+  readyz = test_util::HttpRequest("127.0.0.1", receiver_.metrics_port, "GET",
+                                  "/readyz");
+  ASSERT_TRUE(readyz.ok()) << readyz.status();
+  EXPECT_EQ(readyz->status, 503);
+}
+
+TEST_F(ReceiverE2eTest, DrainMakesReadyz503BeforeTheProcessStops) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
+  ASSERT_NO_FATAL_FAILURE(StartReceiver({"--shutdown_grace_seconds=3"}));
+  auto status_of = [this](const std::string& path) {
+    auto r = test_util::HttpRequest("127.0.0.1", receiver_.metrics_port, "GET",
+                                    path, absl::Seconds(2));
+    return r.ok() ? r->status : 0;
+  };
+  ASSERT_EQ(status_of("/readyz"), 200);
+  ASSERT_TRUE(receiver_.process->Signal(SIGTERM).ok());
+  EXPECT_TRUE(
+      WaitFor([&] { return status_of("/readyz") == 503; }, absl::Seconds(2)));
+  // Still alive while it drains.
+  EXPECT_EQ(status_of("/healthz"), 200);
+  auto exit_status = receiver_.process->Wait(kExitTimeout);
+  ASSERT_TRUE(exit_status.ok()) << exit_status.status();
+  EXPECT_EQ(WEXITSTATUS(*exit_status), 0);
+}
+
+TEST_F(ReceiverE2eTest, LivePageMovedToUiLiveWithRedirects) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
+  ASSERT_NO_FATAL_FAILURE(StartReceiver({}));
+  for (const auto& [old_path, new_path] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"/live", "/ui/live"}, {"/live/data.json", "/ui/live/data.json"}}) {
+    auto moved = test_util::HttpRequest("127.0.0.1", receiver_.metrics_port,
+                                        "GET", old_path);
+    ASSERT_TRUE(moved.ok()) << moved.status();
+    EXPECT_EQ(moved->status, 301) << old_path;
+    EXPECT_EQ(moved->headers["location"], new_path);
+    EXPECT_TRUE(
+        test_util::HttpGet("127.0.0.1", receiver_.metrics_port, new_path).ok())
+        << new_path;
+  }
+  const std::string text = Scrape(receiver_);
+  EXPECT_THAT(text, HasSubstr("kvwire_model_info{"));
+  EXPECT_THAT(text, HasSubstr("role=\"receiver\""));
+  EXPECT_GT(MetricValue(text, "process_resident_memory_bytes", {}).value_or(0),
+            0);
 }
 
 }  // namespace

@@ -979,5 +979,54 @@ TEST_F(SharerE2eTest, DrainTimeoutCancelsStragglersAndStillExitsZero) {
   EXPECT_THAT(sharer_->Stderr(), Not(HasSubstr("cancelled by the client")));
 }
 
+TEST_F(SharerE2eTest, MetricsPortServesProbesModelInfoAndProcessMetrics) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer({"--max_new_tokens=8"}));
+  auto healthz =
+      test_util::HttpRequest("127.0.0.1", metrics_port_, "GET", "/healthz");
+  ASSERT_TRUE(healthz.ok()) << healthz.status();
+  EXPECT_EQ(healthz->status, 200);
+  auto readyz =
+      test_util::HttpRequest("127.0.0.1", metrics_port_, "GET", "/readyz");
+  ASSERT_TRUE(readyz.ok()) << readyz.status();
+  EXPECT_EQ(readyz->status, 200) << readyz->body;
+  auto stub = Stub();  // Also opens channel_.
+  EXPECT_EQ(test_util::HealthCheck(channel_, "kvwire.v1.Sharer").value_or(-1),
+            1);
+
+  // One Generate: its seconds per output token are observed.
+  v1::GenerateRequest request;
+  request.set_request_id("tpot");
+  for (uint32_t t : RandomTokens(8, 7)) request.add_token_ids(t);
+  request.mutable_generation()->set_max_new_tokens(8);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::GenerateResponse response;
+  ASSERT_TRUE(stub->Generate(&context, request, &response).ok());
+  ASSERT_TRUE(AwaitMetric(
+      "kvwire_requests_total",
+      {{"role", "sharer"}, {"method", "Generate"}, {"code", "OK"}}, 1));
+  const std::string text = ScrapeMetrics();
+  EXPECT_EQ(MetricValue(text, "kvwire_time_per_output_token_seconds_count",
+                        {{"role", "sharer"}}),
+            1);
+  EXPECT_NEAR(MetricValue(text, "kvwire_time_per_output_token_seconds_sum",
+                          {{"role", "sharer"}})
+                  .value_or(-1),
+              response.generation_seconds() / response.token_ids_size(), 1e-6);
+  EXPECT_THAT(text, Not(HasSubstr("kvwire_decode_tokens_per_second")));
+  // The model it serves, and the process beside the fleet's.
+  EXPECT_THAT(text, HasSubstr("kvwire_model_info{"));
+  EXPECT_THAT(text,
+              HasSubstr(absl::StrCat("fingerprint=\"", fingerprint_, "\"")));
+  EXPECT_THAT(text, HasSubstr("device=\"cpu\""));
+  EXPECT_THAT(text, HasSubstr("role=\"sharer\""));
+  for (const char* name :
+       {"process_cpu_seconds_total", "process_resident_memory_bytes",
+        "process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
+        "process_start_time_seconds"}) {
+    EXPECT_GT(MetricValue(text, name, {}).value_or(-1), 0) << name;
+  }
+}
+
 }  // namespace
 }  // namespace kvwire

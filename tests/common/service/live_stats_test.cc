@@ -202,15 +202,15 @@ TEST(LiveStatsTest, ServedBesideMetrics) {
       MetricsServer::Start("127.0.0.1:0", metrics.registry(), &metrics.Live());
   ASSERT_TRUE(server.ok()) << server.status();
   const int port = (*server)->port();
-  auto page = test_util::HttpGet("127.0.0.1", port, "/live");
+  auto page = test_util::HttpGet("127.0.0.1", port, "/ui/live");
   ASSERT_TRUE(page.ok()) << page.status();
   EXPECT_THAT(*page, HasSubstr("<canvas id=\"chart-wire\""));
-  EXPECT_THAT(*page, HasSubstr("/live/data.json"));
+  EXPECT_THAT(*page, HasSubstr("\"/ui/live/data.json\""));
   // Self-contained: no external scripts, styles or images.
   EXPECT_THAT(*page, ::testing::Not(HasSubstr("src=\"http")));
   EXPECT_THAT(*page, ::testing::Not(HasSubstr("href=\"http")));
   EXPECT_EQ(*page, std::string(LivePageHtml()));
-  auto data = test_util::HttpGet("127.0.0.1", port, "/live/data.json");
+  auto data = test_util::HttpGet("127.0.0.1", port, "/ui/live/data.json");
   ASSERT_TRUE(data.ok()) << data.status();
   const Json j = Json::parse(*data);
   EXPECT_EQ(j["totals"]["wire_bytes"].get<int>(), 1234);

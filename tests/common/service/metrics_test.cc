@@ -22,6 +22,7 @@ namespace {
 
 using test_util::MetricValue;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(MetricsTest, EveryFamilyIsRegistered) {
   Metrics metrics;
@@ -30,12 +31,15 @@ TEST(MetricsTest, EveryFamilyIsRegistered) {
   metrics.Transfer(ServiceRole::kSharer);
   metrics.Stage(ServiceRole::kReceiver, kStageFuse);
   metrics.TimeToFirstToken(ServiceRole::kReceiver);
-  metrics.DecodeTokensPerSecond(ServiceRole::kReceiver);
+  metrics.TimePerOutputToken(ServiceRole::kReceiver);
   metrics.GeneratedTokens(ServiceRole::kReceiver);
   metrics.Fallbacks(ServiceRole::kReceiver, "UNAVAILABLE");
   metrics.SetBuildInfo(ServiceRole::kSharer, "0.1.0");
+  metrics.SetModelInfo(ServiceRole::kSharer, "Qwen/Qwen2.5-0.5B-Instruct",
+                       "abc123", "bf16", "cuda:0");
   const std::string text = metrics.SerializeText();
   for (const char* name : {"kvwire_build_info",
+                           "kvwire_model_info",
                            "kvwire_requests_total",
                            "kvwire_requests_in_flight",
                            "kvwire_request_duration_seconds",
@@ -56,11 +60,41 @@ TEST(MetricsTest, EveryFamilyIsRegistered) {
                            "kvwire_kv_tokens_selected_ratio",
                            "kvwire_stage_duration_seconds",
                            "kvwire_time_to_first_token_seconds",
-                           "kvwire_decode_tokens_per_second",
+                           "kvwire_time_per_output_token_seconds",
                            "kvwire_generated_tokens_total",
                            "kvwire_fallbacks_total"}) {
     EXPECT_THAT(text, HasSubstr(std::string("# TYPE ") + name + " ")) << name;
   }
+  // Replaced by kvwire_time_per_output_token_seconds.
+  EXPECT_THAT(text, Not(HasSubstr("kvwire_decode_tokens_per_second")));
+  EXPECT_EQ(MetricValue(text, "kvwire_model_info",
+                        {{"role", "sharer"},
+                         {"model", "Qwen/Qwen2.5-0.5B-Instruct"},
+                         {"fingerprint", "abc123"},
+                         {"dtype", "bf16"},
+                         {"device", "cuda:0"}}),
+            1);
+}
+
+TEST(MetricsTest, TimePerOutputTokenIsAHistogramInSeconds) {
+  Metrics metrics;
+  prometheus::Histogram& tpot =
+      metrics.TimePerOutputToken(ServiceRole::kReceiver);
+  EXPECT_EQ(&tpot, &metrics.TimePerOutputToken(ServiceRole::kReceiver));
+  tpot.Observe(0.004);
+  tpot.Observe(0.030);
+  const std::string text = metrics.SerializeText();
+  const std::map<std::string, std::string> receiver = {{"role", "receiver"}};
+  EXPECT_EQ(
+      MetricValue(text, "kvwire_time_per_output_token_seconds_count", receiver),
+      2);
+  EXPECT_NEAR(
+      *MetricValue(text, "kvwire_time_per_output_token_seconds_sum", receiver),
+      0.034, 1e-9);
+  EXPECT_EQ(MetricValue(text, "kvwire_time_per_output_token_seconds_bucket",
+                        {{"role", "receiver"}, {"le", "0.005"}}),
+            1);
+  EXPECT_THAT(text, Not(HasSubstr("kvwire_decode_tokens_per_second")));
 }
 
 TEST(MetricsTest, RpcHandleCountsByCodeAndTracksInFlight) {
@@ -192,6 +226,126 @@ TEST(MetricsTest, ExposerServesTextOverHttp) {
             1);
 }
 
+class MetricsPortTest : public ::testing::Test {
+ protected:
+  void Start(const MetricsSecurityOptions& security = {}) {
+    auto server = MetricsServer::Start("127.0.0.1:0", metrics_.registry(),
+                                       &metrics_.Live(), security, &readiness_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+  absl::StatusOr<test_util::HttpResponse> Request(
+      const std::string& path, const std::string& method = "GET",
+      const std::string& headers = "") {
+    return test_util::HttpRequest("127.0.0.1", server_->port(), method, path,
+                                  absl::Seconds(5), headers);
+  }
+
+  Metrics metrics_;
+  Readiness readiness_;
+  std::unique_ptr<MetricsServer> server_;
+};
+
+TEST_F(MetricsPortTest, ReadyzIs503UntilEveryConditionHoldsAndHealthzIs200) {
+  readiness_.Set(kReadyModels, absl::UnavailableError("loading the model"));
+  ASSERT_NO_FATAL_FAILURE(Start());
+  auto healthz = Request("/healthz");
+  ASSERT_TRUE(healthz.ok()) << healthz.status();
+  EXPECT_EQ(healthz->status, 200);
+  EXPECT_EQ(healthz->body, "ok\n");
+  auto readyz = Request("/readyz");
+  ASSERT_TRUE(readyz.ok()) << readyz.status();
+  EXPECT_EQ(readyz->status, 503);
+  EXPECT_THAT(readyz->body, HasSubstr("models: UNAVAILABLE: loading"));
+  EXPECT_EQ(readyz->headers["cache-control"], "no-store");
+
+  readiness_.Set(kReadyModels, absl::OkStatus());
+  readyz = Request("/readyz");
+  ASSERT_TRUE(readyz.ok()) << readyz.status();
+  EXPECT_EQ(readyz->status, 200);
+  EXPECT_EQ(readyz->body, "ready\n");
+  auto head = Request("/readyz", "HEAD");
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ(head->status, 200);
+  EXPECT_EQ(head->body, "");
+
+  readiness_.Set(kReadySharer, absl::UnavailableError("127.0.0.1:1 down"));
+  readyz = Request("/readyz");
+  ASSERT_TRUE(readyz.ok()) << readyz.status();
+  EXPECT_EQ(readyz->status, 503);
+  EXPECT_THAT(readyz->body, HasSubstr("sharer: UNAVAILABLE: 127.0.0.1:1 down"));
+  // Liveness does not depend on readiness.
+  EXPECT_EQ(Request("/healthz")->status, 200);
+  EXPECT_EQ(Request("/readyz", "POST")->status, 405);
+}
+
+TEST_F(MetricsPortTest, ProbesNeedNoTokenWhereEverythingElseDoes) {
+  MetricsSecurityOptions security;
+  security.auth_token = "s3cret";
+  ASSERT_NO_FATAL_FAILURE(Start(security));
+  EXPECT_EQ(Request("/healthz")->status, 200);
+  EXPECT_EQ(Request("/readyz")->status, 200);
+  EXPECT_EQ(Request("/metrics")->status, 401);
+  EXPECT_EQ(Request("/ui/live")->status, 401);
+  EXPECT_EQ(Request("/live")->status, 401);
+}
+
+TEST_F(MetricsPortTest, OldLivePathsRedirectToUiLive) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  for (const auto& [old_path, new_path] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"/live", "/ui/live"},
+           {"/live/", "/ui/live"},
+           {"/live/data.json", "/ui/live/data.json"},
+           {"/live/data.json?x=1", "/ui/live/data.json?x=1"}}) {
+    auto moved = Request(old_path);
+    ASSERT_TRUE(moved.ok()) << old_path << ": " << moved.status();
+    EXPECT_EQ(moved->status, 301) << old_path;
+    EXPECT_EQ(moved->headers["location"], new_path) << old_path;
+    auto followed = Request(moved->headers["location"]);
+    ASSERT_TRUE(followed.ok()) << new_path << ": " << followed.status();
+    EXPECT_EQ(followed->status, 200) << new_path;
+  }
+  auto page = Request("/ui/live");
+  ASSERT_TRUE(page.ok());
+  EXPECT_THAT(page->headers["content-type"], HasSubstr("text/html"));
+  auto data = Request("/ui/live/data.json");
+  ASSERT_TRUE(data.ok());
+  EXPECT_EQ(data->headers["content-type"], "application/json");
+  EXPECT_THAT(data->body, HasSubstr("\"window_seconds\""));
+}
+
+TEST_F(MetricsPortTest, ServesProcessMetricsBesideTheRegistry) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  auto body = test_util::HttpGet("127.0.0.1", server_->port(), "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_THAT(*body, HasSubstr("# TYPE process_cpu_seconds_total counter"));
+  for (const char* name :
+       {"process_resident_memory_bytes", "process_virtual_memory_bytes",
+        "process_open_fds", "process_max_fds", "process_start_time_seconds"}) {
+    EXPECT_THAT(*body, HasSubstr(absl::StrCat("# TYPE ", name, " gauge")))
+        << name;
+    const auto value = MetricValue(*body, name, {});
+    ASSERT_TRUE(value.has_value()) << name;
+    EXPECT_GT(*value, 0) << name;
+  }
+  EXPECT_GE(*MetricValue(*body, "process_cpu_seconds_total", {}), 0);
+}
+
+TEST_F(MetricsPortTest, WithoutALivePageTheOldPathsAreNotFound) {
+  auto server = MetricsServer::Start("127.0.0.1:0", metrics_.registry());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto moved =
+      test_util::HttpRequest("127.0.0.1", (*server)->port(), "GET", "/live");
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_EQ(moved->status, 404);
+  // Without a Readiness, ready as soon as it answers.
+  EXPECT_EQ(
+      test_util::HttpRequest("127.0.0.1", (*server)->port(), "GET", "/readyz")
+          ->status,
+      200);
+}
+
 // A TCP connection to 127.0.0.1:port that never sends a byte; -1 on error.
 int IdleConnection(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -242,7 +396,8 @@ TEST(MetricsTest, BearerTokenGuardsEveryPathOfTheMetricsPort) {
                                      &metrics.Live(), security);
   ASSERT_TRUE(server.ok()) << server.status();
   const int port = (*server)->port();
-  for (const std::string path : {"/metrics", "/live", "/live/data.json"}) {
+  for (const std::string path :
+       {"/metrics", "/ui/live", "/ui/live/data.json"}) {
     const auto anonymous = test_util::HttpGet("127.0.0.1", port, path);
     EXPECT_THAT(anonymous.status().message(), HasSubstr("401")) << path;
     const auto wrong =

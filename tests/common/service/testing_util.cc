@@ -23,7 +23,10 @@
 #include <future>
 #include <mutex>
 #include <sstream>
+#include <utility>
+#include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -188,10 +191,11 @@ std::string ChildProcess::Stderr() const {
 
 // ------------------------------------------------------------ HTTP
 
-absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
-                                    const std::string& path,
-                                    absl::Duration timeout,
-                                    const std::string& extra_headers) {
+absl::StatusOr<HttpResponse> HttpRequest(const std::string& host, int port,
+                                         const std::string& method,
+                                         const std::string& path,
+                                         absl::Duration timeout,
+                                         const std::string& extra_headers) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return absl::InternalError("socket");
   struct timeval tv = absl::ToTimeval(timeout);
@@ -211,8 +215,9 @@ absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
     return absl::UnavailableError(
         absl::StrCat("connect ", host, ":", port, ": ", std::strerror(err)));
   }
-  const std::string request = absl::StrCat(
-      "GET ", path, " HTTP/1.0\r\nHost: ", host, "\r\n", extra_headers, "\r\n");
+  const std::string request =
+      absl::StrCat(method, " ", path, " HTTP/1.0\r\nHost: ", host, "\r\n",
+                   extra_headers, "\r\n");
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
       static_cast<ssize_t>(request.size())) {
     close(fd);
@@ -237,11 +242,36 @@ absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
   if (body == std::string::npos) {
     return absl::InternalError("malformed HTTP response");
   }
-  const std::string status_line = response.substr(0, response.find("\r\n"));
-  if (!absl::StrContains(status_line, " 200")) {
-    return absl::InternalError(absl::StrCat("HTTP: ", status_line));
+  HttpResponse out;
+  std::vector<std::string> lines =
+      absl::StrSplit(response.substr(0, body), "\r\n");
+  out.status_line = lines.front();
+  const std::vector<std::string> parts =
+      absl::StrSplit(out.status_line, absl::MaxSplits(' ', 2));
+  if (parts.size() < 2 || !absl::SimpleAtoi(parts[1], &out.status)) {
+    return absl::InternalError(
+        absl::StrCat("malformed status line: ", out.status_line));
   }
-  return response.substr(body + 4);
+  for (size_t i = 1; i < lines.size(); ++i) {
+    const size_t colon = lines[i].find(':');
+    if (colon == std::string::npos) continue;
+    out.headers[absl::AsciiStrToLower(lines[i].substr(0, colon))] =
+        std::string(absl::StripAsciiWhitespace(lines[i].substr(colon + 1)));
+  }
+  out.body = response.substr(body + 4);
+  return out;
+}
+
+absl::StatusOr<std::string> HttpGet(const std::string& host, int port,
+                                    const std::string& path,
+                                    absl::Duration timeout,
+                                    const std::string& extra_headers) {
+  auto response = HttpRequest(host, port, "GET", path, timeout, extra_headers);
+  if (!response.ok()) return response.status();
+  if (response->status != 200) {
+    return absl::InternalError(absl::StrCat("HTTP: ", response->status_line));
+  }
+  return std::move(response->body);
 }
 
 namespace {

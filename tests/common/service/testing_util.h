@@ -59,6 +59,22 @@ class ChildProcess {
   std::shared_ptr<Lines> lines_;
 };
 
+// One HTTP/1.0 exchange: the status code, the headers (names lower-cased)
+// and the body, whatever the status.
+struct HttpResponse {
+  std::string status_line;  // "HTTP/1.1 503 Service Unavailable".
+  int status = 0;
+  std::map<std::string, std::string> headers;
+  std::string body;
+};
+// `method` `path` to http://host:port over a plain socket, with
+// `extra_headers` ("Name: value\r\n" lines). UNAVAILABLE /
+// DEADLINE_EXCEEDED when no response arrives, INTERNAL for a malformed one.
+absl::StatusOr<HttpResponse> HttpRequest(
+    const std::string& host, int port, const std::string& method,
+    const std::string& path, absl::Duration timeout = absl::Seconds(5),
+    const std::string& extra_headers = "");
+
 // GET http://host:port/path over a plain socket (HTTP/1.0), with
 // `extra_headers` ("Name: value\r\n" lines). Returns the body of a 200
 // response; UNAVAILABLE / DEADLINE_EXCEEDED / INTERNAL (with the status
