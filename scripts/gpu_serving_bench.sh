@@ -81,6 +81,20 @@ if want load; then
       --target="127.0.0.1:$receiver_port" --allow_insecure --progress=false \
       --plots=false --out_dir="$OUT/load_$config" 2>&1 | tail -n 30 |
       tee "$OUT/load_$config.txt"
+    # Where one answer's time goes under load: a traced answer while 16
+    # others run.
+    "$build/load_tests/kvwire-load" \
+      --scenario_file="$root/load_tests/scenarios/gpu_serving.yaml" \
+      --target="127.0.0.1:$receiver_port" --allow_insecure --progress=false \
+      --plots=false --concurrency=16 --warmup_seconds=0 --duration_seconds=6 \
+      --out_dir="$OUT/load16_$config" >/dev/null 2>&1 &
+    background=$!
+    sleep 3
+    "$cli" ask --target="127.0.0.1:$receiver_port" --plaintext --scheme=int4 \
+      --max_new_tokens=10 --question="$question" \
+      --trace_out="$OUT/trace16_$config.json" >"$OUT/trace16_$config.txt"
+    wait "$background"
+    sed -n '/Stage times/,/^$/p' "$OUT/trace16_$config.txt"
     kvwire_gpu_stop_services
   done
 fi
