@@ -13,6 +13,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -23,6 +24,7 @@
 #include "common/service/grpc_status.h"
 #include "common/service/security.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
+#include "load_tests/openai_chat.h"
 
 namespace kvwire {
 namespace load {
@@ -51,6 +53,7 @@ struct Outcome {
   int64_t tokens_sent = 0;
   int64_t generated = 0;
   bool fell_back = false;
+  std::vector<double> inter_token_gaps;  // Seconds between tokens.
 };
 
 // A request to send: which scenario, and its prepared message.
@@ -58,6 +61,7 @@ struct Prepared {
   int scenario = 0;
   v1::ShareRequest share;
   v1::AnswerRequest answer;
+  std::string chat_body;  // openai_chat: the JSON request.
 };
 
 class PointRun;
@@ -73,14 +77,24 @@ class CallRegistry {
     std::lock_guard<std::mutex> lock(mu_);
     live_.erase(c);
   }
+  void Add(HttpCancel* c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_http_.insert(c);
+  }
+  void Remove(HttpCancel* c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_http_.erase(c);
+  }
   void CancelAll() {
     std::lock_guard<std::mutex> lock(mu_);
     for (grpc::ClientContext* c : live_) c->TryCancel();
+    for (HttpCancel* c : live_http_) c->Cancel();
   }
 
  private:
   std::mutex mu_;
   std::set<grpc::ClientContext*> live_;
+  std::set<HttpCancel*> live_http_;
 };
 
 using DoneFn = std::function<void(Outcome)>;
@@ -221,7 +235,12 @@ class AnswerStreamCall : public grpc::ClientReadReactor<v1::AnswerEvent> {
   void OnReadDone(bool ok) override {
     if (!ok) return;
     if (event_.has_token()) {
-      if (outcome_.first < 0) outcome_.first = now_();
+      const double now = now_();
+      if (outcome_.first < 0) outcome_.first = now;
+      if (last_token_ >= 0) {
+        outcome_.inter_token_gaps.push_back(std::max(0.0, now - last_token_));
+      }
+      last_token_ = now;
     } else if (event_.has_final()) {
       AccountAnswer(event_.final(), &outcome_);
     }
@@ -243,10 +262,75 @@ class AnswerStreamCall : public grpc::ClientReadReactor<v1::AnswerEvent> {
   v1::AnswerRequest request_;
   v1::AnswerEvent event_;
   Outcome outcome_;
+  double last_token_ = -1;
   NowFn now_;
   DoneFn done_;
   CallRegistry* registry_;
 };
+
+// One streaming chat.completions request, on the calling thread (a thread
+// of its own: HttpClient blocks). The outcome's code is the absl status
+// name for transport errors, "HTTP_<status>" for a non-2xx answer and
+// STREAM_ERROR / BAD_STREAM for an error event or a stream that did not
+// end with [DONE].
+Outcome RunChatCall(const HttpClient& http, const HttpRequest& request,
+                    Outcome o, absl::Duration deadline, const NowFn& now,
+                    CallRegistry* registry) {
+  HttpCancel cancel;
+  registry->Add(&cancel);
+  ChatStreamAccumulator stream;
+  int http_status = 0;
+  std::string error_body;
+  auto head = http.Send(
+      request, absl::Now() + deadline,
+      [&http_status](const HttpResponseHead& h) { http_status = h.status; },
+      [&](absl::string_view bytes) -> absl::Status {
+        if (http_status / 100 != 2) {
+          // An error answer: keep the start of its body for the message.
+          const size_t room = 4096 - std::min<size_t>(4096, error_body.size());
+          error_body.append(bytes.data(), std::min(bytes.size(), room));
+          return absl::OkStatus();
+        }
+        return stream.Feed(bytes, now());
+      },
+      &cancel);
+  registry->Remove(&cancel);
+  o.completion = now();
+  o.ok = false;
+  if (!head.ok()) {
+    o.code = std::string(StatusCodeName(head.status().code()));
+    o.message = std::string(head.status().message().substr(0, 300));
+  } else if (head->status / 100 != 2) {
+    o.code = absl::StrCat("HTTP_", head->status);
+    o.message = ErrorMessageFromBody(error_body);
+  } else if (!stream.error().empty()) {
+    o.code = "STREAM_ERROR";
+    o.message = stream.error().substr(0, 300);
+  } else if (!stream.done()) {
+    o.code = "BAD_STREAM";
+    o.message = "the response ended without 'data: [DONE]'";
+  } else {
+    o.ok = true;
+    o.code = "OK";
+  }
+  if (!stream.token_times().empty()) o.first = stream.token_times().front();
+  o.inter_token_gaps = InterTokenGaps(stream.token_times());
+  o.generated = stream.completion_tokens();
+  o.prompt_tokens = stream.prompt_tokens();
+  if (stream.transfer().has_value()) {
+    // kvwire-receiver's report: the KV bytes behind this answer, as
+    // AnswerStream's final response gives them.
+    const v1::TransferReport& t = *stream.transfer();
+    o.payload = static_cast<int64_t>(t.payload_bytes());
+    o.serialized = static_cast<int64_t>(t.serialized_bytes());
+    o.wire = static_cast<int64_t>(t.wire_bytes());
+    o.raw = static_cast<int64_t>(t.raw_kv_bytes());
+    o.prompt_tokens = t.prompt_tokens();
+    o.tokens_sent = t.tokens_sent();
+  }
+  o.fell_back = stream.fell_back();
+  return o;
+}
 
 std::string Ms(double seconds) {
   return absl::StrFormat("%.1fms", seconds * 1e3);
@@ -282,6 +366,7 @@ class PointRun {
 
   PointResult Run() {
     start_ = Clock::now();
+    chat_threads_ = std::make_shared<std::atomic<int64_t>>(0);
     std::thread progress;
     if (options_.progress) progress = std::thread([this] { ProgressLoop(); });
     if (open_) {
@@ -323,6 +408,11 @@ class PointRun {
     }
     cv_.notify_all();
     if (progress.joinable()) progress.join();
+    // openai_chat threads have handed over their outcomes; wait until they
+    // have also left this object before it goes away.
+    while (chat_threads_->load() > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     return Result();
   }
 
@@ -408,6 +498,17 @@ class PointRun {
         p.share.add_token_ids(t);
       }
       *p.share.mutable_spec() = s.spec;
+    } else if (config_.rpc == RpcKind::kOpenAiChat) {
+      ChatRequestOptions chat;
+      chat.model = config_.model;
+      chat.kvwire_extension = config_.kvwire_extension;
+      chat.spec = s.spec;
+      chat.mode = s.answer_mode;
+      chat.request_id = id;
+      chat.question =
+          prompts_.Question(s.prompt_tokens, config_.chars_per_token);
+      chat.max_tokens = s.max_new_tokens;
+      p.chat_body = BuildChatCompletionRequest(chat);
     } else {
       p.answer.set_request_id(id);
       p.answer.set_question(
@@ -446,6 +547,42 @@ class PointRun {
                              deadline, options_.auth_token, std::move(now),
                              std::move(done), registry_);
         break;
+      case RpcKind::kOpenAiChat: {
+        HttpRequest request;
+        request.url = options_.chat_url;
+        request.body = std::move(p.chat_body);
+        if (!options_.auth_token.empty()) {
+          request.headers.emplace_back(
+              "Authorization", absl::StrCat("Bearer ", options_.auth_token));
+        }
+        // Kept for the case the thread cannot start.
+        Outcome unsent = base;
+        chat_threads_->fetch_add(1);
+        try {
+          std::thread([http = options_.http_client,
+                       request = std::move(request), base = std::move(base),
+                       deadline, now = std::move(now), done = std::move(done),
+                       registry = registry_, alive = chat_threads_]() mutable {
+            Outcome o = RunChatCall(*http, request, std::move(base), deadline,
+                                    now, registry);
+            done(std::move(o));
+            // Last touch of the PointRun's state: Run() waits for this.
+            alive->fetch_sub(1);
+          }).detach();
+        } catch (const std::system_error& e) {
+          // Out of threads (RLIMIT_NPROC, memory): a failed call of the
+          // generator, not a crash; lower --max_in_flight or concurrency.
+          chat_threads_->fetch_sub(1);
+          // Closed loop: the completion launches the next call, which may
+          // fail the same way; the pause bounds that recursion's rate.
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+          unsent.completion = Now();
+          unsent.code = "GENERATOR_THREADS";
+          unsent.message = e.what();
+          OnComplete(std::move(unsent));
+        }
+        break;
+      }
     }
   }
 
@@ -478,8 +615,10 @@ class PointRun {
           window_closed_ = true;  // Count reached: end the point early.
         }
       }
+      // Under the lock: once it is released, Run() may see the last call
+      // done and destroy this object (and cv_).
+      cv_.notify_all();
     }
-    cv_.notify_all();
     for (const auto& [t, measured] : next) Launch(t, measured);
   }
 
@@ -513,6 +652,7 @@ class PointRun {
       s.ttft.Add(std::max(0.0, o.first - (open_ ? o.intended : o.actual)));
       s.stream_time.Add(std::max(0.0, o.completion - o.first));
     }
+    for (double gap : o.inter_token_gaps) s.inter_token.Add(gap);
     s.payload_bytes += o.payload;
     s.serialized_bytes += o.serialized;
     s.wire_bytes += o.wire;
@@ -611,6 +751,10 @@ class PointRun {
   std::discrete_distribution<int> pick_;
   int64_t seq_ = 0;
 
+  // openai_chat threads still running (shared: they outlive their
+  // outcome's hand-over by a few instructions).
+  std::shared_ptr<std::atomic<int64_t>> chat_threads_;
+
   std::mutex mu_;
   std::condition_variable cv_;
   int64_t in_flight_ = 0;
@@ -638,7 +782,14 @@ class PointRun {
 absl::StatusOr<RunResult> RunLoad(const RunnerOptions& options) {
   const LoadConfig& config = options.config;
   if (absl::Status st = ValidateLoadConfig(config); !st.ok()) return st;
-  if (options.channel == nullptr) {
+  if (config.rpc == RpcKind::kOpenAiChat) {
+    if (options.http_client == nullptr) {
+      return absl::InvalidArgumentError("no HTTP client for openai_chat");
+    }
+    if (config.model.empty()) {
+      return absl::InvalidArgumentError("openai_chat needs a model name");
+    }
+  } else if (options.channel == nullptr) {
     return absl::InvalidArgumentError("no channel");
   }
   RunResult result;
@@ -647,8 +798,12 @@ absl::StatusOr<RunResult> RunLoad(const RunnerOptions& options) {
       wall_start +
       std::chrono::duration_cast<Clock::duration>(
           std::chrono::duration<double>(options.max_total_seconds));
-  auto sharer = v1::Sharer::NewStub(options.channel);
-  auto receiver = v1::Receiver::NewStub(options.channel);
+  std::unique_ptr<v1::Sharer::Stub> sharer;
+  std::unique_ptr<v1::Receiver::Stub> receiver;
+  if (options.channel != nullptr) {
+    sharer = v1::Sharer::NewStub(options.channel);
+    receiver = v1::Receiver::NewStub(options.channel);
+  }
   uint32_t vocab_size = 256;
   if (config.rpc == RpcKind::kShare) {
     grpc::ClientContext context;

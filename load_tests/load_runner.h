@@ -1,10 +1,11 @@
 // The load engine of kvwire-load: drives Share, Answer or AnswerStream
-// calls with gRPC's callback API, closed loop (N outstanding calls, the
-// next sent when one completes) or open loop (calls sent at intended times
-// of a Poisson schedule whatever the server does; when the in-flight cap is
-// reached they wait in a backlog and their latency still counts from the
-// intended time), with a warm-up before every load point, bounded by
-// duration and request count, and a live progress line.
+// calls with gRPC's callback API, or streaming OpenAI chat.completions
+// requests over HTTP (one thread per call in flight), closed loop (N
+// outstanding calls, the next sent when one completes) or open loop (calls sent
+// at intended times of a Poisson schedule whatever the server does; when the
+// in-flight cap is reached they wait in a backlog and their latency still
+// counts from the intended time), with a warm-up before every load point,
+// bounded by duration and request count, and a live progress line.
 #ifndef KVWIRE_LOAD_TESTS_LOAD_RUNNER_H_
 #define KVWIRE_LOAD_TESTS_LOAD_RUNNER_H_
 
@@ -18,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "kvwire/v1/kvwire.pb.h"
+#include "load_tests/http_client.h"
 #include "load_tests/scenario.h"
 #include "load_tests/stats.h"
 
@@ -54,7 +56,14 @@ struct RunResult {
 
 struct RunnerOptions {
   LoadConfig config;
+  // gRPC RPCs: the channel to the target.
   std::shared_ptr<grpc::Channel> channel;
+  // openai_chat: the client and the URL requests are POSTed to (the
+  // target's, with /v1/chat/completions for an empty path).
+  std::shared_ptr<const HttpClient> http_client;
+  HttpUrl chat_url;
+  // Bearer token sent on every call (gRPC metadata or the HTTP
+  // Authorization header); empty: none.
   std::string auth_token;
   std::vector<std::string> questions;
   // Progress lines on stderr: "\r"-updated on a terminal, one line every
@@ -66,8 +75,9 @@ struct RunnerOptions {
 };
 
 // Runs every load point of `options.config` in turn. Errors only for a run
-// that could not start (GetInfo failing for Share runs); failed calls are
-// counted, not returned.
+// that could not start (INVALID_ARGUMENT for a config that fails
+// ValidateLoadConfig or lacks its channel / HTTP client; GetInfo failing
+// for Share runs); failed calls are counted, not returned.
 absl::StatusOr<RunResult> RunLoad(const RunnerOptions& options);
 
 }  // namespace load

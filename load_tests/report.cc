@@ -51,6 +51,41 @@ int RunCommand(const std::string& command) {
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
 }
 
+std::string TtftDefinition(const LoadConfig& config) {
+  const std::string from = config.mode == LoopMode::kOpen
+                               ? "from the intended send time"
+                               : "from the send time";
+  switch (config.rpc) {
+    case RpcKind::kShare:
+      return absl::StrCat("time to the first KV block or fragment, ", from);
+    case RpcKind::kAnswerStream:
+      return absl::StrCat("time to the first streamed token, ", from);
+    case RpcKind::kOpenAiChat:
+      return absl::StrCat("time to the first SSE chunk with content, ", from,
+                          " (a new connection's TCP and TLS set-up included)");
+    case RpcKind::kAnswer:
+      break;
+  }
+  return "wait before sending + the server's time_to_first_token";
+}
+
+std::string InterTokenDefinition(RpcKind rpc) {
+  switch (rpc) {
+    case RpcKind::kAnswerStream:
+      return "gap between consecutive token events, pooled over requests";
+    case RpcKind::kOpenAiChat:
+      return "gap between consecutive SSE chunks with content, pooled over "
+             "requests";
+    default:
+      break;
+  }
+  return "not measured (no token stream)";
+}
+
+bool StreamsTokens(RpcKind rpc) {
+  return rpc == RpcKind::kAnswerStream || rpc == RpcKind::kOpenAiChat;
+}
+
 }  // namespace
 
 json DistributionJson(const LatencySamples& samples) {
@@ -80,6 +115,7 @@ json StatsJson(const ScenarioStats& s, double seconds) {
   j["throughput_rps"] = Rate(s.ok, seconds);
   j["latency_seconds"] = DistributionJson(s.latency);
   j["ttft_seconds"] = DistributionJson(s.ttft);
+  j["inter_token_seconds"] = DistributionJson(s.inter_token);
   j["service_time_seconds"] = DistributionJson(s.service_time);
   j["stream_seconds"] = DistributionJson(s.stream_time);
   // Payload rate of the streaming phase alone (first block -> last chunk),
@@ -129,12 +165,12 @@ json ReportJson(const LoadConfig& config, const RunResult& result) {
       config.mode == LoopMode::kOpen
           ? "completion - intended send time (coordinated-omission corrected)"
           : "completion - send time";
-  j["ttft_definition"] =
-      config.rpc == RpcKind::kShare
-          ? "time to the first KV block or fragment"
-          : (config.rpc == RpcKind::kAnswerStream
-                 ? "time to the first streamed token"
-                 : "wait before sending + the server's time_to_first_token");
+  j["ttft_definition"] = TtftDefinition(config);
+  j["inter_token_definition"] = InterTokenDefinition(config.rpc);
+  if (config.rpc == RpcKind::kOpenAiChat) {
+    j["model"] = config.model;
+    j["kvwire_extension"] = config.kvwire_extension;
+  }
   json scenarios = json::array();
   for (const Scenario& s : config.scenarios) {
     scenarios.push_back({{"name", s.name},
@@ -193,7 +229,8 @@ std::string ReportCsv(const LoadConfig& config, const RunResult& result) {
       "latency_p99_ms,latency_p99.9_ms,latency_max_ms,ttft_p50_ms,"
       "ttft_p99_ms,wire_MBps,payload_MBps,payload_bytes_per_request,"
       "wire_bytes_per_request,compression_ratio,tokens_sent_per_request,"
-      "fallbacks\n";
+      "fallbacks,ttft_p90_ms,itl_p50_ms,itl_p90_ms,itl_p99_ms,"
+      "generated_tokens\n";
   auto row = [&](const PointResult& p, const std::string& name,
                  const std::string& spec, int prompt_tokens,
                  const ScenarioStats& s) {
@@ -202,7 +239,7 @@ std::string ReportCsv(const LoadConfig& config, const RunResult& result) {
         &out,
         absl::StrFormat(
             "%s,%g,%s,%s,%d,%d,%d,%d,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,"
-            "%.3f,%.3f,%.3f,%.1f,%.1f,%.3f,%.1f,%d\n",
+            "%.3f,%.3f,%.3f,%.1f,%.1f,%.3f,%.1f,%d,%.3f,%.3f,%.3f,%.3f,%d\n",
             CsvField(p.label), p.load, CsvField(name), CsvField(spec),
             prompt_tokens, s.total(), s.ok, s.error_count(),
             CsvField(ErrorsText(s)), Rate(s.ok, secs),
@@ -215,7 +252,10 @@ std::string ReportCsv(const LoadConfig& config, const RunResult& result) {
             s.serialized_bytes > 0
                 ? static_cast<double>(s.raw_bytes) / s.serialized_bytes
                 : 0.0,
-            PerRequest(s.tokens_sent, s.ok), s.fallbacks));
+            PerRequest(s.tokens_sent, s.ok), s.fallbacks,
+            s.ttft.Percentile(90) * 1e3, s.inter_token.Percentile(50) * 1e3,
+            s.inter_token.Percentile(90) * 1e3,
+            s.inter_token.Percentile(99) * 1e3, s.generated_tokens));
   };
   for (const PointResult& p : result.points) {
     for (size_t i = 0; i < p.scenarios.size(); ++i) {
@@ -268,6 +308,36 @@ std::string SummaryText(const LoadConfig& config, const RunResult& result) {
                       " (max_in_flight); latencies include the wait\n");
     }
   }
+  if (config.rpc == RpcKind::kShare) return out;
+  // Time to first token and, for streams, the gaps between tokens.
+  absl::StrAppend(
+      &out, "\n",
+      absl::StrFormat("%-18s %-22s %9s %9s %9s %9s %9s %9s %9s\n", "point",
+                      "scenario", "ttft p50", "ttft p90", "ttft p99", "itl p50",
+                      "itl p90", "itl p99", "tokens"));
+  auto token_line = [&](const PointResult& p, const std::string& name,
+                        const ScenarioStats& s) {
+    const bool itl = StreamsTokens(config.rpc);
+    auto ms = [](double seconds) {
+      return absl::StrFormat("%.2f", seconds * 1e3);
+    };
+    absl::StrAppend(
+        &out,
+        absl::StrFormat("%-18s %-22s %9s %9s %9s %9s %9s %9s %9d\n", p.label,
+                        name.substr(0, 22), ms(s.ttft.Percentile(50)),
+                        ms(s.ttft.Percentile(90)), ms(s.ttft.Percentile(99)),
+                        itl ? ms(s.inter_token.Percentile(50)) : "-",
+                        itl ? ms(s.inter_token.Percentile(90)) : "-",
+                        itl ? ms(s.inter_token.Percentile(99)) : "-",
+                        s.generated_tokens));
+  };
+  for (const PointResult& p : result.points) {
+    for (size_t i = 0; i < p.scenarios.size(); ++i) {
+      token_line(p, config.scenarios[i].name, p.scenarios[i]);
+    }
+    if (p.scenarios.size() > 1) token_line(p, "ALL", p.all);
+  }
+  absl::StrAppend(&out, "(ms; ttft: ", TtftDefinition(config), ")\n");
   return out;
 }
 
@@ -301,18 +371,24 @@ absl::Status WriteReport(const std::string& out_dir, const LoadConfig& config,
   const bool open = config.mode == LoopMode::kOpen;
   std::string points =
       "# load throughput_rps p50_ms p90_ms p99_ms p999_ms "
-      "wire_MBps payload_MBps\n";
+      "wire_MBps payload_MBps ttft_p50_ms ttft_p90_ms ttft_p99_ms "
+      "itl_p50_ms itl_p90_ms itl_p99_ms\n";
   for (const PointResult& p : result.points) {
     const ScenarioStats& s = p.all;
     absl::StrAppend(
         &points,
         absl::StrFormat(
-            "%g %.4f %.4f %.4f %.4f %.4f %.4f %.4f\n", p.load,
-            Rate(s.ok, p.measured_seconds), s.latency.Percentile(50) * 1e3,
-            s.latency.Percentile(90) * 1e3, s.latency.Percentile(99) * 1e3,
-            s.latency.Percentile(99.9) * 1e3,
+            "%g %.4f %.4f %.4f %.4f %.4f %.4f %.4f %.4f %.4f %.4f %.4f %.4f "
+            "%.4f\n",
+            p.load, Rate(s.ok, p.measured_seconds),
+            s.latency.Percentile(50) * 1e3, s.latency.Percentile(90) * 1e3,
+            s.latency.Percentile(99) * 1e3, s.latency.Percentile(99.9) * 1e3,
             Rate(s.wire_bytes, p.measured_seconds) / 1e6,
-            Rate(s.payload_bytes, p.measured_seconds) / 1e6));
+            Rate(s.payload_bytes, p.measured_seconds) / 1e6,
+            s.ttft.Percentile(50) * 1e3, s.ttft.Percentile(90) * 1e3,
+            s.ttft.Percentile(99) * 1e3, s.inter_token.Percentile(50) * 1e3,
+            s.inter_token.Percentile(90) * 1e3,
+            s.inter_token.Percentile(99) * 1e3));
   }
   std::map<std::string, ScenarioStats> by_scenario;
   std::vector<std::string> order;
@@ -357,6 +433,23 @@ absl::Status WriteReport(const std::string& out_dir, const LoadConfig& config,
       "set ytics nomirror\nset y2tics\n",
       "plot 'points.dat' using 1:2 with linespoints title 'requests/s', \\\n",
       "     '' using 1:7 axes x1y2 with linespoints title 'wire MB/s'\n",
+      "unset y2tics\nunset y2label\nset ytics mirror\n",
+      "set output 'ttft_itl_vs_load.png'\n", "set title '", title,
+      ": time to first token and inter-token latency'\n",
+      "set ylabel 'time to first token (ms)'\n",
+      StreamsTokens(config.rpc)
+          ? "set y2label 'inter-token latency (ms)'\nset ytics nomirror\n"
+            "set y2tics\n"
+          : "",
+      "plot 'points.dat' using 1:9 with linespoints title 'TTFT p50', \\\n",
+      "     '' using 1:10 with linespoints title 'TTFT p90', \\\n",
+      "     '' using 1:11 with linespoints title 'TTFT p99'",
+      StreamsTokens(config.rpc)
+          ? ", \\\n     '' using 1:12 axes x1y2 with linespoints dt 2 title "
+            "'ITL p50', \\\n     '' using 1:13 axes x1y2 with linespoints "
+            "dt 2 title 'ITL p90', \\\n     '' using 1:14 axes x1y2 with "
+            "linespoints dt 2 title 'ITL p99'\n"
+          : "\n",
       "unset y2tics\nunset y2label\nset ytics mirror\n",
       "set output 'bytes_per_request_by_spec.png'\n", "set title '", title,
       ": bytes per request by scenario'\n",

@@ -1,7 +1,8 @@
 // kvwire-load's outputs: a JSON report (everything), a CSV table (one row
 // per load point and scenario, plus an "ALL" row per point), PNG plots
-// drawn by gnuplot (latency vs load, throughput vs load, bytes per request
-// by spec) and a text summary.
+// drawn by gnuplot (latency vs load, throughput vs load, time to first
+// token and inter-token latency vs load, bytes per request by spec) and a
+// text summary. Latencies are reported as p50, p90, p99 (p99.9, max).
 #ifndef KVWIRE_LOAD_TESTS_REPORT_H_
 #define KVWIRE_LOAD_TESTS_REPORT_H_
 

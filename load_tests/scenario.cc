@@ -262,18 +262,24 @@ absl::StatusOr<std::vector<T>> ScalarOrList(const YAML::Node& node,
 }
 
 absl::StatusOr<LoadConfig> ParseRoot(const YAML::Node& root) {
-  if (absl::Status st =
-          CheckKeys(root, "the scenario file",
-                    {"name", "target", "rpc", "mode", "concurrency", "rate",
-                     "arrivals", "warmup_seconds", "duration_seconds",
-                     "requests", "max_in_flight", "deadline_seconds", "seed",
-                     "question_file", "chars_per_token", "scenarios"});
+  if (absl::Status st = CheckKeys(
+          root, "the scenario file",
+          {"name", "target", "rpc", "mode", "concurrency", "rate", "arrivals",
+           "warmup_seconds", "duration_seconds", "requests", "max_in_flight",
+           "deadline_seconds", "seed", "question_file", "chars_per_token",
+           "model", "kvwire_extension", "scenarios"});
       !st.ok()) {
     return st;
   }
   LoadConfig c;
   if (root["name"]) c.name = root["name"].as<std::string>();
   if (root["target"]) c.target = root["target"].as<std::string>();
+  if (root["model"]) c.model = root["model"].as<std::string>();
+  if (root["kvwire_extension"]) {
+    auto v = Scalar<bool>(root["kvwire_extension"], "kvwire_extension");
+    if (!v.ok()) return v.status();
+    c.kvwire_extension = *v;
+  }
   if (root["rpc"]) {
     auto rpc = ParseRpcKind(root["rpc"].as<std::string>());
     if (!rpc.ok()) return Error(root["rpc"], rpc.status().message());
@@ -335,6 +341,10 @@ absl::StatusOr<LoadConfig> ParseRoot(const YAML::Node& root) {
       c.scenarios.push_back(*std::move(s));
     }
   }
+  if (c.rpc == RpcKind::kOpenAiChat && !c.kvwire_extension) {
+    // No transfer spec travels over the plain OpenAI API: label none.
+    for (Scenario& s : c.scenarios) s.spec_label = "chat";
+  }
   return c;
 }
 
@@ -344,8 +354,10 @@ absl::StatusOr<RpcKind> ParseRpcKind(absl::string_view name) {
   if (name == "share") return RpcKind::kShare;
   if (name == "answer") return RpcKind::kAnswer;
   if (name == "answer_stream") return RpcKind::kAnswerStream;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown rpc '", name, "' (share, answer or answer_stream)"));
+  if (name == "openai_chat") return RpcKind::kOpenAiChat;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown rpc '", name,
+                   "' (share, answer, answer_stream or openai_chat)"));
 }
 
 std::string RpcKindName(RpcKind rpc) {
@@ -356,6 +368,8 @@ std::string RpcKindName(RpcKind rpc) {
       return "answer";
     case RpcKind::kAnswerStream:
       return "answer_stream";
+    case RpcKind::kOpenAiChat:
+      return "openai_chat";
   }
   return "unknown";
 }
@@ -406,6 +420,17 @@ absl::Status ValidateLoadConfig(const LoadConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(parts...));
   };
   if (c.target.empty()) return bad("no target (--target or 'target:')");
+  const bool url_target = absl::StartsWith(c.target, "http://") ||
+                          absl::StartsWith(c.target, "https://");
+  if (c.rpc == RpcKind::kOpenAiChat && !url_target) {
+    return bad("rpc openai_chat needs an http:// or https:// target URL, not '",
+               c.target, "'");
+  }
+  if (c.rpc != RpcKind::kOpenAiChat && url_target) {
+    return bad("target '", c.target,
+               "' is a URL: only rpc openai_chat takes "
+               "one (gRPC targets are host:port)");
+  }
   if (c.scenarios.empty()) return bad("no scenarios");
   if (c.mode == LoopMode::kClosed) {
     if (c.concurrency.empty()) return bad("closed loop needs concurrency");

@@ -24,9 +24,14 @@ enum class RpcKind {
   kShare,         // kvwire.v1.Sharer/Share (transfer only).
   kAnswer,        // kvwire.v1.Receiver/Answer (unary).
   kAnswerStream,  // kvwire.v1.Receiver/AnswerStream (TTFT measured here).
+  // POST /v1/chat/completions with "stream": true (OpenAI wire format, SSE;
+  // TTFT and inter-token latency measured from the chunks). The target is
+  // an http:// or https:// URL; transfer specs are not sent.
+  kOpenAiChat,
 };
 absl::StatusOr<RpcKind> ParseRpcKind(absl::string_view name);
-std::string RpcKindName(RpcKind rpc);  // "share", "answer", "answer_stream"
+// "share", "answer", "answer_stream", "openai_chat".
+std::string RpcKindName(RpcKind rpc);
 
 enum class LoopMode { kClosed, kOpen };
 
@@ -54,7 +59,15 @@ struct Scenario {
 
 struct LoadConfig {
   std::string name = "kvwire-load";
-  std::string target;  // "host:port" (or "ipv4:a:p,b:p").
+  // "host:port" (or "ipv4:a:p,b:p"); for openai_chat an http(s):// URL,
+  // whose path defaults to /v1/chat/completions.
+  std::string target;
+  // openai_chat: the request's "model" ("": the first of GET /v1/models).
+  std::string model;
+  // openai_chat: send each scenario's transfer spec and answer mode in
+  // kvwire-receiver's "kvwire" request extension (off for other
+  // OpenAI-compatible servers, which refuse unknown fields).
+  bool kvwire_extension = true;
   RpcKind rpc = RpcKind::kShare;
   LoopMode mode = LoopMode::kClosed;
   std::vector<int> concurrency = {1};  // Closed loop: one point per value.

@@ -90,6 +90,7 @@ void ScenarioStats::Merge(const ScenarioStats& other) {
   }
   latency.Merge(other.latency);
   ttft.Merge(other.ttft);
+  inter_token.Merge(other.inter_token);
   service_time.Merge(other.service_time);
   stream_time.Merge(other.stream_time);
   payload_bytes += other.payload_bytes;

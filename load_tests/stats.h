@@ -84,8 +84,11 @@ struct ScenarioStats {
   std::map<std::string, int64_t> errors;  // Status code name -> count.
   // The first message seen per status code (for the report).
   std::map<std::string, std::string> error_examples;
-  LatencySamples latency;       // OK requests only.
-  LatencySamples ttft;          // Time to first token / chunk.
+  LatencySamples latency;  // OK requests only.
+  LatencySamples ttft;     // Time to first token / chunk.
+  // Gaps between consecutive streamed tokens (answer_stream: token events;
+  // openai_chat: content-bearing SSE chunks), pooled over every request.
+  LatencySamples inter_token;
   LatencySamples service_time;  // Actual send -> completion.
   // First block / token -> completion: the streaming phase (Share: how
   // long the KV took to arrive once the first layer was on its way).

@@ -199,8 +199,20 @@ absl::Status CheckTarget(absl::string_view target,
           "given with --netns (",
           allowed_netns.empty() ? "none given"
                                 : absl::StrJoin(allowed_netns, ","),
-          ")"));
+          "); pass --allow_remote_target to load a real deployment"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckTargetAllowed(absl::string_view target,
+                                const TargetPolicy& policy) {
+  if (!policy.allow_remote) return CheckTarget(target, policy.allowed_netns);
+  auto hosts = TargetHosts(target);
+  if (!hosts.ok()) return hosts.status();
+  for (const std::string& host : *hosts) {
+    auto addresses = ResolveHost(host);
+    if (!addresses.ok()) return addresses.status();
   }
   return absl::OkStatus();
 }

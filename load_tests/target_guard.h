@@ -1,7 +1,8 @@
-// Where kvwire-load may send traffic: loopback addresses, or addresses of
-// network namespaces the caller names (the project's own test hosts, made
-// by scripts/netns_link.sh). Anything else is refused before a single
-// request is sent.
+// Where kvwire-load may send traffic: by default loopback addresses, or
+// addresses of network namespaces the caller names (the project's own test
+// hosts, made by scripts/netns_link.sh; what CI uses). Anything else is
+// refused before a single request is sent, unless the operator opts in
+// explicitly (--allow_remote_target) to load a real deployment.
 #ifndef KVWIRE_LOAD_TESTS_TARGET_GUARD_H_
 #define KVWIRE_LOAD_TESTS_TARGET_GUARD_H_
 
@@ -36,8 +37,22 @@ absl::StatusOr<std::set<std::string>> NetnsAddresses(const std::string& name);
 
 // OK if every address of `target` is loopback or configured in one of
 // `allowed_netns`; PERMISSION_DENIED naming the first address that is not.
+// Errors of TargetHosts, ResolveHost and NetnsAddresses pass through.
 absl::Status CheckTarget(absl::string_view target,
                          const std::vector<std::string>& allowed_netns);
+
+struct TargetPolicy {
+  // Network namespaces whose addresses may be targeted besides loopback.
+  std::vector<std::string> allowed_netns;
+  // The explicit opt-in for real deployments: any host that resolves.
+  bool allow_remote = false;
+};
+
+// CheckTarget under `policy`. With allow_remote the target must still parse
+// and every host resolve (INVALID_ARGUMENT, UNAVAILABLE), so that a typo
+// fails before the run rather than as a run of errors.
+absl::Status CheckTargetAllowed(absl::string_view target,
+                                const TargetPolicy& policy);
 
 }  // namespace load
 }  // namespace kvwire

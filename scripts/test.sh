@@ -3,7 +3,7 @@
 # and benchmarks, runs every test with ctest, then runs every fuzz target
 # for a bounded time (KVWIRE_FUZZ_SECONDS in total, default 240; 0 skips).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-kvwire_install_deps
+kvwire_install_deps build run test
 BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build}
 kvwire_build "$BUILD" -DKVWIRE_BUILD_TESTS=ON -DKVWIRE_BUILD_BENCHMARKS=ON
 ctest --test-dir "$BUILD" --output-on-failure -j "$KVWIRE_JOBS" --timeout 900

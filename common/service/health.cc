@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/service/grpc_status.h"
+#include "common/status_macros.h"
 #include "glog/logging.h"
 
 namespace kvwire {
@@ -62,6 +63,35 @@ void Readiness::SetListener(Listener listener) {
   if (current != nullptr) (*current)(ready);
 }
 
+absl::StatusOr<std::string> RawUnaryCall(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+    const std::string& request, absl::Duration timeout) {
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1);
+  grpc::ByteBuffer response_buffer;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  grpc::GenericStub stub(channel);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request_buffer,
+                 &response_buffer,
+                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  const grpc::Status status = done.get_future().get();
+  if (!status.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        status.error_message());
+  }
+  std::vector<grpc::Slice> slices;
+  if (!response_buffer.Dump(&slices).ok()) {
+    return absl::InternalError(absl::StrCat(method, ": response unreadable"));
+  }
+  std::string response;
+  for (const grpc::Slice& s : slices) {
+    response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return response;
+}
+
 absl::Status CheckPeerServing(const std::shared_ptr<grpc::Channel>& channel,
                               const std::string& service,
                               absl::Duration timeout) {
@@ -76,29 +106,9 @@ absl::Status CheckPeerServing(const std::shared_ptr<grpc::Channel>& channel,
     request.push_back(static_cast<char>(service.size()));
     request += service;
   }
-  grpc::Slice slice(request);
-  grpc::ByteBuffer request_buffer(&slice, 1);
-  grpc::ByteBuffer response_buffer;
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  grpc::GenericStub stub(channel);
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
-                 &request_buffer, &response_buffer,
-                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
-  const grpc::Status status = done.get_future().get();
-  if (!status.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        status.error_message());
-  }
-  std::vector<grpc::Slice> slices;
-  if (!response_buffer.Dump(&slices).ok()) {
-    return absl::InternalError("health response unreadable");
-  }
-  std::string response;
-  for (const grpc::Slice& s : slices) {
-    response.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
+  ASSIGN_OR_RETURN(
+      std::string response,
+      RawUnaryCall(channel, "/grpc.health.v1.Health/Check", request, timeout));
   // HealthCheckResponse{ServingStatus status = 1}: 1 is SERVING.
   if (response.size() >= 2 && response[0] == 0x08 && response[1] == 1) {
     return absl::OkStatus();

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
@@ -64,6 +65,13 @@ class Readiness {
   bool last_ready_ = true;
   std::shared_ptr<Listener> listener_;
 };
+
+// Calls `method` ("/package.Service/Method") with `request` as the raw
+// request bytes: the raw response bytes, or the call's status. Also reaches
+// server-streaming methods that end without sending a message (errors).
+absl::StatusOr<std::string> RawUnaryCall(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+    const std::string& request, absl::Duration timeout = absl::Seconds(10));
 
 // grpc.health.v1.Health/Check of `service` ("" for the server overall) on
 // `channel`: OK when SERVING; UNAVAILABLE for NOT_SERVING or an unknown

@@ -68,11 +68,35 @@ def main():
         cmd = s["command"]
         check(any(a.startswith("--tls_cert=/etc/kvwire/tls/") for a in cmd),
               f"{name}: serves without TLS")
+        # The whole Hugging Face cache, read-only, where HF_HUB_CACHE says.
+        env = s.get("environment", {})
+        hub = env.get("HF_HUB_CACHE", "")
+        cache_mounts = [t for t in targets if t and hub.startswith(t + "/")]
+        check(cache_mounts and env.get("HF_HOME") in cache_mounts,
+              f"{name}: HF_HOME/HF_HUB_CACHE not on a mounted cache: {env}")
+        check(env.get("MALLOC_MMAP_THRESHOLD_") == "268435456" and
+              env.get("MALLOC_TRIM_THRESHOLD_") == "1073741824",
+              f"{name}: lacks the allocator settings of docs/DEPLOY.md")
+        check(s.get("profiles") == ["kvwire"], f"{name}: profiles {s.get('profiles')}")
     check(gpus.get("kvwire-sharer") != gpus.get("kvwire-receiver"),
           f"sharer and receiver share a GPU: {gpus}")
     rcmd = services["kvwire-receiver"]["command"]
     check("--sharer_target=dns:///kvwire-sharer:50051" in rcmd, "receiver does not dial the sharer")
     check(any(a.startswith("--sharer_tls_cert=") for a in rcmd), "receiver -> sharer is not mutual TLS")
+    # The monitoring-only profile: Prometheus and Grafana start without the
+    # services (no depends_on them); .env selects the whole stack by default.
+    for name in ("prometheus", "grafana"):
+        check(services[name].get("profiles") == ["kvwire", "monitoring"],
+              f"{name}: profiles {services[name].get('profiles')}")
+        check(not set(services[name].get("depends_on", {})) & {"kvwire-sharer", "kvwire-receiver"},
+              f"{name} depends on the kvwire services")
+    with open(os.path.join(src, ".env")) as f:
+        check("COMPOSE_PROFILES=kvwire" in f.read().split(), ".env does not select the kvwire profile")
+    c3 = config(compose, dict(env, KVWIRE_PROMETHEUS_CONFIG="prometheus-fleet.yml"))
+    check("--config.file=/etc/prometheus/prometheus-fleet.yml" in c3["services"]["prometheus"]["command"],
+          "the Prometheus config is not selectable")
+    check(os.path.exists(os.path.join(src, "deploy/prometheus/prometheus-fleet.yml")),
+          "deploy/prometheus/prometheus-fleet.yml missing")
     prom_vols = " ".join(str(v) for v in services["prometheus"]["volumes"])
     check("deploy/prometheus" in prom_vols, "prometheus does not mount deploy/prometheus")
     graf_vols = " ".join(str(v) for v in services["grafana"]["volumes"])

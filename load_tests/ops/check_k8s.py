@@ -3,7 +3,8 @@
 offline renderer (deploy/k8s/render.py) and, where `kubectl kustomize`
 works, with kubectl too, requiring both to produce the same objects; then
 checks what the manifests promise: GPU Deployments for sharer and receiver
-on separate node pools, gRPC-health probes, a headless sharer Service the
+on separate node pools, HTTP probes (/healthz, /readyz on the metrics port),
+the Hugging Face cache volume and the download Job, a headless sharer Service the
 receivers dial with dns:///, PodDisruptionBudgets and NetworkPolicies whose
 selectors match the pods (only receivers reach the sharers' gRPC port), a
 ServiceMonitor that finds both metrics ports, HPAs on kvwire metrics that
@@ -80,12 +81,29 @@ def main():
             check(str(res["limits"].get("nvidia.com/gpu")) == "1" and
                   str(res["requests"].get("nvidia.com/gpu")) == "1",
                   f"{name}: {role} does not request one nvidia.com/gpu")
-            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-                cmd = c.get(probe, {}).get("exec", {}).get("command", [])
-                check(cmd[:1] == ["kvwire-health"], f"{name}: {role} {probe} is not a gRPC health check")
-            ready = c["readinessProbe"]["exec"]["command"]
-            check(f"--service=kvwire.v1.{role.capitalize()}" in ready,
-                  f"{name}: {role} readiness does not check its service")
+            # HTTP probes on the metrics port (kubelet's own httpGet: no exec,
+            # no TLS handshake): liveness and startup on /healthz, readiness on
+            # /readyz, which mirrors the gRPC health of the service.
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            metrics_port = ports.get("metrics")
+            check(any(a == f"--metrics_address=0.0.0.0:{metrics_port}" for a in c["args"]),
+                  f"{name}: {role} metrics port {metrics_port} is not where it listens")
+            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"),
+                                ("startupProbe", "/healthz")):
+                get = c.get(probe, {}).get("httpGet", {})
+                check("exec" not in c.get(probe, {}), f"{name}: {role} {probe} still execs")
+                check(get.get("path") == path and get.get("port") in ("metrics", metrics_port),
+                      f"{name}: {role} {probe} is not httpGet {path} on the metrics port: {get}")
+            # The whole Hugging Face cache, read-only, named by HF_HOME/HF_HUB_CACHE.
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            model_mount = {m["name"]: m for m in c["volumeMounts"]}.get("models", {})
+            check(model_mount.get("readOnly") is True and
+                  env.get("HF_HUB_CACHE", "").startswith(model_mount.get("mountPath", "?") + "/") and
+                  env.get("HF_HOME", "").startswith(model_mount.get("mountPath", "?")),
+                  f"{name}: {role} HF_HOME/HF_HUB_CACHE not on the read-only cache volume: {env}")
+            check(env.get("MALLOC_MMAP_THRESHOLD_") == "268435456" and
+                  env.get("MALLOC_TRIM_THRESHOLD_") == "1073741824",
+                  f"{name}: {role} lacks the allocator settings of docs/DEPLOY.md")
             secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
             mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
             check("tls" in secrets and "tls" in mounts, f"{name}: {role} TLS not from a Secret")
@@ -154,6 +172,17 @@ def main():
             check(all(any(p["name"] == port for p in o["spec"]["ports"]) for o in matched),
                   f"{name}: a Service has no '{port}' port")
 
+    # The download Job fills the same cache volume the Deployments read.
+    with open(os.path.join(k8s, "jobs/hf-download.yaml")) as f:
+        job = yaml.safe_load(f)
+    jc = job["spec"]["template"]["spec"]["containers"][0]
+    jenv = {e["name"]: e.get("value") for e in jc.get("env", [])}
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName")
+              for v in job["spec"]["template"]["spec"]["volumes"]}
+    script = " ".join(jc.get("args", []))
+    check(job["kind"] == "Job" and claims.get("models") == "kvwire-models" and
+          jenv.get("HF_HUB_CACHE") == "/models/huggingface/hub" and "hf download" in script,
+          "jobs/hf-download.yaml does not hf download into the kvwire-models cache")
     with open(os.path.join(k8s, "prometheus-adapter-rules.yaml")) as f:
         adapter = yaml.safe_load(f)
     names = {r["name"]["as"] for r in adapter["rules"]["custom"]}

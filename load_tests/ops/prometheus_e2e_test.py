@@ -9,6 +9,11 @@ loaded. Then, through Prometheus' HTTP API:
   * every recording rule, every alert rule and every query of the Grafana
     dashboard evaluates without error, and those whose metrics the running
     services export return data;
+  * the process_* metrics (CPU, resident and virtual memory, file
+    descriptors, start time), kvwire_model_info and the seconds-per-output-
+    token histogram arrive through the scrape with plausible values;
+  * /healthz and /readyz answer 200 on both metrics ports, and the
+    receiver's old /live path redirects to /ui/live;
   * the rule groups evaluate healthily, and KvwireSharerDown goes pending
     once the sharer is killed.
 
@@ -22,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import yaml  # noqa: E402
@@ -30,10 +37,30 @@ from kvwire_ops import (SKIP, Child, Prometheus, dashboard_expressions,  # noqa:
                         free_port, log, metric_names, rule_expressions)
 
 RECEIVER_ONLY_METRICS = {
-    "kvwire_time_to_first_token_seconds", "kvwire_decode_tokens_per_second",
+    "kvwire_time_to_first_token_seconds", "kvwire_time_per_output_token_seconds",
     "kvwire_generated_tokens_total", "kvwire_fallbacks_total",
 }
 SPEC_TO_SCHEME = {"bf16": "bf16", "int8": "int8", "int4": "int4"}
+# Series of the GPU and host exporters the dashboard plots beside kvwire's
+# (dcgm-exporter, node_exporter): CI runs neither, so their panels must
+# evaluate but cannot have data.
+EXPORTER_SERIES = ("DCGM_FI_", "node_network_")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def http_status(port, path):
+    """(status, Location header) of GET http://127.0.0.1:port/path, without
+    following redirects."""
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.headers.get("Location")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Location")
 
 
 class Failures:
@@ -265,6 +292,56 @@ def main():
             f.check(answers == rx_totals["ok"], f"receiver OK answers {answers} != {rx_totals['ok']}")
             log(f"receiver: {rx_totals['ok']} answers, wire {rx_wire} B: match; sharer total {want_wire} B: match")
 
+        # Process and model metrics, through the scrape: the standard
+        # process_* names of Prometheus clients, read from /proc/self.
+        now = time.time()
+        for job in jobs:
+            sel = f'{{job="{job}"}}'
+            cpu = prom.value(f"process_cpu_seconds_total{sel}")
+            f.check(cpu is not None and cpu > 0, f"{job}: process_cpu_seconds_total {cpu}")
+            rss = prom.value(f"process_resident_memory_bytes{sel}")
+            vms = prom.value(f"process_virtual_memory_bytes{sel}")
+            f.check(rss is not None and vms is not None and 1 << 20 < rss <= vms,
+                    f"{job}: resident {rss} / virtual {vms} bytes")
+            fds = prom.value(f"process_open_fds{sel}")
+            max_fds = prom.value(f"process_max_fds{sel}")
+            f.check(fds is not None and max_fds is not None and 3 <= fds <= max_fds,
+                    f"{job}: open fds {fds} of {max_fds}")
+            start = prom.value(f"process_start_time_seconds{sel}")
+            f.check(start is not None and now - 600 < start <= now,
+                    f"{job}: process_start_time_seconds {start} (now {now})")
+            role = job.replace("kvwire-", "")
+            info = prom.query(f'kvwire_model_info{{job="{job}", role="{role}", device="cpu"}} == 1')
+            result = info.get("data", {}).get("result", [])
+            f.check(len(result) == 1 and result[0]["metric"].get("fingerprint") and
+                    result[0]["metric"].get("dtype") and result[0]["metric"].get("model"),
+                    f"{job}: kvwire_model_info {result}")
+        f.check(prom.query('kvwire_decode_tokens_per_second_count')["data"]["result"] == [],
+                "kvwire_decode_tokens_per_second is still exported")
+        if receiver:
+            tpot = prom.value('sum(kvwire_time_per_output_token_seconds_count{job="kvwire-receiver", role="receiver"})')
+            f.check(tpot is not None and 0 < tpot <= rx_totals["ok"],
+                    f"receiver time-per-output-token observations {tpot} (answers {rx_totals['ok']})")
+            mean = prom.value('sum(kvwire_time_per_output_token_seconds_sum{job="kvwire-receiver"}) / '
+                              'sum(kvwire_time_per_output_token_seconds_count{job="kvwire-receiver"})')
+            f.check(mean is not None and 0 < mean < 10, f"mean seconds per output token {mean}")
+
+        # The probes on the metrics ports (kubelet's httpGet), and the
+        # receiver's live page at its new path.
+        ports = {"kvwire-sharer": metrics_port}
+        if receiver:
+            ports["kvwire-receiver"] = int(receiver.fields["metrics_port"])
+        for job, port in ports.items():
+            for path in ("/healthz", "/readyz"):
+                status, _ = http_status(port, path)
+                f.check(status == 200, f"{job} {path}: HTTP {status}")
+        if receiver:
+            status, location = http_status(ports["kvwire-receiver"], "/live")
+            f.check(status == 301 and location == "/ui/live",
+                    f"receiver /live: HTTP {status} -> {location}")
+            status, _ = http_status(ports["kvwire-receiver"], "/ui/live")
+            f.check(status == 200, f"receiver /ui/live: HTTP {status}")
+
         # Let the 1s rule evaluations run on the scraped data.
         time.sleep(3)
         groups = prom.api("rules")["data"]["groups"]
@@ -287,6 +364,8 @@ def main():
                         f"{kind} '{name}' returned no data: {expr}")
 
         def has_data_here(expr):
+            if any(prefix in expr for prefix in EXPORTER_SERIES):
+                return False
             names = metric_names(expr)
             if receiver:
                 # Fallback counters exist only once a fallback happened.

@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "kvwire/v1/kvwire.grpc.pb.h"
 #include "load_tests/report.h"
+#include "load_tests/tests/fake_openai_server.h"
 #include "nlohmann/json.hpp"
 
 namespace kvwire {
@@ -109,7 +110,12 @@ class FakeReceiver final : public v1::Receiver::Service {
     v1::AnswerEvent token;
     token.mutable_token()->set_token_id(1);
     w->Write(token);
-    absl::SleepFor(absl::Milliseconds(20));
+    // Two more tokens 10 ms apart: the inter-token gaps.
+    for (int i = 0; i < 2; ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+      w->Write(token);
+    }
+    absl::SleepFor(absl::Milliseconds(5));
     v1::AnswerEvent final_event;
     Fill(*request, final_event.mutable_final());
     w->Write(final_event);
@@ -262,9 +268,15 @@ TEST_F(LoadRunnerTest, AnswerAndAnswerStream) {
     EXPECT_EQ(p.all.generated_tokens, 20);
     EXPECT_EQ(p.all.ttft.count(), 10);
     if (rpc == RpcKind::kAnswerStream) {
-      // The first token comes ~5 ms in, the whole answer ~25 ms.
+      // The first token comes ~5 ms in, the whole answer ~30 ms.
       EXPECT_GE(p.all.ttft.Percentile(50), 0.004);
       EXPECT_LT(p.all.ttft.Percentile(50), p.all.latency.Percentile(50));
+      // Three token events per answer: two gaps of ~10 ms each.
+      EXPECT_EQ(p.all.inter_token.count(), 20);
+      EXPECT_GE(p.all.inter_token.Percentile(50), 0.008);
+      EXPECT_LT(p.all.inter_token.Percentile(50), 0.5);
+    } else {
+      EXPECT_EQ(p.all.inter_token.count(), 0);  // No stream to time.
     }
   }
 }
@@ -286,12 +298,18 @@ TEST_F(LoadRunnerTest, ReportsJsonCsvAndPlots) {
   ASSERT_EQ(j["points"].size(), 2u);
   EXPECT_EQ(j["points"][0]["all"]["ok"], 10);
   EXPECT_TRUE(j["points"][0]["all"]["latency_seconds"].contains("p99.9"));
+  for (const char* p : {"p50", "p90", "p99"}) {
+    EXPECT_TRUE(j["points"][0]["all"]["ttft_seconds"].contains(p));
+    EXPECT_TRUE(j["points"][0]["all"]["inter_token_seconds"].contains(p));
+  }
   EXPECT_EQ(j["points"][1]["scenarios"].size(), 2u);
   EXPECT_EQ(j["totals_including_warmup"]["wire_bytes"],
             sharer_.wire_bytes_.load());
   const std::string csv = ReportCsv(o.config, *r);
   // Header + (2 scenarios + ALL) x 2 points.
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 7);
+  EXPECT_THAT(csv, ::testing::HasSubstr(
+                       "ttft_p90_ms,itl_p50_ms,itl_p90_ms,itl_p99_ms"));
   EXPECT_THAT(SummaryText(o.config, *r), ::testing::HasSubstr("p99 ms"));
 
   const std::string dir = ::testing::TempDir() + "/kvwire_load_report";
@@ -303,8 +321,9 @@ TEST_F(LoadRunnerTest, ReportsJsonCsvAndPlots) {
     GTEST_SKIP() << st.message();
   }
   ASSERT_TRUE(st.ok()) << st;
-  for (const char* png : {"latency_vs_load.png", "throughput_vs_load.png",
-                          "bytes_per_request_by_spec.png"}) {
+  for (const char* png :
+       {"latency_vs_load.png", "throughput_vs_load.png", "ttft_itl_vs_load.png",
+        "bytes_per_request_by_spec.png"}) {
     const std::string path = dir + "/" + png;
     ASSERT_TRUE(std::filesystem::exists(path)) << path;
     std::ifstream f(path, std::ios::binary);
@@ -313,6 +332,130 @@ TEST_F(LoadRunnerTest, ReportsJsonCsvAndPlots) {
     EXPECT_EQ(std::string(magic + 1, 3), "PNG") << path;
     EXPECT_GT(std::filesystem::file_size(path), 2000u) << path;
   }
+}
+
+// OpenAI mode against a fake /v1/chat/completions on loopback.
+class OpenAiLoadTest : public ::testing::Test {
+ protected:
+  RunnerOptions Options(const FakeOpenAiServer& server,
+                        const std::string& token) {
+    RunnerOptions o;
+    o.config.rpc = RpcKind::kOpenAiChat;
+    o.config.target = server.url();
+    o.config.model = "kvwire";
+    o.config.warmup_seconds = 0;
+    o.config.duration_seconds = 30;
+    o.config.concurrency = {2};
+    o.config.max_requests = 10;
+    Scenario chat;
+    chat.name = "chat-32";
+    chat.prompt_tokens = 32;
+    chat.max_new_tokens = 4;
+    chat.spec.set_scheme(v1::SCHEME_INT4);
+    o.config.scenarios = {chat};
+    ClientSecurityOptions security;
+    security.allow_insecure = true;
+    auto client = HttpClient::Create(security, /*https=*/false);
+    EXPECT_TRUE(client.ok()) << client.status();
+    if (client.ok()) o.http_client = *std::move(client);
+    o.chat_url = *ParseHttpUrl(server.url() + "/v1/chat/completions");
+    o.auth_token = token;
+    o.questions = {"What is the answer?", "Why?"};
+    o.progress = false;
+    return o;
+  }
+};
+
+TEST_F(OpenAiLoadTest, MeasuresTtftAndInterTokenLatencyFromSseChunks) {
+  FakeOpenAiServer::Behaviour behaviour;
+  behaviour.tokens = 4;
+  behaviour.first_token_delay = absl::Milliseconds(20);
+  behaviour.gap = absl::Milliseconds(10);
+  behaviour.token = "secret";
+  FakeOpenAiServer server(behaviour);
+  RunnerOptions o = Options(server, "secret");
+  auto r = RunLoad(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const PointResult& p = r->points[0];
+  EXPECT_EQ(p.all.ok, 10) << SummaryText(o.config, *r);
+  EXPECT_EQ(p.all.error_count(), 0);
+  EXPECT_EQ(p.all.ttft.count(), 10);
+  EXPECT_GE(p.all.ttft.Percentile(50), 0.018);
+  EXPECT_LT(p.all.ttft.Percentile(50), p.all.latency.Percentile(50));
+  // Four content chunks per answer: three gaps of ~10 ms.
+  EXPECT_EQ(p.all.inter_token.count(), 30);
+  EXPECT_GE(p.all.inter_token.Percentile(50), 0.008);
+  EXPECT_LT(p.all.inter_token.Percentile(50), 0.5);
+  EXPECT_EQ(p.all.generated_tokens, 40);  // From usage.
+  // The KV bytes of kvwire-receiver's report in the last chunk.
+  EXPECT_EQ(p.all.payload_bytes, 10 * 1000);
+  EXPECT_EQ(p.all.wire_bytes, 10 * 1234);
+  EXPECT_EQ(p.all.raw_bytes, 10 * 4000);
+  EXPECT_EQ(p.all.prompt_tokens, 10 * 32);
+  EXPECT_EQ(p.all.tokens_sent, 10 * 96);
+  EXPECT_EQ(server.requests(), 10);
+  const nlohmann::json request = nlohmann::json::parse(server.last_body());
+  EXPECT_EQ(request["model"], "kvwire");
+  EXPECT_EQ(request["stream"], true);
+  EXPECT_EQ(request["max_tokens"], 4);
+  // The scenario's transfer spec rides in the kvwire extension.
+  EXPECT_EQ(request["kvwire"]["mode"], "c2c");
+  EXPECT_EQ(request["kvwire"]["spec"]["scheme"], "SCHEME_INT4");
+  const nlohmann::json j = ReportJson(o.config, *r);
+  EXPECT_EQ(j["rpc"], "openai_chat");
+  EXPECT_GT(j["points"][0]["all"]["inter_token_seconds"]["p90"], 0.0);
+  EXPECT_THAT(SummaryText(o.config, *r), ::testing::HasSubstr("itl p99"));
+}
+
+TEST_F(OpenAiLoadTest, CountsHttpAndStreamErrorsByKind) {
+  FakeOpenAiServer::Behaviour behaviour;
+  behaviour.token = "secret";
+  FakeOpenAiServer server(behaviour);
+  auto r = RunLoad(Options(server, "wrong"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->points[0].all.errors.at("HTTP_401"), 10);
+  EXPECT_EQ(r->points[0].all.error_examples.at("HTTP_401"),
+            "invalid bearer token");
+
+  FakeOpenAiServer::Behaviour cut_short;
+  cut_short.send_done = false;
+  FakeOpenAiServer no_done(cut_short);
+  r = RunLoad(Options(no_done, ""));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->points[0].all.errors.at("BAD_STREAM"), 10);
+
+  FakeOpenAiServer::Behaviour failing;
+  failing.error_event = true;
+  FakeOpenAiServer error_event(failing);
+  r = RunLoad(Options(error_event, ""));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->points[0].all.errors.at("STREAM_ERROR"), 10);
+  EXPECT_EQ(r->points[0].all.error_examples.at("STREAM_ERROR"),
+            "model overloaded");
+}
+
+TEST_F(OpenAiLoadTest, SendsPlainOpenAiRequestsWithoutTheExtension) {
+  FakeOpenAiServer server({});
+  RunnerOptions o = Options(server, "");
+  o.config.kvwire_extension = false;
+  auto r = RunLoad(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->points[0].all.ok, 10);
+  const nlohmann::json request = nlohmann::json::parse(server.last_body());
+  EXPECT_FALSE(request.contains("kvwire"));
+  EXPECT_EQ(request["messages"][0]["role"], "user");
+}
+
+TEST_F(OpenAiLoadTest, RefusesToStartWithoutAnHttpClientOrAModel) {
+  FakeOpenAiServer server({});
+  RunnerOptions o = Options(server, "");
+  o.http_client = nullptr;
+  EXPECT_EQ(RunLoad(o).status().code(), absl::StatusCode::kInvalidArgument);
+  RunnerOptions unnamed = Options(server, "");
+  unnamed.config.model.clear();
+  EXPECT_EQ(RunLoad(unnamed).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(server.requests(), 0);
 }
 
 }  // namespace

@@ -72,6 +72,38 @@ scenarios:
   EXPECT_TRUE(ValidateLoadConfig(*config).ok());
 }
 
+TEST(ScenarioTest, OpenAiChatTakesAUrlAndAModel) {
+  auto c = ParseLoadConfigYaml(R"(
+rpc: openai_chat
+target: https://kvwire.example.com
+model: Qwen/Qwen3-0.6B
+kvwire_extension: false
+scenarios:
+  - {name: chat-256, prompt_tokens: 256, max_new_tokens: 32}
+)");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->rpc, RpcKind::kOpenAiChat);
+  EXPECT_EQ(c->model, "Qwen/Qwen3-0.6B");
+  EXPECT_FALSE(c->kvwire_extension);
+  // No spec travels without kvwire's extension: no spec label either.
+  EXPECT_EQ(c->scenarios[0].spec_label, "chat");
+  EXPECT_EQ(RpcKindName(c->rpc), "openai_chat");
+  EXPECT_TRUE(ValidateLoadConfig(*c).ok());
+  LoadConfig grpc_target = *c;
+  grpc_target.target = "127.0.0.1:8080";
+  EXPECT_EQ(ValidateLoadConfig(grpc_target).code(),
+            absl::StatusCode::kInvalidArgument);
+  LoadConfig url_for_grpc = *c;
+  url_for_grpc.rpc = RpcKind::kAnswer;
+  EXPECT_EQ(ValidateLoadConfig(url_for_grpc).code(),
+            absl::StatusCode::kInvalidArgument);
+  auto file = LoadConfigFile(std::string(KVWIRE_LOAD_SCENARIO_DIR) +
+                             "/openai_chat.yaml");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->rpc, RpcKind::kOpenAiChat);
+  EXPECT_TRUE(file->kvwire_extension);
+}
+
 TEST(ScenarioTest, ShortNamesAndFullEnumNames) {
   auto a = ParseSpecYaml("fp8");
   ASSERT_TRUE(a.ok()) << a.status();

@@ -59,6 +59,23 @@ TEST(TargetGuardTest, NamespacesMustExistAndHaveSaneNames) {
   EXPECT_FALSE(CheckTarget("198.18.0.1:1", {"kvwire-no-such-namespace"}).ok());
 }
 
+TEST(TargetGuardTest, RemoteTargetsNeedTheExplicitOptIn) {
+  TargetPolicy policy;
+  const absl::Status refused = CheckTargetAllowed("192.0.2.1:443", policy);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(refused.message(), HasSubstr("--allow_remote_target"));
+  EXPECT_TRUE(CheckTargetAllowed("127.0.0.1:1", policy).ok());
+  policy.allow_remote = true;
+  EXPECT_TRUE(CheckTargetAllowed("192.0.2.1:443", policy).ok());
+  EXPECT_TRUE(
+      CheckTargetAllowed("ipv4:192.0.2.1:1,198.51.100.2:2", policy).ok());
+  // The opt-in still wants a well-formed target.
+  EXPECT_EQ(CheckTargetAllowed("192.0.2.1", policy).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CheckTargetAllowed("unix:/tmp/s", policy).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace load
 }  // namespace kvwire

@@ -425,35 +425,6 @@ absl::StatusOr<TestPki> MakeTestPki(const std::string& dir) {
 
 // ------------------------------------------------------------ health
 
-absl::StatusOr<std::string> RawUnaryCall(
-    const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-    const std::string& request, absl::Duration timeout) {
-  grpc::Slice slice(request);
-  grpc::ByteBuffer request_buffer(&slice, 1);
-  grpc::ByteBuffer response_buffer;
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  grpc::GenericStub stub(channel);
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, method, grpc::StubOptions(), &request_buffer,
-                 &response_buffer,
-                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
-  const grpc::Status status = done.get_future().get();
-  if (!status.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        status.error_message());
-  }
-  std::vector<grpc::Slice> slices;
-  if (!response_buffer.Dump(&slices).ok()) {
-    return absl::InternalError("dump");
-  }
-  std::string response;
-  for (const grpc::Slice& s : slices) {
-    response.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  return response;
-}
-
 absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
                                 const std::string& service,
                                 absl::Duration timeout) {

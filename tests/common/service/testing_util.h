@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/service/health.h"
 
 namespace kvwire {
 namespace test_util {
@@ -108,12 +109,7 @@ struct TestPki {
 };
 absl::StatusOr<TestPki> MakeTestPki(const std::string& dir);
 
-// Calls `method` ("/package.Service/Method") with `request` as the raw
-// request bytes; the raw response bytes or the call's status. Also reaches
-// server-streaming methods that end without sending a message (errors).
-absl::StatusOr<std::string> RawUnaryCall(
-    const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-    const std::string& request, absl::Duration timeout = absl::Seconds(10));
+using ::kvwire::RawUnaryCall;  // common/service/health.h
 
 // grpc.health.v1.Health/Check for `service` ("" = overall): the status
 // enum (1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN) or the call's error.
