@@ -17,6 +17,7 @@
 #   load  per configuration: a traced answer, then answers/s against
 #         concurrency 1, 4, 16, 64, 256 (load_tests/scenarios/
 #         gpu_serving.yaml)
+# KVWIRE_SERVING_CONFIGS (default "per_layer batched") picks configurations.
 # Usage, from the repository root after `source .gpu/device-env.sh`:
 #   scripts/gpu_serving_bench.sh TOKENIZER_DIR
 # Results go to $OUT (default /tmp/kvwire-serving).
@@ -30,6 +31,7 @@ source "$root/scripts/gpu_common.sh"
 step() { echo "[$(date -u +%H:%M:%S)] $*"; }
 parts=",${KVWIRE_SERVING_PARTS:-test,e2e,load},"
 want() { [[ "$parts" == *",$1,"* ]]; }
+read -r -a configs <<<"${KVWIRE_SERVING_CONFIGS:-per_layer batched}"
 declare -A sharer_flags=(
   [per_layer]="--encode_on_cpu=true"
   [batched]="--encode_on_cpu=false")
@@ -49,7 +51,7 @@ if want test; then
 fi
 
 if want e2e; then
-  for config in per_layer batched; do
+  for config in "${configs[@]}"; do
     step "end to end, $config"
     skip_python=1
     [[ $config == batched ]] && skip_python=0
@@ -65,7 +67,7 @@ fi
 if want load; then
   question=$(cat /tmp/kvwire-e2e/question.txt 2>/dev/null ||
     echo "Which gas do plants release?")
-  for config in per_layer batched; do
+  for config in "${configs[@]}"; do
     step "load, $config"
     KVWIRE_SHARER_FLAGS="--workers=8 --max_batch_size=1 --queue_size=256 ${sharer_flags[$config]}" \
       KVWIRE_RECEIVER_FLAGS="--workers=16 --queue_size=256 ${receiver_flags[$config]}" \
