@@ -146,14 +146,14 @@ absl::StatusOr<std::vector<v1::KvBlock>> EncodeBlocks(
     absl::Span<const BlockToEncode> blocks, const v1::EntropyStage& entropy) {
   std::vector<std::optional<BlockBytes>> fused(blocks.size());
 #ifdef KVWIRE_WITH_CUDA
-  std::vector<CudaBlockToEncode> cuda;
-  for (const BlockToEncode& b : blocks) {
-    cuda.push_back({b.x, b.token_index, b.params});
-  }
   const bool any_cuda = std::any_of(
       blocks.begin(), blocks.end(),
       [](const BlockToEncode& b) { return b.x.defined() && b.x.is_cuda(); });
   if (any_cuda) {
+    std::vector<CudaBlockToEncode> cuda;
+    for (const BlockToEncode& b : blocks) {
+      cuda.push_back({b.x, b.token_index, b.params});
+    }
     ASSIGN_OR_RETURN(auto host, Guarded("encoding on the GPU", [&] {
                        return CudaQuantizeBlocksToHost(cuda);
                      }));
