@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -89,7 +90,15 @@ AnswerRunner::AnswerRunner(const ReceiverEngine* engine, SharerClient* sharer,
       ttft_(metrics->TimeToFirstToken(ServiceRole::kReceiver)),
       time_per_output_token_(
           metrics->TimePerOutputToken(ServiceRole::kReceiver)),
-      generated_tokens_(metrics->GeneratedTokens(ServiceRole::kReceiver)) {}
+      generated_tokens_(metrics->GeneratedTokens(ServiceRole::kReceiver)),
+      kv_slots_in_use_(metrics->KvSlotsInUse(ServiceRole::kReceiver)) {
+  metrics->KvSlots(ServiceRole::kReceiver)
+      .Set(static_cast<double>(engine_->kv_slots().slots));
+}
+
+void AnswerRunner::RecordKvSlots() const {
+  kv_slots_in_use_.Set(static_cast<double>(engine_->kv_slots().in_use));
+}
 
 absl::Status AnswerRunner::Validate(const v1::AnswerRequest& request) const {
   return ValidateAnswerRequest(request, options_.limits);
@@ -364,6 +373,7 @@ absl::Status AnswerRunner::Generate(ReceiverSession& session,
                                     const TokenEventSink& on_token,
                                     v1::AnswerResponse& response) const {
   RETURN_IF_ERROR(control.Check());
+  RecordKvSlots();
   double ttft = 0;
   std::vector<int64_t> ids;
   std::string emitted;
@@ -411,6 +421,8 @@ absl::Status AnswerRunner::Generate(ReceiverSession& session,
 absl::StatusOr<v1::AnswerResponse> AnswerRunner::Run(
     const v1::AnswerRequest& request, CallControl& control,
     Clock::time_point start, const TokenEventSink& on_token) const {
+  // After the request's sessions are gone.
+  absl::Cleanup record_slots = [this] { RecordKvSlots(); };
   RETURN_IF_ERROR(Validate(request));
   if (request.trace() && control.trace() == nullptr) control.EnableTrace(start);
   std::vector<ChatMessage> messages;

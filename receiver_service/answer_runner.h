@@ -148,6 +148,8 @@ class AnswerRunner {
       const v1::GenerationParams& params, const v1::AnswerRequest& request,
       CallControl& control, Attempt& attempt,
       v1::AnswerResponse& response) const;
+  // kvwire_kv_slots_in_use now.
+  void RecordKvSlots() const;
   absl::Status Generate(ReceiverSession& session,
                         const v1::GenerationParams& generation,
                         CallControl& control,
@@ -170,6 +172,7 @@ class AnswerRunner {
   prometheus::Histogram& ttft_;
   prometheus::Histogram& time_per_output_token_;
   prometheus::Counter& generated_tokens_;
+  prometheus::Gauge& kv_slots_in_use_;
 };
 
 }  // namespace kvwire

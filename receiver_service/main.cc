@@ -71,10 +71,15 @@ ABSL_FLAG(std::string, dtype, "auto",
 ABSL_FLAG(std::string, device, "cpu", "Model device: cpu, cuda, cuda:N.");
 ABSL_FLAG(int, intra_op_threads, 0,
           "LibTorch intra-op threads (0: LibTorch's default).");
-ABSL_FLAG(int64_t, decode_batch_slots, 16,
-          "On CUDA: KV cache slots whose decode steps run batched across "
-          "concurrent requests, as CUDA graphs (0: each request decodes "
-          "alone).");
+ABSL_FLAG(int64_t, decode_batch_slots, -1,
+          "KV cache slots whose decode steps run batched across concurrent "
+          "requests (as CUDA graphs on CUDA; 0: each request decodes alone; "
+          "-1: 16 on CUDA, 0 on CPU). Keep --workers at most this: a request "
+          "beyond it gets a cache of its own and decodes alone.");
+ABSL_FLAG(int64_t, prefill_batch_rows, -1,
+          "Prompts of concurrent requests prefilled together in one forward "
+          "(as CUDA graphs on CUDA; 0: each alone; -1: 8 on CUDA, 0 on "
+          "CPU).");
 ABSL_FLAG(int64_t, decode_slot_capacity, 1024,
           "Positions (prompt + generated tokens) of one batched-decode slot; "
           "longer requests decode alone.");
@@ -212,8 +217,17 @@ int main(int argc, char** argv) {
   config.engine.model.dtype = absl::GetFlag(FLAGS_dtype);
   config.engine.model.device = absl::GetFlag(FLAGS_device);
   config.engine.model.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  // -1: batching across requests on CUDA, where it pays; on the CPU the
+  // services then answer exactly as the in-process pipeline does.
+  const bool on_cuda = absl::StartsWith(config.engine.model.device, "cuda");
   config.engine.model.decode_batch_slots =
-      absl::GetFlag(FLAGS_decode_batch_slots);
+      absl::GetFlag(FLAGS_decode_batch_slots) >= 0
+          ? absl::GetFlag(FLAGS_decode_batch_slots)
+          : (on_cuda ? 16 : 0);
+  config.engine.model.prefill_batch_rows =
+      absl::GetFlag(FLAGS_prefill_batch_rows) >= 0
+          ? absl::GetFlag(FLAGS_prefill_batch_rows)
+          : (on_cuda ? 8 : 0);
   config.engine.model.decode_slot_capacity =
       absl::GetFlag(FLAGS_decode_slot_capacity);
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
@@ -322,6 +336,14 @@ int main(int argc, char** argv) {
   if (config.engine.model.dir.empty()) {
     LOG(ERROR) << "--model_dir is required (see --help)";
     return 1;
+  }
+  if (config.engine.model.decode_batch_slots > 0 &&
+      config.workers > config.engine.model.decode_batch_slots) {
+    LOG(WARNING) << "--workers=" << config.workers << " exceeds "
+                 << "--decode_batch_slots="
+                 << config.engine.model.decode_batch_slots
+                 << ": requests beyond the slots allocate KV caches of their "
+                    "own and decode alone";
   }
   if (config.workers < 1 || config.queue_size < 0) {
     LOG(ERROR) << "--workers must be >= 1 and --queue_size >= 0";

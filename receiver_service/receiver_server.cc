@@ -56,7 +56,12 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
     s->sharer_ = *std::move(client);
   }
   const auto load_start = std::chrono::steady_clock::now();
-  auto engine = ReceiverEngine::Load(config.engine);
+  ReceiverEngineOptions engine_options = config.engine;
+  engine_options.model.decode_batch_observer =
+      metrics->ModelBatchObserver(ServiceRole::kReceiver, "decode");
+  engine_options.model.prefill_batch_observer =
+      metrics->ModelBatchObserver(ServiceRole::kReceiver, "prefill");
+  auto engine = ReceiverEngine::Load(engine_options);
   if (!engine.ok()) return engine.status();
   s->engine_ = *std::move(engine);
   s->readiness_.Set(kReadyModels, absl::OkStatus());
@@ -85,6 +90,8 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
                                    "+ sharer layers of ", info.sharer_kv_heads,
                                    "x", info.sharer_head_dim, ")")
                     : std::string("none (receiver-only)"))
+            << " kv_slots=" << s->engine_->kv_slots().slots
+            << " prefill_batch_rows=" << config.engine.model.prefill_batch_rows
             << " load_s="
             << std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                              load_start)

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "common/hub_cache.h"
+#include "common/model/batched_prefill.h"
 #include "common/model/decoder.h"
 #include "common/model/model_fingerprint.h"
 #include "common/status_macros.h"
@@ -61,12 +62,19 @@ absl::StatusOr<std::unique_ptr<Decoder>> LoadModel(
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Decoder> decoder,
                    Decoder::Load(model_dir, decoder_options));
+  RequestBatchingOptions batching;
+  batching.decode_slots = accelerators.decode_batch_slots;
+  batching.slot_capacity = accelerators.decode_slot_capacity;
+  batching.decode_observer = accelerators.decode_batch_observer;
+  batching.prefill_rows = accelerators.prefill_batch_rows;
+  batching.prefill_observer = accelerators.prefill_batch_observer;
 #ifdef KVWIRE_WITH_CUDA
-  CudaGraphInstallOptions graphs;
-  graphs.batch_slots = accelerators.decode_batch_slots;
-  graphs.slot_capacity = accelerators.decode_slot_capacity;
-  RETURN_IF_ERROR(InstallCudaGraphAccelerators(*decoder, graphs));
+  if (decoder->device().is_cuda()) {
+    RETURN_IF_ERROR(InstallCudaGraphAccelerators(*decoder, batching));
+    return decoder;
+  }
 #endif
+  RETURN_IF_ERROR(InstallRequestBatching(*decoder, batching));
   return decoder;
 }
 

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/model/step_batch_stats.h"
 #include "kvwire/v1/kvwire.pb.h"
 
 namespace kvwire {
@@ -31,10 +32,15 @@ struct ModelLoadOptions {
   std::string device = "cpu";
   // LibTorch intra-op threads (0: LibTorch's default).
   int intra_op_threads = 0;
-  // On CUDA: slots of the batched decode across requests (0: off) and
-  // positions per slot (CudaGraphInstallOptions).
+  // Batching across concurrent requests (batched_prefill.h,
+  // InstallRequestBatching), on any device (as CUDA graphs on CUDA): slots
+  // of the batched decode (0: off) and positions per slot; prompts per
+  // batched prefill (0: off). Observers are told each batch (metrics).
   int64_t decode_batch_slots = 0;
   int64_t decode_slot_capacity = 1024;
+  int64_t prefill_batch_rows = 0;
+  StepBatchObserver decode_batch_observer;
+  StepBatchObserver prefill_batch_observer;
   // Replaces the sliding window of every windowed layer (DecoderOptions);
   // 0: the config's. C2C loads Gemma-3 with 4096.
   int64_t sliding_window_override = 0;
@@ -45,9 +51,10 @@ struct ModelLoadOptions {
 absl::StatusOr<DecoderOptions> ParseDecoderOptions(absl::string_view dtype,
                                                    absl::string_view device);
 
-// Decoder::Load of options.dir, then (CUDA builds) the CUDA-graph
-// prefill, decode and batched-decode accelerators
-// (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0 turn them off).
+// Decoder::Load of options.dir, then the request batching asked for and
+// (CUDA builds) the CUDA-graph prefill and decode accelerators
+// (KVWIRE_CUDA_GRAPH_PREFILL=0 / KVWIRE_CUDA_GRAPH_DECODE=0 turn them off,
+// and the batching of that stage with them).
 // Errors: INVALID_ARGUMENT for an empty directory or bad names; the
 // loader's (NOT_FOUND, INVALID_ARGUMENT, UNIMPLEMENTED) naming the
 // directory; the accelerators' allocation errors.

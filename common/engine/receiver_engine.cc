@@ -13,6 +13,7 @@
 #include "common/engine/model_loading.h"
 #include "common/file_util.h"
 #include "common/fuser/fuser.h"
+#include "common/model/batched_decode.h"
 #include "common/model/decoder.h"
 #include "common/model/model_family.h"
 #include "common/status_macros.h"
@@ -45,6 +46,12 @@ std::string StripNewlines(const std::string& s) {
 
 ReceiverEngine::ReceiverEngine() = default;
 ReceiverEngine::~ReceiverEngine() = default;
+
+ReceiverEngine::KvSlotUsage ReceiverEngine::kv_slots() const {
+  const KvSlotPool* pool = decoder_->slot_pool();
+  if (pool == nullptr) return {};
+  return KvSlotUsage{pool->slots(), pool->in_use()};
+}
 
 absl::StatusOr<std::unique_ptr<ReceiverEngine>> ReceiverEngine::Load(
     const ReceiverEngineOptions& options) {

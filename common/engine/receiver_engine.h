@@ -124,6 +124,12 @@ class ReceiverEngine {
   // Null without a fuser / tokenizer.
   const C2CFuser* fuser() const { return fuser_.get(); }
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  // The batched decode's KV cache slot pool (0 slots without one).
+  struct KvSlotUsage {
+    int64_t slots = 0;
+    int64_t in_use = 0;
+  };
+  KvSlotUsage kv_slots() const;
 
   // The prompt ids of `messages` (roles "system" / "user" / "assistant"):
   // the receiver's chat template (add_generation_prompt,

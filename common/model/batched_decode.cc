@@ -17,13 +17,10 @@
 #include "common/torch_guard.h"
 
 namespace kvwire {
-namespace {
 
 c10::Stream CurrentStream(c10::Device device) {
   return c10::impl::VirtualGuardImpl(device.type()).getStream(device);
 }
-
-}  // namespace
 
 KvSlotLease::~KvSlotLease() {
   if (pool != nullptr) pool->Release(slot);
@@ -94,21 +91,19 @@ void KvSlotPool::Release(int64_t slot) {
   if (slot >= 0 && slot < slots_) busy_[slot] = false;
 }
 
-struct BatchedDecodeAccelerator::Pending {
+struct BatchedDecodeAccelerator::Pending : BatchItem {
   Pending(int64_t slot, int64_t token, int64_t position, int64_t rope_offset,
           c10::Stream stream)
-      : slot(slot),
+      : BatchItem(stream),
+        slot(slot),
         token(token),
         position(position),
-        rope_offset(rope_offset),
-        stream(stream) {}
+        rope_offset(rope_offset) {}
   int64_t slot;
   int64_t token;
   int64_t position;
   int64_t rope_offset;
-  c10::Stream stream;
-  bool done = false;  // Guarded by mu_; the rest is written by the runner.
-  absl::Status status;
+  absl::Status status;  // Written by the leader.
   at::Tensor logits;
 };
 
@@ -118,7 +113,15 @@ BatchedDecodeAccelerator::BatchedDecodeAccelerator(
     : pool_(std::move(pool)),
       options_(options),
       runner_(std::move(runner)),
-      fallback_(std::move(fallback)) {}
+      fallback_(std::move(fallback)),
+      batcher_(StepBatcherOptions{pool_->slots(), options.gather_window,
+                                  options.gather_rows, options.observer}) {}
+
+int64_t BatchedDecodeAccelerator::steps() const { return batcher_.steps(); }
+int64_t BatchedDecodeAccelerator::batches() const { return batcher_.batches(); }
+int64_t BatchedDecodeAccelerator::max_batch() const {
+  return batcher_.max_batch();
+}
 
 absl::StatusOr<at::Tensor> BatchedDecodeAccelerator::DecodeStep(
     const Decoder& decoder, int64_t token_id, const KvCache& cache) {
@@ -132,34 +135,11 @@ absl::StatusOr<at::Tensor> BatchedDecodeAccelerator::DecodeStep(
   }
   Pending mine(lease->slot, token_id, cache.length(0), cache.rope_offset(0),
                CurrentStream(decoder.device()));
-  std::unique_lock<std::mutex> lock(mu_);
-  queue_.push_back(&mine);
-  changed_.notify_all();
-  while (!mine.done) {
-    if (running_) {
-      changed_.wait(lock);
-      continue;
-    }
-    // Lead: run every queued step of callers on this stream as one forward.
-    running_ = true;
-    if (options_.gather_window > absl::ZeroDuration()) {
-      changed_.wait_for(
-          lock, absl::ToChronoNanoseconds(options_.gather_window), [&] {
-            return static_cast<int64_t>(queue_.size()) >= options_.gather_rows;
-          });
-    }
-    std::vector<Pending*> batch, rest;
-    for (Pending* p : queue_) {
-      (p->stream == mine.stream ? batch : rest).push_back(p);
-    }
-    queue_ = std::move(rest);
-    lock.unlock();
-    RunBatch(decoder, batch);
-    lock.lock();
-    for (Pending* p : batch) p->done = true;
-    running_ = false;
-    changed_.notify_all();
-  }
+  batcher_.Run(&mine, [&](const std::vector<BatchItem*>& batch) {
+    std::vector<Pending*> steps;
+    for (BatchItem* item : batch) steps.push_back(static_cast<Pending*>(item));
+    RunBatch(decoder, steps);
+  });
   if (!mine.status.ok()) return mine.status;
   return mine.logits;
 }
@@ -225,14 +205,6 @@ void BatchedDecodeAccelerator::RunBatch(const Decoder& decoder,
   for (size_t i = 0; i < batch.size(); ++i) {
     batch[i]->status = status;
     if (status.ok()) batch[i]->logits = out.select(0, i);
-  }
-  if (status.ok()) {
-    steps_ += static_cast<int64_t>(batch.size());
-    ++batches_;
-    int64_t seen = max_batch_.load();
-    const int64_t size = static_cast<int64_t>(batch.size());
-    while (size > seen && !max_batch_.compare_exchange_weak(seen, size)) {
-    }
   }
 }
 

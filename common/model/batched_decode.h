@@ -26,9 +26,8 @@
 #define KVWIRE_COMMON_MODEL_BATCHED_DECODE_H_
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Stream.h>
 
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -38,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/model/decoder.h"
+#include "common/model/step_batcher.h"
 
 namespace kvwire {
 
@@ -89,7 +89,12 @@ struct BatchedDecodeOptions {
   // being busy is what gathers steps). For tests and tuning.
   absl::Duration gather_window = absl::ZeroDuration();
   int64_t gather_rows = 1;
+  // Told each batch's size and queue time (metrics; may be empty).
+  StepBatchObserver observer;
 };
+
+// The current stream of `device` (batches gather the steps of one stream).
+c10::Stream CurrentStream(c10::Device device);
 
 class BatchedDecodeAccelerator : public DecodeAccelerator {
  public:
@@ -112,9 +117,9 @@ class BatchedDecodeAccelerator : public DecodeAccelerator {
                                         const KvCache& cache) override;
 
   // Counters (for tests, benchmarks and metrics).
-  int64_t steps() const { return steps_.load(); }      // Rows served.
-  int64_t batches() const { return batches_.load(); }  // Forwards run.
-  int64_t max_batch() const { return max_batch_.load(); }
+  int64_t steps() const;    // Rows served.
+  int64_t batches() const;  // Forwards run.
+  int64_t max_batch() const;
 
  private:
   struct Pending;
@@ -125,15 +130,10 @@ class BatchedDecodeAccelerator : public DecodeAccelerator {
   BatchedDecodeOptions options_;
   StepRunner runner_;
   std::shared_ptr<DecodeAccelerator> fallback_;
-
-  std::mutex mu_;
-  std::condition_variable changed_;
-  std::vector<Pending*> queue_;  // Guarded by mu_.
-  bool running_ = false;         // Guarded by mu_.
+  StepBatcher batcher_;
   // Step inputs and outputs over all slots (the runner sees rows [0, R)).
-  // Written only by the running thread.
+  // Written only by the leading thread.
   StaticDecodeIo io_;
-  std::atomic<int64_t> steps_{0}, batches_{0}, max_batch_{0};
 };
 
 }  // namespace kvwire

@@ -526,9 +526,9 @@ absl::StatusOr<AcceleratedPrefill> CudaGraphPrefill::Prefill(
 
 BatchedDecodeAccelerator::StepRunner CudaGraphStepRunner(
     CudaGraphDecoderOptions options) {
-  // Graphs keyed by (storage address, rows, span): the batcher's io
-  // tensors are fixed, so the rows and the span are all that varies.
-  using Key = std::tuple<const void*, int64_t, int64_t>;
+  // Graphs keyed by (storage address, rows, tokens per row, span): the
+  // batcher's io tensors are fixed, so the shape is all that varies.
+  using Key = std::tuple<const void*, int64_t, int64_t, int64_t>;
   struct State {
     std::mutex mu;
     std::unique_ptr<GraphCache<Key>> graphs;
@@ -561,8 +561,10 @@ BatchedDecodeAccelerator::StepRunner CudaGraphStepRunner(
       graphs.Enter(caller);
       {
         c10::cuda::CUDAStreamGuard stream_guard(graphs.stream());
-        at::cuda::CUDAGraph* graph =
-            graphs.Get(Key{storage.data_ptr(), storage.size(2), span}, [&] {
+        at::cuda::CUDAGraph* graph = graphs.Get(
+            Key{storage.data_ptr(), storage.size(2),
+                io.token.numel() / storage.size(2), span},
+            [&] {
               return decoder.StaticDecodeStep(io, storage, span, kernels);
             });
         if (graph == nullptr) {
@@ -601,19 +603,19 @@ std::shared_ptr<CudaGraphDecoder> InstallCudaGraphDecoder(
 }
 
 absl::Status InstallCudaGraphAccelerators(
-    Decoder& decoder, const CudaGraphInstallOptions& options) {
+    Decoder& decoder, const RequestBatchingOptions& batching) {
   if (!decoder.device().is_cuda()) return absl::OkStatus();
   std::shared_ptr<CudaGraphDecoder> single = InstallCudaGraphDecoder(decoder);
-  InstallCudaGraphPrefill(decoder);
-  if (options.batch_slots <= 0 || single == nullptr) return absl::OkStatus();
-  ASSIGN_OR_RETURN(
-      std::shared_ptr<KvSlotPool> pool,
-      KvSlotPool::Create(decoder, options.batch_slots, options.slot_capacity));
-  decoder.SetSlotPool(pool);
-  decoder.SetDecodeAccelerator(std::make_shared<BatchedDecodeAccelerator>(
-      pool, BatchedDecodeOptions{}, CudaGraphStepRunner(single->options()),
-      single));
-  return absl::OkStatus();
+  std::shared_ptr<CudaGraphPrefill> prefill = InstallCudaGraphPrefill(decoder);
+  RequestBatchingOptions graphed = batching;
+  // Batching without graphs would be slower than the batch-1 graphs.
+  if (single == nullptr) graphed.decode_slots = 0;
+  if (prefill == nullptr) graphed.prefill_rows = 0;
+  const CudaGraphDecoderOptions graph_options =
+      single != nullptr ? single->options() : CudaGraphDecoderOptions{};
+  return InstallRequestBatching(decoder, graphed,
+                                CudaGraphStepRunner(graph_options),
+                                CudaGraphStepRunner(graph_options));
 }
 
 }  // namespace kvwire

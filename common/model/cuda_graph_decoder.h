@@ -36,6 +36,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/model/batched_decode.h"
+#include "common/model/batched_prefill.h"
 #include "common/model/decoder.h"
 
 namespace kvwire {
@@ -148,26 +149,19 @@ std::shared_ptr<CudaGraphDecoder> InstallCudaGraphDecoder(
 std::shared_ptr<CudaGraphPrefill> InstallCudaGraphPrefill(
     Decoder& decoder, CudaGraphPrefillOptions options = {});
 
-// A BatchedDecodeAccelerator::StepRunner that replays batched decode steps
-// as CUDA graphs, one per (rows, span), with options' fused kernels and up
+// A BatchedDecodeAccelerator::StepRunner that replays batched static steps
+// (decode steps, or batched prefills' padded rows) as CUDA graphs, one per
+// (storage, rows, tokens per row, span), with options' fused kernels and up
 // to 4 * max_graphs graphs; eager on CPU or when a capture fails.
 BatchedDecodeAccelerator::StepRunner CudaGraphStepRunner(
     CudaGraphDecoderOptions options = {});
 
-struct CudaGraphInstallOptions {
-  // > 0: batch concurrent requests' decode steps (batched_decode.h) over a
-  // pool of this many cache slots of slot_capacity positions each; caches
-  // that do not fit a slot keep the batch-1 graph decoder.
-  int64_t batch_slots = 0;
-  int64_t slot_capacity = 1024;
-};
-
 // What the services and the pipeline install on every model on CUDA: the
-// graph prefill and the graph decoder (each with its off switch), plus, with
-// batch_slots, a slot pool and batched decode in front of the decoder.
-// Errors: allocating the pool. No-op on CPU.
+// graph prefill and the graph decoder (each with its off switch), plus the
+// request batching `batching` asks for (InstallRequestBatching) with graph
+// runners, in front of them. Errors: allocating the pool. No-op on CPU.
 absl::Status InstallCudaGraphAccelerators(
-    Decoder& decoder, const CudaGraphInstallOptions& options = {});
+    Decoder& decoder, const RequestBatchingOptions& batching = {});
 
 }  // namespace kvwire
 

@@ -249,8 +249,8 @@ struct StaticDecodeIo {
   // [B * vocab] fp32, written by the step: each row's logits of its token
   // `logits_row`. Undefined: the LM head is skipped.
   at::Tensor logits;
-  // [1] int64 (B = 1 only): which of the T tokens the logits are of.
-  // Undefined: the last.
+  // [B] int64 (optional): which of its T tokens each row's logits are of
+  // (a right-padded row's last real token). Undefined: the last.
   at::Tensor logits_row;
 };
 
@@ -476,6 +476,13 @@ class Decoder {
     accelerator_ = std::move(accelerator);
   }
   DecodeAccelerator* decode_accelerator() const { return accelerator_.get(); }
+  // The installed accelerators themselves (to chain one behind another).
+  std::shared_ptr<DecodeAccelerator> shared_decode_accelerator() const {
+    return accelerator_;
+  }
+  std::shared_ptr<PrefillAccelerator> shared_prefill_accelerator() const {
+    return prefill_accelerator_;
+  }
   // Installs (or removes) the pool that NewCache draws batch-1 caches from
   // (batched_decode.h). Not thread-safe: call before sharing the decoder.
   void SetSlotPool(std::shared_ptr<KvSlotPool> pool) {

@@ -56,13 +56,13 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
       (io.rope_offset.defined() &&
        (!is_index(io.rope_offset) || io.rope_offset.numel() != rows)) ||
       (io.logits_row.defined() &&
-       (rows != 1 || !is_index(io.logits_row) || io.logits_row.numel() != 1)) ||
+       (!is_index(io.logits_row) || io.logits_row.numel() != rows)) ||
       (io.logits.defined() && (io.logits.numel() != rows * c.vocab_size ||
                                io.logits.scalar_type() != at::kFloat ||
                                io.logits.device() != device))) {
     return absl::InvalidArgumentError(
         "static decode needs tokens int64 [B * T] (T >= 1), positions (and "
-        "RoPE offsets, if any) int64 [B], logits_row (if any, B = 1) int64 [1] "
+        "RoPE offsets, if any) int64 [B], logits_row (if any) int64 [B] "
         "and logits (if any) fp32 "
         "[B * vocab] on the model device, B being the storage's batch");
   }
@@ -109,10 +109,13 @@ absl::Status Decoder::StaticDecodeStep(const StaticDecodeIo& io,
       RETURN_IF_ERROR(RunDecoderLayer(ctx, l, impl.layers[l], storage, h));
     }
     if (!io.logits.defined()) return absl::OkStatus();
-    // One row per batch row: the last token's (or logits_row's).
+    // One row per batch row: the last token's (or logits_row's: a padded
+    // row's last real token).
     h = io.logits_row.defined()
-            ? h.reshape({n, c.hidden_size})
-                  .index_select(0, io.logits_row.reshape({1}))
+            ? h.reshape({b, n, c.hidden_size})
+                  .gather(1, io.logits_row.view({b, 1, 1}).expand(
+                                 {b, 1, c.hidden_size}))
+                  .squeeze(1)
             : h.select(1, n - 1);
     h = ctx.Norm(h, impl.final_norm);
     io.logits.view({b, c.vocab_size})

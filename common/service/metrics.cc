@@ -367,6 +367,28 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                          .Name("kvwire_stage_duration_seconds")
                          .Help("Time spent in one pipeline stage of a request.")
                          .Register(r);
+  model_batch_size_ =
+      &BuildHistogram()
+           .Name("kvwire_model_batch_size")
+           .Help(
+               "Requests' steps the model ran as one batch (stage: prefill "
+               "or decode).")
+           .Register(r);
+  model_batch_wait_ =
+      &BuildHistogram()
+           .Name("kvwire_model_batch_wait_seconds")
+           .Help(
+               "Longest wait of a batch's steps for the model (stage: "
+               "prefill or decode).")
+           .Register(r);
+  kv_slots_ = &BuildGauge()
+                   .Name("kvwire_kv_slots")
+                   .Help("KV cache slots of the batched decode's pool.")
+                   .Register(r);
+  kv_slots_in_use_ = &BuildGauge()
+                          .Name("kvwire_kv_slots_in_use")
+                          .Help("KV cache slots held by requests.")
+                          .Register(r);
   ttft_ = &BuildHistogram()
                .Name("kvwire_time_to_first_token_seconds")
                .Help("From request arrival to the first generated token.")
@@ -468,6 +490,38 @@ prometheus::Histogram& Metrics::Stage(ServiceRole role,
 
 prometheus::Histogram& Metrics::TimeToFirstToken(ServiceRole role) {
   return ttft_->Add({{"role", std::string(RoleName(role))}}, SecondsBuckets());
+}
+
+prometheus::Histogram& Metrics::ModelBatchSize(ServiceRole role,
+                                               absl::string_view stage) {
+  return model_batch_size_->Add(
+      {{"role", std::string(RoleName(role))}, {"stage", std::string(stage)}},
+      BatchBuckets());
+}
+
+prometheus::Histogram& Metrics::ModelBatchWait(ServiceRole role,
+                                               absl::string_view stage) {
+  return model_batch_wait_->Add(
+      {{"role", std::string(RoleName(role))}, {"stage", std::string(stage)}},
+      SecondsBuckets());
+}
+
+StepBatchObserver Metrics::ModelBatchObserver(ServiceRole role,
+                                              absl::string_view stage) {
+  prometheus::Histogram* size = &ModelBatchSize(role, stage);
+  prometheus::Histogram* wait = &ModelBatchWait(role, stage);
+  return [size, wait](const StepBatchStats& stats) {
+    size->Observe(static_cast<double>(stats.items));
+    wait->Observe(stats.max_wait_seconds);
+  };
+}
+
+prometheus::Gauge& Metrics::KvSlots(ServiceRole role) {
+  return kv_slots_->Add({{"role", std::string(RoleName(role))}});
+}
+
+prometheus::Gauge& Metrics::KvSlotsInUse(ServiceRole role) {
+  return kv_slots_in_use_->Add({{"role", std::string(RoleName(role))}});
 }
 
 prometheus::Histogram& Metrics::TimePerOutputToken(ServiceRole role) {

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/model/step_batch_stats.h"
 #include "common/service/health.h"
 #include "common/service/live_stats.h"
 #include "common/service/tls_front.h"
@@ -178,6 +179,21 @@ class Metrics {
   prometheus::Histogram& TimePerOutputToken(ServiceRole role);
   // kvwire_generated_tokens_total{role}.
   prometheus::Counter& GeneratedTokens(ServiceRole role);
+  // kvwire_model_batch_size{role,stage} and
+  // kvwire_model_batch_wait_seconds{role,stage} (the longest queue time of
+  // a batch's steps): the model's batching across requests, `stage`
+  // "prefill" or "decode" (batched_prefill.h).
+  prometheus::Histogram& ModelBatchSize(ServiceRole role,
+                                        absl::string_view stage);
+  prometheus::Histogram& ModelBatchWait(ServiceRole role,
+                                        absl::string_view stage);
+  // An observer (for ModelLoadOptions) recording into the two above.
+  StepBatchObserver ModelBatchObserver(ServiceRole role,
+                                       absl::string_view stage);
+  // kvwire_kv_slots{role} and kvwire_kv_slots_in_use{role}: the KV cache
+  // slot pool of the batched decode.
+  prometheus::Gauge& KvSlots(ServiceRole role);
+  prometheus::Gauge& KvSlotsInUse(ServiceRole role);
   // kvwire_fallbacks_total{role,reason}; `reason` must come from a small
   // fixed set (e.g. a status code name).
   prometheus::Counter& Fallbacks(ServiceRole role, absl::string_view reason);
@@ -224,6 +240,10 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* ttft_;
   prometheus::Family<prometheus::Histogram>* time_per_output_token_;
   prometheus::Family<prometheus::Counter>* generated_tokens_;
+  prometheus::Family<prometheus::Histogram>* model_batch_size_;
+  prometheus::Family<prometheus::Histogram>* model_batch_wait_;
+  prometheus::Family<prometheus::Gauge>* kv_slots_;
+  prometheus::Family<prometheus::Gauge>* kv_slots_in_use_;
   prometheus::Family<prometheus::Counter>* fallbacks_;
 
   std::mutex mu_;

@@ -1,22 +1,30 @@
-// KvSlotPool and BatchedDecodeAccelerator (batched_decode.h) on random tiny
-// checkpoints: slots are handed out zeroed, returned with the cache's last
-// copy, and fall back to own allocations when full; concurrent requests'
-// decode steps run as one forward and each gets the tokens it would get
-// alone; idle slots are never written by others' steps.
+// Batching across requests on random tiny checkpoints. KvSlotPool and
+// BatchedDecodeAccelerator (batched_decode.h): slots are handed out zeroed,
+// returned with the cache's last copy, and fall back to own allocations when
+// full; concurrent requests' decode steps run as one forward and each gets
+// the tokens it would get alone; idle slots are never written by others'
+// steps. BatchedPrefillAccelerator (batched_prefill.h): concurrent prompts
+// of different lengths prefill in one padded forward and each gets the
+// cache and logits of its own prefill. StepBatcher: oldest steps first, so
+// none starves.
 #include "common/model/batched_decode.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/model/batched_prefill.h"
 #include "common/model/decoder.h"
+#include "common/model/step_batcher.h"
 #include "gtest/gtest.h"
 #include "tools/make_tiny_checkpoint/tiny_checkpoint.h"
 
@@ -245,6 +253,175 @@ TEST_F(BatchedDecodeTest, RowsStepAtTheirOwnRopeOffsets) {
   }
   EXPECT_EQ(batched->steps(), 6);
   EXPECT_EQ(gapped->rope_offset(), 6);
+}
+
+TEST_F(BatchedDecodeTest,
+       ConcurrentPrefillsRunAsOneForwardWithTheirOwnResults) {
+  constexpr int kRequests = 5;  // Padded to 8 rows, two of them > a bucket.
+  const std::vector<int64_t> lengths = {3, 9, 17, 2, 12};
+  std::vector<std::vector<int64_t>> prompts;
+  std::vector<at::Tensor> expected_logits;
+  std::vector<KvCache> expected_caches;
+  for (int r = 0; r < kRequests; ++r) {
+    prompts.push_back(Prompt(lengths[r], r + 1));
+    auto cache = decoder_->NewCache(32);
+    ASSERT_TRUE(cache.ok());
+    auto logits = decoder_->Prefill(prompts[r], *cache);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    expected_logits.push_back(*logits);
+    expected_caches.push_back(*cache);
+  }
+
+  BatchedPrefillOptions options;
+  options.max_rows = 8;
+  options.max_tokens = 24;
+  options.bucket = 8;
+  // Wait for all of them, so that they run as one forward.
+  options.gather_rows = kRequests;
+  options.gather_window = absl::Seconds(10);
+  std::vector<StepBatchStats> observed;
+  std::mutex observed_mu;
+  options.observer = [&](const StepBatchStats& stats) {
+    std::lock_guard<std::mutex> lock(observed_mu);
+    observed.push_back(stats);
+  };
+  auto batched = std::make_shared<BatchedPrefillAccelerator>(options);
+  decoder_->SetPrefillAccelerator(batched);
+  std::vector<KvCache> caches(kRequests);
+  std::vector<at::Tensor> logits(kRequests);
+  std::vector<absl::Status> statuses(kRequests);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRequests; ++r) {
+    threads.emplace_back([&, r] {
+      auto cache = decoder_->NewCache(32);
+      if (!cache.ok()) {
+        statuses[r] = cache.status();
+        return;
+      }
+      caches[r] = *cache;
+      auto result = decoder_->Prefill(prompts[r], caches[r]);
+      statuses[r] = result.status();
+      if (result.ok()) logits[r] = *result;
+    });
+  }
+  for (auto& t : threads) t.join();
+  decoder_->SetPrefillAccelerator(nullptr);
+  for (int r = 0; r < kRequests; ++r) {
+    ASSERT_TRUE(statuses[r].ok()) << statuses[r];
+    EXPECT_EQ(caches[r].length(), lengths[r]);
+    EXPECT_LT(MaxDiff(logits[r], expected_logits[r]), 1e-4) << "request " << r;
+    for (int64_t l = 0; l < caches[r].num_layers(); ++l) {
+      EXPECT_LT(MaxDiff(caches[r].Keys(l), expected_caches[r].Keys(l)), 1e-4);
+      EXPECT_LT(MaxDiff(caches[r].Values(l), expected_caches[r].Values(l)),
+                1e-4);
+    }
+    // The greedy token each prefill leads to is the same.
+    EXPECT_EQ(logits[r].argmax().item<int64_t>(),
+              expected_logits[r].argmax().item<int64_t>());
+  }
+  EXPECT_EQ(batched->prefills(), kRequests);
+  EXPECT_EQ(batched->batches(), 1);
+  EXPECT_EQ(batched->max_batch(), kRequests);
+  ASSERT_EQ(observed.size(), 1u);
+  EXPECT_EQ(observed[0].items, kRequests);
+  EXPECT_GE(observed[0].max_wait_seconds, 0.0);
+}
+
+TEST_F(BatchedDecodeTest, PrefillsItCannotServeGoToTheFallback) {
+  BatchedPrefillOptions options;
+  options.max_tokens = 8;
+  options.bucket = 8;
+  auto fallback = std::make_shared<StaticPrefillAccelerator>(64);
+  auto batched =
+      std::make_shared<BatchedPrefillAccelerator>(options, nullptr, fallback);
+  decoder_->SetPrefillAccelerator(batched);
+  auto longer = decoder_->NewCache(32);
+  auto shorter = decoder_->NewCache(32);
+  ASSERT_TRUE(longer.ok() && shorter.ok());
+  ASSERT_TRUE(decoder_->Prefill(Prompt(12, 1), *longer).ok());
+  EXPECT_EQ(fallback->prefills(), 1);
+  EXPECT_EQ(batched->prefills(), 0);
+  ASSERT_TRUE(decoder_->Prefill(Prompt(6, 1), *shorter).ok());
+  EXPECT_EQ(batched->prefills(), 1);
+  EXPECT_EQ(fallback->prefills(), 1);
+  decoder_->SetPrefillAccelerator(nullptr);
+}
+
+TEST_F(BatchedDecodeTest,
+       InstallRequestBatchingChainsInFrontAndRefusesBadSizes) {
+  RequestBatchingOptions options;
+  options.decode_slots = -1;
+  EXPECT_EQ(InstallRequestBatching(*decoder_, options).code(),
+            absl::StatusCode::kInvalidArgument);
+  options.decode_slots = 2;
+  options.slot_capacity = 32;
+  options.prefill_rows = 4;
+  options.prefill_max_tokens = 16;
+  ASSERT_TRUE(InstallRequestBatching(*decoder_, options).ok());
+  ASSERT_NE(decoder_->slot_pool(), nullptr);
+  EXPECT_EQ(decoder_->slot_pool()->slots(), 2);
+  EXPECT_NE(
+      dynamic_cast<BatchedDecodeAccelerator*>(decoder_->decode_accelerator()),
+      nullptr);
+  EXPECT_NE(
+      dynamic_cast<BatchedPrefillAccelerator*>(decoder_->prefill_accelerator()),
+      nullptr);
+  // Generation through both equals the plain decoder's.
+  GenerationOptions generation;
+  generation.max_new_tokens = 6;
+  generation.eos_token_ids = std::vector<int64_t>{};
+  auto batched = decoder_->Generate(Prompt(7, 3), generation);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  decoder_->SetDecodeAccelerator(nullptr);
+  decoder_->SetPrefillAccelerator(nullptr);
+  decoder_->SetSlotPool(nullptr);
+  auto plain = decoder_->Generate(Prompt(7, 3), generation);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(batched->tokens, plain->tokens);
+}
+
+TEST(StepBatcherTest, OldestStepsRunFirstSoNoneWaitsMoreThanItsTurn) {
+  constexpr int kThreads = 6;
+  constexpr int kSteps = 25;
+  constexpr int64_t kMaxItems = 2;
+  StepBatcherOptions options;
+  options.max_items = kMaxItems;
+  StepBatcher batcher(options);
+  const c10::Stream stream = CurrentStream(c10::Device(c10::kCPU));
+  std::mutex mu;
+  int64_t batches_run = 0;  // Guarded by mu.
+  int64_t worst = 0;        // Batches a step saw start before its own.
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int s = 0; s < kSteps; ++s) {
+        BatchItem item(stream);
+        int64_t queued_at;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          queued_at = batches_run;
+        }
+        int64_t ran_at = -1;
+        batcher.Run(&item, [&](const std::vector<BatchItem*>& batch) {
+          EXPECT_LE(static_cast<int64_t>(batch.size()), kMaxItems);
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+          std::lock_guard<std::mutex> lock(mu);
+          ++batches_run;
+        });
+        std::lock_guard<std::mutex> lock(mu);
+        ran_at = batches_run;
+        worst = std::max(worst, ran_at - queued_at);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(batcher.steps(), kThreads * kSteps);
+  // FIFO: at most the kThreads - 1 steps ahead of a step (each thread has
+  // one in flight), kMaxItems a batch, plus the batch running when it was
+  // queued and its own.
+  const int64_t bound = (kThreads - 1 + kMaxItems - 1) / kMaxItems + 2;
+  EXPECT_LE(worst, bound);
+  EXPECT_GE(batcher.batches(), kThreads * kSteps / kMaxItems);
 }
 
 }  // namespace
