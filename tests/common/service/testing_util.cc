@@ -33,6 +33,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 
 namespace kvwire {
@@ -329,6 +330,33 @@ std::optional<double> MetricValue(
     if (absl::SimpleAtod(number, &value)) return value;
   }
   return std::nullopt;
+}
+
+absl::StatusOr<StartedService> StartService(
+    const std::vector<std::string>& argv, const std::string& ready_prefix,
+    absl::Duration timeout) {
+  StartedService service;
+  ASSIGN_OR_RETURN(
+      service.process,
+      ChildProcess::Start(argv, MakeTempDir("svc") + "/stderr.log"));
+  auto ready = service.process->WaitForLine(ready_prefix, timeout);
+  if (!ready.ok()) {
+    return absl::Status(ready.status().code(),
+                        absl::StrCat(ready.status().message(), "\n",
+                                     service.process->Stderr()));
+  }
+  if (!absl::SimpleAtoi((*ready)["grpc_port"], &service.port) ||
+      !absl::SimpleAtoi((*ready)["metrics_port"], &service.metrics_port)) {
+    return absl::InternalError(
+        absl::StrCat("no ports in the ready line of ", argv[0]));
+  }
+  return service;
+}
+
+std::string ScrapeMetrics(int metrics_port) {
+  auto body = HttpGet("127.0.0.1", metrics_port, "/metrics");
+  EXPECT_TRUE(body.ok()) << body.status();
+  return body.value_or("");
 }
 
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {

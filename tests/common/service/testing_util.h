@@ -92,6 +92,25 @@ std::optional<double> MetricValue(
     const std::string& text, const std::string& name,
     const std::map<std::string, std::string>& labels);
 
+// A kvwire service binary started as a ChildProcess, with the ports its
+// ready line announced.
+struct StartedService {
+  std::unique_ptr<ChildProcess> process;
+  int port = 0;
+  int metrics_port = 0;
+};
+// Starts `argv` (stderr into a fresh temporary directory) and waits up to
+// `timeout` for its stdout line starting with `ready_prefix` (e.g.
+// "kvwire-receiver ready") with grpc_port= and metrics_port=. The
+// WaitForLine errors, with the process's stderr appended.
+absl::StatusOr<StartedService> StartService(
+    const std::vector<std::string>& argv, const std::string& ready_prefix,
+    absl::Duration timeout);
+
+// The /metrics text of the service on 127.0.0.1:`metrics_port` ("" when it
+// cannot be read; the test fails).
+std::string ScrapeMetrics(int metrics_port);
+
 // Polls `condition` (every 10 ms) until it holds or `timeout` passes.
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 
