@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/engine/model_loading.h"
 #include "common/hub_cache.h"
 #include "common/protocol/answer_validation.h"
 #include "common/service/process.h"
@@ -217,17 +218,10 @@ int main(int argc, char** argv) {
   config.engine.model.dtype = absl::GetFlag(FLAGS_dtype);
   config.engine.model.device = absl::GetFlag(FLAGS_device);
   config.engine.model.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
-  // -1: batching across requests on CUDA, where it pays; on the CPU the
-  // services then answer exactly as the in-process pipeline does.
-  const bool on_cuda = absl::StartsWith(config.engine.model.device, "cuda");
-  config.engine.model.decode_batch_slots =
-      absl::GetFlag(FLAGS_decode_batch_slots) >= 0
-          ? absl::GetFlag(FLAGS_decode_batch_slots)
-          : (on_cuda ? 16 : 0);
-  config.engine.model.prefill_batch_rows =
-      absl::GetFlag(FLAGS_prefill_batch_rows) >= 0
-          ? absl::GetFlag(FLAGS_prefill_batch_rows)
-          : (on_cuda ? 8 : 0);
+  config.engine.model.decode_batch_slots = kvwire::AutoBatchingSize(
+      absl::GetFlag(FLAGS_decode_batch_slots), config.engine.model.device, 16);
+  config.engine.model.prefill_batch_rows = kvwire::AutoBatchingSize(
+      absl::GetFlag(FLAGS_prefill_batch_rows), config.engine.model.device, 8);
   config.engine.model.decode_slot_capacity =
       absl::GetFlag(FLAGS_decode_slot_capacity);
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);

@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/engine/model_loading.h"
 #include "common/hub_cache.h"
 #include "common/service/process.h"
 #include "common/service/server_flags.h"
@@ -37,6 +38,11 @@ ABSL_FLAG(int, workers, 1,
 ABSL_FLAG(int, queue_size, 16,
           "Requests that may wait for a worker (until their deadline); "
           "beyond that Share fails with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, prefill_batch_rows, -1,
+          "Prompts of concurrent Share calls (one per worker) prefilled "
+          "together in one forward, as CUDA graphs on CUDA (0: each alone; "
+          "-1: 8 on CUDA, 0 on CPU). Unlike --max_batch_size it needs no "
+          "queueing: it batches whatever the workers run at the same time.");
 ABSL_FLAG(int, max_batch_size, 1,
           "Dynamic batching: a free worker prefills up to this many queued "
           "requests together (right-padded; 1 disables). Large gains on GPU "
@@ -116,6 +122,8 @@ int main(int argc, char** argv) {
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   config.engine.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens);
   config.engine.model.intra_op_threads = absl::GetFlag(FLAGS_intra_op_threads);
+  config.engine.model.prefill_batch_rows = kvwire::AutoBatchingSize(
+      absl::GetFlag(FLAGS_prefill_batch_rows), config.engine.model.device, 8);
   config.engine.model.sliding_window_override =
       absl::GetFlag(FLAGS_sliding_window_override);
   config.engine.encode_on_cpu = absl::GetFlag(FLAGS_encode_on_cpu);

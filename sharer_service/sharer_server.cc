@@ -35,7 +35,10 @@ absl::StatusOr<std::unique_ptr<SharerServer>> SharerServer::Start(
     s->metrics_server_ = *std::move(metrics_server);
   }
   const auto load_start = std::chrono::steady_clock::now();
-  auto engine = SharerEngine::Load(config.engine);
+  SharerEngineOptions engine_options = config.engine;
+  engine_options.model.prefill_batch_observer =
+      metrics->ModelBatchObserver(ServiceRole::kSharer, "prefill");
+  auto engine = SharerEngine::Load(engine_options);
   if (!engine.ok()) return engine.status();
   s->engine_ = *std::move(engine);
   s->readiness_.Set(kReadyModels, absl::OkStatus());
@@ -46,7 +49,9 @@ absl::StatusOr<std::unique_ptr<SharerServer>> SharerServer::Start(
             << " kv_heads=" << model.num_kv_heads()
             << " head_dim=" << model.head_dim()
             << " vocab=" << model.vocab_size()
-            << " fingerprint=" << model.fingerprint() << " load_s="
+            << " fingerprint=" << model.fingerprint()
+            << " prefill_batch_rows=" << config.engine.model.prefill_batch_rows
+            << " load_s="
             << std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                              load_start)
                    .count();

@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "common/hub_cache.h"
 #include "common/model/batched_prefill.h"
 #include "common/model/decoder.h"
@@ -41,6 +42,12 @@ absl::StatusOr<DecoderOptions> ParseDecoderOptions(absl::string_view dtype,
     ASSIGN_OR_RETURN(options.dtype, ParseModelDtype(dtype));
   }
   return options;
+}
+
+int64_t AutoBatchingSize(int64_t value, absl::string_view device,
+                         int64_t cuda_default) {
+  if (value >= 0) return value;
+  return absl::StartsWith(device, "cuda") ? cuda_default : 0;
 }
 
 absl::StatusOr<std::unique_ptr<Decoder>> LoadModel(

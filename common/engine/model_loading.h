@@ -46,6 +46,13 @@ struct ModelLoadOptions {
   int64_t sliding_window_override = 0;
 };
 
+// A batching size flag (--decode_batch_slots, --prefill_batch_rows):
+// `value` when >= 0; -1 ("auto"): `cuda_default` on a CUDA device, where
+// batching pays, and 0 on the CPU, where the services then answer exactly
+// as the in-process pipeline does.
+int64_t AutoBatchingSize(int64_t value, absl::string_view device,
+                         int64_t cuda_default);
+
 // The dtype and device `dtype` / `device` name ("auto": bf16 on CUDA, fp32
 // on CPU). INVALID_ARGUMENT for unknown names.
 absl::StatusOr<DecoderOptions> ParseDecoderOptions(absl::string_view dtype,
