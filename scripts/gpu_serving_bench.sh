@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Serving on one GPU, before and after the wire changes of issue 16
-# (docs/PERFORMANCE.md §5.8), in one run on one card. Two service
+# Serving on one GPU, before and after the changes of issue 16
+# (docs/PERFORMANCE.md §5.9), in one run on one card. Service
 # configurations, the same binaries:
 #   per_layer   the sharer copies each layer to the host and encodes it there
 #               (--encode_on_cpu=true); the receiver fuses each layer as it
-#               lands (--fusion_schedule=on_arrival)
+#               lands (--fusion_schedule=on_arrival); no batched prefill
 #   batched     the sharer quantizes on the GPU, every layer ready at once in
 #               one batch with one device-to-host copy (--encode_on_cpu=false);
 #               the receiver fuses the whole stream in one layer-batched call
-#               (--fusion_schedule=when_complete)
+#               (--fusion_schedule=when_complete); no batched prefill
+#   scheduled   batched, plus both services prefill concurrent requests'
+#               prompts together (--prefill_batch_rows=8, their CUDA default)
 # Parts (KVWIRE_SERVING_PARTS, comma-separated; default all, in this order):
-#   test  the CUDA codec parity test (batched GPU encode == CPU stream)
+#   test  the CUDA codec parity test (batched GPU encode == CPU stream) and
+#         the CUDA graph tests of the batching across requests
 #   e2e   one C2C answer (scripts/gpu_e2e_bench.sh: 118 tokens, INT4, 10 new
 #         tokens) per configuration; the Python reference once, with the
-#         batched configuration
+#         last configuration
 #   load  per configuration: a traced answer, then answers/s against
 #         concurrency 1, 4, 16, 64, 256 (load_tests/scenarios/
 #         gpu_serving.yaml)
-# KVWIRE_SERVING_CONFIGS (default "per_layer batched") picks configurations.
+# KVWIRE_SERVING_CONFIGS (default "batched scheduled") picks configurations.
 # Usage, from the repository root after `source .gpu/device-env.sh`:
 #   scripts/gpu_serving_bench.sh TOKENIZER_DIR
 # Results go to $OUT (default /tmp/kvwire-serving).
@@ -31,30 +34,37 @@ source "$root/scripts/gpu_common.sh"
 step() { echo "[$(date -u +%H:%M:%S)] $*"; }
 parts=",${KVWIRE_SERVING_PARTS:-test,e2e,load},"
 want() { [[ "$parts" == *",$1,"* ]]; }
-read -r -a configs <<<"${KVWIRE_SERVING_CONFIGS:-per_layer batched}"
+read -r -a configs <<<"${KVWIRE_SERVING_CONFIGS:-batched scheduled}"
 declare -A sharer_flags=(
-  [per_layer]="--encode_on_cpu=true"
-  [batched]="--encode_on_cpu=false")
+  [per_layer]="--encode_on_cpu=true --prefill_batch_rows=0"
+  [batched]="--encode_on_cpu=false --prefill_batch_rows=0"
+  [scheduled]="--encode_on_cpu=false --prefill_batch_rows=8")
 declare -A receiver_flags=(
-  [per_layer]="--fusion_schedule=on_arrival"
-  [batched]="--fusion_schedule=when_complete")
+  [per_layer]="--fusion_schedule=on_arrival --prefill_batch_rows=0"
+  [batched]="--fusion_schedule=when_complete --prefill_batch_rows=0"
+  [scheduled]="--fusion_schedule=when_complete --prefill_batch_rows=8")
 
 step "host: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
 step "build"
-kvwire_gpu_build kvwire-load kvwire_kv_codec_test || exit 1
+kvwire_gpu_build kvwire-load kvwire_kv_codec_test kvwire_model_cuda_test || exit 1
 kvwire_gpu_models "$tok"
 
 if want test; then
   step "CUDA codec parity"
   "$build/tests/common/codec/kvwire_kv_codec_test" 2>&1 |
     grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) " | tee "$OUT/kv_codec_test.txt"
+  step "CUDA graph batching across requests"
+  "$build/tests/common/model/kvwire_model_cuda_test" \
+    --gtest_filter='*Batched*:*GraphPrefill*' 2>&1 |
+    grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) |Failure|Expected|Which is" |
+    tee "$OUT/model_cuda_test.txt"
 fi
 
 if want e2e; then
   for config in "${configs[@]}"; do
     step "end to end, $config"
     skip_python=1
-    [[ $config == batched ]] && skip_python=0
+    [[ $config == "${configs[-1]}" ]] && skip_python=0
     OUT=$OUT/e2e_$config KVWIRE_E2E_RUNS=${KVWIRE_E2E_RUNS:-10} \
       KVWIRE_E2E_SKIP_PYTHON=$skip_python \
       KVWIRE_SHARER_FLAGS="${sharer_flags[$config]}" \
