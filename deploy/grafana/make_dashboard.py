@@ -206,6 +206,25 @@ def build():
         [(f"sum by (role, method) (kvwire_requests_in_flight{{{SEL}}})", "{{role}} {{method}}")],
         "short", 16, y, w=8))
     y += 8
+    p.append(timeseries(
+        "Model batch size",
+        "Mean requests per forward of the batched prefill and the batched decode across requests.",
+        [(f"sum by (role, stage) (rate(kvwire_model_batch_size_sum{{{SEL}}}[{RI}])) / "
+          f"sum by (role, stage) (rate(kvwire_model_batch_size_count{{{SEL}}}[{RI}]))",
+          "{{role}} {{stage}}")],
+        "short", 0, y, w=8))
+    p.append(timeseries(
+        "Wait for the model p99",
+        "How long a request's step waited for the model's next batch, by stage.",
+        [(q(0.99, "kvwire_model_batch_wait_seconds", "role, stage"), "p99 {{role}} {{stage}}")],
+        "s", 8, y, w=8))
+    p.append(timeseries(
+        "KV slot pool",
+        "Receiver KV cache slots held by requests, and the pool's size (--decode_batch_slots).",
+        [(f"sum by (role) (kvwire_kv_slots_in_use{{{SEL}}})", "{{role}} in use"),
+         (f"sum by (role) (kvwire_kv_slots{{{SEL}}})", "{{role}} slots")],
+        "short", 16, y, w=8))
+    y += 8
 
     # Exporters beside kvwire: NVIDIA dcgm-exporter (DCGM_FI_*) and
     # node_exporter (node_*), scraped from deploy/prometheus/targets/ (or the
