@@ -75,8 +75,8 @@ ABSL_FLAG(int, intra_op_threads, 0,
 ABSL_FLAG(int64_t, decode_batch_slots, -1,
           "KV cache slots whose decode steps run batched across concurrent "
           "requests (as CUDA graphs on CUDA; 0: each request decodes alone; "
-          "-1: 16 on CUDA, 0 on CPU). Keep --workers at most this: a request "
-          "beyond it gets a cache of its own and decodes alone.");
+          "-1: 16 on CUDA, 0 on CPU). At least --workers: each running "
+          "request holds one slot.");
 ABSL_FLAG(int64_t, prefill_batch_rows, -1,
           "Prompts of concurrent requests prefilled together in one forward "
           "(as CUDA graphs on CUDA; 0: each alone; -1: 8 on CUDA, 0 on "
@@ -331,13 +331,16 @@ int main(int argc, char** argv) {
     LOG(ERROR) << "--model_dir is required (see --help)";
     return 1;
   }
+  // Every worker's cache must fit the pool: requests beyond --workers wait
+  // in the queue or get RESOURCE_EXHAUSTED, never a cache outside the pool.
   if (config.engine.model.decode_batch_slots > 0 &&
       config.workers > config.engine.model.decode_batch_slots) {
-    LOG(WARNING) << "--workers=" << config.workers << " exceeds "
-                 << "--decode_batch_slots="
-                 << config.engine.model.decode_batch_slots
-                 << ": requests beyond the slots allocate KV caches of their "
-                    "own and decode alone";
+    LOG(ERROR) << "--workers=" << config.workers << " exceeds "
+               << "--decode_batch_slots="
+               << config.engine.model.decode_batch_slots
+               << ": each worker's request holds one KV cache slot; raise "
+                  "the slots or lower the workers";
+    return 1;
   }
   if (config.workers < 1 || config.queue_size < 0) {
     LOG(ERROR) << "--workers must be >= 1 and --queue_size >= 0";
