@@ -1,6 +1,6 @@
-// Fuzzes the receiving side of a KvChunk stream: framing, reassembly,
-// checksums, index decoding, zstd and dequantization. Input format: a
-// sequence of [u32 little-endian length][serialized KvChunk] records.
+// Fuzzes the receiving side of a KvChunk stream: framing, batches of
+// blocks, reassembly, checksums, index decoding, zstd and dequantization. Input
+// format: a sequence of [u32 little-endian length][serialized KvChunk] records.
 // Checksums are recomputed for blocks half of the time (by a flag bit), so
 // the fuzzer also reaches the decoding behind the CRC check.
 #include <ATen/ATen.h>
@@ -38,8 +38,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (fix_checksums && chunk.has_block()) {
       chunk.mutable_block()->set_crc32c(kvwire::BlockChecksum(chunk.block()));
     }
-    auto layer = decoder.Consume(chunk);
-    if (!layer.ok()) return 0;
+    if (fix_checksums) {
+      for (kvwire::v1::KvBlock& block : *chunk.mutable_blocks()) {
+        block.set_crc32c(kvwire::BlockChecksum(block));
+      }
+    }
+    // ConsumeAll: a batch of blocks (KvChunk.blocks) may complete several
+    // layers.
+    auto layers = decoder.ConsumeAll(chunk);
+    if (!layers.ok()) return 0;
   }
   (void)decoder.Finish();
   return 0;

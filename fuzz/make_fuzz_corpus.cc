@@ -1,8 +1,8 @@
 // Writes the generated seed corpora of the fuzz targets, one folder per
 // target under OUT_DIR (scripts/fuzz.sh adds the repository's real files):
 //   chunk_decoder/       valid KvChunk streams of a small synthetic cache
-//                        under several transfer specs (the fuzzer's record
-//                        format);
+//                        under several transfer specs, each also with its
+//                        blocks batched (the fuzzer's record format);
 //   safetensors/         SerializeSafetensors output (every dtype, metadata)
 //                        and the model.safetensors of tiny Qwen2, Qwen3 and
 //                        Llama checkpoints (WriteRandomCheckpoint);
@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "common/codec/kv_codec.h"
+#include "common/codec/kv_stream.h"
 #include "common/codec/synthetic_kv.h"
 #include "common/file_util.h"
 #include "common/fuser/fuser_config.h"
@@ -96,14 +97,19 @@ bool ChunkDecoderSeeds(const fs::path& dir) {
         }
       }
       chunks.push_back(*(*encoder)->Finish(0));
-      std::string out(1, '\0');
-      for (const auto& c : chunks) {
-        const std::string s = c.SerializeAsString();
-        const uint32_t len = s.size();
-        out.append(reinterpret_cast<const char*>(&len), 4);
-        out += s;
+      // Each stream twice: one block per message, and with the blocks
+      // batched three per message (KvChunk.blocks).
+      for (const auto& stream :
+           {chunks, kvwire::BatchBlockChunks(chunks, 3, 1 << 20)}) {
+        std::string out(1, '\0');
+        for (const auto& c : stream) {
+          const std::string s = c.SerializeAsString();
+          const uint32_t len = s.size();
+          out.append(reinterpret_cast<const char*>(&len), 4);
+          out += s;
+        }
+        Write(dir, "seed" + std::to_string(n++), out);
       }
-      Write(dir, "seed" + std::to_string(n++), out);
     }
   }
   return true;

@@ -129,7 +129,8 @@ class ShareCall : public grpc::ClientReadReactor<v1::KvChunk> {
     outcome_.serialized += static_cast<int64_t>(chunk_.ByteSizeLong());
     outcome_.wire +=
         static_cast<int64_t>(chunk_.ByteSizeLong()) + kGrpcMessagePrefixBytes;
-    if (outcome_.first < 0 && (chunk_.has_block() || chunk_.has_fragment())) {
+    if (outcome_.first < 0 && (chunk_.has_block() || chunk_.has_fragment() ||
+                               chunk_.blocks_size() > 0)) {
       outcome_.first = now_();
     }
     if (chunk_.has_header()) {

@@ -84,6 +84,10 @@ ABSL_FLAG(int64_t, prefill_batch_rows, -1,
 ABSL_FLAG(int64_t, decode_slot_capacity, 1024,
           "Positions (prompt + generated tokens) of one batched-decode slot; "
           "longer requests decode alone.");
+ABSL_FLAG(uint32_t, sharer_max_blocks_per_message, 64,
+          "Whole KV blocks the sharer may send in one message when several "
+          "wait behind a write (ShareRequest.max_blocks_per_message); 0 or "
+          "1: one block per message.");
 ABSL_FLAG(std::string, fusion_schedule, "when_complete",
           "When received sharer layers are fused: when_complete (all of them "
           "in one layer-batched projector call once the stream has arrived) "
@@ -266,6 +270,8 @@ int main(int argc, char** argv) {
   config.engine.fusion_schedule = *schedule;
 
   config.sharer.target = absl::GetFlag(FLAGS_sharer_target);
+  config.sharer.max_blocks_per_message =
+      absl::GetFlag(FLAGS_sharer_max_blocks_per_message);
   kvwire::ChannelOptions& channel = config.sharer.channel;
   channel.load_balancing_policy = absl::GetFlag(FLAGS_sharer_lb_policy);
   channel.reconnect_max_backoff =

@@ -35,6 +35,8 @@ void ShareStream::ReadLoop(v1::Sharer::Stub* stub, v1::ShareRequest request,
   while (reader->Read(&chunk)) {
     if (outcome_.chunks == 0)
       outcome_.first_chunk_seconds = SecondsSince(start);
+    // One message, batched blocks or not: its serialized size and one
+    // gRPC prefix.
     const int64_t size = static_cast<int64_t>(chunk.ByteSizeLong());
     ++outcome_.chunks;
     outcome_.serialized_bytes += size;
@@ -80,8 +82,12 @@ std::unique_ptr<ShareStream> SharerClient::StartShare(
     s->context_.set_deadline(absl::ToChronoTime(deadline));
   }
   AttachBearerToken(&s->context_, options_.channel.security.auth_token);
+  v1::ShareRequest sent = request;
+  if (sent.max_blocks_per_message() == 0) {
+    sent.set_max_blocks_per_message(options_.max_blocks_per_message);
+  }
   s->thread_ = std::thread(&ShareStream::ReadLoop, s.get(), stub_.get(),
-                           request, std::move(consume));
+                           std::move(sent), std::move(consume));
   return s;
 }
 

@@ -32,6 +32,10 @@ struct SharerClientOptions {
   // Security (TLS, mutual TLS, plaintext only when allowed, bearer token),
   // keepalive, message sizes and the load-balancing policy.
   ChannelOptions channel;
+  // ShareRequest.max_blocks_per_message of every Share call that leaves it
+  // unset: how many whole blocks one message may carry when the sharer has
+  // several waiting (fewer messages, same bytes). 0 or 1: one per message.
+  uint32_t max_blocks_per_message = 64;
 };
 
 // How one Share call went.
@@ -40,7 +44,7 @@ struct ShareOutcome {
   // the consumer's error (consumer_error), which cancelled the call.
   absl::Status status;
   bool consumer_error = false;
-  int64_t chunks = 0;              // KvChunks received (and consumed).
+  int64_t chunks = 0;              // KvChunk messages received (and consumed).
   int64_t serialized_bytes = 0;    // Sum of their serialized sizes.
   int64_t wire_bytes = 0;          // serialized + 5-byte prefix per message.
   double seconds = 0;              // Call start -> end of the stream.
@@ -85,7 +89,9 @@ class SharerClient {
   const SharerClientOptions& options() const { return options_; }
 
   // Starts Share(`request`) with `deadline`; every chunk goes to `consume`,
-  // in order, on the reader thread.
+  // in order, on the reader thread. A request without
+  // max_blocks_per_message gets the options' (so `consume` must accept
+  // batches of blocks, KvChunk.blocks, when that is above 1).
   std::unique_ptr<ShareStream> StartShare(const v1::ShareRequest& request,
                                           absl::Time deadline,
                                           ChunkConsumer consume);

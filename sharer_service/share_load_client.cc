@@ -37,6 +37,9 @@ ABSL_FLAG(int, requests, 64, "Calls in total.");
 ABSL_FLAG(int, tokens, 128, "Prompt tokens per call (random ids).");
 ABSL_FLAG(std::string, scheme, "int8", "Transfer scheme (bf16, int8, ...).");
 ABSL_FLAG(double, deadline_seconds, 60, "Deadline of each call.");
+ABSL_FLAG(uint32_t, max_blocks_per_message, 0,
+          "ShareRequest.max_blocks_per_message: whole blocks the sharer may "
+          "batch into one message (0 or 1: one per message).");
 ABSL_FLAG(bool, allow_insecure, false, "Plaintext channel.");
 ABSL_FLAG(std::string, tls_ca, "", "PEM roots for the server.");
 ABSL_FLAG(std::string, tls_cert, "", "Client certificate (mutual TLS).");
@@ -93,12 +96,14 @@ int Run() {
         r.add_token_ids(rng() % info.model().vocab_size());
       }
       r.mutable_spec()->set_scheme(*scheme);
+      r.set_max_blocks_per_message(absl::GetFlag(FLAGS_max_blocks_per_message));
     }
     std::atomic<int> next{0};
     std::mutex mu;
     std::vector<double> latencies;
     std::map<std::string, int> codes;
     int64_t wire_bytes = 0;
+    int64_t messages = 0;
     const int total = absl::GetFlag(FLAGS_requests);
     const auto start = std::chrono::steady_clock::now();
     std::vector<std::thread> threads;
@@ -114,7 +119,11 @@ int Run() {
           auto reader = stub->Share(&call, requests[i % requests.size()]);
           v1::KvChunk chunk;
           int64_t bytes = 0;
-          while (reader->Read(&chunk)) bytes += chunk.ByteSizeLong() + 5;
+          int64_t count = 0;
+          while (reader->Read(&chunk)) {
+            bytes += chunk.ByteSizeLong() + 5;
+            ++count;
+          }
           const grpc::Status status = reader->Finish();
           const double seconds = std::chrono::duration<double>(
                                      std::chrono::steady_clock::now() - t0)
@@ -124,6 +133,7 @@ int Run() {
           if (status.ok()) {
             latencies.push_back(seconds);
             wire_bytes += bytes;
+            messages += count;
           }
         }
       });
@@ -149,6 +159,10 @@ int Run() {
               << ", \"prompt_tokens_per_s\": "
               << latencies.size() * absl::GetFlag(FLAGS_tokens) / wall
               << ", \"wire_MB_per_s\": " << wire_bytes / wall / 1e6
+              << ", \"messages_per_call\": "
+              << (latencies.empty()
+                      ? 0.0
+                      : static_cast<double>(messages) / latencies.size())
               << ", \"latency_p50_s\": " << pct(0.5)
               << ", \"latency_p99_s\": " << pct(0.99) << ", \"codes\": {";
     bool first = true;

@@ -584,8 +584,20 @@ absl::StatusOr<std::vector<uint32_t>> KvStreamDecoder::BlockIndices(
 
 absl::StatusOr<std::optional<DecodedLayer>> KvStreamDecoder::Consume(
     const v1::KvChunk& chunk) {
+  ASSIGN_OR_RETURN(std::vector<DecodedLayer> layers, ConsumeAll(chunk));
+  if (layers.size() > 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("a batch of blocks completed ", layers.size(),
+                     " layers at once; consume it with ConsumeAll"));
+  }
+  if (layers.empty()) return std::optional<DecodedLayer>();
+  return std::optional<DecodedLayer>(std::move(layers.front()));
+}
+
+absl::StatusOr<std::vector<DecodedLayer>> KvStreamDecoder::ConsumeAll(
+    const v1::KvChunk& chunk) {
   ASSIGN_OR_RETURN(KvChunkReader::Event event, reader_.Consume(chunk));
-  const auto start = std::chrono::steady_clock::now();
+  std::vector<DecodedLayer> layers;
   switch (event.kind) {
     case KvChunkReader::Event::Kind::kHeader: {
       const v1::KvHeader& h = *event.header;
@@ -599,24 +611,40 @@ absl::StatusOr<std::optional<DecodedLayer>> KvStreamDecoder::Consume(
         }
         shared_indices_ = *std::move(decoded);
       }
-      return std::optional<DecodedLayer>();
+      return layers;
     }
     case KvChunkReader::Event::Kind::kTrailer:
       stats_ = *event.stats;
-      return std::optional<DecodedLayer>();
+      return layers;
     case KvChunkReader::Event::Kind::kNone:
-      return std::optional<DecodedLayer>();
-    case KvChunkReader::Event::Kind::kBlock:
-      break;
+      return layers;
+    case KvChunkReader::Event::Kind::kBlock: {
+      ASSIGN_OR_RETURN(std::optional<DecodedLayer> layer,
+                       ConsumeBlock(std::move(event.block)));
+      if (layer.has_value()) layers.push_back(*std::move(layer));
+      return layers;
+    }
+    case KvChunkReader::Event::Kind::kBlockBatch:
+      for (v1::KvBlock& block : event.blocks) {
+        ASSIGN_OR_RETURN(std::optional<DecodedLayer> layer,
+                         ConsumeBlock(std::move(block)));
+        if (layer.has_value()) layers.push_back(*std::move(layer));
+      }
+      return layers;
   }
-  const v1::KvBlock& block = event.block;
+  return layers;
+}
+
+absl::StatusOr<std::optional<DecodedLayer>> KvStreamDecoder::ConsumeBlock(
+    v1::KvBlock block) {
+  const auto start = std::chrono::steady_clock::now();
   auto indices = BlockIndices(block);
   if (!indices.ok()) {
     return absl::DataLossError(absl::StrCat(
         "layer ", block.layer(), " indices: ", indices.status().message()));
   }
   if (defer_) {
-    held_.push_back({std::move(event.block), *std::move(indices)});
+    held_.push_back({std::move(block), *std::move(indices)});
     decode_seconds_ += SecondsSince(start);
     return std::optional<DecodedLayer>();
   }

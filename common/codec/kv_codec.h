@@ -136,6 +136,15 @@ class KvStreamDecoder {
   KvStreamDecoder(at::ScalarType dtype, at::Device device,
                   bool defer_decode = false);
 
+  // The layers `chunk` completes, in the order their last block arrived
+  // (several for a batch of blocks, KvChunk.blocks; with defer_decode
+  // none). Errors as KvChunkReader::Consume, and DATA_LOSS for blocks that
+  // do not decode.
+  absl::StatusOr<std::vector<DecodedLayer>> ConsumeAll(
+      const v1::KvChunk& chunk);
+  // ConsumeAll for callers that expect at most one layer per chunk (streams
+  // without batches, or defer_decode): FAILED_PRECONDITION if a batch
+  // completed more than one layer.
   absl::StatusOr<std::optional<DecodedLayer>> Consume(const v1::KvChunk& chunk);
   // The layers completed by the blocks kept so far (defer_decode), decoded
   // together (DecodeBlocksValues); DATA_LOSS as Consume.
@@ -151,6 +160,8 @@ class KvStreamDecoder {
 
  private:
   absl::StatusOr<std::vector<uint32_t>> BlockIndices(const v1::KvBlock& block);
+  // One checked block: kept (defer_decode) or decoded and paired.
+  absl::StatusOr<std::optional<DecodedLayer>> ConsumeBlock(v1::KvBlock block);
   // Pairs a decoded block with its layer's other part; the layer once both
   // are in.
   absl::StatusOr<std::optional<DecodedLayer>> AddBlock(

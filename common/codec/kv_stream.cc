@@ -3,6 +3,10 @@
 #include <google/protobuf/io/coded_stream.h>
 
 #include <cstring>
+#include <deque>
+#include <iterator>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/codec/scheme.h"
@@ -62,6 +66,13 @@ ByteCounts BlockByteCounts(const v1::KvBlock& block, int64_t chunk_bytes) {
   return c;
 }
 
+int64_t BlockEntryBytes(int64_t block_bytes) {
+  return 1 +
+         google::protobuf::io::CodedOutputStream::VarintSize64(
+             static_cast<uint64_t>(block_bytes)) +
+         block_bytes;
+}
+
 uint32_t BlockChecksum(const v1::KvBlock& block) {
   uint32_t crc = 0;
   for (uint32_t v :
@@ -79,6 +90,50 @@ uint32_t BlockChecksum(const v1::KvBlock& block) {
   crc = ExtendBytes(crc, block.zero_points());
   crc = ExtendBytes(crc, block.values());
   return crc;
+}
+
+v1::KvChunk TakeNextMessage(std::deque<v1::KvChunk>& pending,
+                            int64_t max_blocks, int64_t max_bytes,
+                            int64_t* merged) {
+  v1::KvChunk first = std::move(pending.front());
+  pending.pop_front();
+  if (merged != nullptr) *merged = 0;
+  if (max_blocks <= 1 || !first.has_block() || pending.empty() ||
+      !pending.front().has_block()) {
+    return first;
+  }
+  int64_t bytes = BlockEntryBytes(first.block().ByteSizeLong());
+  v1::KvChunk batch;
+  // Moves (swaps) the blocks' bytes, never copies them.
+  *batch.add_blocks() = std::move(*first.mutable_block());
+  while (batch.blocks_size() < max_blocks && !pending.empty() &&
+         pending.front().has_block()) {
+    const int64_t entry =
+        BlockEntryBytes(pending.front().block().ByteSizeLong());
+    if (bytes + entry > max_bytes) break;
+    bytes += entry;
+    *batch.add_blocks() = std::move(*pending.front().mutable_block());
+    pending.pop_front();
+  }
+  if (batch.blocks_size() == 1) {
+    // Nothing joined it: send the block as it came.
+    *first.mutable_block() = std::move(*batch.mutable_blocks(0));
+    return first;
+  }
+  if (merged != nullptr) *merged = batch.blocks_size() - 1;
+  return batch;
+}
+
+std::vector<v1::KvChunk> BatchBlockChunks(std::vector<v1::KvChunk> chunks,
+                                          int64_t max_blocks,
+                                          int64_t max_bytes) {
+  std::deque<v1::KvChunk> pending(std::make_move_iterator(chunks.begin()),
+                                  std::make_move_iterator(chunks.end()));
+  std::vector<v1::KvChunk> out;
+  while (!pending.empty()) {
+    out.push_back(TakeNextMessage(pending, max_blocks, max_bytes));
+  }
+  return out;
 }
 
 absl::Status KvChunkWriter::AddHeader(v1::KvHeader header,
@@ -108,9 +163,7 @@ absl::Status KvChunkWriter::AddBlock(v1::KvBlock block,
   const int64_t framed = ChunkedBlockBytes(block_bytes, chunk_size_);
   const ByteCounts counts = BlockByteCounts(block, framed);
   const size_t first = out->size();
-  const int64_t single_chunk_bytes =
-      1 + google::protobuf::io::CodedOutputStream::VarintSize64(block_bytes) +
-      block_bytes;
+  const int64_t single_chunk_bytes = BlockEntryBytes(block_bytes);
   if (single_chunk_bytes <= chunk_size_) {
     v1::KvChunk chunk;
     *chunk.mutable_block() = std::move(block);
@@ -166,6 +219,37 @@ absl::StatusOr<KvChunkReader::Event> KvChunkReader::Consume(
     return absl::DataLossError(
         absl::StrCat("block fragments interrupted after ", next_fragment_,
                      " of ", fragment_count_));
+  }
+  if (chunk.blocks_size() > 0) {
+    if (chunk.body_case() != v1::KvChunk::BODY_NOT_SET) {
+      return absl::DataLossError(
+          "KvChunk carries both a batch of blocks and another body");
+    }
+    accounting_.CountChunk();
+    Event e;
+    e.kind = Event::Kind::kBlockBatch;
+    e.blocks.reserve(chunk.blocks_size());
+    const int n = chunk.blocks_size();
+    int64_t charged = 0;
+    for (int i = 0; i < n; ++i) {
+      const v1::KvBlock& block = chunk.blocks(i);
+      // Each block is charged what its own KvChunk{block} would have been;
+      // the last also takes whatever else the message carried (unknown
+      // fields), so that the total stays the sum of serialized sizes.
+      const int64_t entry_bytes = i + 1 < n
+                                      ? BlockEntryBytes(block.ByteSizeLong())
+                                      : chunk_bytes - charged;
+      charged += entry_bytes;
+      absl::StatusOr<Event> accepted = AcceptBlock(block, entry_bytes);
+      if (!accepted.ok()) {
+        return absl::Status(
+            accepted.status().code(),
+            absl::StrCat(accepted.status().message(), " (block ", i + 1,
+                         " of a ", n, "-block message)"));
+      }
+      e.blocks.push_back(std::move(accepted->block));
+    }
+    return e;
   }
   switch (chunk.body_case()) {
     case v1::KvChunk::kHeader: {

@@ -6,6 +6,7 @@
 #define KVWIRE_COMMON_CODEC_KV_STREAM_H_
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <set>
@@ -52,6 +53,10 @@ class ByteAccounting {
 // Byte counts of one block, charged as it is framed in `chunk_bytes`.
 ByteCounts BlockByteCounts(const v1::KvBlock& block, int64_t chunk_bytes);
 
+// Serialized size of one block's entry in a KvChunk: as KvChunk.block or as
+// one entry of KvChunk.blocks, a one-byte tag, the length, the block.
+int64_t BlockEntryBytes(int64_t block_bytes);
+
 // Produces the KvChunk messages of one stream. Not thread-safe.
 class KvChunkWriter {
  public:
@@ -80,10 +85,12 @@ class KvChunkWriter {
 class KvChunkReader {
  public:
   struct Event {
-    enum class Kind { kNone, kHeader, kBlock, kTrailer };
+    // kBlockBatch: a KvChunk whose `blocks` carried several whole blocks.
+    enum class Kind { kNone, kHeader, kBlock, kBlockBatch, kTrailer };
     Kind kind = Kind::kNone;
     const v1::KvHeader* header = nullptr;      // kHeader; owned by the reader.
     v1::KvBlock block;                         // kBlock.
+    std::vector<v1::KvBlock> blocks;           // kBlockBatch, in order.
     const v1::TransferStats* stats = nullptr;  // kTrailer.
   };
 
@@ -92,7 +99,11 @@ class KvChunkReader {
       : max_block_bytes_(max_block_bytes) {}
 
   // DATA_LOSS for anything out of order, corrupt or inconsistent;
-  // INVALID_ARGUMENT for an unsupported protocol version.
+  // INVALID_ARGUMENT for an unsupported protocol version. A batch of blocks
+  // (KvChunk.blocks) is checked block by block, in order, exactly as if each
+  // had come in its own KvChunk{block}; each is charged the bytes that
+  // message would have had (the batch's size is their sum), and the batch
+  // counts as one chunk.
   absl::StatusOr<Event> Consume(const v1::KvChunk& chunk);
   // DATA_LOSS unless the stream ended with a trailer after every block.
   absl::Status Finish() const;
@@ -119,6 +130,23 @@ class KvChunkReader {
   int64_t fragment_chunk_bytes_ = 0;
   ByteAccounting accounting_;
 };
+
+// Takes the next message to send off the front of `pending` (non-empty):
+// the front chunk as it is, or, when it is a KvChunk{block} and the chunks
+// after it are too, up to `max_blocks` of them moved into one
+// KvChunk{blocks} whose serialized size stays within `max_bytes` (the
+// stream's chunk_size_bytes). A batch serializes to exactly the sum of the
+// chunks it replaces. `*merged` (optional) gets the number of blocks that
+// stopped being messages of their own (batch size - 1).
+v1::KvChunk TakeNextMessage(std::deque<v1::KvChunk>& pending,
+                            int64_t max_blocks, int64_t max_bytes,
+                            int64_t* merged = nullptr);
+
+// TakeNextMessage over a whole stream: the messages a sender batching every
+// run of consecutive blocks would send.
+std::vector<v1::KvChunk> BatchBlockChunks(std::vector<v1::KvChunk> chunks,
+                                          int64_t max_blocks,
+                                          int64_t max_bytes);
 
 // Checksum of a block as docs/PROTOCOL.md defines it (crc32c field excluded).
 uint32_t BlockChecksum(const v1::KvBlock& block);

@@ -304,7 +304,8 @@ absl::Status ReceiverSession::AddChunk(const v1::KvChunk& chunk) {
   }
   const bool had_header = stream_->has_header();
   const auto start = Clock::now();
-  auto decoded = stream_->Consume(chunk);
+  // A batch of blocks (KvChunk.blocks) may complete several layers.
+  auto decoded = stream_->ConsumeAll(chunk);
   timings_.decode_seconds += SecondsSince(start);
   if (!decoded.ok()) return decoded.status();
   if (trace_ != nullptr) {
@@ -313,6 +314,10 @@ absl::Status ReceiverSession::AddChunk(const v1::KvChunk& chunk) {
                                              : "chunk";
     if (chunk.has_block()) {
       absl::StrAppend(&what, " (layer ", chunk.block().layer(), ")");
+    } else if (chunk.blocks_size() > 0) {
+      absl::StrAppend(&what, " (", chunk.blocks_size(), " blocks, layers ",
+                      chunk.blocks(0).layer(), "..",
+                      chunk.blocks(chunk.blocks_size() - 1).layer(), ")");
     }
     Trace("receiver stream", absl::StrCat("decode ", what), start);
   }
@@ -323,8 +328,8 @@ absl::Status ReceiverSession::AddChunk(const v1::KvChunk& chunk) {
         " tokens; C2C fuses the first ", fused_length_,
         " (prompt length - 1)"));
   }
-  if (decoded->has_value()) {
-    RETURN_IF_ERROR(AddLayerLocked(std::move(**decoded)).status());
+  for (DecodedLayer& layer : *decoded) {
+    RETURN_IF_ERROR(AddLayerLocked(std::move(layer)).status());
   }
   return absl::OkStatus();
 }

@@ -109,6 +109,7 @@ async function main() {
     text: completion.choices[0].message.content,
     finish_reason: completion.choices[0].finish_reason,
     usage, wire_bytes: completion.kvwire.transfer.wire_bytes,
+    serialized_bytes: completion.kvwire.transfer.serialized_bytes,
     token_ids: completion.kvwire.token_ids,
     tokens_sent: completion.kvwire.transfer.tokens_sent,
   };
@@ -141,7 +142,9 @@ async function main() {
   assert.ok(streamUsage, 'no usage chunk');
   assert.ok(report, 'no kvwire report');
   out.stream = { text, chunks, finish_reason: finishReason, usage: streamUsage,
-                 wire_bytes: report.transfer.wire_bytes, token_ids: report.token_ids };
+                 wire_bytes: report.transfer.wire_bytes,
+                 serialized_bytes: report.transfer.serialized_bytes,
+                 token_ids: report.token_ids };
 
   // A stop sequence cuts the answer.
   if (text.length > 2) {
@@ -189,7 +192,9 @@ async function main() {
   assert.ok(info.model.num_layers > 0);
   out.grpc = {
     text: answer.text, token_ids: answer.token_ids,
-    wire_bytes: answer.transfer.wire_bytes, sharer_layers: info.model.num_layers,
+    wire_bytes: answer.transfer.wire_bytes,
+    serialized_bytes: answer.transfer.serialized_bytes,
+    sharer_layers: info.model.num_layers,
     sharer_fingerprint: info.model.fingerprint,
   };
   process.stdout.write(`KVWIRE_RESULT ${JSON.stringify(out)}\n`);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <future>
@@ -90,7 +91,11 @@ std::vector<uint32_t> Ids(const v1::AnswerResponse& r) {
 
 // A Sharer in this process that forwards to a real sharer and damages the
 // stream on the way: flips a byte of the values of chunk `corrupt_chunk`,
-// or ends the call with OK after `truncate_after` chunks.
+// or ends the call with OK after `truncate_after` chunks. Unless
+// `forward_batches` is set, it asks the sharer for one block per message
+// (ShareRequest.max_blocks_per_message = 0), so that those indices count
+// blocks; either way it forwards the messages as they came and counts
+// them.
 class FaultySharer final : public v1::Sharer::Service {
  public:
   explicit FaultySharer(const std::string& upstream) {
@@ -102,6 +107,10 @@ class FaultySharer final : public v1::Sharer::Service {
   std::atomic<int> corrupt_chunk{-1};
   std::atomic<int> truncate_after{-1};
   std::atomic<int> calls{0};
+  std::atomic<bool> forward_batches{false};
+  // Of the last call: messages forwarded, and the most blocks in one.
+  std::atomic<int> last_messages{0};
+  std::atomic<int> last_largest_batch{0};
 
   grpc::Status Share(grpc::ServerContext* server_context,
                      const v1::ShareRequest* request,
@@ -109,10 +118,17 @@ class FaultySharer final : public v1::Sharer::Service {
     ++calls;
     grpc::ClientContext context;
     context.set_deadline(server_context->deadline());
-    auto reader = stub_->Share(&context, *request);
+    v1::ShareRequest forwarded = *request;
+    if (!forward_batches.load()) forwarded.set_max_blocks_per_message(0);
+    auto reader = stub_->Share(&context, forwarded);
     v1::KvChunk chunk;
     int index = 0;
+    last_messages = 0;
+    last_largest_batch = 0;
     while (reader->Read(&chunk)) {
+      ++last_messages;
+      last_largest_batch =
+          std::max(last_largest_batch.load(), chunk.blocks_size());
       if (index == truncate_after.load()) {
         context.TryCancel();
         while (reader->Read(&chunk)) {
@@ -372,8 +388,14 @@ TEST_F(ReceiverE2eTest, AnswersEqualTheInProcessPipelineBitForBit) {
                                    request.request_id());
     ASSERT_TRUE(expected.ok()) << expected.status();
     EXPECT_EQ(t.serialized_bytes(), expected->serialized_bytes);
-    EXPECT_EQ(t.wire_bytes(),
-              expected->serialized_bytes + 5 * expected->chunks);
+    // The receiver asks for batches of blocks (fewer messages, same bytes):
+    // 5 bytes of gRPC framing per message actually received, at most one
+    // per chunk of the unbatched stream, at least header, blocks, trailer.
+    // (FaultySharer's test counts the messages exactly.)
+    const uint64_t framing = t.wire_bytes() - t.serialized_bytes();
+    EXPECT_EQ(framing % 5, 0u);
+    EXPECT_LE(framing, 5 * expected->chunks);
+    EXPECT_GE(framing, 5u * 3);
     EXPECT_GT(t.raw_kv_bytes(), 0u);
     if (c.name == "int4") int4_wire = t.wire_bytes();
 
@@ -582,7 +604,17 @@ TEST_F(ReceiverE2eTest, TraceShowsEveryStageOnTheRequestsClock) {
                                 &batched)) {
       fusions += batched;
     }
-    if (absl::StartsWith(e.name(), "decode chunk (layer")) ++decoded_blocks;
+    // "decode chunk (layer L)", or "decode chunk (N blocks, ...)" for a
+    // batch of blocks.
+    int in_batch = 0;
+    if (absl::StartsWith(e.name(), "decode chunk (layer")) {
+      ++decoded_blocks;
+    } else if (absl::StartsWith(e.name(), "decode chunk (") &&
+               absl::SimpleAtoi(
+                   e.name().substr(14, e.name().find(' ', 14) - 14),
+                   &in_batch)) {
+      decoded_blocks += in_batch;
+    }
     if (absl::StartsWith(e.name(), "token ") ||
         absl::StartsWith(e.name(), "last prompt token")) {
       ++tokens;
@@ -719,8 +751,9 @@ TEST_F(ReceiverE2eTest, SharerKilledMidStreamFallsBackOnAFreshSession) {
   const AnswerResult r = answer.get();
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_TRUE(r.response.fell_back());
-  // Header and the first layer's two blocks had arrived.
-  EXPECT_GE(ChunksBeforeFailure(r.response.fallback_reason()), 3)
+  // Header and the first layer's two blocks had arrived (one message when
+  // batched).
+  EXPECT_GE(ChunksBeforeFailure(r.response.fallback_reason()), 2)
       << r.response.fallback_reason();
   EXPECT_GT(r.response.transfer().wire_bytes(), 0u);
   // The partly fused cache was dropped: exactly the receiver-only answer.
@@ -829,6 +862,77 @@ TEST_F(ReceiverE2eTest, CorruptOrTruncatedStreamsAreDetected) {
             grpc::StatusCode::DATA_LOSS);
   EXPECT_TRUE(AwaitMetric(receiver_, "kvwire_fallbacks_total",
                           {{"role", "receiver"}, {"reason", "DATA_LOSS"}}, 4));
+  (*proxy)->Shutdown();
+}
+
+TEST_F(ReceiverE2eTest, BatchedBlocksGiveTheSameAnswerInFewerMessages) {
+  // The receiver asks for batches (SharerClientOptions'
+  // max_blocks_per_message); the proxy forwards them as they come, or asks
+  // for one block per message instead, and counts the messages.
+  ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
+  FaultySharer proxy_service(absl::StrCat("127.0.0.1:", sharer_.port));
+  ServerOptions options;
+  options.listen_address = "127.0.0.1:0";
+  options.security.allow_insecure = true;
+  options.drain_timeout = absl::Seconds(2);
+  auto proxy =
+      GrpcServer::Start(options, {&proxy_service}, {"kvwire.v1.Sharer"});
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  ASSERT_NO_FATAL_FAILURE(
+      StartReceiver({}, absl::StrCat("127.0.0.1:", (*proxy)->port())));
+  auto stub = Stub();
+  ChannelOptions sharer_options;
+  sharer_options.security.allow_insecure = true;
+  auto sharer_stub = v1::Sharer::NewStub(*CreateKvwireChannel(
+      absl::StrCat("127.0.0.1:", sharer_.port), sharer_options));
+  v1::SharerInfo info;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ASSERT_TRUE(
+        sharer_stub->GetInfo(&context, v1::GetInfoRequest(), &info).ok());
+  }
+  for (const v1::TransferSpec& spec :
+       {Spec(v1::SCHEME_INT4),
+        Spec(v1::SCHEME_INT8, 0.5, v1::SELECTION_BACK)}) {
+    SCOPED_TRACE(spec.ShortDebugString());
+    const v1::AnswerRequest request = Request(spec, "e2e-batches");
+    proxy_service.forward_batches = false;
+    const AnswerResult off = Answer(*stub, request);
+    ASSERT_TRUE(off.status.ok()) << off.status.error_message();
+    const int off_messages = proxy_service.last_messages.load();
+    EXPECT_EQ(proxy_service.last_largest_batch.load(), 0);
+    proxy_service.forward_batches = true;
+    const AnswerResult on = Answer(*stub, request);
+    ASSERT_TRUE(on.status.ok()) << on.status.error_message();
+    const int on_messages = proxy_service.last_messages.load();
+    EXPECT_GE(proxy_service.last_largest_batch.load(), 2);
+
+    EXPECT_FALSE(off.response.fell_back()) << off.response.fallback_reason();
+    EXPECT_FALSE(on.response.fell_back()) << on.response.fallback_reason();
+    EXPECT_EQ(Ids(on.response), Ids(off.response));
+    EXPECT_EQ(on.response.text(), off.response.text());
+    EXPECT_EQ(Ids(on.response), Reference(request));
+    // Header, K and V of the sharer's 3 layers, trailer; batched: K and V
+    // of a layer always share a message.
+    EXPECT_EQ(off_messages, 8);
+    EXPECT_LE(on_messages, 5);
+    // The same bytes; the wire adds 5 per message actually received.
+    const v1::TransferReport& a = off.response.transfer();
+    const v1::TransferReport& b = on.response.transfer();
+    EXPECT_EQ(b.serialized_bytes(), a.serialized_bytes());
+    EXPECT_EQ(b.payload_bytes(), a.payload_bytes());
+    EXPECT_EQ(b.scale_bytes(), a.scale_bytes());
+    EXPECT_EQ(b.index_bytes(), a.index_bytes());
+    EXPECT_EQ(b.header_bytes(), a.header_bytes());
+    EXPECT_EQ(a.wire_bytes(), a.serialized_bytes() + 5u * off_messages);
+    EXPECT_EQ(b.wire_bytes(), b.serialized_bytes() + 5u * on_messages);
+    auto expected = ExpectedStream(*assets_, info.model(), kQuestion, spec,
+                                   request.request_id());
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    EXPECT_EQ(b.serialized_bytes(), expected->serialized_bytes);
+    EXPECT_EQ(expected->chunks, static_cast<uint64_t>(off_messages));
+  }
   (*proxy)->Shutdown();
 }
 

@@ -53,8 +53,10 @@ absl::StatusOr<StreamComparison> CompareWithPrefill(
   KvStreamDecoder decoder(at::kFloat, at::kCPU);
   std::vector<DecodedLayer> decoded;
   for (const v1::KvChunk& chunk : chunks) {
-    ASSIGN_OR_RETURN(std::optional<DecodedLayer> layer, decoder.Consume(chunk));
-    if (layer.has_value()) decoded.push_back(std::move(*layer));
+    // ConsumeAll: the stream may batch blocks (KvChunk.blocks).
+    ASSIGN_OR_RETURN(std::vector<DecodedLayer> layers,
+                     decoder.ConsumeAll(chunk));
+    for (DecodedLayer& layer : layers) decoded.push_back(std::move(layer));
   }
   RETURN_IF_ERROR(decoder.Finish());
 

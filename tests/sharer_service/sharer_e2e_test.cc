@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <fstream>
 #include <future>
 #include <memory>
@@ -273,6 +274,130 @@ TEST_F(SharerE2eTest, Int8IsWithinTheQuantizationBound) {
   EXPECT_EQ(cmp->layers, 4);
   EXPECT_TRUE(cmp->within_int_bound) << "max abs error " << cmp->max_abs_error;
   EXPECT_GT(cmp->max_abs_error, 0);  // Really quantized.
+}
+
+// The blocks of a stream, serialized, in order, however they were batched.
+std::vector<std::string> StreamBlocks(const std::vector<v1::KvChunk>& chunks) {
+  std::vector<std::string> blocks;
+  for (const v1::KvChunk& c : chunks) {
+    if (c.has_block()) blocks.push_back(c.block().SerializeAsString());
+    for (const v1::KvBlock& b : c.blocks()) {
+      blocks.push_back(b.SerializeAsString());
+    }
+  }
+  return blocks;
+}
+
+int64_t AllBytes(const std::vector<v1::KvChunk>& chunks) {
+  int64_t total = 0;
+  for (const v1::KvChunk& c : chunks) total += c.ByteSizeLong();
+  return total;
+}
+
+TEST_F(SharerE2eTest, BatchedBlocksAreTheSameStreamInFewerMessages) {
+  ASSERT_NO_FATAL_FAILURE(StartSharer({}));
+  auto stub = Stub();
+  const std::vector<uint32_t> tokens = RandomTokens(118, 7);
+  v1::ShareRequest request = Request(tokens, v1::SCHEME_INT4);
+  const ShareResult single = Share(*stub, request);
+  ASSERT_TRUE(single.status.ok()) << single.status.error_message();
+  request.set_max_blocks_per_message(64);
+  const ShareResult batched = Share(*stub, request);
+  ASSERT_TRUE(batched.status.ok()) << batched.status.error_message();
+
+  // Without the field: one block per message, as before.
+  for (const v1::KvChunk& c : single.chunks) EXPECT_EQ(c.blocks_size(), 0);
+  ASSERT_EQ(single.chunks.size(), 10u);  // Header, 4 x (K, V), trailer.
+  // With it: the same blocks byte for byte. A layer's K and V are queued
+  // together, so they always share a message (and more join while a write
+  // is in flight).
+  EXPECT_EQ(StreamBlocks(batched.chunks), StreamBlocks(single.chunks));
+  EXPECT_LE(batched.chunks.size(), 6u);
+  for (const v1::KvChunk& c : batched.chunks) {
+    EXPECT_FALSE(c.has_block());
+    EXPECT_NE(c.blocks_size(), 1);
+  }
+  EXPECT_TRUE(batched.chunks.front().has_header());
+  ASSERT_TRUE(batched.chunks.back().has_trailer());
+
+  // The bytes do not depend on batching; the trailer counts the messages.
+  const v1::TransferStats& a = single.chunks.back().trailer().stats();
+  const v1::TransferStats& b = batched.chunks.back().trailer().stats();
+  EXPECT_EQ(AllBytes(batched.chunks), AllBytes(single.chunks));
+  EXPECT_EQ(static_cast<int64_t>(b.serialized_bytes()),
+            SizeBeforeTrailer(batched.chunks));
+  EXPECT_EQ(b.serialized_bytes(), a.serialized_bytes());
+  EXPECT_EQ(b.payload_bytes(), a.payload_bytes());
+  EXPECT_EQ(b.scale_bytes(), a.scale_bytes());
+  EXPECT_EQ(b.index_bytes(), a.index_bytes());
+  EXPECT_EQ(b.header_bytes(), a.header_bytes());
+  EXPECT_EQ(b.blocks(), 8u);
+  EXPECT_EQ(a.chunks(), single.chunks.size() - 1);
+  EXPECT_EQ(b.chunks(), batched.chunks.size() - 1);
+
+  auto cmp_single = CompareWithPrefill(single.chunks, *model_dir_, tokens, 4);
+  auto cmp_batched = CompareWithPrefill(batched.chunks, *model_dir_, tokens, 4);
+  ASSERT_TRUE(cmp_single.ok()) << cmp_single.status();
+  ASSERT_TRUE(cmp_batched.ok()) << cmp_batched.status();
+  EXPECT_EQ(cmp_batched->layers, 4);
+  EXPECT_TRUE(cmp_batched->within_int_bound);
+  EXPECT_EQ(cmp_batched->max_abs_error, cmp_single->max_abs_error);
+
+  // The sharer's metrics: exactly the serialized bytes, plus 5 per message
+  // actually sent.
+  const std::map<std::string, std::string> int4{{"role", "sharer"},
+                                                {"scheme", "int4"}};
+  ASSERT_TRUE(AwaitMetric("kvwire_requests_total", ShareCode("OK"), 2));
+  const std::string text = ScrapeMetrics();
+  const int64_t serialized = AllBytes(single.chunks) + AllBytes(batched.chunks);
+  EXPECT_EQ(MetricValue(text, "kvwire_kv_serialized_bytes_total", int4),
+            serialized);
+  EXPECT_EQ(MetricValue(text, "kvwire_kv_wire_bytes_total", int4),
+            serialized + 5 * static_cast<int64_t>(single.chunks.size() +
+                                                  batched.chunks.size()));
+}
+
+TEST_F(SharerE2eTest, BlocksWaitingForASlowClientTravelTogether) {
+  // 16 layers of 512 KiB bf16 blocks, far more than the HTTP/2 windows
+  // hold: while the client sleeps, blocks queue at the sharer and then go
+  // several per message, never above the chunk size.
+  const std::string wide = test_util::MakeTempDir("wide-model");
+  ASSERT_TRUE(WriteWideTestModel(wide).ok());
+  ASSERT_NO_FATAL_FAILURE(StartSharer({"--model_dir=" + wide}));
+  auto stub = Stub();
+  const std::vector<uint32_t> tokens = RandomTokens(256, 8);
+  v1::ShareRequest request = Request(tokens, v1::SCHEME_BF16);
+  request.mutable_spec()->set_chunk_size_bytes(4u << 20);
+  request.set_max_blocks_per_message(64);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto reader = stub->Share(&context, request);
+  std::vector<v1::KvChunk> chunks;
+  v1::KvChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  chunks.push_back(chunk);
+  absl::SleepFor(absl::Milliseconds(1500));
+  while (reader->Read(&chunk)) chunks.push_back(chunk);
+  const grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  int blocks = 0, largest = 0;
+  for (const v1::KvChunk& c : chunks) {
+    EXPECT_LE(c.ByteSizeLong(), 4u << 20);
+    blocks += c.has_block() + c.blocks_size();
+    largest = std::max(largest, c.blocks_size());
+  }
+  EXPECT_EQ(blocks, 32);
+  EXPECT_GT(largest, 2);  // More than one layer's pair in one message.
+  EXPECT_LT(chunks.size(), 2u + 16);
+  const v1::TransferStats& stats = chunks.back().trailer().stats();
+  EXPECT_EQ(static_cast<int64_t>(stats.serialized_bytes()),
+            SizeBeforeTrailer(chunks));
+  EXPECT_EQ(stats.chunks(), chunks.size() - 1);
+  auto cmp = CompareWithPrefill(chunks, wide, tokens, 0);
+  ASSERT_TRUE(cmp.ok()) << cmp.status();
+  EXPECT_EQ(cmp->layers, 16);
+  EXPECT_TRUE(cmp->bf16_close) << "max abs error " << cmp->max_abs_error;
 }
 
 TEST_F(SharerE2eTest, SelectionAndByteBudget) {

@@ -2,10 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <deque>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "common/codec/kv_stream.h"
 #include "common/codec/synthetic_kv.h"
 #include "common/codec/transfer_plan.h"
 #include "gmock/gmock.h"
@@ -14,6 +17,7 @@
 namespace kvwire {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 struct Stream {
@@ -66,14 +70,33 @@ class KvCodecTest : public ::testing::Test {
   absl::StatusOr<std::vector<DecodedLayer>> Decode(
       const std::vector<v1::KvChunk>& chunks) {
     KvStreamDecoder decoder(at::kFloat, at::kCPU);
+    return DecodeWith(decoder, chunks);
+  }
+
+  // Decodes with `decoder` (ConsumeAll: batches of blocks may complete
+  // several layers at once).
+  static absl::StatusOr<std::vector<DecodedLayer>> DecodeWith(
+      KvStreamDecoder& decoder, const std::vector<v1::KvChunk>& chunks) {
     std::vector<DecodedLayer> layers;
     for (const v1::KvChunk& c : chunks) {
-      auto layer = decoder.Consume(c);
-      if (!layer.ok()) return layer.status();
-      if (layer->has_value()) layers.push_back(std::move(**layer));
+      auto done = decoder.ConsumeAll(c);
+      if (!done.ok()) return done.status();
+      for (DecodedLayer& d : *done) layers.push_back(std::move(d));
     }
     if (auto st = decoder.Finish(); !st.ok()) return st;
     return layers;
+  }
+
+  static void ExpectSameLayers(const std::vector<DecodedLayer>& a,
+                               const std::vector<DecodedLayer>& b) {
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].layer, b[i].layer);
+      EXPECT_EQ(a[i].token_indices, b[i].token_indices);
+      EXPECT_TRUE(at::equal(a[i].keys, b[i].keys)) << "layer " << a[i].layer;
+      EXPECT_TRUE(at::equal(a[i].values, b[i].values))
+          << "layer " << a[i].layer;
+    }
   }
 
   static int64_t SerializedBytes(const std::vector<v1::KvChunk>& chunks) {
@@ -503,6 +526,197 @@ TEST_F(KvCodecTest, DeferredDecodeYieldsTheLayersOfImmediateDecode) {
     if (!status.ok()) break;
   }
   EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss);
+}
+
+int CountBlocks(const std::vector<v1::KvChunk>& chunks) {
+  int blocks = 0;
+  for (const v1::KvChunk& c : chunks) blocks += c.has_block() + c.blocks_size();
+  return blocks;
+}
+
+TEST_F(KvCodecTest, BatchedBlocksDecodeToTheLayersOfTheUnbatchedStream) {
+  // Per-layer selection (indices in every block) and zstd: every block
+  // field a batch must carry.
+  v1::TransferSpec spec;
+  spec.set_scheme(v1::SCHEME_INT4);
+  spec.set_granularity(v1::GRANULARITY_PER_GROUP);
+  spec.set_group_size(16);
+  spec.mutable_selection()->set_mode(v1::SELECTION_VNORM_TOPK);
+  spec.mutable_selection()->set_proportion(0.5);
+  spec.mutable_entropy()->set_coder(v1::ENTROPY_CODER_ZSTD);
+  spec.set_chunk_size_bytes(8192);
+  auto stream = Encode(spec);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  const std::vector<v1::KvChunk>& one = stream->chunks;
+  ASSERT_EQ(one.size(), 10u);  // Header, 8 blocks, trailer.
+  KvStreamDecoder plain_decoder(at::kFloat, at::kCPU);
+  auto plain = DecodeWith(plain_decoder, one);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+
+  for (int64_t max_blocks : {2, 3, 64}) {
+    SCOPED_TRACE(max_blocks);
+    const std::vector<v1::KvChunk> batched =
+        BatchBlockChunks(one, max_blocks, spec.chunk_size_bytes());
+    EXPECT_LT(batched.size(), one.size());
+    EXPECT_TRUE(batched.front().has_header());
+    EXPECT_TRUE(batched.back().has_trailer());
+    EXPECT_EQ(CountBlocks(batched), 8);
+    int largest = 0;
+    for (const v1::KvChunk& c : batched) {
+      EXPECT_LE(c.ByteSizeLong(), spec.chunk_size_bytes());
+      EXPECT_LE(c.blocks_size(), max_blocks);
+      EXPECT_NE(c.blocks_size(), 1);  // A lone block travels as `block`.
+      largest = std::max(largest, c.blocks_size());
+    }
+    EXPECT_GE(largest, 2);
+    // A batch serializes to the sum of the messages it replaces: the same
+    // bytes, the trailer's figures still exact.
+    EXPECT_EQ(SerializedBytes(batched), SerializedBytes(one));
+    EXPECT_EQ(static_cast<int64_t>(
+                  batched.back().trailer().stats().serialized_bytes()),
+              SerializedBytes(batched) - batched.back().ByteSizeLong());
+
+    KvStreamDecoder decoder(at::kFloat, at::kCPU);
+    auto layers = DecodeWith(decoder, batched);
+    ASSERT_TRUE(layers.ok()) << layers.status();
+    ExpectSameLayers(*layers, *plain);
+    // The receiver's accounting is the unbatched one, byte for byte and
+    // layer by layer; only the message count differs.
+    const ByteAccounting& a = decoder.accounting();
+    const ByteAccounting& b = plain_decoder.accounting();
+    EXPECT_EQ(a.total().payload, b.total().payload);
+    EXPECT_EQ(a.total().scale, b.total().scale);
+    EXPECT_EQ(a.total().index, b.total().index);
+    EXPECT_EQ(a.total().header, b.total().header);
+    ASSERT_EQ(a.per_layer().size(), b.per_layer().size());
+    for (const auto& [layer, counts] : a.per_layer()) {
+      EXPECT_EQ(counts.total(), b.per_layer().at(layer).total()) << layer;
+      EXPECT_EQ(counts.header, b.per_layer().at(layer).header) << layer;
+    }
+    EXPECT_EQ(a.chunks(), static_cast<int64_t>(batched.size()) - 1);
+
+    // Deferred decoding keeps a batch's blocks like single ones.
+    KvStreamDecoder deferred(at::kFloat, at::kCPU, /*defer_decode=*/true);
+    for (const v1::KvChunk& c : batched) {
+      auto done = deferred.ConsumeAll(c);
+      ASSERT_TRUE(done.ok()) << done.status();
+      EXPECT_TRUE(done->empty());
+    }
+    ASSERT_TRUE(deferred.Finish().ok());
+    auto held = deferred.DecodeHeld();
+    ASSERT_TRUE(held.ok()) << held.status();
+    ExpectSameLayers(*held, *plain);
+  }
+}
+
+TEST_F(KvCodecTest, BatchingIsAdaptiveAndLeavesOtherChunksAlone) {
+  auto stream = Encode(v1::TransferSpec());
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  const std::vector<v1::KvChunk>& one = stream->chunks;
+  // One block waiting, or batches not allowed: the chunk as it came.
+  std::deque<v1::KvChunk> pending = {one[1]};
+  int64_t merged = -1;
+  v1::KvChunk next = TakeNextMessage(pending, 64, 1 << 20, &merged);
+  EXPECT_TRUE(next.has_block());
+  EXPECT_EQ(merged, 0);
+  EXPECT_TRUE(pending.empty());
+  pending = {one[1], one[2]};
+  for (int64_t off : {0, 1}) {
+    next = TakeNextMessage(pending, off, 1 << 20, &merged);
+    EXPECT_TRUE(next.has_block());
+    EXPECT_EQ(merged, 0);
+  }
+  // Header and trailer never join a batch; blocks stop at them.
+  pending = {one[0], one[1], one[2], one[9]};
+  next = TakeNextMessage(pending, 64, 1 << 20, &merged);
+  EXPECT_TRUE(next.has_header());
+  next = TakeNextMessage(pending, 64, 1 << 20, &merged);
+  ASSERT_EQ(next.blocks_size(), 2);
+  EXPECT_EQ(merged, 1);
+  EXPECT_EQ(next.ByteSizeLong(), one[1].ByteSizeLong() + one[2].ByteSizeLong());
+  EXPECT_EQ(next.blocks(0).SerializeAsString(),
+            one[1].block().SerializeAsString());
+  EXPECT_EQ(next.blocks(1).SerializeAsString(),
+            one[2].block().SerializeAsString());
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_TRUE(pending.front().has_trailer());
+  // The byte cap: two blocks that do not fit together go one by one.
+  pending = {one[1], one[2]};
+  next = TakeNextMessage(
+      pending, 64, one[1].ByteSizeLong() + one[2].ByteSizeLong() - 1, &merged);
+  EXPECT_TRUE(next.has_block());
+  EXPECT_EQ(pending.size(), 1u);
+}
+
+TEST_F(KvCodecTest, CorruptOrMisplacedBlocksInsideABatchAreDataLoss) {
+  auto stream = Encode(v1::TransferSpec());
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  const std::vector<v1::KvChunk> batched =
+      BatchBlockChunks(stream->chunks, 3, 1 << 20);
+  ASSERT_EQ(batched.size(), 5u);  // Header, 3 + 3 + 2 blocks, trailer.
+  ASSERT_EQ(batched[1].blocks_size(), 3);
+
+  // A flipped payload bit in the second block of a batch: its CRC-32C.
+  std::vector<v1::KvChunk> bad = batched;
+  (*bad[1].mutable_blocks(1)->mutable_values())[10] ^= 0x10;
+  auto layers = Decode(bad);
+  EXPECT_EQ(layers.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(layers.status().message()),
+              AllOf(HasSubstr("layer 0 V block failed its CRC-32C"),
+                    HasSubstr("block 2 of a 3-block message")));
+
+  // The same block twice within a batch, or again in the next one.
+  bad = batched;
+  *bad[1].mutable_blocks(2) = bad[1].blocks(1);
+  EXPECT_THAT(std::string(Decode(bad).status().message()),
+              HasSubstr("received twice"));
+  EXPECT_EQ(Decode(bad).status().code(), absl::StatusCode::kDataLoss);
+  bad = batched;
+  *bad[2].add_blocks() = bad[1].blocks(0);
+  EXPECT_EQ(Decode(bad).status().code(), absl::StatusCode::kDataLoss);
+
+  // A batch before the header, one that also carries a body, a missing
+  // batch, an empty chunk.
+  bad = batched;
+  std::swap(bad[0], bad[1]);
+  EXPECT_EQ(Decode(bad).status().code(), absl::StatusCode::kDataLoss);
+  bad = batched;
+  *bad[1].mutable_block() = stream->chunks[7].block();
+  EXPECT_THAT(std::string(Decode(bad).status().message()),
+              HasSubstr("both a batch of blocks and another body"));
+  bad = batched;
+  bad.erase(bad.begin() + 2);
+  EXPECT_EQ(Decode(bad).status().code(), absl::StatusCode::kDataLoss);
+
+  // A block of a batch whose shape contradicts the header.
+  bad = batched;
+  bad[2].mutable_blocks(0)->set_kv_heads(7);
+  EXPECT_EQ(Decode(bad).status().code(), absl::StatusCode::kDataLoss);
+
+  // A batch inside a fragmented block interrupts it.
+  v1::TransferSpec small;
+  small.set_scheme(v1::SCHEME_BF16);
+  small.set_chunk_size_bytes(4096);
+  auto fragmented = Encode(small);
+  ASSERT_TRUE(fragmented.ok()) << fragmented.status();
+  ASSERT_TRUE(fragmented->chunks[1].has_fragment());
+  bad = fragmented->chunks;
+  v1::KvChunk intruder;
+  *intruder.add_blocks() = stream->chunks[1].block();
+  *intruder.add_blocks() = stream->chunks[2].block();
+  bad.insert(bad.begin() + 2, intruder);
+  auto interrupted = Decode(bad);
+  EXPECT_EQ(interrupted.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(interrupted.status().message()),
+              HasSubstr("fragments interrupted"));
+
+  // Consume (one layer per chunk) refuses a batch that completes two.
+  KvStreamDecoder decoder(at::kFloat, at::kCPU);
+  const std::vector<v1::KvChunk> pairs =
+      BatchBlockChunks(stream->chunks, 4, 1 << 20);
+  ASSERT_TRUE(decoder.Consume(pairs[0]).ok());
+  EXPECT_EQ(decoder.Consume(pairs[1]).status().code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(KvCodecTest, CudaTensorsProduceTheCpuStreamBitForBit) {
