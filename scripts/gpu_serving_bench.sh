@@ -8,9 +8,12 @@
 #   batched     the sharer quantizes on the GPU, every layer ready at once in
 #               one batch with one device-to-host copy (--encode_on_cpu=false);
 #               the receiver fuses the whole stream in one layer-batched call
-#               (--fusion_schedule=when_complete); no batched prefill
+#               (--fusion_schedule=when_complete); no batched prefill, one
+#               KV block per message
 #   scheduled   batched, plus both services prefill concurrent requests'
-#               prompts together (--prefill_batch_rows=8, their CUDA default)
+#               prompts together (--prefill_batch_rows=8) and the sharer
+#               sends the blocks waiting behind a write in one message
+#               (--sharer_max_blocks_per_message=64): the CUDA defaults
 # Parts (KVWIRE_SERVING_PARTS, comma-separated; default all, in this order):
 #   test  the CUDA codec parity test (batched GPU encode == CPU stream) and
 #         the CUDA graph tests of the batching across requests
@@ -40,9 +43,9 @@ declare -A sharer_flags=(
   [batched]="--encode_on_cpu=false --prefill_batch_rows=0"
   [scheduled]="--encode_on_cpu=false --prefill_batch_rows=8")
 declare -A receiver_flags=(
-  [per_layer]="--fusion_schedule=on_arrival --prefill_batch_rows=0"
-  [batched]="--fusion_schedule=when_complete --prefill_batch_rows=0"
-  [scheduled]="--fusion_schedule=when_complete --prefill_batch_rows=8")
+  [per_layer]="--fusion_schedule=on_arrival --prefill_batch_rows=0 --sharer_max_blocks_per_message=0"
+  [batched]="--fusion_schedule=when_complete --prefill_batch_rows=0 --sharer_max_blocks_per_message=0"
+  [scheduled]="--fusion_schedule=when_complete --prefill_batch_rows=8 --sharer_max_blocks_per_message=64")
 
 step "host: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
 step "build"
