@@ -279,6 +279,16 @@ class ReceiverE2eTest : public ::testing::Test {
         Request(v1::TransferSpec(), "e2e", v1::ANSWER_MODE_RECEIVER_ONLY));
   }
 
+  // `faulty` served on a plaintext loopback port of its own.
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> StartProxy(
+      FaultySharer& faulty) {
+    ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    options.security.allow_insecure = true;
+    options.drain_timeout = absl::Seconds(2);
+    return GrpcServer::Start(options, {&faulty}, {"kvwire.v1.Sharer"});
+  }
+
   static std::string Scrape(const Service& service) {
     auto body =
         test_util::HttpGet("127.0.0.1", service.metrics_port, "/metrics");
@@ -817,11 +827,7 @@ TEST_F(ReceiverE2eTest, RestartedSharerIsUsedAgainWithinASecondOrTwo) {
 TEST_F(ReceiverE2eTest, CorruptOrTruncatedStreamsAreDetected) {
   ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
   FaultySharer faulty(absl::StrCat("127.0.0.1:", sharer_.port));
-  ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
-  options.security.allow_insecure = true;
-  options.drain_timeout = absl::Seconds(2);
-  auto proxy = GrpcServer::Start(options, {&faulty}, {"kvwire.v1.Sharer"});
+  auto proxy = StartProxy(faulty);
   ASSERT_TRUE(proxy.ok()) << proxy.status();
   ASSERT_NO_FATAL_FAILURE(
       StartReceiver({}, absl::StrCat("127.0.0.1:", (*proxy)->port())));
@@ -871,12 +877,7 @@ TEST_F(ReceiverE2eTest, BatchedBlocksGiveTheSameAnswerInFewerMessages) {
   // for one block per message instead, and counts the messages.
   ASSERT_NO_FATAL_FAILURE(StartSharer(sharer_, {}));
   FaultySharer proxy_service(absl::StrCat("127.0.0.1:", sharer_.port));
-  ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
-  options.security.allow_insecure = true;
-  options.drain_timeout = absl::Seconds(2);
-  auto proxy =
-      GrpcServer::Start(options, {&proxy_service}, {"kvwire.v1.Sharer"});
+  auto proxy = StartProxy(proxy_service);
   ASSERT_TRUE(proxy.ok()) << proxy.status();
   ASSERT_NO_FATAL_FAILURE(
       StartReceiver({}, absl::StrCat("127.0.0.1:", (*proxy)->port())));
