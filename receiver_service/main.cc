@@ -92,6 +92,11 @@ ABSL_FLAG(std::string, fusion_schedule, "when_complete",
           "When received sharer layers are fused: when_complete (all of them "
           "in one layer-batched projector call once the stream has arrived) "
           "or on_arrival (each as it lands, one call per layer).");
+ABSL_FLAG(int64_t, fusion_batch_requests, 0,
+          "With --fusion_schedule=when_complete: concurrent requests' "
+          "whole-stream fusions run as one projector computation, up to this "
+          "many (0 or 1: each alone). Off by default until measured on a "
+          "GPU (docs/PERFORMANCE.md 5.9).");
 ABSL_FLAG(int64_t, max_prompt_tokens, 8192,
           "Longest templated prompt accepted (capped by "
           "max_position_embeddings).");
@@ -228,6 +233,8 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_prefill_batch_rows), config.engine.model.device, 8);
   config.engine.model.decode_slot_capacity =
       absl::GetFlag(FLAGS_decode_slot_capacity);
+  config.engine.fusion_batch_requests =
+      absl::GetFlag(FLAGS_fusion_batch_requests);
   config.engine.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
 
   config.runner.limits.max_question_bytes =

@@ -61,6 +61,8 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
       metrics->ModelBatchObserver(ServiceRole::kReceiver, "decode");
   engine_options.model.prefill_batch_observer =
       metrics->ModelBatchObserver(ServiceRole::kReceiver, "prefill");
+  engine_options.fusion_batch_observer =
+      metrics->ModelBatchObserver(ServiceRole::kReceiver, "fuse");
   auto engine = ReceiverEngine::Load(engine_options);
   if (!engine.ok()) return engine.status();
   s->engine_ = *std::move(engine);
@@ -92,6 +94,7 @@ absl::StatusOr<std::unique_ptr<ReceiverServer>> ReceiverServer::Start(
                     : std::string("none (receiver-only)"))
             << " kv_slots=" << s->engine_->kv_slots().slots
             << " prefill_batch_rows=" << config.engine.model.prefill_batch_rows
+            << " fusion_batch_requests=" << config.engine.fusion_batch_requests
             << " load_s="
             << std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                              load_start)

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/engine/model_loading.h"
 #include "common/file_util.h"
+#include "common/fuser/request_fusion_batcher.h"
 #include "common/fuser/fuser.h"
 #include "common/model/batched_decode.h"
 #include "common/model/decoder.h"
@@ -159,6 +160,8 @@ absl::Status ReceiverEngine::LoadFuser(const ReceiverEngineOptions& options) {
   // Fusion replays CUDA graphs (KVWIRE_CUDA_GRAPH_FUSE=0: off).
   InstallCudaGraphFuser(*fuser_);
 #endif
+  InstallRequestFusionBatcher(*fuser_, options.fusion_batch_requests,
+                       options.fusion_batch_observer);
   sharer_layers_ = options.sharer_layers;
   const std::vector<int> fused = fuser_->FusedReceiverLayers();
   if (fused.empty()) {

@@ -75,6 +75,11 @@ struct ReceiverEngineOptions {
   // with a chat template. Without one, RenderPrompt fails and DecodeText
   // returns "" (the in-process pipeline then takes prompt ids).
   bool require_tokenizer = true;
+  // Concurrent requests' whole-stream fusions run together, up to this
+  // many (request_fusion_batcher.h; 0 or 1: each alone), with the observer told
+  // each batch.
+  int64_t fusion_batch_requests = 0;
+  StepBatchObserver fusion_batch_observer;
   // The sharer's layer count, needed only for a fuser checkpoint without
   // projector_config.json (last-aligned map); 0: from the checkpoint.
   int sharer_layers = 0;

@@ -246,6 +246,9 @@ class C2CFuser {
     accelerator_ = std::move(accelerator);
   }
   FusionAccelerator* accelerator() const { return accelerator_.get(); }
+  std::shared_ptr<FusionAccelerator> shared_accelerator() const {
+    return accelerator_;
+  }
 
  private:
   C2CFuser(std::vector<C2CProjector> projectors, FuserLayerMap layer_map)

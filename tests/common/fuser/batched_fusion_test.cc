@@ -1,5 +1,7 @@
 // Batched fusion (C2CProjectorStack, C2CFuser::FuseLayers,
-// FusionSession::AddSharerLayers) against the per-layer path.
+// FusionSession::AddSharerLayers) against the per-layer path, and fusion
+// batched across requests (RequestFusionBatcher) against each request
+// alone.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/empty_like.h>
@@ -11,11 +13,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/fuser/fuser.h"
+#include "common/fuser/request_fusion_batcher.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -608,6 +612,87 @@ TEST(AddSharerLayersTest, UsesTheAcceleratorsBatchedPathOrFallsBack) {
       ExpectCachesNear(got, expected, 1e-5);
     }
   }
+}
+
+TEST(RequestFusionBatcherTest, ConcurrentRequestsFuseTogetherAsEachAlone) {
+  // Four requests of different lengths, dense and sparse, one sending only
+  // some sharer layers, over projectors with some gates closed.
+  auto fuser = MakeFuser(Tiny(/*open_gate_fraction=*/0.7, /*seed=*/9));
+  constexpr int kRequests = 4;
+  const std::vector<int64_t> tokens = {5, 9, 3, 7};
+  std::vector<Cache> originals, expected, got;
+  std::vector<std::vector<uint32_t>> positions(kRequests);
+  std::vector<std::vector<Sharer>> sharers(kRequests);
+  for (int r = 0; r < kRequests; ++r) {
+    originals.push_back(RandomCache(tokens[r]));
+    if (r % 2 == 1) {  // Sparse: every other position.
+      for (uint32_t p = 0; p < tokens[r]; p += 2) positions[r].push_back(p);
+    } else {
+      for (uint32_t p = 0; p < tokens[r]; ++p) positions[r].push_back(p);
+    }
+    for (int s = 0; s < 4; ++s) {
+      sharers[r].push_back(RandomSharer(positions[r].size()));
+    }
+  }
+  // Request 3 sends sharer layers 0 and 1 only.
+  auto layers_of = [](int r) { return r == 3 ? 2 : 4; };
+  auto fuse = [&](int r, Cache& cache) -> absl::Status {
+    FusionSession session(fuser.get(), CacheAccessor(cache));
+    std::vector<FusionSession::SharerLayerInput> inputs;
+    for (int s = 0; s < layers_of(r); ++s) {
+      inputs.push_back(SharerInput(s, sharers[r][s], positions[r]));
+    }
+    return session.AddSharerLayers(inputs).status();
+  };
+  for (int r = 0; r < kRequests; ++r) {
+    expected.push_back(originals[r].Clone());
+    ASSERT_TRUE(fuse(r, expected[r]).ok());
+    got.push_back(originals[r].Clone());
+  }
+
+  RequestFusionBatcherOptions options;
+  options.max_requests = 8;
+  options.gather_requests = kRequests;  // All in one batch.
+  options.gather_window = absl::Seconds(10);
+  int64_t observed = 0;
+  options.observer = [&](const StepBatchStats& stats) {
+    observed = std::max(observed, stats.items);
+  };
+  auto batcher =
+      std::make_shared<RequestFusionBatcher>(fuser.get(), nullptr, options);
+  fuser->SetAccelerator(batcher);
+  std::vector<absl::Status> statuses(kRequests);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kRequests; ++r) {
+    threads.emplace_back([&, r] { statuses[r] = fuse(r, got[r]); });
+  }
+  for (auto& t : threads) t.join();
+  fuser->SetAccelerator(nullptr);
+  for (int r = 0; r < kRequests; ++r) {
+    SCOPED_TRACE(absl::StrCat("request ", r));
+    ASSERT_TRUE(statuses[r].ok()) << statuses[r];
+    ExpectCachesNear(got[r], expected[r], 1e-5);
+  }
+  EXPECT_EQ(batcher->calls(), kRequests);
+  EXPECT_EQ(batcher->batches(), 1);
+  EXPECT_EQ(observed, kRequests);
+
+  // Alone, a request goes to the inner path; a bad one is refused before
+  // it queues, and nothing of it is written.
+  Cache alone = originals[0].Clone();
+  fuser->SetAccelerator(
+      std::make_shared<RequestFusionBatcher>(fuser.get(), nullptr));
+  ASSERT_TRUE(fuse(0, alone).ok());
+  ExpectCachesNear(alone, expected[0], 1e-5);
+  Cache bad = originals[1].Clone();
+  FusionSession session(fuser.get(), CacheAccessor(bad));
+  const std::vector<uint32_t> outside = {0, 99};
+  const Sharer two = RandomSharer(2);
+  EXPECT_EQ(
+      session.AddSharerLayers({SharerInput(0, two, outside)}).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  ExpectCachesEqual(bad, originals[1]);
+  fuser->SetAccelerator(nullptr);
 }
 
 }  // namespace
