@@ -6,7 +6,9 @@
 # (load_tests/scenarios/cpu_serving.yaml), in two configurations of the
 # same binaries:
 #   alone     every request prefills and decodes on its own (the CPU default)
-#   batched   --prefill_batch_rows=8 --decode_batch_slots=8 on the receiver
+#   batched   --prefill_batch_rows=8 --decode_batch_slots=8
+#             --decode_slot_capacity=256 --fusion_batch_requests=8 on the
+#             receiver
 # Usage, after scripts/quickstart.sh has written its models:
 #   scripts/cpu_serving_bench.sh [BUILD_DIR]   (default: build)
 # Results go to $OUT (default /tmp/kvwire-cpu-serving).
@@ -39,8 +41,8 @@ start() {
 }
 declare -A receiver_flags=(
   [alone]="--prefill_batch_rows=0 --decode_batch_slots=0"
-  [batched]="--prefill_batch_rows=8 --decode_batch_slots=8")
-for config in alone batched; do
+  [batched]="--prefill_batch_rows=8 --decode_batch_slots=8 --decode_slot_capacity=256 --fusion_batch_requests=8")
+for config in ${KVWIRE_CPU_SERVING_CONFIGS:-alone batched}; do
   start sharer "kvwire-sharer ready" "$build/sharer_service/kvwire-sharer" \
     --model_dir="$models/sharer-qwen2-random" --listen_address=127.0.0.1:0 \
     --metrics_address= --allow_insecure --workers=8 --queue_size=64
