@@ -873,6 +873,37 @@ TEST_F(SharerE2eTest, QueuedRequestsAreBatched) {
   EXPECT_TRUE(AwaitMetric("kvwire_requests_total", ShareCode("OK"), 4));
 }
 
+TEST_F(SharerE2eTest, ConcurrentPrefillsGoThroughTheBatchedPrefill) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartSharer({"--workers=4", "--queue_size=8", "--prefill_batch_rows=4"}));
+  auto stub = Stub();
+  const std::vector<std::vector<uint32_t>> prompts = {
+      RandomTokens(30, 31), RandomTokens(9, 32), RandomTokens(24, 33),
+      RandomTokens(17, 34)};
+  std::vector<std::future<ShareResult>> results;
+  for (const auto& tokens : prompts) {
+    results.push_back(std::async(std::launch::async, [&stub, tokens] {
+      return Share(*stub, Request(tokens, v1::SCHEME_BF16));
+    }));
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const ShareResult r = results[i].get();
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    // A padded batched prefill equals the reference's up to the order of
+    // float reductions, then rounds to bf16.
+    auto cmp = CompareWithPrefill(r.chunks, *model_dir_, prompts[i], 0);
+    ASSERT_TRUE(cmp.ok()) << cmp.status();
+    EXPECT_EQ(cmp->layers, 4);
+    EXPECT_TRUE(cmp->bf16_close) << i << ": " << cmp->max_abs_error;
+  }
+  // Every prompt went through the batched prefill (alone or together).
+  EXPECT_TRUE(AwaitMetric("kvwire_model_batch_size_sum",
+                          {{"role", "sharer"}, {"stage", "prefill"}}, 4));
+  EXPECT_GE(Metric("kvwire_model_batch_size_count",
+                   {{"role", "sharer"}, {"stage", "prefill"}}),
+            1);
+}
+
 TEST_F(SharerE2eTest, MutualTlsAndBearerToken) {
   auto pki = test_util::MakeTestPki(test_util::MakeTempDir("pki"));
   ASSERT_TRUE(pki.ok()) << pki.status();
