@@ -30,9 +30,8 @@ RequestFusionBatcher::RequestFusionBatcher(
     RequestFusionBatcherOptions options)
     : fuser_(fuser),
       inner_(std::move(inner)),
-      batcher_(StepBatcherOptions{options.max_requests, options.gather_window,
-                                  options.gather_requests,
-                                  std::move(options.observer)}) {}
+      batcher_(StepBatcherOptions{options.max_requests,
+                                  std::move(options.gathering)}) {}
 
 absl::Status RequestFusionBatcher::FuseAlone(
     absl::Span<const LayerFusionInput> inputs) {
@@ -168,7 +167,7 @@ void InstallRequestFusionBatcher(C2CFuser& fuser, int64_t max_requests,
   if (max_requests <= 1) return;
   RequestFusionBatcherOptions options;
   options.max_requests = max_requests;
-  options.observer = std::move(observer);
+  options.gathering.observer = std::move(observer);
   fuser.SetAccelerator(std::make_shared<RequestFusionBatcher>(
       &fuser, fuser.shared_accelerator(), std::move(options)));
 }

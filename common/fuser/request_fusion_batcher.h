@@ -37,10 +37,7 @@ namespace kvwire {
 struct RequestFusionBatcherOptions {
   // Requests fused together at most.
   int64_t max_requests = 8;
-  // As BatchedDecodeOptions'.
-  absl::Duration gather_window = absl::ZeroDuration();
-  int64_t gather_requests = 1;
-  StepBatchObserver observer;
+  StepGathering gathering;
 };
 
 class RequestFusionBatcher : public FusionAccelerator {

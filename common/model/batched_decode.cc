@@ -114,8 +114,7 @@ BatchedDecodeAccelerator::BatchedDecodeAccelerator(
       options_(options),
       runner_(std::move(runner)),
       fallback_(std::move(fallback)),
-      batcher_(StepBatcherOptions{pool_->slots(), options.gather_window,
-                                  options.gather_rows, options.observer}) {}
+      batcher_(StepBatcherOptions{pool_->slots(), options.gathering}) {}
 
 int64_t BatchedDecodeAccelerator::steps() const { return batcher_.steps(); }
 int64_t BatchedDecodeAccelerator::batches() const { return batcher_.batches(); }

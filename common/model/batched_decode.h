@@ -84,13 +84,7 @@ class KvSlotPool : public std::enable_shared_from_this<KvSlotPool> {
 struct BatchedDecodeOptions {
   // Smallest key span (spans are powers of two, see StaticDecodeSpan).
   int64_t min_span = 64;
-  // Before running, the leading thread waits up to gather_window for
-  // gather_rows steps to be queued (0: run whatever is queued; the device
-  // being busy is what gathers steps). For tests and tuning.
-  absl::Duration gather_window = absl::ZeroDuration();
-  int64_t gather_rows = 1;
-  // Told each batch's size and queue time (metrics; may be empty).
-  StepBatchObserver observer;
+  StepGathering gathering;
 };
 
 // The current stream of `device` (batches gather the steps of one stream).

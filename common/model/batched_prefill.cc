@@ -35,8 +35,7 @@ BatchedPrefillAccelerator::BatchedPrefillAccelerator(
       runner_(std::move(runner)),
       fallback_(std::move(fallback)),
       batcher_(StepBatcherOptions{std::max<int64_t>(1, options_.max_rows),
-                                  options_.gather_window, options_.gather_rows,
-                                  options_.observer}) {
+                                  options_.gathering}) {
   options_.max_rows = std::max<int64_t>(1, options_.max_rows);
   options_.bucket = std::max<int64_t>(1, options_.bucket);
   options_.max_tokens =
@@ -164,7 +163,7 @@ absl::Status InstallRequestBatching(
                                         options.slot_capacity));
     decoder.SetSlotPool(pool);
     BatchedDecodeOptions decode;
-    decode.observer = options.decode_observer;
+    decode.gathering.observer = options.decode_observer;
     decoder.SetDecodeAccelerator(std::make_shared<BatchedDecodeAccelerator>(
         pool, decode, std::move(decode_runner),
         decoder.shared_decode_accelerator()));
@@ -173,7 +172,7 @@ absl::Status InstallRequestBatching(
     BatchedPrefillOptions prefill;
     prefill.max_rows = options.prefill_rows;
     prefill.max_tokens = options.prefill_max_tokens;
-    prefill.observer = options.prefill_observer;
+    prefill.gathering.observer = options.prefill_observer;
     decoder.SetPrefillAccelerator(std::make_shared<BatchedPrefillAccelerator>(
         prefill, std::move(prefill_runner),
         decoder.shared_prefill_accelerator()));

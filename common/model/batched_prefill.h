@@ -44,10 +44,7 @@ struct BatchedPrefillOptions {
   // captured graph serves many lengths.
   int64_t max_tokens = 512;
   int64_t bucket = 32;
-  // As BatchedDecodeOptions'.
-  absl::Duration gather_window = absl::ZeroDuration();
-  int64_t gather_rows = 1;
-  StepBatchObserver observer;
+  StepGathering gathering;
 };
 
 class BatchedPrefillAccelerator : public PrefillAccelerator {

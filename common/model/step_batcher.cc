@@ -22,11 +22,11 @@ void StepBatcher::Run(BatchItem* item, const Runner& run) {
     }
     // Lead: run the queued steps of callers on this stream, oldest first.
     running_ = true;
-    if (options_.gather_window > absl::ZeroDuration()) {
-      changed_.wait_for(
-          lock, absl::ToChronoNanoseconds(options_.gather_window), [&] {
-            return static_cast<int64_t>(queue_.size()) >= options_.gather_items;
-          });
+    const StepGathering& gathering = options_.gathering;
+    if (gathering.window > absl::ZeroDuration()) {
+      changed_.wait_for(lock, absl::ToChronoNanoseconds(gathering.window), [&] {
+        return static_cast<int64_t>(queue_.size()) >= gathering.items;
+      });
     }
     std::vector<BatchItem*> batch, rest;
     for (BatchItem* queued : queue_) {
@@ -40,7 +40,7 @@ void StepBatcher::Run(BatchItem* item, const Runner& run) {
     ++batches_;
     max_batch_ = std::max(max_batch_, size);
     lock.unlock();
-    if (options_.observer) {
+    if (gathering.observer) {
       const auto now = std::chrono::steady_clock::now();
       StepBatchStats stats;
       stats.items = size;
@@ -49,7 +49,7 @@ void StepBatcher::Run(BatchItem* item, const Runner& run) {
             std::max(stats.max_wait_seconds,
                      std::chrono::duration<double>(now - step->queued).count());
       }
-      options_.observer(stats);
+      gathering.observer(stats);
     }
     run(batch);
     lock.lock();

@@ -28,15 +28,22 @@
 
 namespace kvwire {
 
+// How a batch is gathered and who hears of it; part of every batching
+// accelerator's options.
+struct StepGathering {
+  // Before running, the leader waits up to `window` for `items` steps to
+  // be queued (0: run whatever is queued; the device being busy is what
+  // gathers steps). For tests and tuning.
+  absl::Duration window = absl::ZeroDuration();
+  int64_t items = 1;
+  // Called by the leader before each batch runs (may be empty).
+  StepBatchObserver observer;
+};
+
 struct StepBatcherOptions {
   // Steps per batch (at least 1).
   int64_t max_items = 1;
-  // Before running, the leader waits up to gather_window for gather_items
-  // steps to be queued (0: run whatever is queued). For tests and tuning.
-  absl::Duration gather_window = absl::ZeroDuration();
-  int64_t gather_items = 1;
-  // Called by the leader before each batch runs (may be empty).
-  StepBatchObserver observer;
+  StepGathering gathering;
 };
 
 // One caller's step; callers derive their inputs and results from it.

@@ -652,10 +652,10 @@ TEST(RequestFusionBatcherTest, ConcurrentRequestsFuseTogetherAsEachAlone) {
 
   RequestFusionBatcherOptions options;
   options.max_requests = 8;
-  options.gather_requests = kRequests;  // All in one batch.
-  options.gather_window = absl::Seconds(10);
+  options.gathering.items = kRequests;  // All in one batch.
+  options.gathering.window = absl::Seconds(10);
   int64_t observed = 0;
-  options.observer = [&](const StepBatchStats& stats) {
+  options.gathering.observer = [&](const StepBatchStats& stats) {
     observed = std::max(observed, stats.items);
   };
   auto batcher =

@@ -134,8 +134,8 @@ TEST_F(BatchedDecodeTest, ConcurrentRequestsStepTogetherAndGetTheirOwnTokens) {
   BatchedDecodeOptions batch_options;
   batch_options.min_span = 8;
   // Wait for all four before each step, so the batching is deterministic.
-  batch_options.gather_rows = kRequests;
-  batch_options.gather_window = absl::Seconds(10);
+  batch_options.gathering.items = kRequests;
+  batch_options.gathering.window = absl::Seconds(10);
   auto batched =
       std::make_shared<BatchedDecodeAccelerator>(*pool, batch_options);
   decoder_->SetSlotPool(*pool);
@@ -277,11 +277,11 @@ TEST_F(BatchedDecodeTest,
   options.max_tokens = 24;
   options.bucket = 8;
   // Wait for all of them, so that they run as one forward.
-  options.gather_rows = kRequests;
-  options.gather_window = absl::Seconds(10);
+  options.gathering.items = kRequests;
+  options.gathering.window = absl::Seconds(10);
   std::vector<StepBatchStats> observed;
   std::mutex observed_mu;
-  options.observer = [&](const StepBatchStats& stats) {
+  options.gathering.observer = [&](const StepBatchStats& stats) {
     std::lock_guard<std::mutex> lock(observed_mu);
     observed.push_back(stats);
   };

@@ -361,8 +361,8 @@ TEST_P(CudaGraphDecoderTest, BatchedGraphDecodeAcrossThreadsMatchesEager) {
   ASSERT_TRUE(pool.ok()) << pool.status();
   BatchedDecodeOptions batch_options;
   batch_options.min_span = 16;
-  batch_options.gather_rows = kRequests;
-  batch_options.gather_window = absl::Seconds(20);
+  batch_options.gathering.items = kRequests;
+  batch_options.gathering.window = absl::Seconds(20);
   auto batched = std::make_shared<BatchedDecodeAccelerator>(
       *pool, batch_options, CudaGraphStepRunner());
   decoder->SetSlotPool(*pool);
@@ -406,8 +406,8 @@ TEST_P(CudaGraphDecoderTest, BatchedGraphPrefillAcrossThreadsMatchesEager) {
   options.max_rows = 8;
   options.max_tokens = 64;
   options.bucket = 16;
-  options.gather_rows = requests;
-  options.gather_window = absl::Seconds(20);
+  options.gathering.items = requests;
+  options.gathering.window = absl::Seconds(20);
   auto batched = std::make_shared<BatchedPrefillAccelerator>(
       options, CudaGraphStepRunner());
   decoder->SetPrefillAccelerator(batched);
