@@ -54,12 +54,7 @@ constexpr char kQuestion[] =
     "why is sunlight needed?";
 constexpr int kMaxTokens = 12;
 
-struct Service {
-  std::unique_ptr<ChildProcess> process;
-  int port = 0;
-  int metrics_port = 0;
-  int http_port = 0;
-};
+using Service = test_util::StartedService;
 
 struct HttpReply {
   int status = 0;
@@ -168,18 +163,9 @@ class OpenAiE2eTest : public ::testing::Test {
   static void StartService(Service& service,
                            const std::vector<std::string>& argv,
                            const std::string& ready_prefix) {
-    auto child = ChildProcess::Start(
-        argv, test_util::MakeTempDir("svc") + "/stderr.log");
-    ASSERT_TRUE(child.ok()) << child.status();
-    service.process = *std::move(child);
-    auto ready = service.process->WaitForLine(ready_prefix, kStartTimeout);
-    ASSERT_TRUE(ready.ok()) << ready.status() << "\n"
-                            << service.process->Stderr();
-    service.port = std::stoi((*ready)["grpc_port"]);
-    service.metrics_port = std::stoi((*ready)["metrics_port"]);
-    if (ready->count("http_port")) {
-      service.http_port = std::stoi((*ready)["http_port"]);
-    }
+    auto started = test_util::StartService(argv, ready_prefix, kStartTimeout);
+    ASSERT_TRUE(started.ok()) << started.status();
+    service = *std::move(started);
   }
 
   // Both services; the receiver with its HTTP API and a bearer token.

@@ -74,11 +74,7 @@ v1::GenerationParams Generation(uint32_t max_new_tokens = 12) {
   return g;
 }
 
-struct Service {
-  std::unique_ptr<ChildProcess> process;
-  int port = 0;
-  int metrics_port = 0;
-};
+using Service = test_util::StartedService;
 
 struct AnswerResult {
   grpc::Status status;
@@ -178,17 +174,12 @@ class ReceiverE2eTest : public ::testing::Test {
     }
   }
 
-  static void StartService(Service& service, std::vector<std::string> argv,
+  static void StartService(Service& service,
+                           const std::vector<std::string>& argv,
                            const std::string& ready_prefix) {
-    auto child = ChildProcess::Start(
-        argv, test_util::MakeTempDir("svc") + "/stderr.log");
-    ASSERT_TRUE(child.ok()) << child.status();
-    service.process = *std::move(child);
-    auto ready = service.process->WaitForLine(ready_prefix, kStartTimeout);
-    ASSERT_TRUE(ready.ok()) << ready.status() << "\n"
-                            << service.process->Stderr();
-    service.port = std::stoi((*ready)["grpc_port"]);
-    service.metrics_port = std::stoi((*ready)["metrics_port"]);
+    auto started = test_util::StartService(argv, ready_prefix, kStartTimeout);
+    ASSERT_TRUE(started.ok()) << started.status();
+    service = *std::move(started);
   }
 
   static void StartSharer(Service& service, std::vector<std::string> flags,

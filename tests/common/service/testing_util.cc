@@ -350,6 +350,11 @@ absl::StatusOr<StartedService> StartService(
     return absl::InternalError(
         absl::StrCat("no ports in the ready line of ", argv[0]));
   }
+  if (ready->count("http_port") != 0 &&
+      !absl::SimpleAtoi((*ready)["http_port"], &service.http_port)) {
+    return absl::InternalError(
+        absl::StrCat("a bad http_port in the ready line of ", argv[0]));
+  }
   return service;
 }
 

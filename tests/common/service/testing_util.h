@@ -98,10 +98,12 @@ struct StartedService {
   std::unique_ptr<ChildProcess> process;
   int port = 0;
   int metrics_port = 0;
+  int http_port = 0;  // When the ready line has http_port=.
 };
 // Starts `argv` (stderr into a fresh temporary directory) and waits up to
 // `timeout` for its stdout line starting with `ready_prefix` (e.g.
-// "kvwire-receiver ready") with grpc_port= and metrics_port=. The
+// "kvwire-receiver ready") with grpc_port= and metrics_port= (and maybe
+// http_port=). The
 // WaitForLine errors, with the process's stderr appended.
 absl::StatusOr<StartedService> StartService(
     const std::vector<std::string>& argv, const std::string& ready_prefix,
