@@ -359,8 +359,9 @@ TEST_F(SharerE2eTest, BatchedBlocksAreTheSameStreamInFewerMessages) {
 
 TEST_F(SharerE2eTest, BlocksWaitingForASlowClientTravelTogether) {
   // 16 layers of 512 KiB bf16 blocks, far more than the HTTP/2 windows
-  // hold: while the client sleeps, blocks queue at the sharer and then go
-  // several per message, never above the chunk size.
+  // hold: while the client waits for the sharer to finish computing, the
+  // blocks queue there (the stream buffer holds 64 MiB) and then go several
+  // per message, never above the chunk size.
   const std::string wide = test_util::MakeTempDir("wide-model");
   ASSERT_TRUE(WriteWideTestModel(wide).ok());
   ASSERT_NO_FATAL_FAILURE(StartSharer({"--model_dir=" + wide}));
@@ -376,7 +377,10 @@ TEST_F(SharerE2eTest, BlocksWaitingForASlowClientTravelTogether) {
   v1::KvChunk chunk;
   ASSERT_TRUE(reader->Read(&chunk));
   chunks.push_back(chunk);
-  absl::SleepFor(absl::Milliseconds(1500));
+  // Every layer computed and queued (a fixed sleep is not enough for a
+  // sanitizer build's prefill).
+  ASSERT_TRUE(AwaitMetric("kvwire_workers_busy", {{"role", "sharer"}}, 0,
+                          absl::Seconds(60)));
   while (reader->Read(&chunk)) chunks.push_back(chunk);
   const grpc::Status status = reader->Finish();
   ASSERT_TRUE(status.ok()) << status.error_message();
