@@ -59,6 +59,11 @@ void StepBatcher::Run(BatchItem* item, const Runner& run) {
   }
 }
 
+int64_t StepBatcher::queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(queue_.size());
+}
+
 int64_t StepBatcher::steps() const {
   std::lock_guard<std::mutex> lock(mu_);
   return steps_;

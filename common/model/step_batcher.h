@@ -64,6 +64,8 @@ class StepBatcher {
   // fills every item of its batch, on the leading caller's thread).
   void Run(BatchItem* item, const Runner& run);
 
+  // Steps waiting for a batch now.
+  int64_t queued() const;
   // Counters: steps run, batches run, the largest batch.
   int64_t steps() const;
   int64_t batches() const;

@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -62,6 +65,15 @@ std::vector<int64_t> Prompt(int64_t n, int64_t seed) {
 
 double MaxDiff(const at::Tensor& a, const at::Tensor& b) {
   return (a - b).abs().max().item<double>();
+}
+
+// Polls `condition` every millisecond for up to 10 s.
+bool WaitUpTo10s(const std::function<bool()>& condition) {
+  for (int i = 0; i < 10000; ++i) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return condition();
 }
 
 class BatchedDecodeTest : public ::testing::Test {
@@ -381,47 +393,56 @@ TEST_F(BatchedDecodeTest,
 }
 
 TEST(StepBatcherTest, OldestStepsRunFirstSoNoneWaitsMoreThanItsTurn) {
-  constexpr int kThreads = 6;
-  constexpr int kSteps = 25;
-  constexpr int64_t kMaxItems = 2;
+  // Step 0 holds the model while steps 1..5 queue in that order; then they
+  // run oldest first, two at a time: no step waits more batches than its
+  // place in the queue.
+  struct Step : BatchItem {
+    Step(c10::Stream stream, int id) : BatchItem(stream), id(id) {}
+    int id;
+  };
   StepBatcherOptions options;
-  options.max_items = kMaxItems;
+  options.max_items = 2;
   StepBatcher batcher(options);
   const c10::Stream stream = CurrentStream(c10::Device(c10::kCPU));
   std::mutex mu;
-  int64_t batches_run = 0;  // Guarded by mu.
-  int64_t worst = 0;        // Batches a step saw start before its own.
+  std::condition_variable changed;
+  bool release = false;                 // Guarded by mu.
+  std::vector<std::vector<int>> order;  // Guarded by mu: each batch's ids.
+  auto run = [&](const std::vector<BatchItem*>& batch) {
+    std::unique_lock<std::mutex> lock(mu);
+    order.emplace_back();
+    for (BatchItem* item : batch) {
+      order.back().push_back(static_cast<Step*>(item)->id);
+    }
+    changed.wait(lock, [&] { return release; });
+  };
   std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&] {
-      for (int s = 0; s < kSteps; ++s) {
-        BatchItem item(stream);
-        int64_t queued_at;
-        {
-          std::lock_guard<std::mutex> lock(mu);
-          queued_at = batches_run;
-        }
-        int64_t ran_at = -1;
-        batcher.Run(&item, [&](const std::vector<BatchItem*>& batch) {
-          EXPECT_LE(static_cast<int64_t>(batch.size()), kMaxItems);
-          std::this_thread::sleep_for(std::chrono::microseconds(200));
-          std::lock_guard<std::mutex> lock(mu);
-          ++batches_run;
-        });
-        std::lock_guard<std::mutex> lock(mu);
-        ran_at = batches_run;
-        worst = std::max(worst, ran_at - queued_at);
-      }
+  threads.emplace_back([&] {
+    Step step(stream, 0);
+    batcher.Run(&step, run);
+  });
+  ASSERT_TRUE(WaitUpTo10s([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return order.size() == 1;
+  }));
+  for (int id = 1; id <= 5; ++id) {
+    threads.emplace_back([&, id] {
+      Step step(stream, id);
+      batcher.Run(&step, run);
     });
+    ASSERT_TRUE(WaitUpTo10s([&] { return batcher.queued() == id; }));
   }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  changed.notify_all();
   for (auto& t : threads) t.join();
-  EXPECT_EQ(batcher.steps(), kThreads * kSteps);
-  // FIFO: at most the kThreads - 1 steps ahead of a step (each thread has
-  // one in flight), kMaxItems a batch, plus the batch running when it was
-  // queued and its own.
-  const int64_t bound = (kThreads - 1 + kMaxItems - 1) / kMaxItems + 2;
-  EXPECT_LE(worst, bound);
-  EXPECT_GE(batcher.batches(), kThreads * kSteps / kMaxItems);
+  EXPECT_EQ(order, (std::vector<std::vector<int>>{{0}, {1, 2}, {3, 4}, {5}}));
+  EXPECT_EQ(batcher.steps(), 6);
+  EXPECT_EQ(batcher.batches(), 4);
+  EXPECT_EQ(batcher.max_batch(), 2);
+  EXPECT_EQ(batcher.queued(), 0);
 }
 
 }  // namespace
