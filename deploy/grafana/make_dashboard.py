@@ -208,7 +208,7 @@ def build():
     y += 8
     p.append(timeseries(
         "Model batch size",
-        "Mean requests per forward of the batched prefill and the batched decode across requests.",
+        "Mean requests per computation of the batched prefill, fusion and decode across requests.",
         [(f"sum by (role, stage) (rate(kvwire_model_batch_size_sum{{{SEL}}}[{RI}])) / "
           f"sum by (role, stage) (rate(kvwire_model_batch_size_count{{{SEL}}}[{RI}]))",
           "{{role}} {{stage}}")],
